@@ -1,0 +1,35 @@
+# Every target sets up .venv on first use: a fresh clone needs only Python >= 3.11 and pip.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/chimney demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check tcpchimney tests bench
+	$(BIN)/ruff format --check tcpchimney tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy tcpchimney
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck
+	$(BIN)/pytest -q -ra
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""chimney layer."""
