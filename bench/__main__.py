@@ -1,0 +1,27 @@
+"""Run every benchmark: ``python -m bench [NAME ...]``.
+
+Each benchmark module exposes ``run() -> Iterable[dict]``; each dict is printed as one JSON line
+``{"bench": NAME, "value": X, "unit": U, ...}``. Benchmarks that need root and a TAP device report
+``{"bench": NAME, "skipped": REASON}`` instead of failing when those are missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+MODULES = ["bench.core"]
+
+
+def main(argv: list[str]) -> int:
+    selected = [m for m in MODULES if not argv or m.rsplit(".", 1)[-1] in argv]
+    for name in selected:
+        module = importlib.import_module(name)
+        for line in module.run():
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
