@@ -1,0 +1,267 @@
+"""SendBuffer and ReceiveBuffer: examples for each rule, then hypothesis properties over random streams."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpchimney.tcp.buffers import ReceiveBuffer, SendBuffer
+
+# --- SendBuffer ---------------------------------------------------------------------------------------------
+
+
+def test_send_write_is_bounded_by_capacity() -> None:
+    buf = SendBuffer(10)
+    assert buf.write(b"abcdefgh") == 8
+    assert buf.write(b"xyz") == 2
+    assert buf.write(b"q") == 0
+    assert len(buf) == 10 and buf.space == 0
+    assert buf.tobytes() == b"abcdefghxy"
+
+
+def test_send_write_copies_the_callers_data() -> None:
+    buf = SendBuffer(100)
+    data = bytearray(b"hello")
+    buf.write(data)
+    data[:] = b"XXXXX"
+    assert buf.tobytes() == b"hello"
+
+
+def test_send_view_within_one_chunk_is_zero_copy() -> None:
+    buf = SendBuffer(1 << 20)
+    big = bytes(range(256)) * 400  # larger than the merge limit: its own chunk
+    buf.write(big)
+    view = buf.view(1000, 1460)
+    assert isinstance(view, memoryview)
+    assert bytes(view) == big[1000:2460]
+
+
+def test_send_view_across_chunks_joins() -> None:
+    buf = SendBuffer(1 << 20)
+    a, b = b"a" * 20000, b"b" * 20000
+    buf.write(a)
+    buf.write(b)
+    assert bytes(buf.view(19990, 20)) == b"a" * 10 + b"b" * 10
+
+
+def test_send_view_stays_valid_after_more_writes_and_consume() -> None:
+    buf = SendBuffer(1 << 20)
+    buf.write(b"first")
+    view = buf.view(0, 5)
+    buf.write(b"second")
+    buf.consume(3)
+    assert bytes(view) == b"first"
+    assert buf.tobytes() == b"stsecond"
+
+
+def test_send_consume_frees_space_and_shifts_offsets() -> None:
+    buf = SendBuffer(10)
+    buf.write(b"0123456789")
+    buf.consume(4)
+    assert buf.space == 4 and len(buf) == 6
+    assert bytes(buf.view(0, 2)) == b"45"
+    assert buf.write(b"abcdef") == 4
+    assert buf.tobytes() == b"456789abcd"
+
+
+def test_send_capacity_can_shrink_below_held_bytes() -> None:
+    buf = SendBuffer(10)
+    buf.write(b"0123456789")
+    buf.capacity = 4
+    assert buf.space == 0 and len(buf) == 10
+    buf.consume(8)
+    assert buf.space == 2
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, 1), (0, 11), (5, 6), (0, -1)])
+def test_send_view_out_of_range_raises(offset: int, length: int) -> None:
+    buf = SendBuffer(10)
+    buf.write(b"0123456789")
+    with pytest.raises(ValueError):
+        buf.view(offset, length)
+
+
+def test_send_consume_more_than_held_raises() -> None:
+    buf = SendBuffer(10)
+    buf.write(b"abc")
+    with pytest.raises(ValueError):
+        buf.consume(4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["write", "consume", "view"]), st.integers(0, 40000), st.integers(0, 40000)
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 200000),
+)
+def test_property_send_views_equal_the_written_stream(ops: list[tuple[str, int, int]], capacity: int) -> None:
+    buf = SendBuffer(capacity)
+    model = bytearray()
+    counter = 0
+    for op, a, b in ops:
+        if op == "write":
+            data = bytes((counter + k) % 251 for k in range(a % 3000 if b % 2 else a))
+            counter += len(data)
+            taken = buf.write(data)
+            assert taken == min(len(data), capacity - len(model))
+            model += data[:taken]
+        elif op == "consume":
+            n = a % (len(model) + 1)
+            buf.consume(n)
+            del model[:n]
+        else:
+            offset = a % (len(model) + 1)
+            length = b % (len(model) - offset + 1)
+            assert bytes(buf.view(offset, length)) == model[offset : offset + length]
+        assert len(buf) == len(model)
+        assert buf.space == capacity - len(model)
+    assert buf.tobytes() == bytes(model)
+
+
+# --- ReceiveBuffer ------------------------------------------------------------------------------------------
+
+
+def test_receive_in_order_insert_advances_and_reads() -> None:
+    buf = ReceiveBuffer(100)
+    assert buf.insert(0, b"hello") == 5
+    assert buf.readable == 5 and buf.window == 95
+    assert buf.read(3) == b"hel"
+    assert buf.read() == b"lo"
+    assert buf.window == 100
+
+
+def test_receive_out_of_order_then_gap_filled() -> None:
+    buf = ReceiveBuffer(100)
+    assert buf.insert(5, b"world") == 0
+    assert buf.readable == 0 and buf.window == 100  # out-of-order bytes stay inside the window
+    assert buf.ooo_ranges() == [(5, 10)]
+    assert buf.insert(0, b"hello") == 10
+    assert buf.read() == b"helloworld"
+    assert buf.ooo_ranges() == []
+
+
+def test_receive_negative_offset_trims_the_old_part() -> None:
+    buf = ReceiveBuffer(100)
+    buf.insert(0, b"abc")
+    assert buf.insert(-2, b"bcdef") == 3
+    assert buf.read() == b"abcdef"
+
+
+def test_receive_data_beyond_window_is_trimmed() -> None:
+    buf = ReceiveBuffer(8)
+    assert buf.insert(0, b"0123456789") == 8
+    assert buf.window == 0
+    assert buf.insert(0, b"89") == 0
+    assert buf.read() == b"01234567"
+
+
+def test_receive_out_of_order_beyond_window_is_trimmed() -> None:
+    buf = ReceiveBuffer(10)
+    buf.insert(6, b"6789abcd")
+    assert buf.ooo_ranges() == [(6, 10)]
+
+
+def test_receive_duplicates_are_idempotent() -> None:
+    buf = ReceiveBuffer(100)
+    buf.insert(10, b"xyz")
+    buf.insert(10, b"xyz")
+    buf.insert(11, b"y")
+    assert buf.ooo_ranges() == [(10, 13)]
+    assert buf.ooo_bytes == 3
+
+
+def test_rfc2018_4_most_recently_changed_block_first() -> None:
+    buf = ReceiveBuffer(1000)
+    buf.insert(100, b"a" * 10)
+    buf.insert(300, b"b" * 10)
+    buf.insert(200, b"c" * 10)
+    assert buf.ooo_ranges() == [(200, 210), (300, 310), (100, 110)]
+    buf.insert(110, b"d" * 5)  # extends the oldest block: it becomes the newest
+    assert buf.ooo_ranges() == [(100, 115), (200, 210), (300, 310)]
+
+
+def test_receive_insert_bridging_blocks_merges_them() -> None:
+    buf = ReceiveBuffer(1000)
+    buf.insert(10, b"B" * 10)
+    buf.insert(30, b"D" * 10)
+    buf.insert(5, b"A" * 5 + b"X" * 10 + b"C" * 10 + b"Y" * 10 + b"E" * 5)
+    assert buf.ooo_ranges() == [(5, 45)]
+    buf.insert(0, b"0" * 5)
+    assert buf.read() == b"0" * 5 + b"A" * 5 + b"B" * 10 + b"C" * 10 + b"D" * 10 + b"E" * 5
+
+
+def test_receive_drop_out_of_order() -> None:
+    buf = ReceiveBuffer(100)
+    buf.insert(5, b"later")
+    buf.drop_out_of_order()
+    assert buf.ooo_ranges() == []
+    assert buf.insert(0, b"01234") == 5
+
+
+def test_receive_tobytes_does_not_consume() -> None:
+    buf = ReceiveBuffer(100)
+    buf.insert(0, b"abc")
+    buf.insert(0, b"def")  # offsets are relative to RCV.NXT, which is now 3
+    buf.read(1)
+    assert buf.tobytes() == b"bcdef"
+    assert buf.read() == b"bcdef"
+
+
+def test_receive_keeps_a_copy_of_mutable_sources() -> None:
+    buf = ReceiveBuffer(100)
+    frame = bytearray(b"payload")
+    buf.insert(0, memoryview(frame))
+    buf.insert(3, memoryview(frame)[:3])  # out of order: 3 bytes after RCV.NXT
+    frame[:] = b"XXXXXXX"
+    assert buf.read() == b"payload"
+    buf.insert(0, b"...")
+    assert buf.read() == b"...pay"
+
+
+@st.composite
+def _stream_and_segments(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, int]], int]:
+    length = draw(st.integers(0, 3000))
+    stream = bytes((k * 7 + length) % 256 for k in range(length))
+    cuts = sorted([*draw(st.lists(st.integers(0, length), max_size=30)), 0, length])
+    segments = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    overlaps = draw(st.lists(st.tuples(st.integers(0, length), st.integers(1, 400)), max_size=15))
+    segments += [(a, min(length, a + n)) for a, n in overlaps if a < length]
+    segments = draw(st.permutations(segments))
+    capacity = draw(st.integers(1, 4000))
+    return stream, list(segments), capacity
+
+
+@settings(max_examples=300, deadline=None)
+@given(_stream_and_segments())
+def test_property_random_order_and_duplicates_reassemble(
+    case: tuple[bytes, list[tuple[int, int]], int],
+) -> None:
+    stream, segments, capacity = case
+    buf = ReceiveBuffer(capacity)
+    nxt = 0  # stream offset of RCV.NXT
+    received = bytearray()
+    pending = list(segments)
+    rounds = 0
+    while nxt < len(stream):
+        rounds += 1
+        assert rounds <= len(stream)  # every round makes progress
+        for a, b in pending:
+            advance = buf.insert(a - nxt, memoryview(stream)[a:b])
+            nxt += advance
+            right_edge = buf.window
+            for start, end in buf.ooo_ranges():
+                assert 0 < start < end <= right_edge
+            ranges = sorted(buf.ooo_ranges())
+            for (_, e1), (s2, _) in itertools.pairwise(ranges):
+                assert e1 < s2  # disjoint and not touching
+        received += buf.read()
+        # The window may have cut data off: the peer retransmits everything still unacknowledged.
+        pending = [(a, b) for a, b in segments if b > nxt]
+    assert bytes(received) == stream
