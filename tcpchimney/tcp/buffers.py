@@ -104,6 +104,7 @@ class SendBuffer:
         chunks, starts = self._chunks, self._starts
         first = self._first
         while first < len(chunks) and starts[first] + len(chunks[first]) <= self._una:
+            chunks[first] = b""  # release acknowledged data now (views handed out keep their own reference)
             first += 1
         if first > 64 and first * 2 > len(chunks):  # compact now and then: amortised O(1) per chunk
             del chunks[:first], starts[:first]

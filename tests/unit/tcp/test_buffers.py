@@ -91,6 +91,29 @@ def test_send_consume_more_than_held_raises() -> None:
         buf.consume(4)
 
 
+def test_send_many_chunks_acknowledged_piecemeal() -> None:
+    buf = SendBuffer(1 << 30)
+    stream = b"".join(bytes([k]) * 20000 for k in range(200))  # each write is a chunk of its own
+    for k in range(200):
+        buf.write(stream[k * 20000 : (k + 1) * 20000])
+    acked = 0
+    while acked < len(stream):
+        assert bytes(buf.view(0, min(30000, len(buf)))) == stream[acked : acked + 30000]
+        step = min(17000, len(buf))
+        buf.consume(step)
+        acked += step
+    assert len(buf) == 0 and buf.tobytes() == b""
+
+
+def test_send_small_writes_share_a_chunk() -> None:
+    buf = SendBuffer(1 << 20)
+    for k in range(100):
+        buf.write(bytes([k]) * 10)
+    view = buf.view(0, 1000)
+    assert isinstance(view, memoryview)  # one chunk: no copy even across the 100 writes
+    assert bytes(view) == b"".join(bytes([k]) * 10 for k in range(100))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
@@ -195,6 +218,16 @@ def test_receive_insert_bridging_blocks_merges_them() -> None:
     assert buf.ooo_ranges() == [(5, 45)]
     buf.insert(0, b"0" * 5)
     assert buf.read() == b"0" * 5 + b"A" * 5 + b"B" * 10 + b"C" * 10 + b"D" * 10 + b"E" * 5
+
+
+def test_receive_capacity_change_moves_the_window() -> None:
+    buf = ReceiveBuffer(100)
+    buf.insert(0, b"x" * 60)
+    buf.capacity = 50
+    assert buf.window == 0
+    assert buf.insert(0, b"more") == 0
+    buf.capacity = 200
+    assert buf.window == 140
 
 
 def test_receive_drop_out_of_order() -> None:
