@@ -1,0 +1,724 @@
+"""``HostStack``: one interface's ARP, IPv4, ICMP and TCP, sans-I/O (architecture.md, "host/").
+
+Inputs: ``handle_frame(frame, now)``, ``handle_timer(now)`` and the socket/listener calls. Outputs:
+``frames_to_send(now)``, ``next_event()``, ``next_deadline()``. The owner calls ``frames_to_send`` after every
+input and arms one timer at ``next_deadline()``.
+
+The TCP receive path is written for speed: fixed-offset reads of the Ethernet and IPv4 headers, one dict
+lookup by an integer 4-tuple key, and the engine. The transmit path reuses a per-connection Ethernet + IPv4
+header template and, when the device offloads checksums, never sums a payload in Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from tcpchimney.host import _codec as codec
+from tcpchimney.host.arp import ArpCache, ArpParams
+from tcpchimney.host.counters import Counters, bump
+from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
+from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection, PathMtuChanged
+from tcpchimney.host.icmp import Icmp
+from tcpchimney.host.interface import BROADCAST_MAC, ZERO_MAC, InterfaceConfig, ip_bytes, ip_str
+from tcpchimney.host.ipv4 import (
+    HeaderTemplate,
+    IpIdCounter,
+    bad_source,
+    destination_kind,
+    fragment_sizes,
+    is_multicast,
+)
+from tcpchimney.host.listener import Listener
+from tcpchimney.host.ports import EphemeralPorts
+from tcpchimney.host.reassembly import Reassembler
+from tcpchimney.host.sockets import TcpSocket, conn_key
+from tcpchimney.host.syncookies import SynCookies, decode_ts, encode_ts
+from tcpchimney.host.tcp_demux import reset_for, time_wait_reusable
+from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.events import (
+    Closed,
+    Connected,
+    ConnectionReset,
+    ConnectionTimedOut,
+    DataReceived,
+    SegmentDropped,
+)
+from tcpchimney.tcp.isn import TimestampOffset, initial_sequence_number
+from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire.errors import WireError
+from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.seq import SeqNum
+from tcpchimney.wire.tcp import ACK, RST, SYN, TcpOptions, TcpSegment
+
+if TYPE_CHECKING:
+    from tcpchimney.tcp.connection import TcpConnection
+
+_ETHERTYPE = struct.Struct("!H")
+_CSUM = struct.Struct("!H")
+_TCP_CSUM_AT = codec.ETH_HEADER_LEN + 20 + codec.TCP_CSUM_OFFSET  # our headers never carry IP options
+_MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: ICMP claims below this are clamped (RFC 1191 attacks)
+_MAX_ERRORS_KEPT = 16
+
+
+def _engine() -> type[TcpConnection]:
+    # Imported late so the link-layer half of the stack works without pulling in the engine.
+    from tcpchimney.tcp.connection import TcpConnection
+
+    return TcpConnection
+
+
+class HostStack:
+    def __init__(
+        self,
+        iface: InterfaceConfig,
+        tcp_config: TcpConfig | None = None,
+        *,
+        secret: bytes,
+        rng: random.Random,
+        arp_params: ArpParams | None = None,
+        syncookies: bool = True,
+    ) -> None:
+        if not secret:
+            raise ValueError("the stack secret must not be empty (RFC 6528, RFC 6056)")
+        self.iface = iface
+        base = tcp_config or TcpConfig()
+        # TcpConfig.mss follows the MTU; with TSO the engine may emit super-segments up to the device limit.
+        self.tcp_config = replace(base, mss=iface.mss, max_segment_payload=iface.max_segment_payload)
+        self.syncookies_enabled = syncookies
+        self._secret = secret
+        self._rng = rng
+        self._counters = Counters()
+        self._errors: list[str] = []
+        self._internal_errors = 0
+        self._tx: list[Frame] = []
+        self._events: deque[HostEvent] = deque()
+        self.arp = ArpCache(iface, self._counters.arp, self._tx, self._events, arp_params)
+        self.reassembler = Reassembler(self._counters.ipv4)
+        self._icmp = Icmp(self._counters.icmp, self._events, self._send_ip, self._on_frag_needed)
+        self._ip_id = IpIdCounter(rng.randrange(1 << 16))
+        self._ports = EphemeralPorts(secret)
+        self._cookies = SynCookies(secret)
+        self._ts_offsets = TimestampOffset(secret)
+        self._conns: dict[int, TcpSocket] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._dirty: set[TcpSocket] = set()
+        self._timers: list[tuple[float, int, TcpSocket]] = []  # lazy heap: stale entries skipped on pop
+        self._timer_seq = 0
+        self._pmtu: dict[bytes, int] = {}  # destination -> path MTU learnt from ICMP (RFC 1191)
+        self._peer_mss: dict[int, int] = {}  # conn key -> MSS option the peer sent in its SYN / SYN-ACK
+        self._our_mac = iface.mac
+        self._our_ip = iface.ip
+        self._pseudo_rx_base = codec.ones_sum(iface.ip, codec.PROTO_TCP)
+        self._tx_csum = iface.features.tx_csum
+
+    # ================================================================== node interface (link/)
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        """Process one received frame. Never raises: bad input is counted and dropped."""
+        try:
+            self._rx_frame(frame, now)
+        except Exception as exc:  # a codec or engine bug must not kill the stack
+            self._internal_errors += 1
+            self._errors.append(f"{type(exc).__name__}: {exc}")
+            del self._errors[:-_MAX_ERRORS_KEPT]
+
+    def handle_timer(self, now: float) -> None:
+        self.arp.handle_timer(now)
+        self.reassembler.handle_timer(now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, sock = heapq.heappop(timers)
+            if sock.deadline != deadline or self._conns.get(sock.key) is not sock:
+                continue  # superseded by a later deadline, or the connection is gone
+            sock.deadline = None
+            sock.conn.handle_timer(now)
+            self._dirty.add(sock)
+            self._drain(sock)
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        out: list[Frame] = []
+        if self._dirty:
+            dirty = self._dirty
+            self._dirty = set()
+            for sock in dirty:
+                self._output(sock, now, out)
+        if self._tx:
+            out[:0] = self._tx
+            self._tx.clear()
+        if out:
+            self._counters.ethernet["tx"] += len(out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        for sock in self._dirty:
+            self._refresh_deadline(sock)
+        best = self.arp.next_deadline()
+        frag = self.reassembler.next_deadline()
+        if frag is not None and (best is None or frag < best):
+            best = frag
+        timers = self._timers
+        while timers:
+            deadline, _, sock = timers[0]
+            if sock.deadline == deadline and self._conns.get(sock.key) is sock:
+                if best is None or deadline < best:
+                    best = deadline
+                break
+            heapq.heappop(timers)
+        return best
+
+    def next_event(self) -> HostEvent | None:
+        for sock in list(self._dirty):
+            self._drain(sock)
+        return self._events.popleft() if self._events else None
+
+    @property
+    def counters(self) -> dict[str, dict[str, int]]:
+        snap = self._counters.snapshot()
+        snap["stack"] = {"internal_error": self._internal_errors}
+        return snap
+
+    @property
+    def internal_errors(self) -> list[str]:
+        """The messages of the last few exceptions counted as internal errors."""
+        return list(self._errors)
+
+    # ================================================================== application API
+
+    def listen(self, port: int, backlog: int = 128, syn_backlog: int | None = None) -> Listener:
+        _check_port(port)
+        if backlog < 1:
+            raise ValueError("backlog must be at least 1")
+        if port in self._listeners:
+            raise AddressInUse(f"port {port} is already listening")
+        listener = Listener(self, port, backlog, syn_backlog if syn_backlog is not None else backlog)
+        self._listeners[port] = listener
+        return listener
+
+    def connect(
+        self, remote_ip: str | bytes, remote_port: int, now: float, local_port: int | None = None
+    ) -> TcpSocket:
+        """Open a connection (SYN-SENT); raises InvalidAddress, InvalidPort, AddressInUse, NoEphemeralPort."""
+        dst = self._check_destination(remote_ip)
+        _check_port(remote_port)
+        if local_port is None:
+            port = self._ports.select(
+                self._our_ip, dst, remote_port, lambda p: conn_key(dst, remote_port, p) not in self._conns
+            )
+            if port is None:
+                raise NoEphemeralPort(f"no free local port towards {ip_str(dst)}:{remote_port}")
+            local_port = port
+        else:
+            _check_port(local_port)
+            if conn_key(dst, remote_port, local_port) in self._conns:
+                raise AddressInUse(
+                    f"local port {local_port} is already connected to {ip_str(dst)}:{remote_port}"
+                )
+        iss = initial_sequence_number(self._secret, self._our_ip, local_port, dst, remote_port, now)
+        ts_offset = self._ts_offsets.offset(self._our_ip, dst)
+        conn = _engine().connect(self.tcp_config, local_port, remote_port, iss, now, ts_offset)
+        sock = TcpSocket(self, conn, self._our_ip, local_port, dst, remote_port)
+        self._register(sock)
+        return sock
+
+    def ping(self, remote_ip: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
+        """Send an ICMP echo request; the reply arrives as an EchoReply event."""
+        dst = self._check_destination(remote_ip, allow_broadcast=False)
+        if not (0 <= ident <= 0xFFFF and 0 <= seq <= 0xFFFF):
+            raise ValueError("ICMP echo identifier and sequence are 16-bit values")
+        if len(payload) > 65535 - 20 - 8:
+            raise ValueError("echo payload does not fit an IPv4 datagram")
+        self._icmp.ping(dst, ident, seq, payload, now)
+
+    def connections(self) -> list[TcpSocket]:
+        return list(self._conns.values())
+
+    def path_mtu(self, dst: str | bytes) -> int:
+        return self._pmtu.get(ip_bytes(dst), self.iface.mtu)
+
+    def _check_destination(self, remote_ip: str | bytes, allow_broadcast: bool = False) -> bytes:
+        try:
+            dst = ip_bytes(remote_ip)
+        except ValueError as exc:
+            raise InvalidAddress(f"not an IPv4 address: {remote_ip!r}") from exc
+        if dst == self._our_ip or dst[0] == 127:
+            raise InvalidAddress("connecting to our own address is not supported (no loopback interface)")
+        if dst == b"\x00\x00\x00\x00" or is_multicast(dst) or dst[0] >= 240:
+            raise InvalidAddress(f"{remote_ip!r} is not a unicast address")
+        if not allow_broadcast and destination_kind(dst, self.iface) == "broadcast":
+            raise InvalidAddress(f"{remote_ip!r} is a broadcast address")
+        if self.iface.next_hop(dst) is None:
+            raise InvalidAddress(f"no route to {remote_ip!r} (off-link and no gateway)")
+        return dst
+
+    def _register(self, sock: TcpSocket) -> None:
+        self._conns[sock.key] = sock
+        mtu = self._pmtu.get(sock.remote_ip)
+        if mtu is not None:
+            self._lower_mss(sock, mtu)
+        self._dirty.add(sock)
+
+    def _mark(self, sock: TcpSocket) -> None:
+        self._dirty.add(sock)
+
+    def _close_listener(self, listener: Listener) -> None:
+        listener.closed = True
+        del self._listeners[listener.port]
+        for sock in [*listener.syn_queue.values(), *listener.accept_queue]:
+            sock.listener = None
+            sock.conn.abort()
+            self._dirty.add(sock)
+        listener.syn_queue.clear()
+        listener.accept_queue.clear()
+
+    # ================================================================== receive path
+
+    def _rx_frame(self, frame: Frame, now: float) -> None:
+        buf: bytes | bytearray | memoryview = frame.headers if not frame.payload else frame.tobytes()
+        eth = self._counters.ethernet
+        eth["rx"] += 1
+        if len(buf) < codec.ETH_HEADER_LEN:
+            bump(eth, "drop_truncated")
+            return
+        dst_mac = buf[0:6]
+        if dst_mac != self._our_mac and dst_mac != BROADCAST_MAC:
+            bump(eth, "drop_multicast" if dst_mac[0] & 1 else "drop_not_for_us")
+            return
+        ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
+        if ethertype == codec.ETHERTYPE_IPV4:
+            self._rx_ipv4(buf, frame, now)
+        elif ethertype == codec.ETHERTYPE_ARP:
+            self._rx_arp(buf, now)
+        else:
+            bump(eth, "drop_unknown_ethertype")
+
+    def _rx_arp(self, buf: bytes | bytearray | memoryview, now: float) -> None:
+        c = self._counters.arp
+        c["rx"] += 1
+        try:
+            pkt = codec.parse_arp(buf, codec.ETH_HEADER_LEN)
+        except WireError as err:
+            bump(c, f"drop_{err.reason}")
+            return
+        self.arp.handle_arp(pkt, now)
+
+    def _rx_ipv4(self, buf: bytes | bytearray | memoryview, frame: Frame, now: float) -> None:
+        c = self._counters.ipv4
+        c["rx"] += 1
+        try:
+            ip = codec.parse_ipv4(buf, codec.ETH_HEADER_LEN)
+        except WireError as err:
+            bump(c, f"drop_{err.reason}")
+            return
+        kind = destination_kind(ip.dst, self.iface)
+        if kind is None:
+            bump(c, "drop_not_our_address")
+            return
+        if bad_source(ip.src, self.iface):
+            bump(c, "drop_bad_source")
+            return
+        if ip.ttl == 0:
+            # RFC 1122 3.2.1.7: no host may send TTL 0, so such a datagram is corrupt or forged.
+            bump(c, "drop_ttl_zero")
+            return
+        start = codec.ETH_HEADER_LEN + ip.header_len
+        end = codec.ETH_HEADER_LEN + ip.total_len  # bytes past it are Ethernet padding
+        view = memoryview(buf)[start:end]
+        verify = not (frame.csum_partial or frame.csum_valid)
+        if ip.is_fragment:
+            whole = self.reassembler.add(
+                (ip.src, ip.dst, ip.proto, ip.ident),
+                ip.frag_offset,
+                ip.more_fragments,
+                view,
+                ip.header_len,
+                now,
+            )
+            if whole is None:
+                return
+            view = memoryview(whole.payload)
+            verify = True  # offload flags describe the fragment frame, never the reassembled datagram
+        if ip.proto == codec.PROTO_TCP:
+            if kind != "unicast":
+                bump(self._counters.tcp, "drop_broadcast")  # RFC 1122 4.2.3.10: TCP is unicast only
+                return
+            self._rx_tcp(ip.src, view, verify, now)
+        elif ip.proto == codec.PROTO_ICMP:
+            self._icmp.handle(ip.src, kind == "broadcast", view, verify, now)
+        else:
+            bump(c, "drop_unknown_protocol")
+
+    def _rx_tcp(self, src: bytes, data: memoryview, verify: bool, now: float) -> None:
+        c = self._counters.tcp
+        c["rx"] += 1
+        if verify:
+            pseudo = self._pseudo_rx_base + codec.ones_sum(src, len(data))
+            if codec.ones_sum(data, pseudo) != 0xFFFF:
+                bump(c, "drop_bad_checksum")
+                return
+        try:
+            seg = codec.parse_tcp(data)
+        except WireError as err:
+            bump(c, f"drop_{err.reason}")
+            return
+        if seg.src_port == 0 or seg.dst_port == 0:
+            bump(c, "drop_port_zero")
+            return
+        key = (int.from_bytes(src, "big") << 32) | (seg.src_port << 16) | seg.dst_port
+        sock = self._conns.get(key)
+        if sock is not None:
+            self._segment_for(sock, seg, now)
+            return
+        listener = self._listeners.get(seg.dst_port)
+        if listener is not None:
+            self._listen_input(listener, src, key, seg, now)
+            return
+        self._closed_port(src, seg)
+
+    def _segment_for(self, sock: TcpSocket, seg: TcpSegment, now: float) -> None:
+        conn = sock.conn
+        state = conn.state
+        if state is TcpState.ESTABLISHED:
+            conn.handle_segment(seg, now)
+        elif state is TcpState.TIME_WAIT and seg.flags & SYN:
+            listener = self._listeners.get(sock.local_port)
+            if listener is not None and time_wait_reusable(conn, seg):
+                bump(self._counters.tcp, "time_wait_reuse")
+                self._forget(sock)
+                self._listen_input(listener, sock.remote_ip, sock.key, seg, now)
+                return
+            conn.handle_segment(seg, now)
+        elif state is TcpState.SYN_RECEIVED and sock.listener is not None:
+            listener = sock.listener
+            if seg.flags & (ACK | SYN | RST) == ACK and listener.accept_queue_full:
+                # Linux (tcp_abort_on_overflow=0): ignore the handshake's final ACK while the accept queue is
+                # full; our SYN-ACK retransmission makes the peer send it again later.
+                bump(self._counters.tcp, "drop_accept_queue_full")
+                return
+            conn.handle_segment(seg, now)
+        else:
+            if state is TcpState.SYN_SENT and seg.flags & SYN and seg.options.mss is not None:
+                self._peer_mss[sock.key] = seg.options.mss
+            conn.handle_segment(seg, now)
+        self._dirty.add(sock)
+        self._drain(sock)
+
+    def _listen_input(self, listener: Listener, src: bytes, key: int, seg: TcpSegment, now: float) -> None:
+        """RFC 9293 3.10.7.2, LISTEN state."""
+        c = self._counters.tcp
+        flags = seg.flags
+        if flags & RST:
+            bump(c, "drop_rst_to_listener")  # "An incoming RST segment could not be valid ... ignore it"
+            return
+        if flags & ACK:
+            if not flags & SYN and self.syncookies_enabled and self._cookie_ack(listener, src, key, seg, now):
+                return
+            # "Any acknowledgment is bad if it arrives on a connection still in the LISTEN state."
+            self._send_reset(src, seg)
+            return
+        if not flags & SYN:
+            bump(c, "drop_no_syn_to_listener")
+            return
+        if listener.accept_queue_full:
+            # Linux tcp_conn_request: a SYN is dropped while the accept queue is full, cookies or not.
+            bump(c, "drop_syn_accept_queue_full")
+            return
+        if listener.syn_queue_full:
+            if not self.syncookies_enabled:
+                bump(c, "drop_syn_queue_full")
+                return
+            self._send_cookie(listener, src, seg, now)
+            return
+        self._open_passive(listener, src, seg, now, self._isn(seg.dst_port, src, seg.src_port, now), True)
+
+    def _isn(self, local_port: int, remote_ip: bytes, remote_port: int, now: float) -> SeqNum:
+        return initial_sequence_number(self._secret, self._our_ip, local_port, remote_ip, remote_port, now)
+
+    def _open_passive(
+        self, listener: Listener, src: bytes, syn: TcpSegment, now: float, iss: SeqNum, send_synack: bool
+    ) -> TcpSocket:
+        ts_offset = self._ts_offsets.offset(self._our_ip, src)
+        conn = _engine().accept_syn(
+            self.tcp_config, syn.dst_port, syn.src_port, syn, iss, now, ts_offset, send_synack=send_synack
+        )
+        sock = TcpSocket(self, conn, self._our_ip, syn.dst_port, src, syn.src_port, listener)
+        listener.syn_queue[sock.key] = sock
+        self._peer_mss[sock.key] = syn.options.mss if syn.options.mss is not None else 536
+        self._register(sock)
+        self._drain(sock)
+        return sock
+
+    # ---------------------------------------------------------------- SYN cookies
+
+    def _cookie_tuple(self, src: bytes, seg: TcpSegment) -> bytes:
+        return src + self._our_ip + seg.src_port.to_bytes(2, "big") + seg.dst_port.to_bytes(2, "big")
+
+    def _send_cookie(self, listener: Listener, src: bytes, syn: TcpSegment, now: float) -> None:
+        """Answer a SYN without keeping state (the SYN queue is full). The SYN-ACK is the one the engine would
+        send, built by a throwaway engine so that the options match the connection rebuilt later."""
+        c = self._counters.tcp
+        cookie = self._cookies.make(self._cookie_tuple(src, syn), syn.seq, syn.options.mss, now)
+        ts_offset = self._ts_offsets.offset(self._our_ip, src)
+        probe = _engine().accept_syn(self.tcp_config, syn.dst_port, syn.src_port, syn, cookie, now, ts_offset)
+        synacks = [s for s in probe.segments_to_send(now) if s.flags & (SYN | ACK) == SYN | ACK]
+        if not synacks:
+            bump(c, "drop_cookie_no_synack")
+            return
+        synack = synacks[0]
+        opts = synack.options
+        if opts.ts_val is not None:
+            wscale = syn.options.wscale if opts.wscale is not None else None
+            opts.ts_val = encode_ts(opts.ts_val, wscale, opts.sack_permitted)
+        bump(c, "syncookies_sent")
+        self._send_segment_stateless(src, synack)
+
+    def _cookie_ack(self, listener: Listener, src: bytes, key: int, seg: TcpSegment, now: float) -> bool:
+        """A final ACK that may carry one of our cookies; True when it was consumed."""
+        c = self._counters.tcp
+        peer_isn = SeqNum(int(seg.seq) - 1)
+        mss = self._cookies.check(self._cookie_tuple(src, seg), peer_isn, SeqNum(int(seg.ack) - 1), now)
+        if mss is None:
+            bump(c, "syncookies_failed")
+            return False
+        if listener.accept_queue_full:
+            bump(c, "drop_accept_queue_full")
+            return True  # Linux drops it silently; the peer retransmits its ACK or data
+        wscale: int | None = None
+        sack = False
+        ts_val: int | None = None
+        if seg.options.ts_val is not None:
+            decoded = decode_ts(seg.options.ts_ecr)
+            if decoded is None:
+                bump(c, "syncookies_failed")
+                return False
+            wscale, sack = decoded
+            ts_val = seg.options.ts_val
+        options = TcpOptions(mss=mss, wscale=wscale, sack_permitted=sack, ts_val=ts_val, ts_ecr=0)
+        syn = TcpSegment(seg.src_port, seg.dst_port, peer_isn, SeqNum(0), SYN, seg.window, b"", options)
+        bump(c, "syncookies_ok")
+        sock = self._open_passive(listener, src, syn, now, SeqNum(int(seg.ack) - 1), send_synack=False)
+        self._segment_for(sock, seg, now)
+        return True
+
+    # ---------------------------------------------------------------- closed ports
+
+    def _closed_port(self, src: bytes, seg: TcpSegment) -> None:
+        c = self._counters.tcp
+        bump(c, "closed_port")
+        self._send_reset(src, seg)
+
+    def _send_reset(self, src: bytes, seg: TcpSegment) -> None:
+        rst = reset_for(seg)
+        if rst is None:
+            bump(self._counters.tcp, "drop_rst_no_connection")  # never answer a RST with a RST
+            return
+        bump(self._counters.tcp, "tx_rst")
+        self._send_segment_stateless(src, rst)
+
+    def _send_segment_stateless(self, dst: bytes, seg: TcpSegment) -> None:
+        """A segment outside any connection (RST, SYN-cookie SYN-ACK): full checksum, no template."""
+        header = bytearray(codec.emit_tcp_header(seg))
+        pseudo = codec.pseudo_header_sum(self._our_ip, dst, codec.PROTO_TCP, len(header) + len(seg.payload))
+        _CSUM.pack_into(
+            header, codec.TCP_CSUM_OFFSET, codec.internet_checksum(bytes(header) + bytes(seg.payload), pseudo)
+        )
+        self._counters.tcp["tx"] += 1
+        self._send_ip(dst, codec.PROTO_TCP, bytes(header) + bytes(seg.payload), 0.0, df=True)
+
+    # ================================================================== connection events
+
+    def _drain(self, sock: TcpSocket) -> None:
+        conn = sock.conn
+        ev = conn.next_event()
+        while ev is not None:
+            self._on_event(sock, ev)
+            ev = conn.next_event()
+
+    def _on_event(self, sock: TcpSocket, ev: object) -> None:
+        if isinstance(ev, SegmentDropped):
+            bump(self._counters.tcp, f"engine_drop_{ev.reason}")
+            return
+        if isinstance(ev, DataReceived):
+            sock._set_readable(ev.readable)
+        listener = sock.listener
+        if listener is not None:
+            self._on_queued_event(listener, sock, ev)
+            return
+        if isinstance(ev, Closed):
+            self._forget(sock)
+        self._events.append(ConnectionEvent(sock, ev))  # type: ignore[arg-type]
+
+    def _on_queued_event(self, listener: Listener, sock: TcpSocket, ev: object) -> None:
+        """Events of a connection no application has accepted yet: only the queues care."""
+        if isinstance(ev, Connected):
+            if listener.syn_queue.pop(sock.key, None) is not None:
+                listener.accept_queue.append(sock)
+                self._events.append(IncomingConnection(listener))
+        elif isinstance(ev, Closed | ConnectionReset | ConnectionTimedOut):
+            listener.syn_queue.pop(sock.key, None)
+            if sock in listener.accept_queue:
+                listener.accept_queue.remove(sock)
+            if isinstance(ev, Closed):
+                sock.listener = None
+                self._forget(sock)
+
+    def _forget(self, sock: TcpSocket) -> None:
+        if self._conns.get(sock.key) is sock:
+            del self._conns[sock.key]
+        self._peer_mss.pop(sock.key, None)
+        self._dirty.discard(sock)
+        sock.deadline = None
+        if sock.listener is not None:
+            sock.listener.syn_queue.pop(sock.key, None)
+
+    # ================================================================== transmit path
+
+    def _output(self, sock: TcpSocket, now: float, out: list[Frame]) -> None:
+        conn = sock.conn
+        segs = conn.segments_to_send(now)
+        if segs:
+            for seg in segs:
+                self._tcp_frame(sock, seg, now, out)
+        self._drain(sock)
+        if self._conns.get(sock.key) is sock:
+            self._refresh_deadline(sock)
+
+    def _refresh_deadline(self, sock: TcpSocket) -> None:
+        deadline = sock.conn.next_deadline()
+        if deadline != sock.deadline:
+            sock.deadline = deadline
+            if deadline is not None:
+                self._timer_seq += 1
+                heapq.heappush(self._timers, (deadline, self._timer_seq, sock))
+                if len(self._timers) > 4 * len(self._conns) + 64:
+                    self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        conns = self._conns
+        self._timers = [t for t in self._timers if t[2].deadline == t[0] and conns.get(t[2].key) is t[2]]
+        heapq.heapify(self._timers)
+
+    def _tcp_frame(self, sock: TcpSocket, seg: TcpSegment, now: float, out: list[Frame]) -> None:
+        template = sock.template
+        if template is None or sock.template_gen != self.arp.generation:
+            template = self._build_template(sock, now)
+        header = codec.emit_tcp_header(seg)
+        payload = seg.payload
+        tcp_len = len(header) + len(payload)
+        hdr = template.build(tcp_len, self._ip_id.next())
+        hdr += header
+        gso = 0
+        if len(payload) > sock.gso_mss:
+            gso = sock.gso_mss - (len(header) - 20)  # options are repeated in every wire segment
+        partial = self._tx_csum or gso > 0
+        s = sock.pseudo_sum + tcp_len
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        if partial:
+            _CSUM.pack_into(hdr, _TCP_CSUM_AT, s)  # NEEDS_CSUM: the pseudo-header sum, not inverted
+        else:
+            total = codec.ones_sum(payload, codec.ones_sum(memoryview(hdr)[_TCP_CSUM_AT - 16 :], s))
+            _CSUM.pack_into(hdr, _TCP_CSUM_AT, ~total & 0xFFFF)
+        frame = Frame(hdr, payload, partial, False, gso)
+        tcp = self._counters.tcp
+        tcp["tx"] += 1
+        self._counters.ipv4["tx"] += 1
+        if template.dst_mac == ZERO_MAC:
+            sock.template = None  # unresolved: rebuilt once the neighbor answers
+            self.arp.enqueue(self._next_hop(sock.remote_ip), frame, now)
+            return
+        out.append(frame)
+
+    def _next_hop(self, dst: bytes) -> bytes:
+        hop = self.iface.next_hop(dst)
+        if hop is None:
+            raise InvalidAddress(f"no route to {'.'.join(map(str, dst))}")
+        return hop
+
+    def _build_template(self, sock: TcpSocket, now: float) -> HeaderTemplate:
+        hop = self._next_hop(sock.remote_ip)
+        mac = self.arp.lookup(hop, now) or ZERO_MAC
+        template = HeaderTemplate(self._our_mac, mac, self._our_ip, sock.remote_ip, codec.PROTO_TCP, df=True)
+        sock.template = template
+        sock.template_gen = self.arp.generation
+        sock.pseudo_sum = codec.ones_sum(self._our_ip + sock.remote_ip, codec.PROTO_TCP)
+        sock.gso_mss = self._send_mss(sock)
+        return template
+
+    def _send_mss(self, sock: TcpSocket) -> int:
+        """Payload per wire segment (before options): RFC 9293 3.7.1 / RFC 1191 -- the smaller of the peer's
+        MSS and what our path MTU allows."""
+        path = self._pmtu.get(sock.remote_ip, self.iface.mtu) - 40
+        return min(self._peer_mss.get(sock.key, 536), path)
+
+    def _send_ip(self, dst: bytes, proto: int, payload: bytes, now: float, df: bool = False) -> None:
+        """Any datagram other than a connection's segment: routed, resolved and fragmented when too large."""
+        hop = self.iface.next_hop(dst)
+        if hop is None:
+            bump(self._counters.ipv4, "drop_no_route")
+            return
+        broadcast = destination_kind(dst, self.iface) == "broadcast"
+        mac = b"\xff" * 6 if broadcast else (self.arp.lookup(hop, now) or ZERO_MAC)
+        template = HeaderTemplate(self._our_mac, mac, self._our_ip, dst, proto, df=df)
+        ident = self._ip_id.next()
+        mtu = self._pmtu.get(dst, self.iface.mtu)
+        if 20 + len(payload) <= mtu:
+            pieces = [(0, len(payload))]
+        elif df:
+            bump(self._counters.ipv4, "drop_too_big_df")
+            return
+        else:
+            pieces = fragment_sizes(len(payload), mtu)
+            bump(self._counters.ipv4, "tx_fragmented")
+        for offset, length in pieces:
+            more = offset + length < len(payload)
+            hdr = template.build(length, ident)
+            if len(pieces) > 1:
+                self._set_fragment(hdr, offset, more)
+            frame = Frame(bytes(hdr) + payload[offset : offset + length])
+            self._counters.ipv4["tx"] += 1
+            if mac == ZERO_MAC:
+                self.arp.enqueue(hop, frame, now)
+            else:
+                self._tx.append(frame)
+
+    @staticmethod
+    def _set_fragment(hdr: bytearray, offset: int, more: bool) -> None:
+        flags = (0x2000 if more else 0) | (offset >> 3)
+        struct.pack_into("!HH", hdr, codec.ETH_HEADER_LEN + 6, flags, 0)
+        start = codec.ETH_HEADER_LEN
+        _CSUM.pack_into(hdr, start + 10, codec.internet_checksum(hdr[start : start + 20]))
+
+    # ================================================================== path MTU (RFC 1191)
+
+    def _on_frag_needed(self, dst: bytes, mtu: int, quoted: bytes | bytearray | memoryview) -> None:
+        c = self._counters.icmp
+        current = self._pmtu.get(dst, self.iface.mtu)
+        if mtu == 0:
+            bump(c, "drop_frag_needed_no_mtu")  # RFC 1191 plateaus are not implemented
+            return
+        mtu = max(mtu, _MIN_PMTU)
+        if mtu >= current:
+            bump(c, "frag_needed_ignored")
+            return
+        self._pmtu[dst] = mtu
+        self._events.append(PathMtuChanged(dst, mtu))
+        for sock in self._conns.values():
+            if sock.remote_ip == dst:
+                self._lower_mss(sock, mtu)
+
+    def _lower_mss(self, sock: TcpSocket, mtu: int) -> None:
+        sock.template = None  # rebuilt with the new segment size
+        set_mss = getattr(sock.conn, "set_path_mss", None)
+        if set_mss is not None:
+            set_mss(mtu - 40)
+        self._dirty.add(sock)
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
+        raise InvalidPort(f"port {port!r} is not in 1..65535")
