@@ -169,6 +169,18 @@ def parse_ipv4(buf: bytes | bytearray | memoryview, offset: int, verify_checksum
     return Ipv4Header(header_len, total_len, ident, flags_frag, ttl, proto, src, dst, options)
 
 
+def parse_ipv4_quote(buf: bytes | bytearray | memoryview) -> Ipv4Header:
+    """The IPv4 header quoted in an ICMP error (RFC 792: header + 64 bits of data): the quote is cut short by
+    design, so lengths are checked against the header only and the checksum is not verified."""
+    if len(buf) < 20:
+        raise Truncated("truncated", "quoted IPv4 header shorter than 20 bytes")
+    ver_ihl, _tos, total_len, ident, flags_frag, ttl, proto, _csum, src, dst = _IPV4.unpack_from(buf)
+    header_len = (ver_ihl & 0x0F) * 4
+    if ver_ihl >> 4 != 4 or header_len < 20 or len(buf) < header_len:
+        raise Malformed("bad_quote", "quoted IPv4 header")
+    return Ipv4Header(header_len, total_len, ident, flags_frag, ttl, proto, src, dst, b"")
+
+
 def _check_options(options: bytes) -> None:
     """RFC 791 3.1 option framing: EOL, NOP, or kind/length/data with 2 <= length <= what is left."""
     i = 0

@@ -69,7 +69,7 @@ class Icmp:
             return
         bump(c, "rx_frag_needed")
         try:
-            quoted = codec.parse_ipv4(msg.data, 0, verify_checksum=False)
+            quoted = codec.parse_ipv4_quote(msg.data)
         except WireError:
             # RFC 792: the data holds the original header + 8 bytes; a short quote cannot be matched.
             bump(c, "drop_bad_quote")

@@ -688,9 +688,9 @@ class HostStack:
 
     @staticmethod
     def _set_fragment(hdr: bytearray, offset: int, more: bool) -> None:
-        flags = (0x2000 if more else 0) | (offset >> 3)
-        struct.pack_into("!HH", hdr, codec.ETH_HEADER_LEN + 6, flags, 0)
         start = codec.ETH_HEADER_LEN
+        _CSUM.pack_into(hdr, start + 6, (codec.IP_FLAG_MF if more else 0) | (offset >> 3))
+        _CSUM.pack_into(hdr, start + 10, 0)
         _CSUM.pack_into(hdr, start + 10, codec.internet_checksum(hdr[start : start + 20]))
 
     # ================================================================== path MTU (RFC 1191)
