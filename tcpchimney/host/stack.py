@@ -491,11 +491,7 @@ class HostStack:
         sack = False
         ts_val: int | None = None
         if seg.options.ts_val is not None:
-            decoded = decode_ts(seg.options.ts_ecr)
-            if decoded is None:
-                bump(c, "syncookies_failed")
-                return False
-            wscale, sack = decoded
+            wscale, sack = decode_ts(seg.options.ts_ecr)
             ts_val = seg.options.ts_val
         options = TcpOptions(mss=mss, wscale=wscale, sack_permitted=sack, ts_val=ts_val, ts_ecr=0)
         syn = TcpSegment(seg.src_port, seg.dst_port, peer_isn, SeqNum(0), SYN, seg.window, b"", options)

@@ -94,11 +94,8 @@ def encode_ts(tsval: int, wscale: int | None, sack_permitted: bool) -> int:
     return ts & 0xFFFFFFFF
 
 
-def decode_ts(ts_ecr: int) -> tuple[int | None, bool] | None:
-    """(wscale, sack_permitted) from the echoed TSval; None when the bits are impossible (forged)."""
+def decode_ts(ts_ecr: int) -> tuple[int | None, bool]:
+    """(wscale, sack_permitted) from the echoed TSval (wscale 15 stands for 'no window scaling'; 0..14 are the
+    shifts RFC 7323 2.3 allows)."""
     wscale = ts_ecr & TS_WSCALE_NONE
-    if wscale == TS_WSCALE_NONE:
-        return None, bool(ts_ecr & TS_SACK)
-    if wscale > 14:  # RFC 7323 2.3: a shift above 14 is not allowed
-        return None
-    return wscale, bool(ts_ecr & TS_SACK)
+    return (None if wscale == TS_WSCALE_NONE else wscale), bool(ts_ecr & TS_SACK)
