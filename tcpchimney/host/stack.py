@@ -65,13 +65,6 @@ _MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: ICMP claims below this are cla
 _MAX_ERRORS_KEPT = 16
 
 
-def _engine() -> type[TcpConnection]:
-    # Imported late so the link-layer half of the stack works without pulling in the engine.
-    from tcpchimney.tcp.connection import TcpConnection
-
-    return TcpConnection
-
-
 class HostStack:
     def __init__(
         self,
@@ -82,6 +75,7 @@ class HostStack:
         rng: random.Random,
         arp_params: ArpParams | None = None,
         syncookies: bool = True,
+        engine: type[TcpConnection] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the stack secret must not be empty (RFC 6528, RFC 6056)")
@@ -90,6 +84,7 @@ class HostStack:
         # TcpConfig.mss follows the MTU; with TSO the engine may emit super-segments up to the device limit.
         self.tcp_config = replace(base, mss=iface.mss, max_segment_payload=iface.max_segment_payload)
         self.syncookies_enabled = syncookies
+        self._engine_class = engine  # None: tcp.connection.TcpConnection, imported on first use
         self._secret = secret
         self._rng = rng
         self._counters = Counters()
@@ -220,7 +215,7 @@ class HostStack:
                 )
         iss = initial_sequence_number(self._secret, self._our_ip, local_port, dst, remote_port, now)
         ts_offset = self._ts_offsets.offset(self._our_ip, dst)
-        conn = _engine().connect(self.tcp_config, local_port, remote_port, iss, now, ts_offset)
+        conn = self._engine().connect(self.tcp_config, local_port, remote_port, iss, now, ts_offset)
         sock = TcpSocket(self, conn, self._our_ip, local_port, dst, remote_port)
         self._register(sock)
         return sock
@@ -239,6 +234,14 @@ class HostStack:
 
     def path_mtu(self, dst: str | bytes) -> int:
         return self._pmtu.get(ip_bytes(dst), self.iface.mtu)
+
+    def _engine(self) -> type[TcpConnection]:
+        if self._engine_class is None:
+            # Imported late so that the link-layer half of the stack works without the engine module.
+            from tcpchimney.tcp.connection import TcpConnection
+
+            self._engine_class = TcpConnection
+        return self._engine_class
 
     def _check_destination(self, remote_ip: str | bytes, allow_broadcast: bool = False) -> bytes:
         try:
@@ -442,7 +445,7 @@ class HostStack:
         self, listener: Listener, src: bytes, syn: TcpSegment, now: float, iss: SeqNum, send_synack: bool
     ) -> TcpSocket:
         ts_offset = self._ts_offsets.offset(self._our_ip, src)
-        conn = _engine().accept_syn(
+        conn = self._engine().accept_syn(
             self.tcp_config, syn.dst_port, syn.src_port, syn, iss, now, ts_offset, send_synack=send_synack
         )
         sock = TcpSocket(self, conn, self._our_ip, syn.dst_port, src, syn.src_port, listener)
@@ -463,7 +466,9 @@ class HostStack:
         c = self._counters.tcp
         cookie = self._cookies.make(self._cookie_tuple(src, syn), syn.seq, syn.options.mss, now)
         ts_offset = self._ts_offsets.offset(self._our_ip, src)
-        probe = _engine().accept_syn(self.tcp_config, syn.dst_port, syn.src_port, syn, cookie, now, ts_offset)
+        probe = self._engine().accept_syn(
+            self.tcp_config, syn.dst_port, syn.src_port, syn, cookie, now, ts_offset
+        )
         synacks = [s for s in probe.segments_to_send(now) if s.flags & (SYN | ACK) == SYN | ACK]
         if not synacks:
             bump(c, "drop_cookie_no_synack")
