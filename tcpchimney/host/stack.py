@@ -101,7 +101,9 @@ class HostStack:
         self._ts_offsets = TimestampOffset(secret)
         self._conns: dict[int, TcpSocket] = {}
         self._listeners: dict[int, Listener] = {}
-        self._dirty: set[TcpSocket] = set()
+        # Sockets that may have output, events or a new deadline; a dict keeps insertion order, so the
+        # frames of one run come out in the same order every time (replayable tests).
+        self._dirty: dict[TcpSocket, None] = {}
         self._timers: list[tuple[float, int, TcpSocket]] = []  # lazy heap: stale entries skipped on pop
         self._timer_seq = 0
         self._pmtu: dict[bytes, int] = {}  # destination -> path MTU learnt from ICMP (RFC 1191)
@@ -132,14 +134,14 @@ class HostStack:
                 continue  # superseded by a later deadline, or the connection is gone
             sock.deadline = None
             sock.conn.handle_timer(now)
-            self._dirty.add(sock)
+            self._dirty[sock] = None
             self._drain(sock)
 
     def frames_to_send(self, now: float) -> list[Frame]:
         out: list[Frame] = []
         if self._dirty:
             dirty = self._dirty
-            self._dirty = set()
+            self._dirty = {}
             for sock in dirty:
                 self._output(sock, now, out)
         if self._tx:
@@ -263,10 +265,10 @@ class HostStack:
         mtu = self._pmtu.get(sock.remote_ip)
         if mtu is not None:
             self._lower_mss(sock, mtu)
-        self._dirty.add(sock)
+        self._dirty[sock] = None
 
     def _mark(self, sock: TcpSocket) -> None:
-        self._dirty.add(sock)
+        self._dirty[sock] = None
 
     def _close_listener(self, listener: Listener) -> None:
         listener.closed = True
@@ -274,7 +276,7 @@ class HostStack:
         for sock in [*listener.syn_queue.values(), *listener.accept_queue]:
             sock.listener = None
             sock.conn.abort()
-            self._dirty.add(sock)
+            self._dirty[sock] = None
         listener.syn_queue.clear()
         listener.accept_queue.clear()
 
@@ -407,7 +409,7 @@ class HostStack:
             if state is TcpState.SYN_SENT and seg.flags & SYN and seg.options.mss is not None:
                 self._peer_mss[sock.key] = seg.options.mss
             conn.handle_segment(seg, now)
-        self._dirty.add(sock)
+        self._dirty[sock] = None
         self._drain(sock)
 
     def _listen_input(self, listener: Listener, src: bytes, key: int, seg: TcpSegment, now: float) -> None:
@@ -571,7 +573,7 @@ class HostStack:
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
         self._peer_mss.pop(sock.key, None)
-        self._dirty.discard(sock)
+        self._dirty.pop(sock, None)
         sock.deadline = None
         if sock.listener is not None:
             sock.listener.syn_queue.pop(sock.key, None)
@@ -717,7 +719,7 @@ class HostStack:
         set_mss = getattr(sock.conn, "set_path_mss", None)
         if set_mss is not None:
             set_mss(mtu - 40)
-        self._dirty.add(sock)
+        self._dirty[sock] = None
 
 
 def _check_port(port: int) -> None:

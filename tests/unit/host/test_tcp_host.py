@@ -170,7 +170,7 @@ def test_accept_queue_full_drops_the_final_ack_until_there_is_room(host: HostSta
     listener = host.listen(PORT, backlog=1, syn_backlog=4)
     host.handle_frame(frame(_seg(4000, flags="S", seq=1)), 0.0)
     host.handle_frame(frame(_seg(4001, flags="S", seq=1)), 0.0)
-    a, b = _tcp_out(host)
+    a, b = sorted(_tcp_out(host), key=lambda t: t.dport)
     host.handle_frame(frame(_seg(4000, flags="A", seq=2, ack=a.seq + 1)), 0.0)
     host.handle_frame(frame(_seg(4001, flags="A", seq=2, ack=b.seq + 1)), 0.0)
     assert listener.pending == 1 and len(listener.syn_queue) == 1
