@@ -26,6 +26,8 @@ from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnectio
 from tcpchimney.host.icmp import Icmp
 from tcpchimney.host.interface import BROADCAST_MAC, ZERO_MAC, InterfaceConfig, ip_bytes, ip_str
 from tcpchimney.host.ipv4 import (
+    LIMITED_BROADCAST,
+    UNSPECIFIED,
     HeaderTemplate,
     IpIdCounter,
     bad_source,
@@ -112,6 +114,16 @@ class HostStack:
         self._our_ip = iface.ip
         self._pseudo_rx_base = codec.ones_sum(iface.ip, codec.PROTO_TCP)
         self._tx_csum = iface.features.tx_csum
+        self._tso = iface.features.tso
+        # Address checks of the receive path as one lookup each (the rules are in ipv4.py).
+        self._local_kinds = {
+            a: kind
+            for a in (iface.ip, LIMITED_BROADCAST, iface.broadcast)
+            if (kind := destination_kind(a, iface))
+        }
+        self._bad_sources = frozenset(
+            a for a in (iface.ip, LIMITED_BROADCAST, UNSPECIFIED, iface.broadcast) if bad_source(a, iface)
+        )
 
     # ================================================================== node interface (link/)
 
@@ -319,11 +331,12 @@ class HostStack:
         except WireError as err:
             bump(c, f"drop_{err.reason}")
             return
-        kind = destination_kind(ip.dst, self.iface)
+        kind = self._local_kinds.get(ip.dst)
         if kind is None:
             bump(c, "drop_not_our_address")
             return
-        if bad_source(ip.src, self.iface):
+        src = ip.src
+        if src in self._bad_sources or src[0] >= 224 or src[0] == 127:  # RFC 1122 3.2.1.3
             bump(c, "drop_bad_source")
             return
         if ip.ttl == 0:
@@ -615,7 +628,7 @@ class HostStack:
         hdr = template.build(tcp_len, self._ip_id.next())
         hdr += header
         gso = 0
-        if len(payload) > sock.gso_mss:
+        if len(payload) > sock.gso_mss and self._tso:
             gso = sock.gso_mss - (len(header) - 20)  # options are repeated in every wire segment
         partial = self._tx_csum or gso > 0
         s = sock.pseudo_sum + tcp_len

@@ -376,3 +376,12 @@ def test_frames_received_with_a_separate_payload_are_handled(host: HostStack) ->
     raw = bytes(_seg(flags="S", seq=1))  # type: ignore[call-overload]
     host.handle_frame(Frame(raw[:40], raw[40:]), 0.0)
     assert [s.flags for s in _tcp_out(host)] == ["SA"]
+
+
+def test_without_tso_no_frame_is_marked_for_segmentation() -> None:
+    host = _stack(features=DeviceFeatures(tx_csum=True))
+    assert host.tcp_config.max_segment_payload == 0 and host.tcp_config.mss == 1460
+    sock, _ = _established(host)
+    sock.send(b"z" * 3000)  # type: ignore[attr-defined]  # the stand-in ignores the MSS: the host must not
+    (f,) = host.frames_to_send(0.0)
+    assert f.gso_size == 0
