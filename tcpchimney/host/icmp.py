@@ -11,9 +11,8 @@ from tcpchimney.host.events import EchoReply, HostEvent
 from tcpchimney.wire.errors import WireError
 
 SendIp = Callable[[bytes, int, bytes, float], None]  # (dst, protocol, payload, now)
-FragNeeded = Callable[
-    [bytes, int, bytes | bytearray | memoryview], None
-]  # (quoted dst, mtu, quoted datagram)
+Bytes = bytes | bytearray | memoryview
+FragNeeded = Callable[[codec.Ipv4Header, int, Bytes], None]  # (quoted IPv4 header, next-hop MTU, the quote)
 
 
 class Icmp:
@@ -74,7 +73,7 @@ class Icmp:
             # RFC 792: the data holds the original header + 8 bytes; a short quote cannot be matched.
             bump(c, "drop_bad_quote")
             return
-        self._frag_needed(quoted.dst, msg.rest & 0xFFFF, msg.data)
+        self._frag_needed(quoted, msg.rest & 0xFFFF, msg.data)
 
     def ping(self, dst: bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         if len(self._outstanding) >= self.max_outstanding:

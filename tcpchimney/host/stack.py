@@ -60,6 +60,7 @@ from tcpchimney.wire.tcp import ACK, RST, SYN, TcpOptions, TcpSegment
 if TYPE_CHECKING:
     from tcpchimney.tcp.connection import TcpConnection
 
+Bytes = bytes | bytearray | memoryview
 _ETHERTYPE = struct.Struct("!H")
 _CSUM = struct.Struct("!H")
 _TCP_CSUM_AT = codec.ETH_HEADER_LEN + 20 + codec.TCP_CSUM_OFFSET  # our headers never carry IP options
@@ -286,8 +287,7 @@ class HostStack:
         listener.closed = True
         del self._listeners[listener.port]
         for sock in [*listener.syn_queue.values(), *listener.accept_queue]:
-            sock.listener = None
-            sock.conn.abort()
+            sock.conn.abort()  # sock.listener stays set: its Closed event is nobody's business
             self._dirty[sock] = None
         listener.syn_queue.clear()
         listener.accept_queue.clear()
@@ -421,6 +421,7 @@ class HostStack:
         else:
             if state is TcpState.SYN_SENT and seg.flags & SYN and seg.options.mss is not None:
                 self._peer_mss[sock.key] = seg.options.mss
+                sock.template = None  # the segment size for TSO follows the peer's MSS
             conn.handle_segment(seg, now)
         self._dirty[sock] = None
         self._drain(sock)
@@ -711,8 +712,16 @@ class HostStack:
 
     # ================================================================== path MTU (RFC 1191)
 
-    def _on_frag_needed(self, dst: bytes, mtu: int, quoted: bytes | bytearray | memoryview) -> None:
+    def _on_frag_needed(
+        self, quoted: codec.Ipv4Header, mtu: int, data: bytes | bytearray | memoryview
+    ) -> None:
         c = self._counters.icmp
+        dst = quoted.dst
+        if quoted.proto == codec.PROTO_TCP and not self._quote_matches_connection(quoted, data):
+            # RFC 5927 section 4.1 / Linux tcp_v4_err: an ICMP error about TCP must name one of our
+            # connections and a sequence number in flight, or it is a blind attack.
+            bump(c, "drop_frag_needed_unmatched")
+            return
         current = self._pmtu.get(dst, self.iface.mtu)
         if mtu == 0:
             bump(c, "drop_frag_needed_no_mtu")  # RFC 1191 plateaus are not implemented
@@ -726,6 +735,19 @@ class HostStack:
         for sock in self._conns.values():
             if sock.remote_ip == dst:
                 self._lower_mss(sock, mtu)
+
+    def _quote_matches_connection(
+        self, quoted: codec.Ipv4Header, data: bytes | bytearray | memoryview
+    ) -> bool:
+        at = quoted.header_len
+        if len(data) < at + 8:
+            return False
+        sport, dport, seq = struct.unpack_from("!HHI", data, at)
+        sock = self._conns.get(conn_key(quoted.dst, dport, sport))
+        if sock is None:
+            return False
+        conn = sock.conn
+        return conn.snd_una <= SeqNum(seq) <= conn.snd_nxt
 
     def _lower_mss(self, sock: TcpSocket, mtu: int) -> None:
         sock.template = None  # rebuilt with the new segment size

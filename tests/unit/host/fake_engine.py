@@ -24,6 +24,7 @@ class FakeConnection:
         self.remote_port = remote_port
         self.iss = iss
         self.snd_nxt = iss
+        self.snd_una = iss
         self.rcv_nxt = SeqNum(0)
         self.ts_offset = ts_offset
         self.ts_recent: int | None = None

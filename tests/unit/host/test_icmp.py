@@ -65,7 +65,8 @@ def test_truncated_icmp_is_dropped(stack: HostStack) -> None:
 
 
 def _quote(dst: str = PEER_IP) -> bytes:
-    return bytes(IP(src=OUR_IP, dst=dst) / TCP(sport=40000, dport=80, flags="A"))[:28]
+    """The head of one of our (ICMP) datagrams, as a router quotes it."""
+    return bytes(IP(src=OUR_IP, dst=dst) / ICMP(type=8) / (b"p" * 1400))[:28]
 
 
 def test_fragmentation_needed_lowers_the_path_mtu_and_reports_it(stack: HostStack) -> None:
@@ -89,6 +90,14 @@ def test_our_echo_is_fragmented_to_the_path_mtu(stack: HostStack) -> None:
     stack.ping(PEER_IP, 1, 1, b"q" * 1400, 0.0)
     out = sent(stack)
     assert len(out) == 2 and all(len(p[IP]) <= 1000 for p in out)
+
+
+def test_frag_needed_about_an_unknown_tcp_connection_is_ignored(stack: HostStack) -> None:
+    quote = bytes(IP(src=OUR_IP, dst=PEER_IP) / TCP(sport=40000, dport=80, flags="A"))[:28]
+    msg = IP(src="198.18.0.254", dst=OUR_IP) / ICMP(type=3, code=4, nexthopmtu=1280) / quote
+    stack.handle_frame(frame(eth_to_us(msg)), 0.0)
+    assert stack.path_mtu(PEER_IP) == 1500 and events(stack) == []
+    assert stack.counters["icmp"]["drop_frag_needed_unmatched"] == 1
 
 
 def test_time_exceeded_and_port_unreachable_are_counted(stack: HostStack) -> None:

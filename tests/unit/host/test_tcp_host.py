@@ -349,7 +349,13 @@ def test_tso_super_segments_carry_gso_size() -> None:
 def test_path_mtu_lowers_the_segment_size_of_connections_to_that_host() -> None:
     host = _stack(features=DeviceFeatures(tx_csum=True, tso=True))
     sock, _ = _established(host)
-    quote = bytes(IP(src=OUR_IP, dst=PEER_IP) / TCP(sport=PORT, dport=5000))[:28]
+    conn = sock.conn  # type: ignore[attr-defined]
+    conn.snd_una, conn.snd_nxt = conn.snd_nxt, conn.snd_nxt + 3000  # data in flight
+    wrong = bytes(IP(src=OUR_IP, dst=PEER_IP) / TCP(sport=PORT, dport=5000, seq=conn.snd_una - 10_000))[:28]
+    msg = IP(src="198.18.0.254", dst=OUR_IP) / ICMP(type=3, code=4, nexthopmtu=1280) / wrong
+    host.handle_frame(frame(eth_to_us(msg)), 0.0)
+    assert host.path_mtu(PEER_IP) == 1500  # a sequence number not in flight: ignored (RFC 5927)
+    quote = bytes(IP(src=OUR_IP, dst=PEER_IP) / TCP(sport=PORT, dport=5000, seq=conn.snd_una + 5))[:28]
     msg = IP(src="198.18.0.254", dst=OUR_IP) / ICMP(type=3, code=4, nexthopmtu=1280) / quote
     host.handle_frame(frame(eth_to_us(msg)), 0.0)
     assert PathMtuChanged(bytes([198, 18, 0, 2]), 1280) in events(host)
