@@ -482,6 +482,19 @@ class HostStack:
         c = self._counters.tcp
         cookie = self._cookies.make(self._cookie_tuple(src, syn), syn.seq, syn.options.mss, now)
         ts_offset = self._ts_offsets.offset(self._our_ip, src)
+        if syn.options.ts_val is None:
+            # Without timestamps the cookie cannot carry window scale or SACK: offer neither (Linux
+            # tcp_conn_request clears the options when want_cookie and no timestamp was seen).
+            syn = TcpSegment(
+                syn.src_port,
+                syn.dst_port,
+                syn.seq,
+                syn.ack,
+                syn.flags,
+                syn.window,
+                b"",
+                TcpOptions(mss=syn.options.mss),
+            )
         probe = self._engine().accept_syn(
             self.tcp_config, syn.dst_port, syn.src_port, syn, cookie, now, ts_offset
         )

@@ -146,6 +146,21 @@ def test_syn_queue_full_answers_with_a_cookie_and_the_ack_completes(host: HostSt
     assert listener.accept() is not None
 
 
+def test_cookie_without_timestamps_drops_window_scale_and_sack(host: HostStack) -> None:
+    listener = host.listen(PORT, syn_backlog=1)
+    host.handle_frame(frame(_seg(4000, flags="S", seq=1)), 0.0)
+    _tcp_out(host)
+    opts = [("MSS", 1460), ("SAckOK", b""), ("WScale", 9)]
+    host.handle_frame(frame(_seg(5000, flags="S", seq=70_000, options=opts)), 0.0)
+    (synack,) = _tcp_out(host)
+    names = [name for name, _ in synack.options]
+    assert "WScale" not in names and "SAckOK" not in names and "MSS" in names
+    host.handle_frame(frame(_seg(5000, flags="A", seq=70_001, ack=synack.seq + 1)), 0.5)
+    o = FakeConnection.created[-1].peer_syn.options  # type: ignore[union-attr]
+    assert (o.mss, o.wscale, o.sack_permitted, o.ts_val) == (1460, None, False, None)
+    assert listener.pending == 1
+
+
 def test_forged_cookie_ack_is_reset(host: HostStack) -> None:
     host.listen(PORT, syn_backlog=1)
     host.handle_frame(frame(_seg(5000, flags="A", seq=10, ack=123456)), 0.0)
