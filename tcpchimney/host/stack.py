@@ -133,9 +133,24 @@ class HostStack:
         try:
             self._rx_frame(frame, now)
         except Exception as exc:  # a codec or engine bug must not kill the stack
-            self._internal_errors += 1
-            self._errors.append(f"{type(exc).__name__}: {exc}")
-            del self._errors[:-_MAX_ERRORS_KEPT]
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        self._internal_errors += 1
+        self._errors.append(f"{type(exc).__name__}: {exc}")
+        del self._errors[:-_MAX_ERRORS_KEPT]
+
+    def _engine_failed(self, sock: TcpSocket, exc: Exception) -> None:
+        """An engine raised outside handle_frame: count it and drop the connection, which cannot be trusted
+        any more, rather than fail every later call (or spin on its deadline)."""
+        self._internal_error(exc)
+        listener = sock.listener
+        self._forget(sock)
+        if listener is not None:
+            if sock in listener.accept_queue:
+                listener.accept_queue.remove(sock)
+        else:
+            self._events.append(ConnectionEvent(sock, Closed()))
 
     def handle_timer(self, now: float) -> None:
         self.arp.handle_timer(now)
@@ -146,9 +161,12 @@ class HostStack:
             if sock.deadline != deadline or self._conns.get(sock.key) is not sock:
                 continue  # superseded by a later deadline, or the connection is gone
             sock.deadline = None
-            sock.conn.handle_timer(now)
-            self._dirty[sock] = None
-            self._drain(sock)
+            try:
+                sock.conn.handle_timer(now)
+                self._dirty[sock] = None
+                self._drain(sock)
+            except Exception as exc:
+                self._engine_failed(sock, exc)
 
     def frames_to_send(self, now: float) -> list[Frame]:
         out: list[Frame] = []
@@ -156,7 +174,10 @@ class HostStack:
             dirty = self._dirty
             self._dirty = {}
             for sock in dirty:
-                self._output(sock, now, out)
+                try:
+                    self._output(sock, now, out)
+                except Exception as exc:
+                    self._engine_failed(sock, exc)
         if self._tx:
             out[:0] = self._tx
             self._tx.clear()
@@ -165,8 +186,11 @@ class HostStack:
         return out
 
     def next_deadline(self) -> float | None:
-        for sock in self._dirty:
-            self._refresh_deadline(sock)
+        for sock in list(self._dirty):
+            try:
+                self._refresh_deadline(sock)
+            except Exception as exc:
+                self._engine_failed(sock, exc)
         best = self.arp.next_deadline()
         frag = self.reassembler.next_deadline()
         if frag is not None and (best is None or frag < best):
@@ -183,7 +207,10 @@ class HostStack:
 
     def next_event(self) -> HostEvent | None:
         for sock in list(self._dirty):
-            self._drain(sock)
+            try:
+                self._drain(sock)
+            except Exception as exc:
+                self._engine_failed(sock, exc)
         return self._events.popleft() if self._events else None
 
     @property

@@ -392,6 +392,21 @@ def test_internal_errors_are_contained(host: HostStack, monkeypatch: pytest.Monk
     assert host.internal_errors == ["RuntimeError: engine bug"]
 
 
+def test_an_engine_failing_on_output_is_dropped_not_fatal(host: HostStack) -> None:
+    sock, _ = _established(host)
+    events(host)
+
+    def boom(now: float) -> list[object]:
+        raise RuntimeError("output bug")
+
+    sock.conn.segments_to_send = boom  # type: ignore[attr-defined]
+    sock.send(b"x")  # type: ignore[attr-defined]
+    assert host.frames_to_send(0.0) == []
+    assert host.counters["stack"]["internal_error"] == 1 and host.connections() == []
+    assert events(host) == [ConnectionEvent(sock, Closed())]  # type: ignore[arg-type]
+    assert host.frames_to_send(0.0) == []  # and it stays quiet
+
+
 def test_frames_received_with_a_separate_payload_are_handled(host: HostStack) -> None:
     host.listen(PORT)
     raw = bytes(_seg(flags="S", seq=1))  # type: ignore[call-overload]
