@@ -25,6 +25,10 @@ class Icmp:
         self._frag_needed = frag_needed
         self._outstanding: dict[tuple[bytes, int, int], float] = {}  # (dst, ident, seq) -> time sent
         self.max_outstanding = 1024
+        self.errors_per_second = 1000.0  # Linux net.ipv4.icmp_msgs_per_sec
+        self.error_burst = 50.0  # Linux net.ipv4.icmp_msgs_burst
+        self._tokens = self.error_burst
+        self._tokens_at = 0.0
 
     def handle(
         self, src: bytes, broadcast: bool, data: bytes | bytearray | memoryview, verify: bool, now: float
@@ -74,6 +78,18 @@ class Icmp:
             bump(c, "drop_bad_quote")
             return
         self._frag_needed(quoted, msg.rest & 0xFFFF, msg.data)
+
+    def send_error(self, dst: bytes, icmp_type: int, code: int, quote: bytes, now: float) -> None:
+        """An ICMP error, rate-limited by a token bucket (RFC 1812 4.3.2.8; Linux icmp_ratelimit and
+        icmp_msgs_per_sec / icmp_msgs_burst) so that a flood cannot turn us into an amplifier."""
+        self._tokens = min(self.error_burst, self._tokens + (now - self._tokens_at) * self.errors_per_second)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            bump(self._counters, "tx_error_rate_limited")
+            return
+        self._tokens -= 1.0
+        bump(self._counters, "tx_error")
+        self._send(dst, icmp_type, code, 0, quote, now)
 
     def ping(self, dst: bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         if len(self._outstanding) >= self.max_outstanding:

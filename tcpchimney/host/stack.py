@@ -396,6 +396,10 @@ class HostStack:
             self._icmp.handle(ip.src, kind == "broadcast", view, verify, now)
         else:
             bump(c, "drop_unknown_protocol")
+            if kind == "unicast" and not ip.is_fragment:
+                # RFC 1122 3.2.2.1: protocol unreachable; the quote is the header plus 8 bytes (RFC 792).
+                quote = bytes(buf[codec.ETH_HEADER_LEN : codec.ETH_HEADER_LEN + ip.header_len + 8])
+                self._icmp.send_error(ip.src, codec.ICMP_DEST_UNREACHABLE, codec.UNREACH_PROTOCOL, quote, now)
 
     def _rx_tcp(self, src: bytes, data: memoryview, verify: bool, now: float) -> None:
         c = self._counters.tcp

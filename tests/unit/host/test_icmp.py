@@ -108,3 +108,17 @@ def test_time_exceeded_and_port_unreachable_are_counted(stack: HostStack) -> Non
     c = stack.counters["icmp"]
     assert c["rx_time_exceeded"] == 1 and c["rx_port_unreachable"] == 1 and c["rx_dest_unreachable"] == 1
     assert events(stack) == [] and sent(stack) == []
+
+
+def test_unknown_protocol_gets_a_rate_limited_protocol_unreachable(stack: HostStack) -> None:
+    learn_peer(stack)
+    pkt = eth_to_us(IP(src=PEER_IP, dst=OUR_IP, proto=253) / (b"u" * 40))
+    stack.handle_frame(frame(pkt), 0.0)
+    (err,) = sent(stack)
+    assert (err[ICMP].type, err[ICMP].code) == (3, 2)
+    assert bytes(err[ICMP].payload) == bytes(pkt[IP])[:28]  # header + 8 bytes (RFC 792)
+    for _ in range(100):
+        stack.handle_frame(frame(pkt), 0.0)
+    assert len(sent(stack)) == 49  # the burst allowance, then the bucket is empty
+    assert stack.counters["icmp"]["tx_error_rate_limited"] == 51
+    assert stack.counters["ipv4"]["drop_unknown_protocol"] == 101
