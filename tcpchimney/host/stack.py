@@ -243,8 +243,13 @@ class HostStack:
         dst = self._check_destination(remote_ip)
         _check_port(remote_port)
         if local_port is None:
+            conns, listeners = self._conns, self._listeners
+            # Like Linux, an ephemeral port is never one we listen on, and its 4-tuple must be free.
             port = self._ports.select(
-                self._our_ip, dst, remote_port, lambda p: conn_key(dst, remote_port, p) not in self._conns
+                self._our_ip,
+                dst,
+                remote_port,
+                lambda p: p not in listeners and conn_key(dst, remote_port, p) not in conns,
             )
             if port is None:
                 raise NoEphemeralPort(f"no free local port towards {ip_str(dst)}:{remote_port}")
@@ -438,6 +443,7 @@ class HostStack:
             if listener is not None and time_wait_reusable(conn, seg):
                 bump(self._counters.tcp, "time_wait_reuse")
                 self._forget(sock)
+                self._events.append(ConnectionEvent(sock, Closed()))  # the old incarnation is gone
                 self._listen_input(listener, sock.remote_ip, sock.key, seg, now)
                 return
             conn.handle_segment(seg, now)

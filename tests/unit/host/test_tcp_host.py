@@ -225,6 +225,8 @@ def test_time_wait_reuse_with_a_higher_sequence_number(host: HostStack) -> None:
     new = FakeConnection.created[-1]
     assert new is not old and new.state is TcpState.SYN_RECEIVED
     assert old.received == [r for r in old.received if not r.flags & 0x02]  # the old one never saw it
+    closed = [e for e in events(host) if isinstance(e, ConnectionEvent) and e.tcp_event == Closed()]
+    assert [e.sock.conn for e in closed] == [old]
 
 
 def test_time_wait_keeps_an_old_sequence_number_syn(host: HostStack) -> None:
@@ -276,6 +278,20 @@ def test_connect_errors(host: HostStack) -> None:
     no_gw = make_stack(gateway=None, engine=FakeConnection)
     with pytest.raises(InvalidAddress):
         no_gw.connect("203.0.113.1", 80, 0.0)
+
+
+def test_ephemeral_ports_skip_listening_ports() -> None:
+    host = make_stack(engine=FakeConnection)
+    from tcpchimney.host.ports import EphemeralPorts
+
+    host._ports = EphemeralPorts(b"k", low=40000, high=40002)
+    host.listen(40000)
+    host.listen(40001)
+    assert host.connect(PEER_IP, 80, 0.0).local_port == 40002
+    from tcpchimney.host.errors import NoEphemeralPort
+
+    with pytest.raises(NoEphemeralPort):
+        host.connect(PEER_IP, 80, 0.0)
 
 
 def test_ephemeral_ports_differ_between_destinations(host: HostStack) -> None:
