@@ -31,3 +31,7 @@ class Illegal(WireError):
 
 class ChecksumError(Illegal):
     """Parses, but the checksum does not verify."""
+
+
+class EmitError(ValueError):
+    """An emit function was handed a value its format cannot carry (wrong API use, not bad input)."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 _MOD = 1 << 32
 _MASK = _MOD - 1
 _HALF = 1 << 31
+_new_int = int.__new__  # skips SeqNum.__new__ where the value is already masked
+_int_add = int.__add__
+_int_sub = int.__sub__
 
 
 class SeqNum(int):
@@ -18,39 +21,39 @@ class SeqNum(int):
     __slots__ = ()
 
     def __new__(cls, value: int) -> SeqNum:
-        return int.__new__(cls, value & _MASK)
+        return _new_int(cls, value & _MASK)
 
-    def __add__(self, other: int) -> SeqNum:  # type: ignore[override]
-        return SeqNum(int(self) + int(other))
+    def __add__(self, other: int) -> SeqNum:
+        return _new_int(SeqNum, _int_add(self, other) & _MASK)
 
     __radd__ = __add__
 
-    def __sub__(self, other: int) -> SeqNum | int:  # type: ignore[override]
+    def __sub__(self, other: int) -> SeqNum | int:
         """``seq - seq`` -> signed distance (int); ``seq - int`` -> SeqNum."""
         if isinstance(other, SeqNum):
-            d = (int(self) - int(other)) & _MASK
+            d = _int_sub(self, other) & _MASK
             return d - _MOD if d >= _HALF else d
-        return SeqNum(int(self) - int(other))
+        return _new_int(SeqNum, _int_sub(self, other) & _MASK)
 
     def dist(self, other: SeqNum) -> int:
         """Signed distance ``self - other`` as an int (typed helper for mypy)."""
-        d = (int(self) - int(other)) & _MASK
+        d = _int_sub(self, other) & _MASK
         return d - _MOD if d >= _HALF else d
 
-    def __lt__(self, other: int) -> bool:  # type: ignore[override]
-        d = (int(self) - int(other)) & _MASK
+    def __lt__(self, other: int) -> bool:
+        d = _int_sub(self, other) & _MASK
         return d >= _HALF
 
-    def __le__(self, other: int) -> bool:  # type: ignore[override]
-        d = (int(self) - int(other)) & _MASK
+    def __le__(self, other: int) -> bool:
+        d = _int_sub(self, other) & _MASK
         return d == 0 or d >= _HALF
 
-    def __gt__(self, other: int) -> bool:  # type: ignore[override]
-        d = (int(other) - int(self)) & _MASK
+    def __gt__(self, other: int) -> bool:
+        d = _int_sub(other, self) & _MASK
         return d >= _HALF
 
-    def __ge__(self, other: int) -> bool:  # type: ignore[override]
-        d = (int(other) - int(self)) & _MASK
+    def __ge__(self, other: int) -> bool:
+        d = _int_sub(other, self) & _MASK
         return d == 0 or d >= _HALF
 
     def __repr__(self) -> str:
@@ -59,7 +62,7 @@ class SeqNum(int):
 
 def seq_in_window(seq: SeqNum, start: SeqNum, size: int) -> bool:
     """True when ``start <= seq < start + size`` in sequence space (RFC 9293 3.10.7.4 acceptability)."""
-    return ((int(seq) - int(start)) & _MASK) < size
+    return (_int_sub(seq, start) & _MASK) < size
 
 
 def seq_max(a: SeqNum, b: SeqNum) -> SeqNum:
