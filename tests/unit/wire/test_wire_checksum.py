@@ -64,7 +64,9 @@ def test_combine_at_any_offset(a: bytes, b: bytes) -> None:
 
 @given(st.binary(max_size=200), st.binary(max_size=3000), st.integers(0, 0xFFFF))
 def test_l4_checksum_without_concatenation(header: bytes, payload: bytes, pseudo: int) -> None:
-    assert C.l4_checksum(pseudo, header, memoryview(payload)) == (~naive_sum(header + payload, pseudo) & 0xFFFF)
+    assert C.l4_checksum(pseudo, header, memoryview(payload)) == (
+        ~naive_sum(header + payload, pseudo) & 0xFFFF
+    )
 
 
 @given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4), st.integers(0, 65535))

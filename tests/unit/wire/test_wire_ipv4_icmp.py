@@ -13,7 +13,13 @@ from tcpchimney.wire.errors import ChecksumError, EmitError, Illegal, Malformed,
 
 addrs = st.binary(min_size=4, max_size=4)
 raw_options = st.sampled_from(
-    [b"", b"\x01\x01\x01\x00", b"\x94\x04\x00\x00", b"\x07\x07\x04\x00\x00\x00\x00\x00", b"\x01\x94\x04\x00\x00\x00\x00\x00"]
+    [
+        b"",
+        b"\x01\x01\x01\x00",
+        b"\x94\x04\x00\x00",
+        b"\x07\x07\x04\x00\x00\x00\x00\x00",
+        b"\x01\x94\x04\x00\x00\x00\x00\x00",
+    ]
 )
 
 
@@ -34,22 +40,43 @@ def test_parse_linux_syn_datagram() -> None:
 @given(addrs, addrs, st.integers(0, 255), st.integers(0, 1500), st.integers(0, 0xFFFF), st.integers(0, 255),
        st.integers(0, 255), st.integers(0, 0xFFFF), raw_options, st.binary(max_size=10))  # fmt: skip
 def test_round_trip(
-    src: bytes, dst: bytes, proto: int, plen: int, ident: int, ttl: int, tos: int, ff: int, opts: bytes, pad: bytes
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    plen: int,
+    ident: int,
+    ttl: int,
+    tos: int,
+    ff: int,
+    opts: bytes,
+    pad: bytes,
 ) -> None:
     payload = bytes(range(256)) * 6
     payload = payload[:plen]
     dgram = ipv4.emit_ipv4(src, dst, proto, plen, ident, ttl, tos, ff, opts) + payload
     ip = ipv4.parse_ipv4(dgram + pad)  # link padding after the datagram is ignored
-    assert (ip.src, ip.dst, ip.proto, ip.ident, ip.ttl, ip.tos, ip.flags_frag) == (src, dst, proto, ident, ttl, tos, ff)
+    assert (ip.src, ip.dst, ip.proto, ip.ident, ip.ttl, ip.tos, ip.flags_frag) == (
+        src,
+        dst,
+        proto,
+        ident,
+        ttl,
+        tos,
+        ff,
+    )
     assert ip.header_len == 20 + len(opts) and ip.total_len == len(dgram) and ip.options_raw == opts
     assert bytes(ip.payload) == payload
     assert ip.is_fragment == bool(ff & 0x3FFF) and ip.frag_offset == (ff & 0x1FFF) * 8
-    assert ipv4.emit_ipv4(src, dst, proto, plen, ident, ttl, tos, ff, ip.options_raw) == dgram[: ip.header_len]
+    assert (
+        ipv4.emit_ipv4(src, dst, proto, plen, ident, ttl, tos, ff, ip.options_raw) == dgram[: ip.header_len]
+    )
 
 
 @given(addrs, addrs, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255), st.booleans(),
        st.integers(20, 65535), st.integers(0, 0xFFFF))  # fmt: skip
-def test_template_matches_emit(src: bytes, dst: bytes, proto: int, ttl: int, tos: int, df: bool, total: int, ident: int) -> None:
+def test_template_matches_emit(
+    src: bytes, dst: bytes, proto: int, ttl: int, tos: int, df: bool, total: int, ident: int
+) -> None:
     tmpl = ipv4.Ipv4HeaderTemplate(src, dst, proto, ttl, tos, df)
     expected = ipv4.emit_ipv4(src, dst, proto, total - 20, ident, ttl, tos, ipv4.FLAG_DF if df else 0)
     assert tmpl.header(total, ident) == expected
@@ -57,7 +84,9 @@ def test_template_matches_emit(src: bytes, dst: bytes, proto: int, ttl: int, tos
 
 
 def test_options_parsed_and_encoded() -> None:
-    raw = ipv4.encode_options(((ipv4.OPT_RA, b"\x00\x00"), (ipv4.OPT_NOP, b""), (ipv4.OPT_RR, b"\x04" + bytes(4))))
+    raw = ipv4.encode_options(
+        ((ipv4.OPT_RA, b"\x00\x00"), (ipv4.OPT_NOP, b""), (ipv4.OPT_RR, b"\x04" + bytes(4)))
+    )
     assert raw == b"\x94\x04\x00\x00\x01\x07\x07\x04\x00\x00\x00\x00"
     hdr = ipv4.emit_ipv4(b"\x01" * 4, b"\x02" * 4, 6, 0, 1, options_raw=raw)
     ip = ipv4.parse_ipv4(hdr)

@@ -34,7 +34,9 @@ def test_parse_linux_frame() -> None:
 
 @given(macs, macs, st.integers(0x0600, 0xFFFF).filter(lambda t: t not in (0x8100, 0x88A8)),
        st.lists(tags, max_size=2).map(tuple), st.binary(max_size=64))  # fmt: skip
-def test_round_trip(dst: bytes, src: bytes, ethertype: int, vlans: tuple[ethernet.VlanTag, ...], body: bytes) -> None:
+def test_round_trip(
+    dst: bytes, src: bytes, ethertype: int, vlans: tuple[ethernet.VlanTag, ...], body: bytes
+) -> None:
     frame = ethernet.emit_ethernet(dst, src, ethertype, vlans) + body
     f = ethernet.parse_ethernet(frame)
     assert (f.dst, f.src, f.ethertype, f.vlans) == (dst, src, ethertype, vlans)
@@ -94,7 +96,13 @@ def test_arp_round_trip(op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes,
 def test_arp_helpers() -> None:
     mac, ip, peer_mac, peer_ip = b"\x02" * 6, b"\xc6\x12\x00\x01", b"\x04" * 6, b"\xc6\x12\x00\x02"
     reply = arp.parse_arp(arp.emit_arp_reply(mac, ip, peer_mac, peer_ip))
-    assert (reply.op, reply.sha, reply.spa, reply.tha, reply.tpa) == (arp.ARP_REPLY, mac, ip, peer_mac, peer_ip)
+    assert (reply.op, reply.sha, reply.spa, reply.tha, reply.tpa) == (
+        arp.ARP_REPLY,
+        mac,
+        ip,
+        peer_mac,
+        peer_ip,
+    )
     grat = arp.parse_arp(arp.emit_gratuitous(mac, ip))
     assert grat.is_gratuitous and grat.op == arp.ARP_REQUEST and grat.spa == grat.tpa == ip
     probe = arp.parse_arp(arp.emit_arp_request(mac, bytes(4), ip))

@@ -52,5 +52,5 @@ def test_window_across_wrap() -> None:
     start = SeqNum(2**32 - 10)
     assert seq_in_window(SeqNum(5), start, 20)
     assert not seq_in_window(SeqNum(10), start, 20)
-    assert not seq_in_window(start - 1, start, 20)
+    assert not seq_in_window(SeqNum(start - 1), start, 20)
     assert not seq_in_window(start, start, 0)
