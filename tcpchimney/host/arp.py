@@ -12,10 +12,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from tcpchimney.host import _codec as codec
 from tcpchimney.host.counters import bump
 from tcpchimney.host.events import HostEvent, NeighborChanged, NeighborUnreachable
 from tcpchimney.host.interface import BROADCAST_MAC, ZERO_MAC, InterfaceConfig
+from tcpchimney.wire import arp as arp_wire
+from tcpchimney.wire import ethernet
 from tcpchimney.wire.frame import Frame
 
 
@@ -110,7 +111,7 @@ class ArpCache:
 
     # --- received ARP -------------------------------------------------------------------------------
 
-    def handle_arp(self, pkt: codec.ArpPacket, now: float) -> None:
+    def handle_arp(self, pkt: arp_wire.ArpPacket, now: float) -> None:
         """RFC 826 'Packet Reception', with Linux's rules for what may create an entry."""
         ours = self._iface.ip
         if pkt.spa == ours:
@@ -118,7 +119,7 @@ class ArpCache:
             return
         if pkt.sha[0] & 1 or pkt.spa == b"\x00\x00\x00\x00":
             # Probes (RFC 5227, sender IP 0) and multicast sender MACs never update the table.
-            if pkt.op == codec.ARP_REQUEST and pkt.tpa == ours and pkt.sha[0] & 1 == 0:
+            if pkt.op == arp_wire.ARP_REQUEST and pkt.tpa == ours and pkt.sha[0] & 1 == 0:
                 self._reply(pkt)
             else:
                 bump(self._counters, "drop_not_for_us")
@@ -127,13 +128,13 @@ class ArpCache:
         if n is not None:
             # RFC 826: "If the pair <protocol type, sender protocol address> is already in my translation
             # table, update the sender hardware address field" (this covers gratuitous ARP).
-            self._update(n, pkt.sha, now, confirmed=pkt.op == codec.ARP_REPLY or pkt.tpa == ours)
+            self._update(n, pkt.sha, now, confirmed=pkt.op == arp_wire.ARP_REPLY or pkt.tpa == ours)
         elif pkt.tpa == ours:
             # RFC 826: "If Merge_flag is false, add the triplet" -- only when we are the target.
             n = Neighbor(pkt.spa, None, NeighborState.INCOMPLETE, None)
             self._entries[pkt.spa] = n
             self._update(n, pkt.sha, now, confirmed=True)
-        if pkt.tpa == ours and pkt.op == codec.ARP_REQUEST:
+        if pkt.tpa == ours and pkt.op == arp_wire.ARP_REQUEST:
             self._reply(pkt)
         elif n is None:
             bump(self._counters, "drop_not_for_us")
@@ -228,24 +229,26 @@ class ArpCache:
     def _probe(self, n: Neighbor, now: float) -> None:
         """A request: broadcast while INCOMPLETE, unicast to the known MAC in PROBE (Linux ucast_probes)."""
         dst_mac = n.mac if n.state is NeighborState.PROBE and n.mac is not None else BROADCAST_MAC
-        pkt = codec.ArpPacket(codec.ARP_REQUEST, self._iface.mac, self._iface.ip, ZERO_MAC, n.ip)
+        pkt = arp_wire.ArpPacket(arp_wire.ARP_REQUEST, self._iface.mac, self._iface.ip, ZERO_MAC, n.ip)
         self._send(dst_mac, pkt)
         bump(self._counters, "tx_request")
         n.probes += 1
         n.deadline = now + self.params.retrans_time
         self._deadline_dirty = True
 
-    def _reply(self, req: codec.ArpPacket) -> None:
-        pkt = codec.ArpPacket(codec.ARP_REPLY, self._iface.mac, self._iface.ip, req.sha, req.spa)
+    def _reply(self, req: arp_wire.ArpPacket) -> None:
+        pkt = arp_wire.ArpPacket(arp_wire.ARP_REPLY, self._iface.mac, self._iface.ip, req.sha, req.spa)
         self._send(req.sha, pkt)
         bump(self._counters, "tx_reply")
 
-    def _send(self, dst_mac: bytes, pkt: codec.ArpPacket) -> None:
-        eth = codec.emit_ethernet(dst_mac, self._iface.mac, codec.ETHERTYPE_ARP)
-        self._tx.append(Frame(eth + codec.emit_arp(pkt)))
+    def _send(self, dst_mac: bytes, pkt: arp_wire.ArpPacket) -> None:
+        eth = ethernet.emit_ethernet(dst_mac, self._iface.mac, ethernet.ETHERTYPE_ARP)
+        self._tx.append(Frame(eth + arp_wire.emit_arp(pkt)))
         self._counters["tx"] += 1
 
     def announce(self) -> None:
         """Send a gratuitous ARP request for our own address (e.g. after the MAC or address changed)."""
-        pkt = codec.ArpPacket(codec.ARP_REQUEST, self._iface.mac, self._iface.ip, ZERO_MAC, self._iface.ip)
+        pkt = arp_wire.ArpPacket(
+            arp_wire.ARP_REQUEST, self._iface.mac, self._iface.ip, ZERO_MAC, self._iface.ip
+        )
         self._send(BROADCAST_MAC, pkt)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from tcpchimney.host import _codec as codec
 from tcpchimney.host.counters import bump
 from tcpchimney.host.events import EchoReply, HostEvent
+from tcpchimney.wire import icmp as icmp_wire
+from tcpchimney.wire import ipv4 as ipv4_wire
 from tcpchimney.wire.errors import WireError
 
 SendIp = Callable[[bytes, int, bytes, float], None]  # (dst, protocol, payload, now)
 Bytes = bytes | bytearray | memoryview
-FragNeeded = Callable[[codec.Ipv4Header, int, Bytes], None]  # (quoted IPv4 header, next-hop MTU, the quote)
+FragNeeded = Callable[
+    [ipv4_wire.Ipv4Header, int, Bytes], None
+]  # (quoted IPv4 header, next-hop MTU, the quote)
 
 
 class Icmp:
@@ -36,43 +39,43 @@ class Icmp:
         c = self._counters
         c["rx"] += 1
         try:
-            msg = codec.parse_icmp(data, verify_checksum=verify)
+            msg = icmp_wire.parse_icmp(data, verify_checksum=verify)
         except WireError as err:
             bump(c, f"drop_{err.reason}")
             return
         t = msg.type
-        if t == codec.ICMP_ECHO_REQUEST:
+        if t == icmp_wire.ICMP_ECHO_REQUEST:
             bump(c, "rx_echo_request")
             if broadcast:
                 bump(c, "drop_broadcast_echo")  # Linux icmp_echo_ignore_broadcasts=1 (smurf defence)
                 return
-            self._send(src, codec.ICMP_ECHO_REPLY, 0, msg.rest, msg.data, now)
-        elif t == codec.ICMP_ECHO_REPLY:
+            self._send(src, icmp_wire.ICMP_ECHO_REPLY, 0, msg.rest, msg.data, now)
+        elif t == icmp_wire.ICMP_ECHO_REPLY:
             bump(c, "rx_echo_reply")
             ident, seq = msg.rest >> 16, msg.rest & 0xFFFF
             sent = self._outstanding.pop((src, ident, seq), None)
             self._events.append(
                 EchoReply(src, ident, seq, bytes(msg.data), None if sent is None else now - sent)
             )
-        elif t == codec.ICMP_DEST_UNREACHABLE:
+        elif t == icmp_wire.ICMP_DEST_UNREACHABLE:
             self._unreachable(msg)
-        elif t == codec.ICMP_TIME_EXCEEDED:
+        elif t == icmp_wire.ICMP_TIME_EXCEEDED:
             bump(c, "rx_time_exceeded")
-        elif t == codec.ICMP_PARAMETER_PROBLEM:
+        elif t == icmp_wire.ICMP_PARAMETER_PROBLEM:
             bump(c, "rx_parameter_problem")
         else:
             bump(c, "rx_other")  # RFC 1122 3.2.2: unknown types are silently discarded
 
-    def _unreachable(self, msg: codec.IcmpMessage) -> None:
+    def _unreachable(self, msg: icmp_wire.IcmpMessage) -> None:
         c = self._counters
         bump(c, "rx_dest_unreachable")
-        if msg.code == codec.UNREACH_PORT:
+        if msg.code == icmp_wire.UNREACH_PORT:
             bump(c, "rx_port_unreachable")
-        if msg.code != codec.UNREACH_FRAG_NEEDED:
+        if msg.code != icmp_wire.UNREACH_FRAG_NEEDED:
             return
         bump(c, "rx_frag_needed")
         try:
-            quoted = codec.parse_ipv4_quote(msg.data)
+            quoted = ipv4_wire.parse_ipv4_quote(msg.data)
         except WireError:
             # RFC 792: the data holds the original header + 8 bytes; a short quote cannot be matched.
             bump(c, "drop_bad_quote")
@@ -95,7 +98,7 @@ class Icmp:
         if len(self._outstanding) >= self.max_outstanding:
             self._outstanding.pop(next(iter(self._outstanding)))
         self._outstanding[(dst, ident, seq)] = now
-        self._send(dst, codec.ICMP_ECHO_REQUEST, 0, (ident << 16) | seq, payload, now)
+        self._send(dst, icmp_wire.ICMP_ECHO_REQUEST, 0, (ident << 16) | seq, payload, now)
 
     def _send(
         self,
@@ -107,4 +110,4 @@ class Icmp:
         now: float,
     ) -> None:
         self._counters["tx"] += 1
-        self._send_ip(dst, codec.PROTO_ICMP, codec.emit_icmp(icmp_type, code, rest, data), now)
+        self._send_ip(dst, ipv4_wire.PROTO_ICMP, icmp_wire.emit_icmp(icmp_type, code, rest, data), now)

@@ -31,7 +31,7 @@ class TcpSocket:
         "listener",
         "local_ip",
         "local_port",
-        "pseudo_sum",
+        "pseudo_base",
         "remote_ip",
         "remote_port",
         "template",
@@ -59,7 +59,7 @@ class TcpSocket:
         self.deadline: float | None = None  # the engine deadline last pushed on the stack's timer heap
         self.template: HeaderTemplate | None = None  # Ethernet + IPv4 headers towards the current next hop
         self.template_gen = -1  # neighbor-table generation the template was built for
-        self.pseudo_sum = 0  # folded pseudo-header sum without the TCP length
+        self.pseudo_base = 0  # pseudo-header sum without the TCP length (wire.checksum.pseudo_base_sum)
         self.gso_mss = 0  # payload bytes per wire segment when the device cuts a super-segment
         self._readable = 0
 

@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from tcpchimney.host import _codec as codec
 from tcpchimney.host.arp import ArpCache, ArpParams
 from tcpchimney.host.counters import Counters, bump
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
@@ -52,6 +51,11 @@ from tcpchimney.tcp.events import (
 )
 from tcpchimney.tcp.isn import TimestampOffset, initial_sequence_number
 from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire import arp as arp_wire
+from tcpchimney.wire import checksum, ethernet
+from tcpchimney.wire import icmp as icmp_wire
+from tcpchimney.wire import ipv4 as ipv4_wire
+from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
 from tcpchimney.wire.seq import SeqNum
@@ -62,8 +66,6 @@ if TYPE_CHECKING:
 
 Bytes = bytes | bytearray | memoryview
 _ETHERTYPE = struct.Struct("!H")
-_CSUM = struct.Struct("!H")
-_TCP_CSUM_AT = codec.ETH_HEADER_LEN + 20 + codec.TCP_CSUM_OFFSET  # our headers never carry IP options
 _MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: ICMP claims below this are clamped (RFC 1191 attacks)
 _MAX_ERRORS_KEPT = 16
 
@@ -113,7 +115,7 @@ class HostStack:
         self._peer_mss: dict[int, int] = {}  # conn key -> MSS option the peer sent in its SYN / SYN-ACK
         self._our_mac = iface.mac
         self._our_ip = iface.ip
-        self._pseudo_rx_base = codec.ones_sum(iface.ip, codec.PROTO_TCP)
+        self._pseudo_rx_base = int.from_bytes(iface.ip, "big") + ipv4_wire.PROTO_TCP  # + source, unfolded
         self._tx_csum = iface.features.tx_csum
         self._tso = iface.features.tso
         # Address checks of the receive path as one lookup each (the rules are in ipv4.py).
@@ -330,7 +332,7 @@ class HostStack:
         buf: bytes | bytearray | memoryview = frame.headers if not frame.payload else frame.tobytes()
         eth = self._counters.ethernet
         eth["rx"] += 1
-        if len(buf) < codec.ETH_HEADER_LEN:
+        if len(buf) < ethernet.ETH_HEADER_LEN:
             bump(eth, "drop_truncated")
             return
         dst_mac = buf[0:6]
@@ -338,9 +340,9 @@ class HostStack:
             bump(eth, "drop_multicast" if dst_mac[0] & 1 else "drop_not_for_us")
             return
         ethertype = _ETHERTYPE.unpack_from(buf, 12)[0]
-        if ethertype == codec.ETHERTYPE_IPV4:
+        if ethertype == ethernet.ETHERTYPE_IPV4:
             self._rx_ipv4(buf, frame, now)
-        elif ethertype == codec.ETHERTYPE_ARP:
+        elif ethertype == ethernet.ETHERTYPE_ARP:
             self._rx_arp(buf, now)
         else:
             bump(eth, "drop_unknown_ethertype")
@@ -349,7 +351,7 @@ class HostStack:
         c = self._counters.arp
         c["rx"] += 1
         try:
-            pkt = codec.parse_arp(buf, codec.ETH_HEADER_LEN)
+            pkt = arp_wire.parse_arp(buf, ethernet.ETH_HEADER_LEN)
         except WireError as err:
             bump(c, f"drop_{err.reason}")
             return
@@ -359,7 +361,7 @@ class HostStack:
         c = self._counters.ipv4
         c["rx"] += 1
         try:
-            ip = codec.parse_ipv4(buf, codec.ETH_HEADER_LEN)
+            ip = ipv4_wire.parse_ipv4(buf, ethernet.ETH_HEADER_LEN)
         except WireError as err:
             bump(c, f"drop_{err.reason}")
             return
@@ -375,9 +377,7 @@ class HostStack:
             # RFC 1122 3.2.1.7: no host may send TTL 0, so such a datagram is corrupt or forged.
             bump(c, "drop_ttl_zero")
             return
-        start = codec.ETH_HEADER_LEN + ip.header_len
-        end = codec.ETH_HEADER_LEN + ip.total_len  # bytes past it are Ethernet padding
-        view = memoryview(buf)[start:end]
+        view = ip.payload  # a view that stops at the total length: Ethernet padding is left out
         verify = not (frame.csum_partial or frame.csum_valid)
         if ip.is_fragment:
             whole = self.reassembler.add(
@@ -392,30 +392,30 @@ class HostStack:
                 return
             view = memoryview(whole.payload)
             verify = True  # offload flags describe the fragment frame, never the reassembled datagram
-        if ip.proto == codec.PROTO_TCP:
+        if ip.proto == ipv4_wire.PROTO_TCP:
             if kind != "unicast":
                 bump(self._counters.tcp, "drop_broadcast")  # RFC 1122 4.2.3.10: TCP is unicast only
                 return
             self._rx_tcp(ip.src, view, verify, now)
-        elif ip.proto == codec.PROTO_ICMP:
+        elif ip.proto == ipv4_wire.PROTO_ICMP:
             self._icmp.handle(ip.src, kind == "broadcast", view, verify, now)
         else:
             bump(c, "drop_unknown_protocol")
             if kind == "unicast" and not ip.is_fragment:
                 # RFC 1122 3.2.2.1: protocol unreachable; the quote is the header plus 8 bytes (RFC 792).
-                quote = bytes(buf[codec.ETH_HEADER_LEN : codec.ETH_HEADER_LEN + ip.header_len + 8])
-                self._icmp.send_error(ip.src, codec.ICMP_DEST_UNREACHABLE, codec.UNREACH_PROTOCOL, quote, now)
+                quote = bytes(buf[ethernet.ETH_HEADER_LEN : ethernet.ETH_HEADER_LEN + ip.header_len + 8])
+                self._icmp.send_error(
+                    ip.src, icmp_wire.ICMP_DEST_UNREACHABLE, icmp_wire.UNREACH_PROTOCOL, quote, now
+                )
 
-    def _rx_tcp(self, src: bytes, data: memoryview, verify: bool, now: float) -> None:
+    def _rx_tcp(self, src: bytes, data: Bytes, verify: bool, now: float) -> None:
         c = self._counters.tcp
         c["rx"] += 1
-        if verify:
-            pseudo = self._pseudo_rx_base + codec.ones_sum(src, len(data))
-            if codec.ones_sum(data, pseudo) != 0xFFFF:
-                bump(c, "drop_bad_checksum")
-                return
         try:
-            seg = codec.parse_tcp(data)
+            # The codec verifies the checksum in the same pass when asked (the device did not vouch for it).
+            seg = tcp_wire.parse_tcp(
+                data, self._pseudo_rx_base + int.from_bytes(src, "big") if verify else None
+            )
         except WireError as err:
             bump(c, f"drop_{err.reason}")
             return
@@ -588,13 +588,9 @@ class HostStack:
 
     def _send_segment_stateless(self, dst: bytes, seg: TcpSegment) -> None:
         """A segment outside any connection (RST, SYN-cookie SYN-ACK): full checksum, no template."""
-        header = bytearray(codec.emit_tcp_header(seg))
-        pseudo = codec.pseudo_header_sum(self._our_ip, dst, codec.PROTO_TCP, len(header) + len(seg.payload))
-        _CSUM.pack_into(
-            header, codec.TCP_CSUM_OFFSET, codec.internet_checksum(bytes(header) + bytes(seg.payload), pseudo)
-        )
+        segment = tcp_wire.emit_tcp(seg, checksum.pseudo_base_sum(self._our_ip, dst, ipv4_wire.PROTO_TCP))
         self._counters.tcp["tx"] += 1
-        self._send_ip(dst, codec.PROTO_TCP, bytes(header) + bytes(seg.payload), 0.0, df=True)
+        self._send_ip(dst, ipv4_wire.PROTO_TCP, segment, 0.0, df=True)
 
     # ================================================================== connection events
 
@@ -673,23 +669,13 @@ class HostStack:
         template = sock.template
         if template is None or sock.template_gen != self.arp.generation:
             template = self._build_template(sock, now)
-        header = codec.emit_tcp_header(seg)
         payload = seg.payload
-        tcp_len = len(header) + len(payload)
-        hdr = template.build(tcp_len, self._ip_id.next())
-        hdr += header
-        gso = 0
-        if len(payload) > sock.gso_mss and self._tso:
-            gso = sock.gso_mss - (len(header) - 20)  # options are repeated in every wire segment
-        partial = self._tx_csum or gso > 0
-        s = sock.pseudo_sum + tcp_len
-        s = (s & 0xFFFF) + (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16)
-        if partial:
-            _CSUM.pack_into(hdr, _TCP_CSUM_AT, s)  # NEEDS_CSUM: the pseudo-header sum, not inverted
-        else:
-            total = codec.ones_sum(payload, codec.ones_sum(memoryview(hdr)[_TCP_CSUM_AT - 16 :], s))
-            _CSUM.pack_into(hdr, _TCP_CSUM_AT, ~total & 0xFFFF)
+        super_segment = self._tso and len(payload) > sock.gso_mss
+        # TSO needs NEEDS_CSUM; with tx_csum every frame leaves the sum to the device (no per-ACK arithmetic).
+        partial = self._tx_csum or super_segment
+        header = tcp_wire.emit_tcp_header(seg, sock.pseudo_base, partial)
+        gso = sock.gso_mss - (len(header) - 20) if super_segment else 0  # options repeat in every piece
+        hdr = template.build(len(header) + len(payload), self._ip_id.next()) + header
         frame = Frame(hdr, payload, partial, False, gso)
         tcp = self._counters.tcp
         tcp["tx"] += 1
@@ -709,10 +695,12 @@ class HostStack:
     def _build_template(self, sock: TcpSocket, now: float) -> HeaderTemplate:
         hop = self._next_hop(sock.remote_ip)
         mac = self.arp.lookup(hop, now) or ZERO_MAC
-        template = HeaderTemplate(self._our_mac, mac, self._our_ip, sock.remote_ip, codec.PROTO_TCP, df=True)
+        template = HeaderTemplate(
+            self._our_mac, mac, self._our_ip, sock.remote_ip, ipv4_wire.PROTO_TCP, df=True
+        )
         sock.template = template
         sock.template_gen = self.arp.generation
-        sock.pseudo_sum = codec.ones_sum(self._our_ip + sock.remote_ip, codec.PROTO_TCP)
+        sock.pseudo_base = checksum.pseudo_base_sum(self._our_ip, sock.remote_ip, ipv4_wire.PROTO_TCP)
         sock.gso_mss = self._send_mss(sock)
         return template
 
@@ -743,31 +731,25 @@ class HostStack:
             bump(self._counters.ipv4, "tx_fragmented")
         for offset, length in pieces:
             more = offset + length < len(payload)
-            hdr = template.build(length, ident)
-            if len(pieces) > 1:
-                self._set_fragment(hdr, offset, more)
-            frame = Frame(bytes(hdr) + payload[offset : offset + length])
+            if len(pieces) == 1:
+                hdr = template.build(length, ident)
+            else:
+                hdr = template.build_fragment(self._our_ip, dst, proto, length, ident, offset, more)
+            frame = Frame(hdr + payload[offset : offset + length])
             self._counters.ipv4["tx"] += 1
             if mac == ZERO_MAC:
                 self.arp.enqueue(hop, frame, now)
             else:
                 self._tx.append(frame)
 
-    @staticmethod
-    def _set_fragment(hdr: bytearray, offset: int, more: bool) -> None:
-        start = codec.ETH_HEADER_LEN
-        _CSUM.pack_into(hdr, start + 6, (codec.IP_FLAG_MF if more else 0) | (offset >> 3))
-        _CSUM.pack_into(hdr, start + 10, 0)
-        _CSUM.pack_into(hdr, start + 10, codec.internet_checksum(hdr[start : start + 20]))
-
     # ================================================================== path MTU (RFC 1191)
 
     def _on_frag_needed(
-        self, quoted: codec.Ipv4Header, mtu: int, data: bytes | bytearray | memoryview
+        self, quoted: ipv4_wire.Ipv4Header, mtu: int, data: bytes | bytearray | memoryview
     ) -> None:
         c = self._counters.icmp
         dst = quoted.dst
-        if quoted.proto == codec.PROTO_TCP and not self._quote_matches_connection(quoted, data):
+        if quoted.proto == ipv4_wire.PROTO_TCP and not self._quote_matches_connection(quoted, data):
             # RFC 5927 section 4.1 / Linux tcp_v4_err: an ICMP error about TCP must name one of our
             # connections and a sequence number in flight, or it is a blind attack.
             bump(c, "drop_frag_needed_unmatched")
@@ -787,7 +769,7 @@ class HostStack:
                 self._lower_mss(sock, mtu)
 
     def _quote_matches_connection(
-        self, quoted: codec.Ipv4Header, data: bytes | bytearray | memoryview
+        self, quoted: ipv4_wire.Ipv4Header, data: bytes | bytearray | memoryview
     ) -> bool:
         at = quoted.header_len
         if len(data) < at + 8:
