@@ -9,5 +9,6 @@
 - ``listener`` / ``sockets``: ``Listener`` (SYN and accept queues) and ``TcpSocket`` (one engine + addresses).
 - ``tcp_demux``: resets for closed ports, TIME-WAIT reuse; ``syncookies``; ``ports`` (RFC 6056).
 - ``events``, ``errors``, ``counters``: what the stack reports and raises.
-- ``_codec``: the adapter through which the host reads and writes Ethernet/ARP/IPv4/ICMP/TCP bytes.
+
+Bytes are read and written only through ``tcpchimney.wire``.
 """
