@@ -209,7 +209,8 @@ def test_expect_100_continue_is_answered_before_the_body() -> None:
 
 def test_chunked_with_extensions_and_trailers() -> None:
     got = raw(
-        b"POST /sha256 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: 1\r\n\r\n"
+        b"POST /sha256 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2;x=y\r\nab\r\n1\r\nc\r\n0\r\nT: 1\r\n\r\n"
     )
     assert json.loads(got.split(b"\r\n\r\n", 1)[1]) == {
         "sha256": hashlib.sha256(b"abc").hexdigest(),
@@ -243,7 +244,9 @@ def test_bad_requests_get_400_and_a_close(request_bytes: bytes) -> None:
 
 def test_unknown_path_404_and_wrong_method_405_keep_the_connection() -> None:
     got = raw(
-        b"GET /nope HTTP/1.1\r\n\r\nPUT /sha256 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /bytes/1 HTTP/1.1\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\n\r\n"
+        b"PUT /sha256 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+        b"GET /bytes/1 HTTP/1.1\r\n\r\n"
     )
     assert statuses(got) == [404, 405, 200]
 
