@@ -1,0 +1,111 @@
+"""Rich rendering of what the commands measured: transfers, the connection table and the stack's counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+MB = 1_000_000
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One verified exchange of the demo."""
+
+    name: str  # e.g. "curl GET /bytes -> Linux"
+    nbytes: int
+    seconds: float
+    cpu_seconds: float  # CPU time of this process (the stack runs in it) during the transfer
+    expected_sha256: str
+    got_sha256: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected_sha256 == self.got_sha256
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / MB / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "bytes": self.nbytes,
+            "seconds": round(self.seconds, 3),
+            "MB_per_s": round(self.mb_per_s, 1),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "sha256_ok": self.ok,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    """One line of the connection table (taken from ``HostStack.connections()`` while traffic flows)."""
+
+    local: str
+    remote: str
+    state: str
+    detail: str = ""
+
+
+def transfers_table(transfers: Iterable[Transfer]) -> Table:
+    table = Table(title="Transfers", title_justify="left")
+    table.add_column("exchange")
+    table.add_column("MB", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("MB/s", justify="right", style="bold")
+    table.add_column("CPU s", justify="right")
+    table.add_column("CPU s/GB", justify="right")
+    table.add_column("SHA-256")
+    for t in transfers:
+        per_gb = t.cpu_seconds / (t.nbytes / 1e9) if t.nbytes else 0.0
+        verdict = Text("OK", style="bold green") if t.ok else Text("MISMATCH", style="bold red")
+        table.add_row(
+            t.name,
+            f"{t.nbytes / MB:.0f}",
+            f"{t.seconds:.2f}",
+            f"{t.mb_per_s:.1f}",
+            f"{t.cpu_seconds:.2f}",
+            f"{per_gb:.1f}",
+            verdict,
+        )
+    return table
+
+
+def connections_table(rows: Iterable[ConnectionRow], title: str = "Connections") -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("local")
+    table.add_column("remote")
+    table.add_column("state")
+    table.add_column("detail", style="dim")
+    any_row = False
+    for row in rows:
+        any_row = True
+        table.add_row(row.local, row.remote, row.state, row.detail)
+    if not any_row:
+        table.add_row("-", "-", "(none open)", "")
+    return table
+
+
+def counters_table(counters: Mapping[str, Mapping[str, int]], title: str = "Stack counters") -> Table:
+    """Non-zero counters, one row per layer: a person scans a row, not a JSON dump."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", style="bold")
+    table.add_column("counters")
+    for layer, values in counters.items():
+        shown = [f"{key}={value:,}" for key, value in sorted(values.items()) if value]
+        if shown:
+            table.add_row(layer, Text("  ".join(shown), overflow="fold"))
+    return table
+
+
+def summary(
+    transfers: list[Transfer],
+    rows: Iterable[ConnectionRow],
+    counters: Mapping[str, Mapping[str, int]],
+) -> Group:
+    return Group(transfers_table(transfers), connections_table(rows), counters_table(counters))
