@@ -293,7 +293,7 @@ class HttpApp:
         async for chunk in _body_chunks(req, reader):
             digest.update(chunk)
             length += len(chunk)
-        self.stats.bytes_in += length
+            self.stats.bytes_in += len(chunk)
         await self._simple(
             writer, 200, "OK", {"sha256": digest.hexdigest(), "length": length}, req.keep_alive
         )

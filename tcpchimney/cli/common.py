@@ -32,7 +32,7 @@ def network_unavailable_reason(tun_path: str = TUN_PATH) -> str | None:
     return None
 
 
-def emit(event: str, out: TextIO | None = None, **fields: Any) -> None:
+def emit(event: str, out: TextIO | None = None, /, **fields: Any) -> None:
     """One JSON line on stdout, flushed at once: scripts wait for these."""
     stream = out or sys.stdout
     stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")

@@ -52,6 +52,14 @@ class ConnectionRow:
     detail: str = ""
 
 
+@dataclass(slots=True)
+class DemoResult:
+    link: str  # "tap" or "sim"
+    transfers: list[Transfer]
+    rows: list[ConnectionRow]  # the busiest connection table seen while data flowed
+    counters: dict[str, dict[str, int]]
+
+
 def transfers_table(transfers: Iterable[Transfer]) -> Table:
     table = Table(title="Transfers", title_justify="left")
     table.add_column("exchange")

@@ -1,0 +1,300 @@
+"""``chimney demo``: the real ``curl`` and a Linux HTTP server against the stack, SHA-256 checked both ways.
+
+As root with /dev/net/tun: a fresh namespace with the kernel at 198.18.0.1 and the stack at 198.18.0.2 on a
+TAP device; the stack serves http; from the namespace ``curl`` downloads and uploads N MB; then the stack
+downloads N MB from ``python3 -m http.server`` in the namespace. Elsewhere the same exchanges run between two
+stacks over the simulated link. Every namespace, link, process and temporary file is removed on the way out,
+also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, deterministic_sha256
+from tcpchimney.cli.common import CommandError, network_unavailable_reason
+from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary
+from tcpchimney.cli.wiring import Session, connection_rows, open_session
+
+MB = 1_000_000
+STACK_ADDR = ipaddress.IPv4Interface("198.18.0.2/24")
+PEER_ADDR = ipaddress.IPv4Interface("198.18.0.1/24")
+HTTP_PORT = 80
+LINUX_HTTP_PORT = 8080
+SEED_DOWN = 1
+SEED_UP = 2
+
+
+class Meter:
+    """Live progress of one transfer, plus the busiest connection table seen while it ran."""
+
+    def __init__(self, progress: Progress, name: str, total: int, sample: Callable[[], int]) -> None:
+        self.progress = progress
+        self.task = progress.add_task(name, total=total)
+        self.sample = sample
+        self.rows: list[ConnectionRow] = []
+
+    async def run(self, rows: Callable[[], list[ConnectionRow]]) -> None:
+        while True:
+            self.progress.update(self.task, completed=self.sample())
+            current = rows()
+            if len(current) >= len(self.rows):
+                self.rows = current
+            await asyncio.sleep(0.1)
+
+    def finish(self) -> None:
+        self.progress.update(self.task, completed=self.sample())
+
+
+@contextlib.asynccontextmanager
+async def metered(
+    progress: Progress,
+    name: str,
+    total: int,
+    sample: Callable[[], int],
+    rows: Callable[[], list[ConnectionRow]],
+) -> AsyncIterator[Meter]:
+    meter = Meter(progress, name, total, sample)
+    ticker = asyncio.create_task(meter.run(rows))
+    try:
+        yield meter
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        meter.finish()
+
+
+class Clock:
+    """Wall and CPU seconds of this process (the stack runs in it) over one transfer."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+# ====================================================================== processes in the namespace
+
+
+def in_netns(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+async def run_in_netns(netns: str, shell: str) -> str:
+    """Run a shell pipeline in the namespace; its stdout, or CommandError with its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *in_netns(netns, "sh", "-c", shell), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise CommandError(f"`{shell}` in {netns} failed ({proc.returncode}): {err.decode().strip()}")
+    return out.decode()
+
+
+@contextlib.asynccontextmanager
+async def linux_http_server(netns: str, directory: str, addr: str, port: int) -> AsyncIterator[None]:
+    """``python3 -m http.server`` in the namespace, up once it says so; killed on the way out."""
+    proc = await asyncio.create_subprocess_exec(
+        *in_netns(netns, sys.executable, "-u", "-m", "http.server", str(port), "--bind", addr),
+        cwd=directory,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        if not line.startswith(b"Serving HTTP"):
+            raise CommandError(f"the Linux HTTP server did not start: {line.decode().strip()!r}")
+        yield
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def write_payload(path: str, n: int, seed: int) -> None:
+    with open(path, "wb") as f:
+        for block in deterministic_bytes(n, seed):
+            f.write(block)
+
+
+# ====================================================================== the three exchanges over TAP
+
+
+class TapExchanges:
+    """The demo's three transfers over one session; remembers the busiest connection table it saw."""
+
+    def __init__(self, session: Session, progress: Progress, stats: AppStats, n: int, tmp: str) -> None:
+        self.session = session
+        self.progress = progress
+        self.stats = stats
+        self.n = n
+        self.tmp = tmp
+        self.busiest: list[ConnectionRow] = []
+
+    def _rows(self) -> list[ConnectionRow]:
+        return connection_rows(self.session.stack)
+
+    @contextlib.asynccontextmanager
+    async def _metered(self, name: str, sample: Callable[[], int]) -> AsyncIterator[None]:
+        async with metered(self.progress, name, self.n, sample, self._rows) as meter:
+            yield
+        if len(meter.rows) > len(self.busiest):
+            self.busiest = meter.rows
+
+    async def curl_download(self) -> Transfer:
+        n, stats = self.n, self.stats
+        headers = os.path.join(self.tmp, "headers")
+        url = f"http://{self.session.addr.ip}:{HTTP_PORT}/bytes/{n}?seed={SEED_DOWN}"
+        shell = f"curl -sS --fail -D {shlex.quote(headers)} {shlex.quote(url)} | sha256sum"
+        start = stats.bytes_out
+        async with self._metered("curl GET  (stack -> Linux)", lambda: stats.bytes_out - start):
+            clock = Clock()
+            out = await run_in_netns(self.session.netns, shell)
+            wall, cpu = clock.stop()
+        expected = deterministic_sha256(n, SEED_DOWN)
+        header_digest = _header(headers, "x-content-sha256")
+        # Both must hold: curl's bytes hash to the digest, and the header announced that same digest.
+        got = out.split()[0] if header_digest == expected else f"header said {header_digest}"
+        return Transfer("curl GET /bytes (stack -> Linux)", n, wall, cpu, expected, got)
+
+    async def curl_upload(self, payload: str) -> Transfer:
+        n, stats = self.n, self.stats
+        url = f"http://{self.session.addr.ip}:{HTTP_PORT}/sha256"
+        # -T streams the file (with -d curl would load all of it first); curl sends Expect: 100-continue.
+        content_type = "-H 'Content-Type: application/octet-stream'"
+        shell = f"curl -sS --fail -X POST {content_type} -T {shlex.quote(payload)} {url}"
+        start = stats.bytes_in
+        async with self._metered("curl POST (Linux -> stack)", lambda: stats.bytes_in - start):
+            clock = Clock()
+            out = await run_in_netns(self.session.netns, shell)
+            wall, cpu = clock.stop()
+        answer = json.loads(out)
+        got = answer["sha256"] if answer.get("length") == n else f"length {answer.get('length')}"
+        return Transfer(
+            "curl POST /sha256 (Linux -> stack)", n, wall, cpu, deterministic_sha256(n, SEED_UP), got
+        )
+
+    async def stack_download(self) -> Transfer:
+        """The stack as the client of a Linux server: GET the payload file from ``python3 -m http.server``."""
+        n, peer = self.n, str(self.session.peer.ip)
+        received = [0]
+        digest = hashlib.sha256()
+        async with (
+            linux_http_server(self.session.netns, self.tmp, peer, LINUX_HTTP_PORT),
+            self._metered("stack GET (Linux -> stack)", lambda: received[0]),
+        ):
+            clock = Clock()
+            reader, writer = await self.session.runtime.open_connection(peer, LINUX_HTTP_PORT)
+            writer.write(f"GET /payload HTTP/1.1\r\nHost: {peer}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            length = _content_length(await reader.readuntil(b"\r\n\r\n"))
+            while data := await reader.read(1 << 20):
+                digest.update(data)
+                received[0] += len(data)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            wall, cpu = clock.stop()
+        got = digest.hexdigest() if received[0] == length == n else f"length {received[0]} of {length}"
+        expected = deterministic_sha256(n, SEED_UP)
+        return Transfer("stack GET from python3 http.server", n, wall, cpu, expected, got)
+
+
+def _header(path: str, name: str) -> str:
+    with open(path, "rb") as f:
+        for line in f.read().decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name:
+                return value.strip()
+    return ""
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "content-length":
+            return int(value)
+    raise CommandError("the Linux HTTP server sent no Content-Length")
+
+
+async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
+    n = args.size * MB
+    netns = args.netns or f"chimney-demo-{os.getpid()}"
+    stats = AppStats()
+    tmp = tempfile.mkdtemp(prefix="chimney-demo-", dir="/tmp")
+    try:
+        payload = os.path.join(tmp, "payload")  # uploaded by curl, then served by Linux to the stack
+        write_payload(payload, n, SEED_UP)
+        async with open_session(netns, STACK_ADDR, PEER_ADDR) as session:
+            server = await session.runtime.start_server(HttpApp(stats), port=HTTP_PORT)
+            console.print(
+                f"[bold]TAP[/] {session.tap}: stack {session.addr} <-> Linux {session.peer} in {netns}"
+            )
+            with _progress(console) as progress:
+                run = TapExchanges(session, progress, stats, n, tmp)
+                transfers = [
+                    await run.curl_download(),
+                    await run.curl_upload(payload),
+                    await run.stack_download(),
+                ]
+            server.close()
+            return DemoResult("tap", transfers, run.busiest, session.stack.counters)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+    )
+
+
+# ====================================================================== entry point
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    reason = "--sim was given" if args.sim else network_unavailable_reason()
+    if reason is None:
+        result = asyncio.run(tap_demo(args, console))
+    else:
+        console.print(
+            f"[yellow]No TAP device ({reason}): running the same exchanges over the simulated link.[/]"
+        )
+        from tcpchimney.cli.simdemo import sim_demo
+
+        result = sim_demo(args.sim_size * MB, console)
+    console.print(summary(result.transfers, result.rows, result.counters))
+    ok = bool(result.transfers) and all(t.ok for t in result.transfers)
+    console.print("[bold green]SHA-256 checks OK[/]" if ok else "[bold red]SHA-256 MISMATCH[/]")
+    transfers = [t.as_dict() for t in result.transfers]
+    print(json.dumps({"event": "done", "link": result.link, "ok": ok, "transfers": transfers}), flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,178 @@
+"""``chimney``: serve, nc and demo on the user-space stack.
+
+Every long-running command prints one JSON line ``{"event": "ready", ...}`` on stdout once it is usable and
+``{"event": "done", ...}`` with its counters when it ends (SIGINT/SIGTERM end it cleanly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Sequence
+
+from tcpchimney.cli.apps import APPS
+from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
+
+DEFAULT_ADDR = "198.18.0.2/24"
+DEFAULT_PEER = "198.18.0.1/24"
+
+
+def _interface(text: str) -> ipaddress.IPv4Interface:
+    try:
+        return ipaddress.IPv4Interface(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address/prefix: {text!r}") from exc
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return port
+
+
+def _netns_name(text: str) -> str:
+    # iproute2 keeps namespaces as files under /var/run/netns: a name is one path component.
+    if not text or "/" in text or text in (".", "..") or len(text) > 64:
+        raise argparse.ArgumentTypeError(f"not a namespace name: {text!r}")
+    return text
+
+
+def _add_link_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--netns",
+        required=True,
+        type=_netns_name,
+        metavar="NAME",
+        help="namespace of the Linux peer (created if absent, removed on exit only if created)",
+    )
+    parser.add_argument(
+        "--addr",
+        type=_interface,
+        default=_interface(DEFAULT_ADDR),
+        help=f"the stack's address/prefix (default {DEFAULT_ADDR})",
+    )
+    parser.add_argument(
+        "--peer",
+        type=_interface,
+        default=_interface(DEFAULT_PEER),
+        help=f"the kernel side's address/prefix in the namespace (default {DEFAULT_PEER})",
+    )
+    parser.add_argument("--pcap", metavar="FILE", help="capture every frame of the TAP device to FILE")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="open the TAP without the virtio-net header (no checksum offload, TSO or GRO)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chimney", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run echo, discard or http on the stack over a TAP device")
+    serve.add_argument("app", choices=sorted(APPS), help="the application")
+    serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
+    _add_link_options(serve)
+
+    nc = sub.add_parser(
+        "nc",
+        help="netcat on the stack: stdin to the connection, the connection to stdout",
+        usage="chimney nc [-h] HOST PORT --netns NAME ...\n       chimney nc -l PORT --netns NAME ...",
+    )
+    nc.add_argument("-l", "--listen", action="store_true", help="accept one connection instead of connecting")
+    nc.add_argument(
+        "target", nargs="+", metavar="HOST PORT | PORT", help="where to connect, or the port for -l"
+    )
+    _add_link_options(nc)
+
+    demo = sub.add_parser("demo", help="curl against the stack and the stack against Linux, SHA-256 checked")
+    demo.add_argument(
+        "--size",
+        type=int,
+        default=200,
+        metavar="MB",
+        help="megabytes each way over the TAP device (default 200)",
+    )
+    demo.add_argument(
+        "--sim-size",
+        type=int,
+        default=20,
+        metavar="MB",
+        help="megabytes each way over the simulated link (default 20)",
+    )
+    demo.add_argument(
+        "--sim", action="store_true", help="use the simulated link even where a TAP is possible"
+    )
+    demo.add_argument(
+        "--netns",
+        type=_netns_name,
+        default=None,
+        metavar="NAME",
+        help="namespace name (default: a fresh unique one)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "nc") and (
+        args.addr.network != args.peer.network or args.addr.ip == args.peer.ip
+    ):
+        parser.error("--addr and --peer must be two different addresses of one subnet")
+    if args.command == "serve" and args.port is None:
+        args.port = APPS[args.app][0]
+    if args.command == "nc":
+        _resolve_nc_target(parser, args)
+    if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
+        parser.error("--size and --sim-size must be positive")
+    return args
+
+
+def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    target: list[str] = args.target
+    expected = 1 if args.listen else 2
+    if len(target) != expected:
+        parser.error("nc -l takes one PORT" if args.listen else "nc takes HOST PORT")
+    try:
+        args.port = _port(target[-1])
+        args.host = None if args.listen else ipaddress.IPv4Address(target[0])
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _run(args)
+    except CommandError as exc:
+        print(f"chimney: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from tcpchimney.cli.demo import run as run_demo
+
+        return run_demo(args)
+    reason = network_unavailable_reason()
+    if reason is not None:
+        raise CommandError(f"cannot run {args.command}: {reason}.", EXIT_UNAVAILABLE)
+    if args.command == "serve":
+        from tcpchimney.cli.serve import run as run_serve
+
+        return run_serve(args)
+    from tcpchimney.cli.nc import run as run_nc
+
+    return run_nc(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

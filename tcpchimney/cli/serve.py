@@ -1,0 +1,30 @@
+"""``chimney serve {echo,discard,http}``: one application on the stack until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from tcpchimney.cli.apps import APPS, AppStats
+from tcpchimney.cli.common import emit, stop_on_signals
+from tcpchimney.cli.wiring import open_session
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = stop_on_signals(asyncio.get_running_loop())
+    stats = AppStats()
+    handler = APPS[args.app][1](stats)
+    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain) as session:
+        server = await session.runtime.start_server(handler, port=args.port)
+        emit("ready", command="serve", app=args.app, port=args.port, **session.ready_fields())
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            counters = session.stack.counters
+    emit("done", command="serve", app=args.app, app_counters=stats.as_dict(), counters=counters)
+    return 0

@@ -1,0 +1,106 @@
+"""The one place the commands assemble the stack: namespace + TAP + pcap + HostStack + Runtime.
+
+Every contact with ``link`` and ``api`` goes through here, so ``serve``, ``nc`` and ``demo`` only see a
+``Session`` (a running runtime, its stack and the addresses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError
+from tcpchimney.cli.report import ConnectionRow
+from tcpchimney.host.interface import InterfaceConfig, ip_str
+from tcpchimney.host.stack import HostStack
+
+
+@dataclass(slots=True)
+class Session:
+    runtime: Any  # tcpchimney.api.runtime.Runtime
+    stack: HostStack
+    netns: str
+    addr: ipaddress.IPv4Interface
+    peer: ipaddress.IPv4Interface
+    tap: str  # the TAP device's name (its kernel side lives in ``netns``)
+    created_netns: bool
+
+    def ready_fields(self) -> dict[str, object]:
+        return {
+            "netns": self.netns,
+            "addr": str(self.addr.ip),
+            "peer": str(self.peer.ip),
+            "tap": self.tap,
+            "created_netns": self.created_netns,
+            "pid": os.getpid(),
+        }
+
+
+def local_mac(seed: int) -> str:
+    """A locally administered unicast MAC (IEEE 802: bit 1 of the first octet set, bit 0 clear)."""
+    rng = random.Random(seed)
+    return "02:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(5))
+
+
+@contextlib.contextmanager
+def _topology(netns: str, addr: ipaddress.IPv4Interface, peer: ipaddress.IPv4Interface) -> Iterator[Any]:
+    from tcpchimney.link.netns import NetworkUnavailable, TapTopology
+
+    try:
+        with TapTopology(netns=netns, peer=str(peer), stack=str(addr)) as topo:
+            yield topo
+    except NetworkUnavailable as exc:
+        raise CommandError(f"the network set-up is not possible here: {exc}", EXIT_UNAVAILABLE) from exc
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    netns: str,
+    addr: ipaddress.IPv4Interface,
+    peer: ipaddress.IPv4Interface,
+    pcap: str | None = None,
+    plain: bool = False,
+) -> AsyncIterator[Session]:
+    """Namespace (created if absent, removed on exit only if created here), TAP, stack and runtime."""
+    from tcpchimney.api.runtime import Runtime
+    from tcpchimney.link.tap import TapDevice
+
+    with _topology(netns, addr, peer) as topo:
+        device = TapDevice(topo.tap_name, vnet_hdr=not plain)
+        try:
+            iface = InterfaceConfig.parse(
+                local_mac(os.getpid()), str(addr), mtu=device.mtu, features=device.features
+            )
+            stack = HostStack(iface, secret=os.urandom(16), rng=random.Random())
+            if pcap:
+                from tcpchimney.link.pcap import PcapWriter
+
+                device.capture = PcapWriter(pcap)
+            runtime = Runtime(stack, device)
+            async with runtime:
+                yield Session(runtime, stack, netns, addr, peer, topo.tap_name, topo.created_netns)
+        finally:
+            device.close()
+
+
+def connection_rows(stack: HostStack) -> list[ConnectionRow]:
+    rows = []
+    for sock in stack.connections():
+        conn = sock.conn
+        detail = ""
+        with contextlib.suppress(AttributeError):
+            detail = f"cwnd={conn.cwnd} srtt={conn.srtt * 1000:.2f}ms" if conn.srtt else f"cwnd={conn.cwnd}"
+        rows.append(
+            ConnectionRow(
+                f"{ip_str(sock.local_ip)}:{sock.local_port}",
+                f"{ip_str(sock.remote_ip)}:{sock.remote_port}",
+                sock.state.name,
+                detail,
+            )
+        )
+    return rows
