@@ -102,7 +102,7 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
     Reason.POLICY_RULE: (_R, "an offload policy rule excludes the connection"),
     Reason.FIREWALL_RULE: (_R, "a firewall rule must see the connection's packets"),
     Reason.CAPTURE_RULE: (_R, "a packet capture must see the connection's packets"),
-    Reason.STATE_NOT_OFFLOADABLE: (_R, "TCP state not offloadable (CLOSED, LISTEN, SYN-*, TIME-WAIT)"),
+    Reason.STATE_NOT_OFFLOADABLE: (_R, "the TCP state is not offloadable (CLOSED, LISTEN, SYN-*, TIME-WAIT)"),
     Reason.IP_OPTIONS: (_R, "the connection needs IPv4 options processing"),
     Reason.URGENT_PENDING: (_R, "urgent data is pending on the connection"),
     Reason.LOOPBACK: (_R, "loopback connections never reach a NIC"),
