@@ -28,6 +28,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, deterministic_sha256
 from tcpchimney.cli.common import CommandError, network_unavailable_reason
+from tcpchimney.cli.nsutil import in_netns
 from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary
 from tcpchimney.cli.wiring import Session, connection_rows, open_session
 
@@ -92,10 +93,6 @@ class Clock:
 
 
 # ====================================================================== processes in the namespace
-
-
-def in_netns(netns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", netns, *argv]
 
 
 async def run_in_netns(netns: str, shell: str) -> str:
