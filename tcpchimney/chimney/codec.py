@@ -148,6 +148,10 @@ def _dec_bytes(r: _Reader) -> bytes:
     return bytes(r.take(r.uvarint()))
 
 
+def _enc_seq(value: SeqNum, out: bytearray) -> None:
+    _put_uvarint(int(value), out)  # int(): SeqNum comparisons are modular, the varint loop needs plain ones
+
+
 def _dec_seq(r: _Reader) -> SeqNum:
     value = r.uvarint()
     if value > 0xFFFF_FFFF:
@@ -239,7 +243,7 @@ _SCALARS: dict[Any, tuple[Encoder, Decoder]] = {
     bool: (_enc_bool, _dec_bool),
     float: (_enc_float, _dec_float),
     bytes: (_enc_bytes, _dec_bytes),
-    SeqNum: (_put_uvarint, _dec_seq),
+    SeqNum: (_enc_seq, _dec_seq),
 }
 
 
