@@ -244,6 +244,11 @@ class TcpSnapshot:
             raise FieldRangeError("TcpSnapshot needs a TcpDelegated")
 
     def check_offloadable(self) -> None:
-        """Raise NotOffloadableError unless the connection may be offloaded in its state (spec 2.4)."""
-        if not self.delegated.offloadable:
-            raise NotOffloadableError(f"a connection in {self.delegated.state.value} cannot be offloaded")
+        check_offloadable(self)
+
+
+def check_offloadable(snapshot: TcpSnapshot) -> None:
+    """Raise NotOffloadableError unless the connection may be offloaded in its state (spec 2.4)."""
+    state = snapshot.delegated.state
+    if state in NOT_OFFLOADABLE:
+        raise NotOffloadableError(f"a connection in {state.value} cannot be offloaded")

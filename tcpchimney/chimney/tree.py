@@ -26,7 +26,7 @@ from tcpchimney.chimney.errors import ProtocolViolationError, TreeError
 from tcpchimney.chimney.neighbor import NeighborCached, NeighborConst, NeighborDelegated, NeighborState
 from tcpchimney.chimney.path import PathCached, PathConst, PathDelegated, PathState
 from tcpchimney.chimney.status import INITIATE_BLOCK_STATUSES, Status
-from tcpchimney.chimney.tcp_state import TcpCached, TcpConst, TcpDelegated, TcpSnapshot
+from tcpchimney.chimney.tcp_state import TcpCached, TcpConst, TcpDelegated, TcpSnapshot, check_offloadable
 
 
 class Layer(IntEnum):
@@ -162,7 +162,7 @@ def check_initiate_tree(tree: Tree) -> None:
     """Initiate: new blocks carry their layer's full state, new objects hang below a known object (not a
     placeholder), and no object is offloaded twice in one call. Raises TreeError / NotOffloadableError."""
     check_tree(tree)
-    seen: set[tuple[Layer, int]] = set()
+    seen: set[int] = set()
     for parent, block in walk_with_parents(tree):
         if block.role is not Role.NEW:
             if block.state is not None:
@@ -174,12 +174,11 @@ def check_initiate_tree(tree: Tree) -> None:
             raise TreeError(
                 f"a new {block.layer.name} object needs a new or linked parent, not a placeholder"
             )
-        key = (block.layer, block.host_handle or 0)
-        if key in seen:
-            raise TreeError(f"{block.layer.name} object {block.host_handle} appears twice in one tree")
-        seen.add(key)
+        if block.host_handle in seen:  # host handles name objects across all three layers
+            raise TreeError(f"object {block.host_handle} appears twice in one tree")
+        seen.add(block.host_handle or 0)
         if isinstance(block.state, TcpSnapshot):
-            block.state.check_offloadable()
+            check_offloadable(block.state)
 
 
 def walk_with_parents(tree: Tree) -> Iterator[tuple[BlockList | None, BlockList]]:

@@ -20,6 +20,7 @@ from tcpchimney.chimney import (
     NewObject,
     NotOffloadableError,
     NullTarget,
+    OffloadTarget,
     PostReceive,
     QueryOffload,
     ReachabilityReply,
@@ -29,9 +30,11 @@ from tcpchimney.chimney import (
     ReceiveIndication,
     ReturnReceive,
     Send,
+    SendBacklogChanged,
     SendCompletion,
     StateCompletion,
     Status,
+    TargetMethods,
     TerminateOffload,
     TreeError,
     UpdateOffload,
@@ -242,7 +245,27 @@ def test_null_target_state_call_answers_mark_every_block() -> None:
 
 
 def test_null_target_offers_no_capacity_and_refuses_non_requests() -> None:
-    target = NullTarget()
+    target: OffloadTarget = NullTarget()
     assert target.capabilities.capacity == 0
     with pytest.raises(ContractError):
         target.submit(delegated(), now=0.0)  # type: ignore[arg-type]
+
+
+class EchoSendTarget(TargetMethods):
+    """Implements one slot of the table: sends complete at once, after a backlog indication."""
+
+    def send(self, request: Send, now: float) -> None:
+        self.indicate(SendBacklogChanged(7, len(request.data)))
+        self.complete(SendCompletion(request.request_id, Status.SUCCESS, len(request.data)))
+
+
+def test_overriding_one_slot_leaves_the_others_not_supported_and_keeps_output_order() -> None:
+    target = EchoSendTarget()
+    target.submit(Send(1, 90, b"abc"), now=0.0)
+    target.submit(PostReceive(2, 90, 10), now=0.0)
+    outputs = target.drain()
+    assert outputs == [
+        SendBacklogChanged(7, 3),
+        SendCompletion(1, Status.SUCCESS, 3),
+        ReceiveCompletion(2, Status.NOT_SUPPORTED, b""),
+    ]

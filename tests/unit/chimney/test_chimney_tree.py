@@ -99,6 +99,12 @@ def test_builder_refuses_one_object_with_two_states() -> None:
         build_tree([(new_neighbor(1, 1), None, None), (NewObject(1, neighbor_state(9)), None, None)])
 
 
+def test_initiate_tree_names_each_object_once_across_layers() -> None:
+    tree = build_tree([(new_neighbor(5), new_path(5), None)])
+    with pytest.raises(TreeError, match="twice"):
+        check_initiate_tree(tree)
+
+
 def test_builder_refuses_a_connection_twice() -> None:
     with pytest.raises(TreeError, match="twice"):
         build_tree(
