@@ -237,6 +237,8 @@ def _complete_block(block: BlockList, attempt: Attempt) -> tuple[BlockList, bool
         own, handle = attempt(block)
         if own not in INITIATE_BLOCK_STATUSES or own is Status.PARTIAL_SUCCESS:
             raise ProtocolViolationError(f"a block's own offload result cannot be {own.name}")
+        if own.ok and block.role is Role.NEW and handle is None:
+            raise ProtocolViolationError("an offloaded object needs the target's handle")
         if not own.ok:
             failed = replace(
                 block,

@@ -280,6 +280,11 @@ def test_an_attempt_cannot_claim_partial_success_for_itself() -> None:
         complete_initiate(spec_example_tree(), lambda block: (Status.PARTIAL_SUCCESS, 1))
 
 
+def test_an_offloaded_object_needs_a_handle() -> None:
+    with pytest.raises(ProtocolViolationError, match="handle"):
+        complete_initiate(spec_example_tree(), lambda block: (Status.SUCCESS, None))
+
+
 # -- verifying a target's answer -----------------------------------------------------------------------------
 
 
