@@ -168,7 +168,7 @@ class TapExchanges:
         url = f"http://{self.session.addr.ip}:{HTTP_PORT}/bytes/{n}?seed={SEED_DOWN}"
         shell = f"curl -sS --fail -D {shlex.quote(headers)} {shlex.quote(url)} | sha256sum"
         start = stats.bytes_out
-        async with self._metered("curl GET  (stack -> Linux)", lambda: stats.bytes_out - start):
+        async with self._metered("curl GET, stack -> Linux", lambda: stats.bytes_out - start):
             clock = Clock()
             out = await run_in_netns(self.session.netns, shell)
             wall, cpu = clock.stop()
@@ -176,7 +176,7 @@ class TapExchanges:
         header_digest = _header(headers, "x-content-sha256")
         # Both must hold: curl's bytes hash to the digest, and the header announced that same digest.
         got = out.split()[0] if header_digest == expected else f"header said {header_digest}"
-        return Transfer("curl GET /bytes (stack -> Linux)", n, wall, cpu, expected, got)
+        return Transfer("curl GET, stack -> Linux", n, wall, cpu, expected, got)
 
     async def curl_upload(self, payload: str) -> Transfer:
         n, stats = self.n, self.stats
@@ -185,15 +185,13 @@ class TapExchanges:
         content_type = "-H 'Content-Type: application/octet-stream'"
         shell = f"curl -sS --fail -X POST {content_type} -T {shlex.quote(payload)} {url}"
         start = stats.bytes_in
-        async with self._metered("curl POST (Linux -> stack)", lambda: stats.bytes_in - start):
+        async with self._metered("curl POST, Linux -> stack", lambda: stats.bytes_in - start):
             clock = Clock()
             out = await run_in_netns(self.session.netns, shell)
             wall, cpu = clock.stop()
         answer = json.loads(out)
         got = answer["sha256"] if answer.get("length") == n else f"length {answer.get('length')}"
-        return Transfer(
-            "curl POST /sha256 (Linux -> stack)", n, wall, cpu, deterministic_sha256(n, SEED_UP), got
-        )
+        return Transfer("curl POST, Linux -> stack", n, wall, cpu, deterministic_sha256(n, SEED_UP), got)
 
     async def stack_download(self) -> Transfer:
         """The stack as the client of a Linux server: GET the payload file from ``python3 -m http.server``."""
@@ -202,7 +200,7 @@ class TapExchanges:
         digest = hashlib.sha256()
         async with (
             linux_http_server(self.session.netns, self.tmp, peer, LINUX_HTTP_PORT),
-            self._metered("stack GET (Linux -> stack)", lambda: received[0]),
+            self._metered("stack GET, Linux -> stack", lambda: received[0]),
         ):
             clock = Clock()
             reader, writer = await self.session.runtime.open_connection(peer, LINUX_HTTP_PORT)
@@ -218,7 +216,7 @@ class TapExchanges:
             wall, cpu = clock.stop()
         got = digest.hexdigest() if received[0] == length == n else f"length {received[0]} of {length}"
         expected = deterministic_sha256(n, SEED_UP)
-        return Transfer("stack GET from python3 http.server", n, wall, cpu, expected, got)
+        return Transfer("stack GET, Linux -> stack", n, wall, cpu, expected, got)
 
 
 def _header(path: str, name: str) -> str:

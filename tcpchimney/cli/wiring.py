@@ -6,11 +6,12 @@ Every contact with ``link`` and ``api`` goes through here, so ``serve``, ``nc`` 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,15 +48,24 @@ def local_mac(seed: int) -> str:
     return "02:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(5))
 
 
-@contextlib.contextmanager
-def _topology(netns: str, addr: ipaddress.IPv4Interface, peer: ipaddress.IPv4Interface) -> Iterator[Any]:
+@contextlib.asynccontextmanager
+async def _topology(
+    netns: str, addr: ipaddress.IPv4Interface, peer: ipaddress.IPv4Interface
+) -> AsyncIterator[Any]:
+    """The namespace and TAP, built and torn down on a worker thread: pyroute2's synchronous sockets run
+    their own event loop and refuse to start inside a running one."""
     from tcpchimney.link.netns import NetworkUnavailable, TapTopology
 
+    topo = TapTopology(netns=netns, peer=str(peer), stack=str(addr))
     try:
-        with TapTopology(netns=netns, peer=str(peer), stack=str(addr)) as topo:
-            yield topo
+        entered = await asyncio.to_thread(topo.__enter__)
     except NetworkUnavailable as exc:
         raise CommandError(f"the network set-up is not possible here: {exc}", EXIT_UNAVAILABLE) from exc
+    try:
+        yield entered
+    finally:
+        # Shielded: a Ctrl-C arriving now must not leave the namespace or the link behind.
+        await asyncio.shield(asyncio.to_thread(topo.__exit__, None, None, None))
 
 
 @contextlib.asynccontextmanager
@@ -70,7 +80,7 @@ async def open_session(
     from tcpchimney.api.runtime import Runtime
     from tcpchimney.link.tap import TapDevice
 
-    with _topology(netns, addr, peer) as topo:
+    async with _topology(netns, addr, peer) as topo:
         device = TapDevice(topo.tap_name, vnet_hdr=not plain)
         try:
             iface = InterfaceConfig.parse(

@@ -1,0 +1,217 @@
+"""``chimney serve`` and ``chimney nc`` as a user runs them, against curl and Python in the Linux namespace.
+
+Each test starts the command as a subprocess in a fresh, uniquely named namespace, waits for its ready line,
+talks to it from the namespace, stops it with SIGTERM and checks its final counters and its clean-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tcpchimney.cli.apps import deterministic_bytes, deterministic_sha256
+from tcpchimney.cli.common import network_unavailable_reason
+from tcpchimney.cli.nsutil import in_netns, netns_path, socket_in_netns
+
+STACK = "198.18.0.2"
+CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
+READY_TIMEOUT = 20.0
+
+
+def unique_netns() -> str:
+    return f"chimney-it-{uuid.uuid4().hex[:8]}"
+
+
+def remove_netns(name: str) -> None:
+    if os.path.exists(netns_path(name)):
+        from pyroute2 import netns
+
+        netns.remove(name)
+
+
+@pytest.fixture
+def net_available() -> None:
+    """Skip without root or /dev/net/tun; fail instead when TCPCHIMNEY_REQUIRE_NET=1 (CI)."""
+    reason = network_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
+            pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but {reason}")
+        pytest.skip(reason)
+
+
+class Command:
+    """A running ``chimney`` subprocess, ready once it printed its ready line."""
+
+    def __init__(self, *argv: str, stdin: int | None = None, events_on_stderr: bool = False) -> None:
+        self.proc = subprocess.Popen(
+            [*CHIMNEY, *argv], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.events = self.proc.stderr if events_on_stderr else self.proc.stdout
+        self.ready = self._next_event(READY_TIMEOUT)
+        assert self.ready["event"] == "ready", self.ready
+
+    def _next_event(self, timeout: float) -> dict[str, Any]:
+        assert self.events is not None
+        ready, _, _ = select.select([self.events], [], [], timeout)
+        line = self.events.readline() if ready else b""
+        if not line:
+            self.kill()
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            pytest.fail(f"chimney printed no event within {timeout}s (exit {self.proc.returncode}): {err}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def stop(self) -> tuple[int, dict[str, Any]]:
+        """SIGTERM, then the exit status and the final ``done`` event."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=20)
+        stream = err if self.events is self.proc.stderr else out
+        lines = [json.loads(x) for x in stream.decode().splitlines() if x.startswith("{")]
+        done = [e for e in lines if e.get("event") == "done"]
+        assert done, f"no done event; stderr: {err.decode()}"
+        return self.proc.returncode, done[-1]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def netns_name(net_available: None) -> Iterator[str]:
+    """A fresh namespace name; the namespace is removed by name afterwards whatever happened."""
+    name = unique_netns()
+    try:
+        yield name
+    finally:
+        remove_netns(name)
+
+
+@pytest.fixture
+def commands() -> Iterator[list[Command]]:
+    started: list[Command] = []
+    try:
+        yield started
+    finally:
+        for command in started:
+            command.kill()
+
+
+def sh(netns: str, shell: str, stdin: bytes | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(
+        in_netns(netns, "sh", "-c", shell), input=stdin, capture_output=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, f"{shell!r} failed ({result.returncode}): {result.stderr.decode()}"
+    return result.stdout.decode()
+
+
+def test_curl_against_serve_http(netns_name: str, commands: list[Command]) -> None:
+    server = Command("serve", "http", "--netns", netns_name)
+    commands.append(server)
+    assert server.ready["port"] == 80 and server.ready["created_netns"] is True
+
+    # Two requests in one curl run: the second reuses the connection (keep-alive).
+    urls = f"http://{STACK}/bytes/1000000?seed=3 http://{STACK}/bytes/10"
+    out = sh(netns_name, f"curl -sS --fail -o /dev/null -o /dev/null -w '%{{num_connects}} ' {urls}")
+    assert out.split() == ["1", "0"]
+
+    got = sh(netns_name, f"curl -sS --fail -D - http://{STACK}/bytes/1000000?seed=3 -o /dev/null")
+    header = next(line for line in got.splitlines() if line.lower().startswith("x-content-sha256"))
+    assert header.split(":", 1)[1].strip() == deterministic_sha256(1_000_000, 3)
+
+    body = os.urandom(300_000)
+    answer = json.loads(sh(netns_name, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
+    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": len(body)}
+
+    missing = subprocess.run(
+        in_netns(
+            netns_name, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{STACK}/nothing"
+        ),
+        capture_output=True,
+        check=False,
+    )
+    assert missing.stdout == b"404"
+
+    status, done = server.stop()
+    assert status == 0
+    assert done["app_counters"]["requests"] >= 5
+    assert done["counters"]["tcp"]["rx"] > 0 and done["counters"]["tcp"]["tx"] > 0
+    assert not os.path.exists(netns_path(netns_name)), "serve created the namespace and must remove it"
+
+
+def test_200_mb_each_way_sha256(netns_name: str, commands: list[Command], tmp_path: Any) -> None:
+    n = 200_000_000
+    commands.append(server := Command("serve", "http", "--netns", netns_name))
+    out = sh(netns_name, f"curl -sS --fail http://{STACK}/bytes/{n}?seed=11 | sha256sum", timeout=170)
+    assert out.split()[0] == deterministic_sha256(n, 11)
+
+    payload = tmp_path / "up.bin"
+    with payload.open("wb") as f:
+        for block in deterministic_bytes(n, 12):
+            f.write(block)
+    answer = json.loads(
+        sh(netns_name, f"curl -sS --fail -X POST -T {payload} http://{STACK}/sha256", timeout=170)
+    )
+    assert answer == {"sha256": deterministic_sha256(n, 12), "length": n}
+    assert server.stop()[0] == 0
+
+
+def test_echo_half_close_from_linux_python(netns_name: str, commands: list[Command]) -> None:
+    commands.append(server := Command("serve", "echo", "--netns", netns_name))
+    data = b"".join(deterministic_bytes(3_000_000, 4))
+    with socket_in_netns(netns_name) as s:
+        s.settimeout(30)
+        s.connect((STACK, 7))
+        s.sendall(data)
+        s.shutdown(1)  # SHUT_WR: our FIN; echo must still send everything back, then its own FIN
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    assert bytes(got) == data
+    status, done = server.stop()
+    assert status == 0 and done["app_counters"]["bytes_in"] == len(data)
+
+
+def test_an_existing_namespace_is_kept(netns_name: str, commands: list[Command]) -> None:
+    from pyroute2 import netns
+
+    netns.create(netns_name)
+    commands.append(server := Command("serve", "discard", "--netns", netns_name))
+    assert server.ready["created_netns"] is False
+    with socket_in_netns(netns_name) as s:
+        s.settimeout(10)
+        s.connect((STACK, 9))
+        s.sendall(b"x" * 100_000)
+    assert server.stop()[0] == 0
+    assert os.path.exists(netns_path(netns_name)), "a namespace serve did not create must be left alone"
+
+
+def test_nc_listen_relays_both_ways(netns_name: str, commands: list[Command]) -> None:
+    nc = Command("nc", "-l", "5000", "--netns", netns_name, stdin=subprocess.PIPE, events_on_stderr=True)
+    commands.append(nc)
+    with socket_in_netns(netns_name) as s:
+        s.settimeout(20)
+        s.connect((STACK, 5000))
+        assert nc.proc.stdin is not None
+        nc.proc.stdin.write(b"from the stack\n")
+        nc.proc.stdin.close()  # EOF: nc half-closes
+        s.sendall(b"from linux\n")
+        s.shutdown(1)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert nc.proc.stdout is not None
+    out = nc.proc.stdout.read()  # to nc's exit, which follows both directions' end
+    nc.proc.wait(timeout=20)
+    assert got == b"from the stack\n"
+    assert out == b"from linux\n"
+    assert nc.proc.returncode == 0
