@@ -21,13 +21,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, deterministic_sha256
-from tcpchimney.cli.common import CommandError, network_unavailable_reason
+from tcpchimney.cli.common import CommandError, network_unavailable_reason, stop_on_signals
 from tcpchimney.cli.nsutil import in_netns
 from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary
 from tcpchimney.cli.wiring import Session, connection_rows, open_session
@@ -262,6 +263,21 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def _until_signal(work: Coroutine[Any, Any, DemoResult]) -> DemoResult | None:
+    """``work``'s result, or None after SIGINT/SIGTERM cancelled it (its clean-up has run by then)."""
+    stop = stop_on_signals(asyncio.get_running_loop())
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -279,7 +295,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     reason = "--sim was given" if args.sim else network_unavailable_reason()
     if reason is None:
-        result = asyncio.run(tap_demo(args, console))
+        result = asyncio.run(_until_signal(tap_demo(args, console)))
+        if result is None:
+            console.print(
+                "[yellow]Interrupted: the namespace, the TAP device and the temporary files are gone.[/]"
+            )
+            return 130
     else:
         console.print(
             f"[yellow]No TAP device ({reason}): running the same exchanges over the simulated link.[/]"
