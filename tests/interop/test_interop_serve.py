@@ -215,3 +215,36 @@ def test_nc_listen_relays_both_ways(netns_name: str, commands: list[Command]) ->
     assert got == b"from the stack\n"
     assert out == b"from linux\n"
     assert nc.proc.returncode == 0
+
+
+def test_nc_connects_to_a_linux_server(netns_name: str, commands: list[Command]) -> None:
+    from pyroute2 import NetNS, netns
+
+    # The namespace and the peer address exist before nc runs, so that Linux can listen first.
+    netns.create(netns_name)
+    with NetNS(netns_name) as ns:
+        lo = ns.link_lookup(ifname="lo")[0]
+        ns.addr("add", index=lo, address="198.18.0.1", prefixlen=32)
+        ns.link("set", index=lo, state="up")
+    with socket_in_netns(netns_name) as listening:
+        listening.bind(("198.18.0.1", 6000))
+        listening.listen()
+        listening.settimeout(20)
+        nc = Command(
+            "nc", "198.18.0.1", "6000", "--netns", netns_name, stdin=subprocess.PIPE, events_on_stderr=True
+        )
+        commands.append(nc)
+        conn, _ = listening.accept()
+    with conn:
+        conn.settimeout(20)
+        conn.sendall(b"hello stack\n")
+        conn.shutdown(1)
+        assert nc.proc.stdin is not None and nc.proc.stdout is not None
+        nc.proc.stdin.write(b"hello linux\n")
+        nc.proc.stdin.close()
+        got = b""
+        while chunk := conn.recv(65536):
+            got += chunk
+    assert got == b"hello linux\n"
+    assert nc.proc.stdout.read() == b"hello stack\n"
+    assert nc.proc.wait(timeout=20) == 0
