@@ -25,7 +25,7 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+    return asyncio.run(asyncio.wait_for(coro, 20))
 
 
 async def serving(handler: Handler, body: Callable[[int], Awaitable[Any]]) -> Any:
