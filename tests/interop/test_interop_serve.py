@@ -7,6 +7,7 @@ talks to it from the namespace, stops it with SIGTERM and checks its final count
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import select
@@ -39,10 +40,18 @@ def remove_netns(name: str) -> None:
         netns.remove(name)
 
 
+def _missing_modules() -> str | None:
+    """The TAP device, namespace topology and runtime modules these tests drive."""
+    for module in ("tcpchimney.link.netns", "tcpchimney.link.tap", "tcpchimney.api.runtime"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not in this checkout"
+    return None
+
+
 @pytest.fixture
 def net_available() -> None:
     """Skip without root or /dev/net/tun; fail instead when TCPCHIMNEY_REQUIRE_NET=1 (CI)."""
-    reason = network_unavailable_reason()
+    reason = network_unavailable_reason() or _missing_modules()
     if reason is not None:
         if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
             pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but {reason}")

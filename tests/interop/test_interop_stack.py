@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -80,10 +81,18 @@ def states(session: Session) -> list[TcpState]:
     return [sock.state for sock in session.stack.connections()]
 
 
+def _missing_modules() -> str | None:
+    """The TAP device, namespace topology and runtime modules these tests drive."""
+    for module in ("tcpchimney.link.netns", "tcpchimney.link.tap", "tcpchimney.api.runtime"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not in this checkout"
+    return None
+
+
 @pytest.fixture
 def net_available() -> None:
     """Skip without root or /dev/net/tun; fail instead when TCPCHIMNEY_REQUIRE_NET=1 (CI)."""
-    reason = network_unavailable_reason()
+    reason = network_unavailable_reason() or _missing_modules()
     if reason is not None:
         if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
             pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but {reason}")
