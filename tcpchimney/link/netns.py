@@ -361,12 +361,12 @@ class VethTopology:
     def __init__(
         self,
         ip_a: str = "198.18.1.1/24",
-        ip_b: str = "198.18.1.2/24",
+        ip_b: str | None = "198.18.1.2/24",
         mtu: int | None = None,
         txqueuelen: int = DEFAULT_TXQUEUELEN,
     ) -> None:
         self.addr_a = check_address(ip_a)
-        self.addr_b = check_address(ip_b)
+        self.addr_b = check_address(ip_b) if ip_b else None  # None: end b left to a user-space stack
         self.mtu = mtu
         self.txqueuelen = txqueuelen
         self.ns_a = unique_name("ns")
@@ -381,8 +381,8 @@ class VethTopology:
         return str(self.addr_a.ip)
 
     @property
-    def ip_b(self) -> str:
-        return str(self.addr_b.ip)
+    def ip_b(self) -> str | None:
+        return str(self.addr_b.ip) if self.addr_b else None
 
     def __enter__(self) -> VethTopology:
         check_network()

@@ -68,7 +68,7 @@ def _open_tun(name: str, flags: int) -> tuple[int, str]:
     return fd, ifr[:16].rstrip(b"\0").decode()
 
 
-def _configure(name: str, mtu: int | None, txqueuelen: int | None) -> int:
+def configure_interface(name: str, mtu: int | None, txqueuelen: int | None) -> int:
     """Set MTU and ring length through an ioctl socket of the caller's namespace; returns the MTU."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         raw = name.encode()
@@ -140,7 +140,7 @@ class TapDevice:
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", self.vnet_hdr_size))
             # Always set (also to 0): a persistent TAP keeps the offloads a previous owner negotiated.
             fcntl.ioctl(fd, TUNSETOFFLOAD, offload_flags)
-            return fd, real_name, _configure(real_name, mtu, txqueuelen)
+            return fd, real_name, configure_interface(real_name, mtu, txqueuelen)
         except BaseException:
             os.close(fd)
             raise
@@ -184,7 +184,7 @@ class TapDevice:
                 else [tx_header(frame, self.vnet_hdr_size), frame.headers]
             )
         elif frame.csum_partial or frame.gso_size:
-            raise EmitError("tap_no_offloads", "this TAP has no virtio-net header: send complete frames")
+            raise EmitError("tap_no_offloads: this TAP has no virtio-net header: send complete frames")
         else:
             parts = [frame.headers, payload] if payload else [frame.headers]
         try:

@@ -66,7 +66,7 @@ def emit_vnet(hdr: VnetHeader, size: int = VNET_HDR_LEN) -> bytes:
         return _HDR_MRG.pack(
             hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size, hdr.csum_start, hdr.csum_offset, 0
         )
-    raise EmitError("vnet_header_size", f"a virtio-net header is 10 or 12 bytes, not {size}")
+    raise EmitError(f"vnet_header_size: a virtio-net header is 10 or 12 bytes, not {size}")
 
 
 def parse_vnet(buf: Buffer, size: int = VNET_HDR_LEN) -> VnetHeader:
@@ -161,23 +161,23 @@ def tx_header(frame: Frame, size: int = VNET_HDR_LEN) -> bytes:
     """The header to write before ``frame``; raises ``EmitError`` for offload flags the frame cannot carry."""
     if not frame.csum_partial:
         if frame.gso_size:
-            raise EmitError("vnet_gso_without_csum", "a frame with gso_size must be csum_partial")
+            raise EmitError("vnet_gso_without_csum: a frame with gso_size must be csum_partial")
         return data_valid_header(size) if frame.csum_valid else plain_header(size)
     h = frame.headers
     l3 = ETH_HLEN
     while h[l3 - 2 : l3] in _VLAN_TPIDS:
         l3 += 4
     if len(h) < l3 + 20 or h[l3 - 2 : l3] != b"\x08\x00":
-        raise EmitError("vnet_csum_not_ipv4", "csum_partial needs an IPv4 header in the frame headers")
+        raise EmitError("vnet_csum_not_ipv4: csum_partial needs an IPv4 header in the frame headers")
     ip_header_len = (h[l3] & 0x0F) * 4
     proto = h[l3 + 9]
     if frame.gso_size:
         if proto != _IPPROTO_TCP or len(h) < l3 + ip_header_len + 13:
-            raise EmitError("vnet_gso_not_tcp", "gso_size needs the whole TCP header in the frame headers")
+            raise EmitError("vnet_gso_not_tcp: gso_size needs the whole TCP header in the frame headers")
         tcp_header_len = (h[l3 + ip_header_len + 12] >> 4) * 4
         if len(frame) - (l3 + ip_header_len + tcp_header_len) > frame.gso_size:
             return tso_header(frame.gso_size, l3, ip_header_len, tcp_header_len, size)
         # Not more than one segment: an ordinary frame (virtio spec 5.1.6.2: GSO only above gso_size).
     elif proto not in _CSUM_OFFSET:
-        raise EmitError("vnet_csum_not_l4", f"no checksum offload for IP protocol {proto}")
+        raise EmitError(f"vnet_csum_not_l4: no checksum offload for IP protocol {proto}")
     return csum_partial_header(l3, ip_header_len, proto, size)
