@@ -373,9 +373,7 @@ class SimLink:
             if len(data) > self.mtu + _l2_len(data):
                 port.counters["dropped_invalid"] += 1
                 continue
-            if len(data) < ETH_MIN_FRAME:
-                data += bytes(ETH_MIN_FRAME - len(data))  # a NIC pads short frames (IEEE 802.3 minimum)
-            out.append(Frame(data))
+            out.append(Frame(_pad(data)))
         return out
 
     def _send_unit(self, port: _Port, unit: Frame, now: float) -> None:
@@ -431,7 +429,7 @@ class SimLink:
     def _record(self, ts: float, unit: Frame) -> None:
         if unit.csum_partial or unit.gso_size:
             try:
-                wire = [p.tobytes() for p in segment(unit, self.mtu)]
+                wire = [_pad(p.tobytes()) for p in segment(unit, self.mtu)]
             except EmitError:
                 wire = [bytes(unit.headers)]  # record what was sent, even if no wire could carry it
         else:
@@ -465,6 +463,11 @@ class SimLink:
 
     def __repr__(self) -> str:
         return f"SimLink(seed={self.seed}, now={self.now!r}, nodes={self.names}, offloads={self.offloads})"
+
+
+def _pad(data: bytes) -> bytes:
+    """A NIC pads frames shorter than the IEEE 802.3 minimum (60 bytes without the FCS) with zeros."""
+    return data + bytes(ETH_MIN_FRAME - len(data)) if len(data) < ETH_MIN_FRAME else data
 
 
 def _l2_len(data: bytes) -> int:

@@ -361,6 +361,17 @@ def test_with_offloads_frames_pass_as_a_device_hands_them_over() -> None:
     assert data == frame.tobytes() and got.csum_partial and got.gso_size == 1448 and not got.payload
 
 
+def test_with_offloads_the_capture_still_shows_the_wire(tmp_path: Path) -> None:
+    path = tmp_path / "virtio.pcap"
+    net, a, b = pair(offloads=True, pcap=path)
+    with net:
+        a.send_at(0.0, tso_frame(bytes(4000)))
+        run_all(net)
+    assert len(b.received) == 1
+    pkts = rdpcap(str(path))
+    assert len(pkts) == 3 and all(tcp_checksums_ok(bytes(p)) for p in pkts)
+
+
 def test_with_offloads_corruption_hits_one_wire_ready_piece() -> None:
     net, a, b = pair(Impairments(corrupt=1.0), offloads=True)
     a.send_at(0.0, tso_frame(bytes(4000)))
