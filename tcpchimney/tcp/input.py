@@ -231,16 +231,20 @@ class Input(Timers):
             return False
         acked = ack.dist(self.snd_una)
         window_changed = self._update_window(seg, ack)
+        newly_sacked = 0
+        blocks = seg.options.sack_blocks
+        if self.sack_enabled and (blocks or acked > 0):
+            newly_sacked = self.sack.update(ack if acked > 0 else self.snd_una, self.snd_max, blocks)
         if acked > 0:
             self._new_ack(seg, ack, acked, now)
-        elif (
-            acked == 0
-            and self.snd_max != self.snd_una
-            and not seg.payload
-            and not seg.flags & (SYN | FIN)
-            and not window_changed
-        ):
-            self._duplicate_ack(seg, now)
+        elif acked == 0 and self.snd_max != self.snd_una:
+            # RFC 5681 section 2 duplicate ACK; with SACK, any ACK that SACKs new data (RFC 6675 section 2)
+            plain = not seg.payload and not seg.flags & (SYN | FIN) and not window_changed
+            if plain or newly_sacked:
+                self._duplicate_ack(now)
+        if self.sack_enabled and not self.cc.in_recovery and self.snd_max != self.snd_una:
+            if self.sack.is_lost(self.snd_una):
+                self._enter_recovery(now)  # RFC 6675 section 5: IsLost(SND.UNA) starts recovery too
         self._closing_transitions(now)
         return True
 
@@ -275,8 +279,6 @@ class Input(Timers):
         self._rtt_sample(seg.options, ack, now)
         self.retransmit_count = 0  # RFC 6298 5.3 (and the persist backoff)
         self.first_rexmit_time = None
-        if self.sack_enabled:
-            self.sack.update(ack, self.snd_max, seg.options.sack_blocks)
         cc = self.cc
         if cc.in_recovery:
             if cc.is_full_ack(ack):
@@ -310,21 +312,23 @@ class Input(Timers):
             self.rtt.sample(now - self.rtt_time)
             self.rtt_seq = None
 
-    def _duplicate_ack(self, seg: TcpSegment, now: float) -> None:
-        """RFC 5681 section 2 duplicate ACK: fast retransmit on DupThresh of them (or when the SACK scoreboard
-        already shows the first segment lost, RFC 6675 5 step 4); NewReno or SACK recovery follows."""
+    def _duplicate_ack(self, now: float) -> None:
+        """Fast retransmit on DupThresh duplicate ACKs (RFC 5681 3.2); in NewReno recovery each one inflates
+        cwnd by a segment (step 4)."""
         self.dup_ack_count += 1
-        sack = self.sack
-        if self.sack_enabled:
-            sack.update(self.snd_una, self.snd_max, seg.options.sack_blocks)
         cc = self.cc
         if cc.in_recovery:
             if not self.sack_recovery:
                 cc.on_dup_ack_in_recovery()
             return
+        if self.dup_ack_count >= self.config.dupack_threshold:
+            self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """RFC 5681 3.2 steps 2-3 / RFC 6582 3.2 / RFC 6675 section 5 step (4)."""
+        cc = self.cc
         una = self.snd_una
-        lost = self.dup_ack_count >= self.config.dupack_threshold or (self.sack_enabled and sack.is_lost(una))
-        if not lost or not cc.may_enter_fast_recovery(una, self.snd_max):
+        if not cc.may_enter_fast_recovery(una, self.snd_max):
             return
         cc.enter_fast_recovery(self.flight_size, self.snd_max)
         self.rtt_seq = None
