@@ -193,11 +193,9 @@ class Runtime:
         self._process()
 
     def _process(self) -> None:
-        """Events to their owners, output to the device, the timer to the next deadline."""
+        """Output to the device, events to their owners, the timer to the next deadline."""
         self.counters["flushes"] += 1
         self._dispatch_events()
-        self._transmit(self.stack.frames_to_send(self._clock()))
-        self._dispatch_events()  # building output may finish connections (events) too
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -273,8 +271,14 @@ class Runtime:
     # ------------------------------------------------------------------ events
 
     def _dispatch_events(self) -> None:
-        stack = self.stack
-        while (ev := stack.next_event()) is not None:
+        stack, clock = self.stack, self._clock
+        while True:
+            # Output before each event: next_event() drains the engines of dirty sockets and forgets one
+            # that reached CLOSED, so a RST that abort() queued in a callback must leave first.
+            self._transmit(stack.frames_to_send(clock()))
+            ev = stack.next_event()
+            if ev is None:
+                return
             try:
                 self._dispatch(ev)
             except Exception as exc:

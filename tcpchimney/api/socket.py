@@ -198,6 +198,13 @@ class Socket:
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
         return self._reader, self._writer
 
+    def _writable(self) -> asyncio.StreamWriter:
+        """Linux answers send() on an unconnected or write-shut TCP socket with EPIPE."""
+        self._check_open()
+        if self._writer is None or self._shut_wr:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return self._writer
+
     # ------------------------------------------------------------------ client side
 
     def connect(self, address: Address) -> None:
@@ -267,9 +274,7 @@ class Socket:
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Wait (under the timeout) until the connection takes more, then queue all of ``data``."""
-        _, writer = self._connected()
-        if self._shut_wr:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        writer = self._writable()
         payload = bytes(data)
 
         async def op() -> int:
@@ -280,9 +285,7 @@ class Socket:
         return self._run(op)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        _, writer = self._connected()
-        if self._shut_wr:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        writer = self._writable()
         view = memoryview(bytes(data))
 
         async def op() -> None:

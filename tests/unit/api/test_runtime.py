@@ -256,6 +256,8 @@ def test_server_close_refuses_new_connections_and_keeps_accepted_ones() -> None:
         server = await a.start_server(echo, port=7)
         assert server.is_serving() and server.sockets[0].getsockname() == (A_IP, 7)
         reader, writer = await b.open_connection(A_IP, 7)
+        writer.write(b"accepted?")  # the echo proves a accepted it (a queued one is reset by close)
+        assert await reader.readexactly(9) == b"accepted?"
         server.close()
         assert not server.is_serving()
         with pytest.raises(ConnectionRefusedError):
