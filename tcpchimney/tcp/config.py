@@ -29,6 +29,7 @@ class TcpConfig:
     keepalive_probes: int = 9
     challenge_ack_limit: int = 1000  # RFC 5961 section 7: challenge ACKs per second (Linux default)
     initial_cwnd_segments: int = 10  # RFC 6928
+    abc_limit: int = 0  # RFC 3465 L (segments counted per ACK in slow start); 0 = no limit, as Linux
     dupack_threshold: int = 3  # RFC 5681 / RFC 6675 DupThresh
     persist_min: float = 0.2  # zero-window probe interval lower bound
     persist_max: float = 60.0

@@ -22,9 +22,15 @@ class NewReno:
     so a full ACK is ``ack >= recover``.
     """
 
-    __slots__ = ("cwnd", "in_recovery", "initial_window_segments", "mss", "recover", "ssthresh")
+    __slots__ = ("abc_limit", "cwnd", "in_recovery", "initial_window_segments", "mss", "recover", "ssthresh")
 
-    def __init__(self, mss: int, initial_window_segments: int = 10, iss: SeqNum = _ZERO) -> None:
+    def __init__(
+        self,
+        mss: int,
+        initial_window_segments: int = 10,
+        iss: SeqNum = _ZERO,
+        abc_limit: int = _ABC_LIMIT_SEGMENTS,
+    ) -> None:
         if mss <= 0 or initial_window_segments <= 0:
             raise ValueError(f"bad mss={mss} or initial window={initial_window_segments}")
         self.mss = mss  # SMSS; may be lowered later (PMTU discovery)
@@ -33,6 +39,9 @@ class NewReno:
         self.ssthresh = _SSTHRESH_INFINITE
         self.in_recovery = False
         self.recover = iss  # RFC 6582 3.2 step 1: initialised to the ISS
+        # RFC 3465 L in segments (0: no limit). A receiver behind GRO acknowledges tens of segments at once;
+        # with L = 2 slow start would crawl, so the engine follows Linux (no limit) unless configured.
+        self.abc_limit = abc_limit
 
     def initial_window(self) -> int:
         """IW in bytes. Linux uses 10 segments whatever the MSS; RFC 6928 would cap it at 14600 bytes for
@@ -50,7 +59,7 @@ class NewReno:
             return
         if self.cwnd < self.ssthresh:
             # RFC 5681 3.1 eq. (2) with appropriate byte counting, L = 2*SMSS (RFC 3465 2.2)
-            self.cwnd += min(acked, _ABC_LIMIT_SEGMENTS * self.mss)
+            self.cwnd += min(acked, self.abc_limit * self.mss) if self.abc_limit else acked
         else:
             # RFC 5681 3.1 eq. (3), scaled by the bytes this ACK covers so that stretch ACKs still add
             # about one SMSS per RTT (never more, as 3.1 requires); at least one byte per ACK.

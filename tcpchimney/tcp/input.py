@@ -242,9 +242,9 @@ class Input(Timers):
             plain = not seg.payload and not seg.flags & (SYN | FIN) and not window_changed
             if plain or newly_sacked:
                 self._duplicate_ack(now)
-        if self.sack_enabled and not self.cc.in_recovery and self.snd_max != self.snd_una:
-            if self.sack.is_lost(self.snd_una):
-                self._enter_recovery(now)  # RFC 6675 section 5: IsLost(SND.UNA) starts recovery too
+        outstanding = self.snd_max != self.snd_una
+        if self.sack_enabled and outstanding and not self.cc.in_recovery and self.sack.is_lost(self.snd_una):
+            self._enter_recovery(now)  # RFC 6675 section 5: IsLost(SND.UNA) starts recovery too
         self._closing_transitions(now)
         return True
 

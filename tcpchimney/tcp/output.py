@@ -65,6 +65,8 @@ class Output(Tcb):
                 if not (fin and avail == 0 and nxt == self.fin_seq):
                     break  # nothing to send, or no window: the persist timer takes over below
                 n = 0
+            elif n < avail and n > mss:
+                n -= n % mss  # window-limited: whole segments now, the tail when the window allows
             elif n < avail and n < mss:
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1): no runt while the window is the limit, unless it
                 # is at least half the largest window the peer offered, or the persist timer forces it.

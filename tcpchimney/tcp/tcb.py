@@ -84,7 +84,7 @@ class Tcb:
         self.peer_fin_seq: SeqNum | None = None  # sequence number of a FIN received ahead of data
         self.orphaned = False  # close() was called: nobody reads any more
         # --- congestion control, RTT, loss recovery
-        self.cc = NewReno(config.mss, config.initial_cwnd_segments, iss)
+        self.cc = NewReno(config.mss, config.initial_cwnd_segments, iss, config.abc_limit)
         self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
         self.sack = SackScoreboard(config.mss, config.dupack_threshold)
         self.dup_ack_count = 0

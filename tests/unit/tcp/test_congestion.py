@@ -32,9 +32,15 @@ def test_rfc5681_3_1_slow_start_grows_by_acked_bytes() -> None:
 
 
 def test_rfc3465_slow_start_counts_at_most_two_smss_per_ack() -> None:
-    cc = _cc()
+    cc = NewReno(MSS, 10, abc_limit=2)
     cc.on_ack(5 * MSS, flight_size=10 * MSS)
     assert cc.cwnd == 12 * MSS
+
+
+def test_slow_start_without_abc_limit_counts_a_stretch_ack_in_full() -> None:
+    cc = NewReno(MSS, 10, abc_limit=0)
+    cc.on_ack(5 * MSS, flight_size=10 * MSS)
+    assert cc.cwnd == 15 * MSS
 
 
 def test_rfc5681_3_1_congestion_avoidance_adds_smss_squared_over_cwnd() -> None:
