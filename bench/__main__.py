@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-MODULES = ["bench.core"]
+MODULES = ["bench.core", "bench.tap_raw"]
 
 
 def main(argv: list[str]) -> int:
