@@ -268,8 +268,9 @@ class Input(Timers):
     def _new_ack(self, seg: TcpSegment, ack: SeqNum, acked: int, now: float) -> None:
         flight = self.flight_size
         held = len(self.sndbuf)
-        data = min(acked, held)
-        if acked > held and self.fin_queued:
+        syn = 1 if self.snd_una == self.iss else 0  # the handshake's ACK also covers our SYN
+        data = min(acked - syn, held)
+        if acked - syn > held and self.fin_queued:
             self.our_fin_acked = True  # the ACK covers the sequence number of our FIN
         self.snd_una = ack
         if data:

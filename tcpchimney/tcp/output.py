@@ -43,6 +43,9 @@ class Output(Tcb):
         """
         if self.our_fin_acked:
             return
+        if self.snd_max == self.snd_una and self.last_snd_time:
+            # RFC 5681 4.1: after an idle period longer than the RTO, restart from the restart window
+            self.cc.after_idle(self.rtt.current_rto(), now - self.last_snd_time)
         una = self.snd_una
         buf_len = len(self.sndbuf)
         mss = self.eff_mss
