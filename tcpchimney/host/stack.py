@@ -633,7 +633,8 @@ class HostStack:
         if self._conns.get(sock.key) is sock:
             del self._conns[sock.key]
         self._peer_mss.pop(sock.key, None)
-        self._dirty.pop(sock, None)
+        # The socket stays in _dirty: its last segments (the RST of an abort) still go out with the next
+        # frames_to_send, even when the application reads the Closed event first.
         sock.deadline = None
         if sock.listener is not None:
             sock.listener.syn_queue.pop(sock.key, None)

@@ -62,3 +62,20 @@ def test_connect_accept_and_exchange_data(engine: object, features: DeviceFeatur
         c = s.counters
         assert c["tcp"].get("drop_bad_checksum", 0) == 0 and c["stack"]["internal_error"] == 0
         assert not any(k.startswith("drop") for k in c["ipv4"])
+
+
+@pytest.mark.parametrize("engine", _engines())
+def test_abort_rst_leaves_even_when_the_closed_event_is_read_first(engine: object) -> None:
+    a, b, link = _pair(engine)
+    listener = b.listen(7)
+    client = a.connect("198.18.0.11", 7, link.now)
+    link.run_until(lambda: listener.pending > 0)
+    server = listener.accept()
+    assert server is not None
+    events(a)
+    client.abort()
+    while a.next_event() is not None:  # the application sees Closed before the stack's output is taken
+        pass
+    link.flush()
+    assert server.state is TcpState.CLOSED
+    assert any(isinstance(e, ConnectionEvent) and e.sock is server for e in events(b))
