@@ -364,7 +364,7 @@ class Input(Timers):
         if self.orphaned:
             # Nobody will read it: tell the peer at once (RFC 2525 2.17, as Linux does after close()).
             self.pending.append(self.segment(RST | ACK, self.snd_nxt, now))
-            self.error_reset(refused=False, report=False)
+            self.set_state(TcpState.CLOSED)
             return
         payload = seg.payload
         n = len(payload)
