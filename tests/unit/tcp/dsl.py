@@ -209,6 +209,11 @@ def run_until(conn: TcpConnection, to: float) -> list[TcpSegment]:
     return out
 
 
+def state(conn: TcpConnection) -> TcpState:
+    """The connection's state (a call, so that type checkers do not narrow it between steps)."""
+    return conn.state
+
+
 def events(conn: TcpConnection) -> list[TcpEvent]:
     """Every event reported since the last call."""
     out = []

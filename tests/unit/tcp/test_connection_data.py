@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsl import R0, S0, arrive, cfg, established, events, expect, expect_nothing, seg
+from dsl import R0, S0, arrive, cfg, established, events, expect, expect_nothing, seg, state
 
 from tcpchimney.tcp.events import DataReceived, SendSpace
 from tcpchimney.tcp.state import TcpState
@@ -206,6 +206,6 @@ def test_rfc9293_3_10_7_4_data_in_close_wait_is_not_accepted() -> None:
     c = established()
     arrive(c, seg("FA", seq=R0), at=0.1)
     expect(c, seg("A", ack=R0 + 1), at=0.1)
-    assert c.state is TcpState.CLOSE_WAIT
+    assert state(c) is TcpState.CLOSE_WAIT
     arrive(c, seg("A", seq=R0 + 1, data=b"late"), at=0.2)
     assert c.readable == 0

@@ -4,7 +4,7 @@ RFC 1122 4.2.3.6 keepalive). After the handshake at t=0 the RTO is its 200 ms fl
 from __future__ import annotations
 
 import pytest
-from dsl import R0, S0, advance, arrive, cfg, established, events, expect, expect_nothing, seg
+from dsl import R0, S0, advance, arrive, cfg, established, events, expect, expect_nothing, seg, state
 
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.events import Closed, ConnectionTimedOut, StateChanged
@@ -108,7 +108,7 @@ def test_max_retransmits_times_out() -> None:
         expect(c, seg("PA"), at=t)
     advance(c, to=1.4)
     expect_nothing(c, at=1.4)
-    assert c.state is TcpState.CLOSED
+    assert state(c) is TcpState.CLOSED
     assert ConnectionTimedOut() in events(c)
 
 
@@ -185,7 +185,7 @@ def test_rfc1122_4_2_3_6_keepalive_timeout() -> None:
         expect(c, seg("A", seq=S0 - 1), at=t)
     advance(c, to=13.0)
     expect_nothing(c, at=13.0)
-    assert c.state is TcpState.CLOSED
+    assert state(c) is TcpState.CLOSED
     assert ConnectionTimedOut() in events(c)
 
 
@@ -202,7 +202,7 @@ def test_time_wait_lasts_2msl() -> None:
     expect(c, seg("A", ack=R0 + 1), at=0.1)
     events(c)
     advance(c, to=2.1)
-    assert c.state is TcpState.CLOSED
+    assert state(c) is TcpState.CLOSED
     assert events(c) == [StateChanged(TcpState.TIME_WAIT, TcpState.CLOSED), Closed()]
 
 
@@ -215,7 +215,7 @@ def test_rfc9293_3_10_7_4_fin_again_in_time_wait_is_acked_and_restarts_2msl() ->
     arrive(c, seg("FA", seq=R0, ack=S0 + 1), at=1.0)
     expect(c, seg("A", seq=S0 + 1, ack=R0 + 1), at=1.0)
     advance(c, to=3.0)
-    assert c.state is TcpState.CLOSED
+    assert state(c) is TcpState.CLOSED
 
 
 def test_orphaned_fin_wait_2_times_out() -> None:
@@ -224,9 +224,9 @@ def test_orphaned_fin_wait_2_times_out() -> None:
     c.close()
     expect(c, seg("FA"), at=0.0)
     arrive(c, seg("A", ack=S0 + 1), at=0.1)
-    assert c.state is TcpState.FIN_WAIT_2
+    assert state(c) is TcpState.FIN_WAIT_2
     advance(c, to=5.1)
-    assert c.state is TcpState.CLOSED
+    assert state(c) is TcpState.CLOSED
 
 
 def test_rfc9293_fin_wait_2_after_shutdown_has_no_limit() -> None:
@@ -234,5 +234,5 @@ def test_rfc9293_fin_wait_2_after_shutdown_has_no_limit() -> None:
     c.shutdown()
     expect(c, seg("FA"), at=0.0)
     arrive(c, seg("A", ack=S0 + 1), at=0.1)
-    assert c.state is TcpState.FIN_WAIT_2
+    assert state(c) is TcpState.FIN_WAIT_2
     assert c.next_deadline() is None
