@@ -168,3 +168,18 @@ def test_shutdown_twice_sends_one_fin() -> None:
     c = fin_wait_1()
     c.shutdown()
     expect_nothing(c, at=0.01)
+
+
+def test_rfc9293_3_10_7_4_fin_with_data_is_acked_at_once() -> None:
+    c = established()
+    arrive(c, seg("FPA", seq=R0, data=b"end"), at=0.1)
+    expect(c, seg("A", seq=S0, ack=R0 + 4), at=0.1)
+    assert state(c) is TcpState.CLOSE_WAIT
+
+
+def test_nagle_does_not_hold_the_last_segment_once_the_fin_is_queued() -> None:
+    c = established()
+    c.send(b"x" * 1500)
+    expect(c, seg("A", length=1000), at=0.0)
+    c.shutdown()
+    expect(c, seg("FPA", seq=S0 + 1000, length=500), at=0.01)

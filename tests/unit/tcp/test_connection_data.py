@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsl import R0, S0, arrive, cfg, established, events, expect, expect_nothing, seg, state
+from dsl import R0, S0, advance, arrive, cfg, established, events, expect, expect_nothing, seg, state
 
 from tcpchimney.tcp.events import DataReceived, SendSpace
 from tcpchimney.tcp.state import TcpState
@@ -209,3 +209,46 @@ def test_rfc9293_3_10_7_4_data_in_close_wait_is_not_accepted() -> None:
     assert state(c) is TcpState.CLOSE_WAIT
     arrive(c, seg("A", seq=R0 + 1, data=b"late"), at=0.2)
     assert c.readable == 0
+
+
+def test_rfc9293_3_4_sequence_numbers_wrap() -> None:
+    c = established(iss=2**32 - 1500, irs=2**32 - 10)
+    c.send(b"x" * 3000)
+    expect(c, seg("A", seq=2**32 - 1499), seg("A", seq=2**32 - 499), seg("PA", seq=501), at=0.0)
+    arrive(c, seg("A", seq=2**32 - 9, ack=1501, data=b"y" * 20), at=0.1)
+    assert c.snd_una == 1501 and c.rcv_nxt == 11
+    assert c.receive() == b"y" * 20
+
+
+def test_zero_window_probe_is_answered_with_our_window() -> None:
+    """RFC 9293 3.8.6.1: a probe must be answered; an out-of-window one gets an ACK with the window."""
+    c = established(cfg(rcv_buf=1000))
+    arrive(c, seg("A", seq=R0, data=K), at=0.1)
+    advance(c, to=0.14)
+    expect(c, seg("A", ack=R0 + 1000, win=0), at=0.14)
+    arrive(c, seg("A", seq=R0 + 999), at=0.5)  # Linux-style probe: SEG.SEQ = RCV.NXT - 1, no data
+    expect(c, seg("A", ack=R0 + 1000, win=0), at=0.5)
+    c.receive()
+    arrive(c, seg("A", seq=R0 + 999), at=0.9)
+    expect(c, seg("A", ack=R0 + 1000, win=1000), at=0.9)
+
+
+def test_rfc5681_4_1_restart_window_after_idle() -> None:
+    """After more than an RTO without sending, cwnd restarts from RW = min(IW, cwnd)."""
+    c = established()
+    c.send(b"x" * 10000)
+    expect(c, *[seg("A")] * 9, seg("PA"), at=0.5)
+    arrive(c, seg("A", ack=S0 + 10000), at=0.6)
+    assert c.cwnd > 10000
+    c.send(b"x" * 30000)
+    assert len(expect(c, *[seg("A")] * 10, at=5.0)) == 10
+
+
+def test_rfc5681_4_1_restart_window_after_idle_from_time_zero() -> None:
+    """The same rule when the previous data left at exactly t=0 of the clock."""
+    c = established()
+    c.send(b"x" * 10000)
+    expect(c, *[seg("A")] * 9, seg("PA"), at=0.0)
+    arrive(c, seg("A", ack=S0 + 10000), at=0.1)
+    c.send(b"x" * 30000)
+    assert len(expect(c, *[seg("A")] * 10, at=5.0)) == 10

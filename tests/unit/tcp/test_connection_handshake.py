@@ -226,3 +226,22 @@ def test_shutdown_in_syn_received_sends_fin_once_established() -> None:
     arrive(c, seg("A", seq=R0, ack=S0), at=0.1)
     expect(c, seg("FA", seq=S0, ack=R0), at=0.1)
     assert state(c) is TcpState.FIN_WAIT_1
+
+
+def test_rfc7323_2_3_shift_above_14_is_used_as_14() -> None:
+    c = established(wscale=15)
+    assert c.snd_wscale == 14
+
+
+def test_rfc9293_3_10_7_3_rst_with_unacceptable_ack_in_syn_sent_is_dropped() -> None:
+    c = syn_sent()
+    arrive(c, seg("RA", seq=0, ack=ISS + 7), at=0.01)
+    expect_nothing(c, at=0.01)
+    assert state(c) is TcpState.SYN_SENT
+
+
+def test_rfc9293_3_10_7_4_data_on_the_handshake_ack_is_accepted() -> None:
+    c = syn_received()
+    arrive(c, seg("PA", seq=R0, ack=S0, data=b"GET /"), at=0.1)
+    assert state(c) is TcpState.ESTABLISHED
+    assert c.receive() == b"GET /"

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from dsl import R0, S0, arrive, cfg, established, events, expect, expect_nothing, seg, state, syn_received
+from dsl import (
+    IRS,
+    R0,
+    S0,
+    arrive,
+    cfg,
+    established,
+    events,
+    expect,
+    expect_nothing,
+    seg,
+    state,
+    syn_received,
+    syn_sent,
+)
 
 from tcpchimney.tcp.events import ConnectionReset, SegmentDropped
 from tcpchimney.tcp.state import TcpState
@@ -147,3 +161,12 @@ def test_rfc9293_3_10_7_4_segments_to_a_closed_connection_are_dropped() -> None:
     arrive(c, seg("PA", seq=R0, data=b"x"), at=0.1)
     expect_nothing(c, at=0.1)
     assert SegmentDropped("closed") in events(c)
+
+
+def test_rfc9293_3_10_7_4_rst_in_syn_received_from_active_open_is_refused() -> None:
+    c = syn_sent()
+    arrive(c, seg("S", seq=IRS, mss=1000), at=0.01)  # simultaneous open
+    expect(c, seg("SA"), at=0.01)
+    arrive(c, seg("R", seq=R0), at=0.02)
+    assert state(c) is TcpState.CLOSED
+    assert ConnectionReset(refused=True) in events(c)

@@ -236,3 +236,12 @@ def test_rfc9293_fin_wait_2_after_shutdown_has_no_limit() -> None:
     arrive(c, seg("A", ack=S0 + 1), at=0.1)
     assert state(c) is TcpState.FIN_WAIT_2
     assert c.next_deadline() is None
+
+
+def test_rfc6298_5_1_timer_not_restarted_by_further_sends() -> None:
+    c = established(cfg(nodelay=True))
+    c.send(b"a")
+    expect(c, seg("PA"), at=0.0)
+    c.send(b"b")
+    expect(c, seg("PA", seq=S0 + 1), at=0.1)
+    assert c.next_deadline() == pytest.approx(0.2)
