@@ -121,7 +121,7 @@ def test_keepalive_times_out_a_peer_that_disappeared() -> None:
     net.link.set_impairments("b", Impairments(loss=1.0))  # b's frames vanish: the peer is gone
     gone = net.link.now
     net.run_until(lambda: net.has_event(client, ConnectionTimedOut), timeout=10.0)
-    assert client.state is TcpState.CLOSED and client not in net.a.connections()
+    assert client.conn.state is TcpState.CLOSED and client not in net.a.connections()
     # idle, then keepalive_probes unanswered probes at keepalive_interval: about 1 + 3 * 0.5 s
     assert net.link.now - gone <= KEEPALIVE.keepalive_idle + (KEEPALIVE.keepalive_probes + 1) * 0.5 + 0.01
 
