@@ -202,7 +202,7 @@ class Input(Timers):
             self.drop("challenge_ack_limited")
             return
         self.challenge_count += 1
-        self.pending.append(self.segment(ACK, self.snd_nxt, now))
+        self.pending.append(self.segment(ACK, self.snd_max, now))
 
     def _reset_answer(self, seg: TcpSegment) -> TcpSegment:
         return TcpSegment(self.local_port, self.remote_port, seg.ack, SeqNum(0), RST, 0)
@@ -305,6 +305,8 @@ class Input(Timers):
     def _rtt_sample(self, opts: TcpOptions, ack: SeqNum, now: float) -> None:
         if self.ts_enabled:
             if opts.ts_val is not None and opts.ts_ecr:
+                if self.rexmit_tsval is not None and ts_before(opts.ts_ecr, self.rexmit_tsval):
+                    return
                 delta = (self.ts_now(now) - opts.ts_ecr) & _MASK32
                 if delta < _HALF32:
                     self.rtt.sample(delta / 1000.0)  # RFC 7323 4.1: valid even for retransmissions
@@ -322,8 +324,17 @@ class Input(Timers):
             if not self.sack_recovery:
                 cc.on_dup_ack_in_recovery()
             return
-        if self.dup_ack_count >= self.config.dupack_threshold:
+        if self.dup_ack_count >= self._dupthresh():
             self._enter_recovery(now)
+
+    def _dupthresh(self) -> int:
+        """DupThresh, lowered by Early Retransmit (RFC 5827 3.1) when fewer than four segments are outstanding
+        and nothing new can be sent: three duplicate ACKs would never come."""
+        thresh = self.config.dupack_threshold
+        outstanding = -(-self.flight_size // self.eff_mss)
+        if outstanding < 4 and len(self.sndbuf) <= self.flight_size:
+            return max(1, min(thresh, outstanding - 1))
+        return thresh
 
     def _enter_recovery(self, now: float) -> None:
         """RFC 5681 3.2 steps 2-3 / RFC 6582 3.2 / RFC 6675 section 5 step (4)."""
@@ -363,7 +374,7 @@ class Input(Timers):
             return
         if self.orphaned:
             # Nobody will read it: tell the peer at once (RFC 2525 2.17, as Linux does after close()).
-            self.pending.append(self.segment(RST | ACK, self.snd_nxt, now))
+            self.pending.append(self.segment(RST | ACK, self.snd_max, now))
             self.set_state(TcpState.CLOSED)
             return
         payload = seg.payload

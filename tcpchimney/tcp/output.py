@@ -30,7 +30,9 @@ class Output(Tcb):
                 self._sack_recovery_send(now, out)
             self._send_data(now, out)
         if self.ack_now and self.state not in _NO_ACK_STATES:
-            out.append(self.segment(ACK, self.snd_nxt, now))
+            # SND.MAX, not SND.NXT: after a go-back-N restart SND.NXT may lie below what the peer already
+            # received, and a segment below RCV.NXT would be discarded with its ACK (as BSD does).
+            out.append(self.segment(ACK, self.snd_max, now))
         self.ack_now = False
         return out
 
@@ -43,14 +45,17 @@ class Output(Tcb):
         """
         if self.our_fin_acked:
             return
-        if self.snd_max == self.snd_una and self.last_snd_time:
+        if self.snd_max == self.snd_una and self.last_snd_time is not None:
             # RFC 5681 4.1: after an idle period longer than the RTO, restart from the restart window
             self.cc.after_idle(self.rtt.current_rto(), now - self.last_snd_time)
         una = self.snd_una
         buf_len = len(self.sndbuf)
-        mss = self.eff_mss
+        mss = self.wire_mss
         max_payload = self.max_payload
         cwnd = self.cc.cwnd
+        if self.dup_ack_count and not self.cc.in_recovery and self.snd_nxt >= self.snd_max:
+            # Limited Transmit (RFC 5681 3.2 step 1, RFC 3042): previously unsent data on dup ACKs 1 and 2
+            cwnd += min(self.dup_ack_count, 2) * mss
         right_edge = una + self.snd_wnd
         nodelay = self.config.nodelay
         while True:
@@ -93,6 +98,7 @@ class Output(Tcb):
         if seq < self.snd_max:  # a retransmission: Karn (RFC 6298 section 3), no RTT sample from it
             if self.rtt_seq is not None and self.rtt_seq > seq:
                 self.rtt_seq = None
+            self.rexmit_tsval = self.ts_now(now)
         elif self.rtt_seq is None and not self.ts_enabled:
             self.rtt_seq, self.rtt_time = end, now
         if seq == self.snd_nxt:
@@ -157,7 +163,9 @@ class Output(Tcb):
         held = len(self.sndbuf)
         if off < 0 or off > held:
             return False
-        n = min(length, held - off)
+        n = min(
+            length, held - off, self.wire_mss if self.config.max_segment_payload <= self.eff_mss else length
+        )
         fin = self.fin_queued and off + n == held and seq + n < self.snd_max
         if n == 0 and not fin:
             return False

@@ -93,6 +93,9 @@ class Tcb:
         self.sack_recovery = False  # recovery driven by the SACK scoreboard (RFC 6675) vs. NewReno
         self.rtt_seq: SeqNum | None = None  # segment being timed without timestamps (Karn, RFC 6298 3)
         self.rtt_time = 0.0
+        # TSval of our latest retransmission: an ACK echoing an older TSval was caused by a segment sent
+        # before it, and timing it would count the wait for the timeout as round-trip time.
+        self.rexmit_tsval: int | None = None
         # --- timers: absolute deadlines, None = stopped (RFC 9293 3.8.1, 3.8.6.1, 3.8.6.3, 3.10.8)
         self.rto_deadline: float | None = None  # retransmission, or persist when ``persisting``
         self.persisting = False
@@ -103,7 +106,7 @@ class Tcb:
         self.keepalive_probe_count = 0
         self.close_deadline: float | None = None  # TIME-WAIT 2*MSL or orphaned FIN-WAIT-2
         self.last_rcv_time = 0.0
-        self.last_snd_time = 0.0
+        self.last_snd_time: float | None = None  # when data last left (RFC 5681 4.1 idle restart)
         # --- pending output
         self.ack_now = False
         self.unacked_segments = 0  # full segments received since our last ACK (ACK every second one)
@@ -123,12 +126,26 @@ class Tcb:
         return max(1, mss - (TS_OPTION_LEN if self.ts_enabled else 0))
 
     @property
+    def sack_option_len(self) -> int:
+        """Bytes of SACK option our next segment carries (they come out of its payload, RFC 6691)."""
+        if not self.sack_enabled or not self.rcvbuf.ooo_bytes:
+            return 0
+        limit = _SACK_BLOCKS_WITH_TS if self.ts_enabled else _SACK_BLOCKS_WITHOUT_TS
+        return 4 + 8 * min(limit, len(self.rcvbuf.ooo_ranges()))
+
+    @property
+    def wire_mss(self) -> int:
+        """Payload bytes of the next wire segment: ``eff_mss`` less any SACK blocks it will carry."""
+        sack = self.sack_option_len
+        return max(1, self.eff_mss - sack) if sack else self.eff_mss
+
+    @property
     def max_payload(self) -> int:
         """Largest payload of one emitted segment: whole wire segments when the device does TSO."""
         mss = self.eff_mss
         tso = self.config.max_segment_payload
         if tso <= mss:
-            return mss
+            return self.wire_mss
         return max(mss, (tso - TS_OPTION_LEN) // mss * mss)
 
     @property

@@ -91,20 +91,23 @@ def test_rfc6582_3_2_no_second_fast_retransmit_for_the_same_window() -> None:
 
 
 def test_rfc6675_sack_recovery_retransmits_holes_only() -> None:
-    """S0 and S0 + 3000 lost. Recovery starts when IsLost(S0) (three segments SACKed above it); later,
-    pipe < cwnd lets out exactly the next lost hole, never SACKed data, then new data."""
+    """S0 and S0 + 3000 lost. The first duplicate ACK lets one new segment out (Limited Transmit, RFC 5681
+    3.2 step 1). Recovery starts when IsLost(S0) (three segments SACKed above it); later, pipe < cwnd lets
+    out exactly the next lost hole, never SACKed data, then new data."""
     c = flight(sack=True, total=20000)
     arrive(c, seg("A", ack=S0, sack=[(S0 + 1000, S0 + 3000)]), at=0.05)
-    expect_nothing(c, at=0.05)
+    expect(c, seg("A", seq=S0 + 10000, length=1000), at=0.05)
     arrive(c, seg("A", ack=S0, sack=[(S0 + 4000, S0 + 5000), (S0 + 1000, S0 + 3000)]), at=0.06)
     expect(c, seg("A", seq=S0, length=1000), at=0.06)
-    assert (c.ssthresh, c.cwnd) == (5000, 5000)  # RFC 6675 5 (4.2): no inflation
+    assert (c.ssthresh, c.cwnd) == (5500, 5500)  # RFC 6675 5 (4.2): half of 11 segments, no inflation
     arrive(c, seg("A", ack=S0, sack=[(S0 + 4000, S0 + 6000), (S0 + 1000, S0 + 3000)]), at=0.07)
-    expect_nothing(c, at=0.07)  # pipe 6000 >= cwnd
+    expect_nothing(c, at=0.07)  # pipe 7000 (S0 again, the hole at S0 + 3000, S0 + 6000..11000) >= cwnd
     arrive(c, seg("A", ack=S0, sack=[(S0 + 4000, S0 + 7000), (S0 + 1000, S0 + 3000)]), at=0.08)
-    expect(c, seg("A", seq=S0 + 3000, length=1000), at=0.08)  # the second hole is lost now
+    expect_nothing(c, at=0.08)  # S0 + 3000 is lost now, but pipe 5000 leaves less than a segment
     arrive(c, seg("A", ack=S0, sack=[(S0 + 4000, S0 + 8000), (S0 + 1000, S0 + 3000)]), at=0.09)
-    expect(c, seg("A", seq=S0 + 10000, length=1000), at=0.09)
+    expect(c, seg("A", seq=S0 + 3000, length=1000), at=0.09)  # pipe 4000: the lost hole goes first
+    arrive(c, seg("A", ack=S0, sack=[(S0 + 4000, S0 + 9000), (S0 + 1000, S0 + 3000)]), at=0.10)
+    expect(c, seg("A", seq=S0 + 11000, length=1000), at=0.10)  # no lost hole left: new data
 
 
 def test_rfc6675_5_1_timeout_forgets_the_scoreboard() -> None:
