@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tcpchimney.tcp.state import TcpState
 
@@ -103,4 +103,9 @@ class TcpSocket:
 
     def abort(self) -> None:
         self.conn.abort()
+        self._stack._mark(self)
+
+    def configure(self, **options: Any) -> None:
+        """Socket options of the live connection (see ``TcpConnection.configure``)."""
+        self.conn.configure(**options)
         self._stack._mark(self)

@@ -13,6 +13,9 @@ timers.py, input.py (SEGMENT ARRIVES); this module adds the constructors and the
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.errors import (
     ConnectionClosedError,
@@ -177,6 +180,41 @@ class TcpConnection(Input):
             )
         self.orphaned = True
         self.set_state(TcpState.CLOSED)
+
+    def configure(
+        self,
+        *,
+        nodelay: bool | None = None,
+        keepalive: bool | None = None,
+        keepalive_idle: float | None = None,
+        keepalive_interval: float | None = None,
+        keepalive_probes: int | None = None,
+        rcv_buf: int | None = None,
+        snd_buf: int | None = None,
+    ) -> None:
+        """Change socket options of a live connection (TCP_NODELAY, SO_KEEPALIVE and TCP_KEEP*, SO_RCVBUF,
+        SO_SNDBUF). A smaller buffer keeps what it holds; the advertised window never shrinks (3.8.6.2.2)."""
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "nodelay": nodelay,
+                "keepalive": keepalive,
+                "keepalive_idle": keepalive_idle,
+                "keepalive_interval": keepalive_interval,
+                "keepalive_probes": keepalive_probes,
+                "rcv_buf": rcv_buf,
+                "snd_buf": snd_buf,
+            }.items()
+            if v is not None
+        }
+        for name in ("rcv_buf", "snd_buf"):
+            if name in changes and not 0 < changes[name] <= 1 << 30:
+                raise ValueError(f"{name} must be in 1..2**30, got {changes[name]}")
+        self.config = replace(self.config, **changes)
+        self.rcvbuf.capacity = self.config.rcv_buf
+        self.sndbuf.capacity = self.config.snd_buf
+        if keepalive is not None or keepalive_idle is not None:
+            self.arm_keepalive(self.last_rcv_time)
 
     def set_path_mss(self, mss: int) -> None:
         """ICMP fragmentation-needed lowered the path MTU (RFC 1191): segments shrink from now on."""

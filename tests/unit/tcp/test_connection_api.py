@@ -127,3 +127,17 @@ def test_hostile_segments_never_raise() -> None:
     for flags in ("SAFR", "F", "", "SF", "RF"):
         arrive(c, seg(flags, seq=R0 + 7, ack=S0 + 99999), at=0.1)
     c.segments_to_send(0.1)
+
+
+def test_configure_nodelay_on_a_live_connection_releases_the_small_tail() -> None:
+    c = established()
+    c.send(b"x" * 1500)
+    expect(c, seg("A", length=1000), at=0.0)  # Nagle holds the 500-byte tail while data is in flight
+    c.configure(nodelay=True)
+    expect(c, seg("PA", length=500), at=0.01)
+
+
+def test_configure_rejects_a_nonsense_buffer_size() -> None:
+    c = established()
+    with pytest.raises(ValueError, match="rcv_buf"):
+        c.configure(rcv_buf=0)
