@@ -203,7 +203,7 @@ async def kernel_bulk(topo: VethTopology, nbytes: int, expected: str) -> float:
             result = await rx.line()
             await tx.line()
     _check(result, nbytes, expected)
-    return nbytes / result["seconds"] / MB
+    return nbytes / float(result["seconds"]) / MB
 
 
 async def kernel_conns(topo: VethTopology, seconds: float) -> float:
