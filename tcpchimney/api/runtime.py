@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from tcpchimney.api.options import SocketOptions
 from tcpchimney.api.streams import SocketInfo, TcpTransport, reset_error, timed_out_error
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
 from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
@@ -50,11 +51,17 @@ class Device(Protocol):
 
 
 class _PendingConnect:
-    __slots__ = ("future", "protocol_factory", "sock")
+    __slots__ = ("future", "options", "protocol_factory", "sock")
 
-    def __init__(self, sock: TcpSocket, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self,
+        sock: TcpSocket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        options: SocketOptions | None,
+    ) -> None:
         self.sock = sock
         self.protocol_factory = protocol_factory
+        self.options = options
         self.future: asyncio.Future[tuple[TcpTransport, asyncio.BaseProtocol]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -314,7 +321,7 @@ class Runtime:
                 sock.abort()
                 return
             protocol = pending.protocol_factory()
-            transport = self._adopt(sock, protocol, None)
+            transport = self._adopt(sock, protocol, None, pending.options)
             pending.future.set_result((transport, protocol))
         elif isinstance(ev, ConnectionReset):
             self._fail_connect(pending, reset_error(ev.refused))
@@ -328,8 +335,14 @@ class Runtime:
         if not pending.future.done():
             pending.future.set_exception(exc)
 
-    def _adopt(self, sock: TcpSocket, protocol: asyncio.BaseProtocol, server: Server | None) -> TcpTransport:
-        transport = TcpTransport(self, sock, protocol, server)
+    def _adopt(
+        self,
+        sock: TcpSocket,
+        protocol: asyncio.BaseProtocol,
+        server: Server | None,
+        options: SocketOptions | None = None,
+    ) -> TcpTransport:
+        transport = TcpTransport(self, sock, protocol, server, options)
         self._transports[sock] = transport
         transport._start()
         return transport
@@ -346,8 +359,12 @@ class Runtime:
         port: int,
         *,
         local_port: int | None = None,
+        options: SocketOptions | None = None,
     ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
         """Active open, like ``loop.create_connection``: returns once the handshake completed.
+
+        ``options`` (socket options set before the connection existed) reach the engine before the SYN leaves;
+        the transport's ``get_extra_info('socket')`` then shares them.
 
         Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted)
         and OSError for addresses the stack cannot use (EADDRNOTAVAIL, ENETUNREACH, EADDRINUSE).
@@ -357,7 +374,9 @@ class Runtime:
             sock = self.stack.connect(host, port, self._clock(), local_port=local_port)
         except (InvalidAddress, InvalidPort, AddressInUse, NoEphemeralPort) as exc:
             raise _address_error(exc) from exc
-        pending = _PendingConnect(sock, protocol_factory)
+        if options is not None and (engine := options.engine_options()):
+            sock.configure(**engine)
+        pending = _PendingConnect(sock, protocol_factory, options)
         self._connecting[sock] = pending
         self.flush_soon()
         try:
@@ -387,12 +406,16 @@ class Runtime:
         *,
         backlog: int = 128,
         start_serving: bool = True,
+        options: SocketOptions | None = None,
     ) -> Server:
-        """Passive open, like ``loop.create_server``; ``port`` None or 0 picks a free ephemeral port."""
+        """Passive open, like ``loop.create_server``; ``port`` None or 0 picks a free ephemeral port.
+
+        Accepted connections inherit the options of ``server.sockets[0]`` (``options``, or set there later).
+        """
         self._check_running()
         self._check_local_host(host)
         listener = self._listen(port, backlog)
-        server = Server(self, listener, protocol_factory)
+        server = Server(self, listener, protocol_factory, options)
         self._servers[listener] = server
         if start_serving:
             server._start_serving()
@@ -451,7 +474,11 @@ class Server:
     """What ``create_server`` / ``start_server`` return; the methods of ``asyncio.Server``."""
 
     def __init__(
-        self, runtime: Runtime, listener: Listener, protocol_factory: Callable[[], asyncio.BaseProtocol]
+        self,
+        runtime: Runtime,
+        listener: Listener,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        options: SocketOptions | None = None,
     ) -> None:
         self._runtime = runtime
         self._listener = listener
@@ -461,7 +488,9 @@ class Server:
         self._transports: set[TcpTransport] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._serving_forever: asyncio.Future[None] | None = None
-        self.sockets = [SocketInfo((ip_str(runtime.stack.iface.ip), listener.port), None)]
+        self._accept_waiters: list[asyncio.Future[None]] = []  # accept() callers of a server not serving
+        options = options or SocketOptions(runtime.stack.tcp_config)
+        self.sockets = [SocketInfo((ip_str(runtime.stack.iface.ip), listener.port), None, options)]
 
     def __repr__(self) -> str:
         return f"<Server port={self.port} serving={self._serving} connections={len(self._transports)}>"
@@ -492,9 +521,36 @@ class Server:
 
     def _accept_pending(self) -> None:
         if not self.is_serving():
+            self._wake_acceptors()
             return
         while (sock := self._listener.accept()) is not None:
-            self._runtime._adopt(sock, self._protocol_factory(), self)
+            self._runtime._adopt(sock, self._protocol_factory(), self, self.sockets[0].options.copy())
+
+    async def accept(self, protocol: asyncio.BaseProtocol) -> TcpTransport:
+        """One connection from the listener's accept queue, for a server created with ``start_serving=False``
+        (the blocking socket's ``accept``): connections wait there, within the backlog, until taken."""
+        while True:
+            if self._closed:
+                raise OSError(errno.EINVAL, "Invalid argument: the server is closed")
+            if self._serving:
+                raise RuntimeError(f"server {self!r} is serving: it accepts connections itself")
+            sock = self._listener.accept()
+            if sock is not None:
+                self._runtime.flush_soon()
+                return self._runtime._adopt(sock, protocol, self, self.sockets[0].options.copy())
+            waiter = self._runtime.loop.create_future()
+            self._accept_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._accept_waiters:
+                    self._accept_waiters.remove(waiter)
+
+    def _wake_acceptors(self) -> None:
+        waiters, self._accept_waiters = self._accept_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _attach(self, transport: TcpTransport) -> None:
         self._transports.add(transport)
@@ -511,6 +567,7 @@ class Server:
         self._serving = False
         self._listener.close()
         self._runtime._server_closed(self)
+        self._wake_acceptors()
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
         self._wake_waiters()

@@ -20,9 +20,12 @@ import asyncio
 import contextlib
 import errno
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tcpchimney.api.options import SocketOptions
 from tcpchimney.host.interface import ip_str
+from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.errors import TcpError
 from tcpchimney.tcp.events import (
     Closed,
@@ -59,21 +62,28 @@ def timed_out_error() -> TimeoutError:
 
 
 class SocketInfo:
-    """What ``get_extra_info('socket')`` returns: the addresses and options of a stack connection.
+    """What ``get_extra_info('socket')`` and ``Server.sockets`` hold: addresses and options of a stack socket.
 
-    It stands where asyncio puts its ``TransportSocket`` so that code which tunes a socket (aiohttp sets
-    TCP_NODELAY and SO_KEEPALIVE) runs. Options are recorded and reported back by ``getsockopt``; the engine's
-    ``TcpConfig`` keeps governing the connection (it has no per-connection setter yet).
+    It stands where asyncio puts its ``TransportSocket``, so code that tunes a socket runs (aiohttp sets
+    TCP_NODELAY). ``setsockopt`` takes and reports values as Linux does (``api.options``) and applies them: to
+    the live connection at once, and for a server's socket to every connection it accepts from then on.
     """
 
     family = socket.AF_INET
     type = socket.SOCK_STREAM
     proto = socket.IPPROTO_TCP
 
-    def __init__(self, sockname: tuple[str, int], peername: tuple[str, int] | None) -> None:
+    def __init__(
+        self,
+        sockname: tuple[str, int],
+        peername: tuple[str, int] | None,
+        options: SocketOptions | None = None,
+        apply: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._sockname = sockname
         self._peername = peername
-        self._options: dict[tuple[int, int], int] = {}
+        self.options = options or SocketOptions(TcpConfig())
+        self._apply = apply
 
     def __repr__(self) -> str:
         return f"<SocketInfo laddr={self._sockname} raddr={self._peername}>"
@@ -90,25 +100,33 @@ class SocketInfo:
         return -1  # no kernel descriptor: the connection lives in the user-space stack
 
     def setsockopt(self, level: int, name: int, value: int | bytes) -> None:
-        self._options[(level, name)] = int(bool(value)) if isinstance(value, bool) else value  # type: ignore[assignment]
+        changes = self.options.set(level, name, value)
+        if changes and self._apply is not None:
+            self._apply(changes)
 
-    def getsockopt(self, level: int, name: int) -> int:
-        return self._options.get((level, name), 0)
+    def getsockopt(self, level: int, name: int, buflen: int | None = None) -> int | bytes:
+        return self.options.get(level, name, buflen)
 
 
 class TcpTransport(asyncio.Transport):
     """One connection of the stack as an asyncio transport (created by the runtime, not by applications)."""
 
     def __init__(
-        self, runtime: Runtime, sock: TcpSocket, protocol: asyncio.BaseProtocol, server: Server | None = None
+        self,
+        runtime: Runtime,
+        sock: TcpSocket,
+        protocol: asyncio.BaseProtocol,
+        server: Server | None = None,
+        options: SocketOptions | None = None,
     ) -> None:
+        options = options or SocketOptions(runtime.stack.tcp_config)
         sockname = (ip_str(sock.local_ip), sock.local_port)
         peername = (ip_str(sock.remote_ip), sock.remote_port)
         super().__init__(
             {
                 "sockname": sockname,
                 "peername": peername,
-                "socket": SocketInfo(sockname, peername),
+                "socket": SocketInfo(sockname, peername, options, self._configure),
                 "tcp_socket": sock,
                 "runtime": runtime,
             }
@@ -131,6 +149,10 @@ class TcpTransport(asyncio.Transport):
         self._peer_eof = False  # the peer's FIN arrived
         self._eof_delivered = False
         self._lost = False  # connection_lost() was delivered
+        self._options = options
+        self._event_waiters: list[asyncio.Future[None]] = []  # wait_event() callers
+        if engine := options.engine_options():
+            self._configure(engine)  # options the listener had when this connection arrived
 
     def __repr__(self) -> str:
         return f"<TcpTransport {self._sock!r} buffered={len(self._buffer)}>"
@@ -162,6 +184,46 @@ class TcpTransport(asyncio.Transport):
             self._fail(timed_out_error())
         elif isinstance(ev, Closed):
             self._on_closed()
+        self._wake()
+
+    # ------------------------------------------------------------------ for the blocking socket API
+
+    @property
+    def tcp_socket(self) -> TcpSocket:
+        return self._sock
+
+    @property
+    def engine_gone(self) -> bool:
+        """The engine reached CLOSED (reset, timed out or closed): it takes no more calls."""
+        return self._dead
+
+    @property
+    def peer_eof(self) -> bool:
+        return self._peer_eof
+
+    async def wait_event(self) -> None:
+        """Until the connection's next event (data, send space, FIN, reset, close) or its loss."""
+        if self._lost and self._dead:
+            return
+        waiter = self._loop.create_future()
+        self._event_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._event_waiters:
+                self._event_waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._event_waiters = self._event_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _configure(self, changes: dict[str, Any]) -> None:
+        """Socket options reach the engine of a live connection (later ones are kept by the options)."""
+        if not self._dead:
+            self._sock.configure(**changes)
+            self._runtime.flush_soon()
 
     def _on_closed(self) -> None:
         """The engine reached CLOSED: hand over what is still readable, then end the protocol's connection."""
@@ -186,6 +248,7 @@ class TcpTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
+            self._wake()
             if self._server is not None:
                 self._server._detach(self)
             self._runtime._transport_lost(self)

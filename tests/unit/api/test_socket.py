@@ -183,9 +183,8 @@ def test_reset_reaches_a_blocked_recv(pair: tuple[BackgroundRuntime, BackgroundR
 
         t = threading.Thread(target=blocked)
         t.start()
-        conn_transport = conn._writer.transport if conn._writer else None
-        assert conn_transport is not None
-        a.call(_abort(conn_transport))
+        assert conn._transport is not None
+        a.call(_abort(conn._transport))
         t.join(10)
         assert len(errors) == 1 and isinstance(errors[0], ConnectionResetError)
         client.close()
