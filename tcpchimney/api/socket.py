@@ -400,13 +400,20 @@ class Socket:
             del protocol.tail[:n]
             return data
         sock = transport.tcp_socket
-        if not transport.engine_gone and sock.readable > 0 and not self._shut_rd:
-            try:
-                return sock.receive(min(n, sock.readable))
-            except TcpError:
-                pass  # the engine failed meanwhile: its loss reports why
-            finally:
-                self._bg.runtime.flush_soon()  # a window update may be due
+        if sock.readable > 0 and not self._shut_rd:
+            if transport.engine_gone:
+                # Reset or timed out with data unread: as Linux, that data is read before the error.
+                data = sock.conn.receive(n)
+                sock._set_readable(sock.conn.readable)
+                if data:
+                    return data
+            else:
+                try:
+                    return sock.receive(min(n, sock.readable))
+                except TcpError:
+                    pass  # the engine failed meanwhile: its loss reports why
+                finally:
+                    self._bg.runtime.flush_soon()  # a window update may be due
         if protocol.error is not None:
             error, protocol.error = protocol.error, None
             raise error

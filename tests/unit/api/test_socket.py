@@ -7,25 +7,13 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
-from test_runtime import A_IP, B_IP, make_stack
+from test_runtime import A_IP, B_IP
 
-from tcpchimney.api.memdev import MemoryDevicePair
 from tcpchimney.api.socket import BackgroundRuntime, Socket
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[BackgroundRuntime, BackgroundRuntime]]:
-    devices = MemoryDevicePair()
-    a = BackgroundRuntime(make_stack(devices.a, "02:00:00:00:00:0a", A_IP), devices.a)
-    b = BackgroundRuntime(make_stack(devices.b, "02:00:00:00:00:0b", B_IP), devices.b)
-    with a, b:
-        yield a, b
-    devices.close()
 
 
 def echo_server(bg: BackgroundRuntime, port: int) -> tuple[Socket, threading.Thread]:
