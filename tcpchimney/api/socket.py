@@ -243,7 +243,7 @@ class Socket:
     # ------------------------------------------------------------------ state checks
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._released:  # after close() the socket works on while makefile() objects use it (Python's)
             raise OSError(errno.EBADF, "Bad file descriptor")
 
     def _settle_connect(self) -> None:

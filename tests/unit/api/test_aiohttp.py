@@ -53,6 +53,8 @@ def test_aiohttp_application_on_the_stack() -> None:
             writer.write(f"GET /hello/stack HTTP/1.1\r\nHost: {A_IP}\r\n\r\n".encode())
             status, _, text = await read_response(reader)
             assert (status, text) == (200, b"hello stack")
+            (served,) = server._transports
+            assert served.tcp_socket.conn.config.nodelay  # aiohttp's TCP_NODELAY reached the engine
             writer.write(f"GET /missing HTTP/1.1\r\nHost: {A_IP}\r\n\r\n".encode())
             status, _, _ = await read_response(reader)
             assert status == 404
