@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tcpchimney.chimney.reason import Reason
 from tcpchimney.tcp.events import TcpEvent
 
 if TYPE_CHECKING:
@@ -63,6 +64,49 @@ class PathMtuChanged:
     mtu: int
 
 
+@dataclass(frozen=True, slots=True)
+class Offloaded:
+    """The target took the connection; ``duration`` from the initiate to its completion (seconds)."""
+
+    sock: TcpSocket
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadRefused:
+    """The connection stays on the host: the policy, a rule, the target or its state said no (``reason``)."""
+
+    sock: TcpSocket
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """The connection is back on the host; ``duration`` from the terminate to its completion (seconds)."""
+
+    sock: TcpSocket
+    reason: Reason
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadFault:
+    """The target broke the contract (``detail``); the host uploaded or aborted ``sock`` (None: no single
+    connection was affected) and kept running. ``reason`` is what the host did it for."""
+
+    sock: TcpSocket | None
+    reason: Reason
+    detail: str
+
+
+OffloadEvent = Offloaded | OffloadRefused | Uploaded | OffloadFault
+
 HostEvent = (
-    ConnectionEvent | IncomingConnection | EchoReply | NeighborChanged | NeighborUnreachable | PathMtuChanged
+    ConnectionEvent
+    | IncomingConnection
+    | EchoReply
+    | NeighborChanged
+    | NeighborUnreachable
+    | PathMtuChanged
+    | OffloadEvent
 )

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 from tcpchimney.tcp.state import TcpState
 
 if TYPE_CHECKING:
+    from tcpchimney.chimney.reason import Reason
     from tcpchimney.host.ipv4 import HeaderTemplate
     from tcpchimney.host.listener import Listener
+    from tcpchimney.host.offload import ConnOffload, OffloadState
     from tcpchimney.host.stack import HostStack
     from tcpchimney.tcp.connection import TcpConnection
 
@@ -19,7 +21,11 @@ def conn_key(remote_ip: bytes, remote_port: int, local_port: int) -> int:
 
 
 class TcpSocket:
-    """One TCP connection of the host stack. Data calls go to the engine and mark the socket for output."""
+    """One TCP connection of the host stack. Data calls go to the engine and mark the socket for output.
+
+    While the connection is offloaded (or moving), ``offload`` holds its record and every call goes to the
+    stack's offload manager instead: the application sees the same calls, results and events either way.
+    """
 
     __slots__ = (
         "_readable",
@@ -31,6 +37,8 @@ class TcpSocket:
         "listener",
         "local_ip",
         "local_port",
+        "offload",
+        "offload_allowed",
         "pseudo_base",
         "remote_ip",
         "remote_port",
@@ -62,6 +70,8 @@ class TcpSocket:
         self.pseudo_base = 0  # pseudo-header sum without the TCP length (wire.checksum.pseudo_base_sum)
         self.gso_mss = 0  # payload bytes per wire segment when the device cuts a super-segment
         self._readable = 0
+        self.offload: ConnOffload | None = None  # set once the offload manager looked at the connection
+        self.offload_allowed = True  # False: the application opted this socket out (Reason.SOCKET_OPT_OUT)
 
     def __repr__(self) -> str:
         return (
@@ -69,24 +79,53 @@ class TcpSocket:
             f"{self.conn.state.value})"
         )
 
+    def _moved(self) -> ConnOffload | None:
+        """The offload record when the connection is not (only) on the host engine, else None."""
+        off = self.offload
+        if off is None or (off.in_host and not off.rcvq):
+            return None
+        return off
+
     @property
     def state(self) -> TcpState:
+        off = self.offload
+        if off is not None and not off.in_host:
+            return off.tcp_state
         return self.conn.state
 
     @property
+    def offload_state(self) -> OffloadState | None:
+        """IN_HOST / OFFLOADING / OFFLOADED / UPLOADING; None on a stack without an offload target."""
+        return None if self.offload is None else self.offload.state
+
+    @property
+    def offload_reason(self) -> Reason | None:
+        """The reason of the last offload decision about this connection (refusal or upload), if any."""
+        return None if self.offload is None else self.offload.reason
+
+    @property
     def readable(self) -> int:
-        """Bytes receive() would return now."""
+        """Bytes receive() would return now (the socket's own queue first, then the engine's)."""
+        off = self._moved()
+        if off is not None:
+            return len(off.rcvq) + (self._readable if off.in_host else 0)
         return self._readable
 
     def _set_readable(self, n: int) -> None:
         self._readable = n
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
+        off = self.offload
+        if off is not None and not off.in_host:
+            return self._stack._offload_manager().send(self, data)
         n = self.conn.send(data)
         self._stack._mark(self)
         return n
 
     def receive(self, max_bytes: int) -> bytes:
+        off = self._moved()
+        if off is not None:
+            return self._stack._offload_manager().receive(self, max_bytes)
         data = self.conn.receive(max_bytes)
         self._readable = max(0, self._readable - len(data))
         if data:
@@ -94,18 +133,39 @@ class TcpSocket:
         return data
 
     def shutdown(self) -> None:
+        off = self.offload
+        if off is not None and not off.in_host:
+            self._stack._offload_manager().shutdown(self)
+            return
         self.conn.shutdown()
         self._stack._mark(self)
 
     def close(self) -> None:
-        self.conn.close()
+        off = self.offload
+        if off is not None and not off.in_host:
+            self._stack._offload_manager().close(self)
+            return
+        if off is not None and off.rcvq:
+            off.rcvq.clear()  # unread data: close is a reset, as the engine's close with unread data
+            self.conn.abort()
+        else:
+            self.conn.close()
         self._stack._mark(self)
 
     def abort(self) -> None:
+        off = self.offload
+        if off is not None and not off.in_host:
+            self._stack._offload_manager().abort(self)
+            return
         self.conn.abort()
         self._stack._mark(self)
 
     def configure(self, **options: Any) -> None:
-        """Socket options of the live connection (see ``TcpConnection.configure``)."""
+        """Socket options of the live connection (see ``TcpConnection.configure``); an offloaded connection
+        gets them as an update of its cached state."""
         self.conn.configure(**options)
+        off = self.offload
+        if off is not None and not off.in_host:
+            self._stack._offload_manager().configure(self)
+            return
         self._stack._mark(self)

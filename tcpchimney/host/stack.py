@@ -35,6 +35,8 @@ from tcpchimney.host.ipv4 import (
     is_multicast,
 )
 from tcpchimney.host.listener import Listener
+from tcpchimney.host.offload import OffloadManager
+from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.ports import EphemeralPorts
 from tcpchimney.host.reassembly import Reassembler
 from tcpchimney.host.sockets import TcpSocket, conn_key
@@ -62,6 +64,8 @@ from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import ACK, RST, SYN, TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
+    from tcpchimney.chimney.reason import Reason
+    from tcpchimney.chimney.target import OffloadTarget
     from tcpchimney.tcp.connection import TcpConnection
 
 Bytes = bytes | bytearray | memoryview
@@ -81,6 +85,8 @@ class HostStack:
         arp_params: ArpParams | None = None,
         syncookies: bool = True,
         engine: type[TcpConnection] | None = None,
+        target: OffloadTarget | None = None,
+        offload: OffloadPolicy | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the stack secret must not be empty (RFC 6528, RFC 6056)")
@@ -127,6 +133,12 @@ class HostStack:
         self._bad_sources = frozenset(
             a for a in (iface.ip, LIMITED_BROADCAST, UNSPECIFIED, iface.broadcast) if bad_source(a, iface)
         )
+        # Without a target nothing below changes: every offload hook is behind ``if self._offload``.
+        self._offload: OffloadManager | None = None
+        if target is not None:
+            self._offload = OffloadManager(self, target, offload)
+        elif offload is not None:
+            raise ValueError("an offload policy needs an offload target")
 
     # ================================================================== node interface (link/)
 
@@ -135,6 +147,17 @@ class HostStack:
         try:
             self._rx_frame(frame, now)
         except Exception as exc:  # a codec or engine bug must not kill the stack
+            self._internal_error(exc)
+        if self._offload is not None:
+            self._offload_service(now)
+
+    def _offload_service(self, now: float | None) -> None:
+        """Drain the target's completions and indications (every entry point does, so what the target
+        produced while handling a frame is seen before the next frames leave)."""
+        assert self._offload is not None
+        try:
+            self._offload.service(now)
+        except Exception as exc:  # a manager bug must not kill the stack either
             self._internal_error(exc)
 
     def _internal_error(self, exc: Exception) -> None:
@@ -155,6 +178,9 @@ class HostStack:
             self._events.append(ConnectionEvent(sock, Closed()))
 
     def handle_timer(self, now: float) -> None:
+        if self._offload is not None:
+            self._offload_service(now)
+            self._offload.handle_timer(now)
         self.arp.handle_timer(now)
         self.reassembler.handle_timer(now)
         timers = self._timers
@@ -171,6 +197,8 @@ class HostStack:
                 self._engine_failed(sock, exc)
 
     def frames_to_send(self, now: float) -> list[Frame]:
+        if self._offload is not None:
+            self._offload_service(now)
         out: list[Frame] = []
         if self._dirty:
             dirty = self._dirty
@@ -188,15 +216,20 @@ class HostStack:
         return out
 
     def next_deadline(self) -> float | None:
+        if self._offload is not None:
+            self._offload_service(None)
         for sock in list(self._dirty):
             try:
                 self._refresh_deadline(sock)
             except Exception as exc:
                 self._engine_failed(sock, exc)
         best = self.arp.next_deadline()
-        frag = self.reassembler.next_deadline()
-        if frag is not None and (best is None or frag < best):
-            best = frag
+        for other in (
+            self.reassembler.next_deadline(),
+            None if self._offload is None else self._offload.next_deadline(),
+        ):
+            if other is not None and (best is None or other < best):
+                best = other
         timers = self._timers
         while timers:
             deadline, _, sock = timers[0]
@@ -208,6 +241,8 @@ class HostStack:
         return best
 
     def next_event(self) -> HostEvent | None:
+        if self._offload is not None:
+            self._offload_service(None)
         for sock in list(self._dirty):
             try:
                 self._drain(sock)
@@ -219,7 +254,37 @@ class HostStack:
     def counters(self) -> dict[str, dict[str, int]]:
         snap = self._counters.snapshot()
         snap["stack"] = {"internal_error": self._internal_errors}
+        if self._offload is not None:
+            snap["offload"] = dict(self._offload.counters)
         return snap
+
+    # ================================================================== offload (docs/offload-design.md)
+
+    @property
+    def offload_policy(self) -> OffloadPolicy | None:
+        return None if self._offload is None else self._offload.policy
+
+    def set_offload_policy(self, policy: OffloadPolicy) -> None:
+        """A new mode or rule set; connections that no longer qualify are uploaded."""
+        self._offload_manager().set_policy(policy)
+
+    def offload_now(self, sock: TcpSocket) -> Reason | None:
+        """Offload ``sock`` now whatever the mode; None when the initiate went to the target, else the
+        reason it stays on the host (an OffloadRefused event says the same)."""
+        return self._offload_manager().offload_now(sock)
+
+    def upload(self, sock: TcpSocket, reason: Reason) -> bool:
+        """Bring an offloaded connection back to the host; an Uploaded event follows."""
+        return self._offload_manager().upload(sock, reason)
+
+    def upload_all(self, reason: Reason) -> int:
+        """Upload every offloaded connection; returns how many terminates were started."""
+        return self._offload_manager().upload_all(reason)
+
+    def _offload_manager(self) -> OffloadManager:
+        if self._offload is None:
+            raise RuntimeError("this stack has no offload target")
+        return self._offload
 
     @property
     def internal_errors(self) -> list[str]:
@@ -425,6 +490,10 @@ class HostStack:
         key = (int.from_bytes(src, "big") << 32) | (seg.src_port << 16) | seg.dst_port
         sock = self._conns.get(key)
         if sock is not None:
+            off = sock.offload
+            if off is not None and not off.in_host and self._offload is not None:
+                self._offload.held_segment(sock, bytes(data))
+                return
             self._segment_for(sock, seg, now)
             return
         listener = self._listeners.get(seg.dst_port)
@@ -607,6 +676,8 @@ class HostStack:
             return
         if isinstance(ev, DataReceived):
             sock._set_readable(ev.readable)
+        if self._offload is not None:
+            self._offload.on_engine_event(sock, ev)  # type: ignore[arg-type]
         listener = sock.listener
         if listener is not None:
             self._on_queued_event(listener, sock, ev)
@@ -642,6 +713,9 @@ class HostStack:
     # ================================================================== transmit path
 
     def _output(self, sock: TcpSocket, now: float, out: list[Frame]) -> None:
+        off = sock.offload
+        if off is not None and not off.in_host:
+            return  # the engine is frozen while the connection is away
         conn = sock.conn
         segs = conn.segments_to_send(now)
         if segs:
@@ -774,6 +848,8 @@ class HostStack:
         for sock in self._conns.values():
             if sock.remote_ip == dst:
                 self._lower_mss(sock, mtu)
+        if self._offload is not None:
+            self._offload.on_pmtu(dst, mtu)  # offloaded connections learn it by an update of their path
 
     def _quote_matches_connection(
         self, quoted: ipv4_wire.Ipv4Header, data: bytes | bytearray | memoryview
@@ -785,6 +861,9 @@ class HostStack:
         sock = self._conns.get(conn_key(quoted.dst, dport, sport))
         if sock is None:
             return False
+        off = sock.offload
+        if off is not None and not off.in_host and self._offload is not None:
+            return self._offload.seq_in_flight(sock, SeqNum(seq))
         conn = sock.conn
         return conn.snd_una <= SeqNum(seq) <= conn.snd_nxt
 

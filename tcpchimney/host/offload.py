@@ -1,0 +1,1223 @@
+"""The host side of offload: each connection's offload state machine and the host's use of the contract.
+
+docs/offload-design.md is the page this implements; chimney-spec sections 3-5 the rules behind it.
+
+A connection moves IN_HOST -> OFFLOADING -> OFFLOADED -> UPLOADING -> IN_HOST (a refused initiate goes back
+from OFFLOADING to IN_HOST). The manager talks to the target only through ``submit`` / ``poll``, checks every
+request with ``chimney.registry.OffloadRegistry`` before submitting it and every completion after, and keeps
+the application's view unchanged: ``TcpSocket`` calls land here while the connection is not on the host
+engine, and the host events the API relies on (``ConnectionEvent`` with DataReceived, SendSpace, PeerClosed,
+ConnectionReset, Closed) come from here for those connections.
+
+Byte accounting (why uploads lose, duplicate or reorder nothing):
+
+- At offload the engine's readable bytes move to the socket's own queue ``rcvq`` (reads are served from it
+  first, whatever the state), so the snapshot carries no buffered data; send data starts at SND.UNA.
+- Every byte given to the target in a ``Send`` is kept until its completion says SUCCESS (the peer ACKed
+  it). On upload, the stream must end where the host expects (SND.UNA at offload + the send data then + the
+  bytes submitted since); a target that returned fewer bytes than that (a Send it completed with
+  UPLOAD_IN_PROGRESS without taking it) gets the missing tail appended from those copies.
+- Every byte the host took from a ``ReceiveIndication`` / ``ReceiveCompletion`` is counted: the returned
+  buffered data must start exactly there. Overlap is trimmed (and reported), a gap aborts the connection.
+
+A target that breaks the contract (an answer the registry rejects, an unknown handle, impossible sequence
+numbers) never crashes the stack: the fault is counted and reported as an ``OffloadFault`` event, and the
+affected connection is uploaded, or aborted when its state cannot be trusted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from tcpchimney.chimney.completions import (
+    Completion,
+    DisconnectCompletion,
+    ReceiveCompletion,
+    SendCompletion,
+    StateCompletion,
+)
+from tcpchimney.chimney.errors import ContractError, PreconditionError, ProtocolViolationError
+from tcpchimney.chimney.indications import (
+    Indication,
+    LinkStatusChanged,
+    NeighborReachabilityQuery,
+    PeerDisconnect,
+    PeerReset,
+    ReceiveIndication,
+    SendBacklogChanged,
+    TargetCapabilities,
+    TargetPaused,
+    TargetResumed,
+    UploadAllRequested,
+    UploadRequest,
+)
+from tcpchimney.chimney.neighbor import NeighborCached, NeighborConst, NeighborState
+from tcpchimney.chimney.path import PathCached, PathConst, PathState
+from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.registry import OffloadRegistry, Phase
+from tcpchimney.chimney.requests import (
+    Disconnect,
+    Forward,
+    InitiateOffload,
+    PostReceive,
+    ReachabilityReply,
+    Request,
+    ReturnReceive,
+    Send,
+    TerminateOffload,
+    UpdateOffload,
+)
+from tcpchimney.chimney.status import Status
+from tcpchimney.chimney.target import OffloadTarget
+from tcpchimney.chimney.tcp_state import PEER_FIN_RECEIVED, TcpCached, TcpConst, TcpDelegated, TcpSnapshot
+from tcpchimney.chimney.tree import (
+    PLACEHOLDER,
+    BlockList,
+    Layer,
+    LinkedObject,
+    NewObject,
+    Role,
+    TreeNode,
+    build_tree,
+    walk,
+)
+from tcpchimney.host.counters import bump
+from tcpchimney.host.events import ConnectionEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
+from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
+from tcpchimney.tcp import snapshot as tcp_snapshot
+from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
+from tcpchimney.tcp.events import (
+    Closed,
+    Connected,
+    ConnectionReset,
+    DataReceived,
+    PeerClosed,
+    SendSpace,
+    StateChanged,
+    TcpEvent,
+)
+from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire import tcp as tcp_wire
+from tcpchimney.wire.seq import SeqNum
+
+if TYPE_CHECKING:
+    from tcpchimney.host.sockets import TcpSocket
+    from tcpchimney.host.stack import HostStack
+    from tcpchimney.wire.frame import Frame
+
+_SEQ0 = SeqNum(0)
+MAX_SEND_CHUNK = 256 * 1024  # bytes per Send request: one NBL each (contract), bounded for the codec
+_OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+_OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+# What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
+_AFTER_PEER_FIN = {
+    TcpState.ESTABLISHED: TcpState.CLOSE_WAIT,
+    TcpState.FIN_WAIT_1: TcpState.CLOSING,
+    TcpState.FIN_WAIT_2: TcpState.TIME_WAIT,
+}
+_AFTER_OUR_FIN_ACKED = {
+    TcpState.FIN_WAIT_1: TcpState.FIN_WAIT_2,
+    TcpState.CLOSING: TcpState.TIME_WAIT,
+    TcpState.LAST_ACK: TcpState.CLOSED,
+}
+_AFTER_SHUTDOWN = {TcpState.ESTABLISHED: TcpState.FIN_WAIT_1, TcpState.CLOSE_WAIT: TcpState.LAST_ACK}
+_REFUSAL_FOR_STATUS = {
+    Status.NOT_SUPPORTED: Reason.TARGET_NOT_SUPPORTED,
+    Status.TCP_ENTRIES: Reason.TARGET_FULL,
+    Status.PATH_ENTRIES: Reason.TARGET_FULL,
+    Status.NEIGHBOR_ENTRIES: Reason.TARGET_FULL,
+    Status.TCP_RCV_WINDOW: Reason.RCV_WINDOW_UNSUPPORTED,
+    Status.PATH_MTU: Reason.PATH_MTU_UNSUPPORTED,
+    Status.VLAN_ENTRIES: Reason.VLAN_UNSUPPORTED,
+    Status.VLAN_MISMATCH: Reason.VLAN_UNSUPPORTED,
+}
+
+
+class OffloadState(Enum):
+    IN_HOST = "in_host"
+    OFFLOADING = "offloading"
+    OFFLOADED = "offloaded"
+    UPLOADING = "uploading"
+
+
+@dataclass(eq=False, slots=True)
+class SharedObject:
+    """A neighbor (keyed by next-hop IP) or path (keyed by destination IP) the host offloaded or offers."""
+
+    layer: Layer
+    handle: int
+    key: bytes
+    sent: bytes | int  # the cached value the target has: neighbor MAC or path MTU
+    parent: SharedObject | None = None
+    target_handle: int | None = None
+    pending: bool = False  # a change waits for the update in flight
+
+
+@dataclass(eq=False, slots=True)
+class ConnOffload:
+    """One connection's offload record (the host's half of spec 9.1's per-connection state machine)."""
+
+    state: OffloadState = OffloadState.IN_HOST
+    reason: Reason | None = None  # the last decision's reason (refusal or upload)
+    handle: int = 0  # host handle of the TCP object in the current offload
+    ctx: int | None = None  # the target's handle while offloaded
+    path: SharedObject | None = None
+    started: float = 0.0  # when the current initiate or terminate was submitted
+    tcp_state: TcpState = TcpState.ESTABLISHED  # last known state while not on the host engine
+    const: TcpConst | None = None
+    cached: TcpCached | None = None
+    rcvq: bytearray = field(default_factory=bytearray)  # received bytes the application has not read
+    held: list[bytes] = field(default_factory=list)  # segments (TCP header on) received while moving
+    queued: bytearray = field(default_factory=bytearray)  # application bytes not yet given to anyone
+    inflight: deque[tuple[int, bytes]] = field(default_factory=deque)  # Sends not completed SUCCESS
+    returned: bytearray = field(default_factory=bytearray)  # unACKed rest of Sends completed otherwise
+    outstanding: int = 0  # bytes given to the target and not yet ACKed (counts against snd_buf)
+    base_una: SeqNum = _SEQ0  # SND.UNA at offload
+    base_end: SeqNum = _SEQ0  # end of the send data at offload
+    rcv_end: SeqNum = _SEQ0  # sequence number of the next byte the host expects from the target
+    submitted: int = 0  # bytes given in Sends since the offload
+    acked: int = 0  # bytes the target reported ACKed (completions)
+    send_blocked: bool = False
+    fin_pending: bool = False  # shutdown/close asked: FIN after the queued data
+    fin_sent: bool = False  # Disconnect submitted
+    closed: bool = False  # the application closed: nobody reads any more
+    aborted: bool = False
+    finished: bool = False  # Closed was reported: only clean-up remains
+    peer_fin: bool = False  # PeerClosed was reported
+    reset: bool = False  # the peer reset the connection
+    rst_sent: bool = False  # an abortive Disconnect went to the target
+    taken: int = 0  # bytes the host took from the target since the offload
+    trim: int = 0  # returned buffered bytes the host already had (a faulty target's overlap)
+    target_holds: bool = False  # the target kept data we could not take; post to get it again
+    upload_after: Reason | None = None  # an upload asked while a call was in flight
+    update_pending: bool = False  # socket options changed while an update was in flight
+    updating: bool = False
+    refused_by_target: bool = False
+    backlog: int = 0
+    moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
+    una0: SeqNum = _SEQ0
+    rcv0: SeqNum = _SEQ0
+
+    @property
+    def in_host(self) -> bool:
+        return self.state is OffloadState.IN_HOST
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: str  # "initiate", "terminate", "update", "send", "data"
+    sock: TcpSocket | None
+    objects: tuple[SharedObject, ...] = ()
+
+
+class OffloadManager:
+    def __init__(self, stack: HostStack, target: OffloadTarget, policy: OffloadPolicy | None) -> None:
+        self.stack = stack
+        self.target = target
+        self.policy = policy or OffloadPolicy()
+        self.registry = OffloadRegistry()
+        self.counters: dict[str, int] = {}
+        self.now = 0.0
+        self.paused = False
+        self.capabilities: TargetCapabilities = target.capabilities
+        self._next_handle = 0
+        self._next_request = 0
+        self._pending: dict[int, _Pending] = {}
+        self._by_handle: dict[int, TcpSocket] = {}
+        self._neighbors: dict[bytes, SharedObject] = {}
+        self._paths: dict[bytes, SharedObject] = {}
+        self._neighbor_of: dict[int, SharedObject] = {}
+        self._candidates: dict[TcpSocket, None] = {}
+        self._arp_generation = -1
+        self._next_check: float | None = None
+
+    # ================================================================== entry points (from HostStack)
+
+    def service(self, now: float | None = None) -> None:
+        """Drain the target's outputs, then act on what waits: candidates, neighbor changes, the policy."""
+        if now is not None:
+            self.now = max(self.now, now)
+        self.poll()
+        if self._candidates:
+            for sock in list(self._candidates):
+                self._consider(sock)
+        if self.stack.arp.generation != self._arp_generation:
+            self._arp_generation = self.stack.arp.generation
+            self._check_neighbors()
+
+    def poll(self) -> None:
+        target = self.target
+        out = target.poll()
+        while out is not None:
+            try:
+                if isinstance(out, Completion):
+                    self._on_completion(out)
+                else:
+                    self._on_indication(out)
+            except ContractError as exc:
+                self._fault(None, Reason.HARDWARE_FAILURE, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # an answer we cannot digest must not stop the stack
+                self.stack._internal_error(exc)
+            out = target.poll()
+
+    def next_deadline(self) -> float | None:
+        return self._next_check if self.policy.mode is OffloadMode.AUTOMATIC else None
+
+    def handle_timer(self, now: float) -> None:
+        self.service(now)
+        if self.policy.mode is not OffloadMode.AUTOMATIC:
+            self._next_check = None
+            return
+        if self._next_check is None or now >= self._next_check:
+            self._next_check = now + self.policy.check_interval
+            for sock in self.stack.connections():
+                off = sock.offload
+                if off is not None and off.in_host and not off.refused_by_target:
+                    self._consider(sock, quiet=True)
+
+    def on_engine_event(self, sock: TcpSocket, ev: TcpEvent) -> None:
+        """An event of a connection on the host engine: established connections become candidates."""
+        if isinstance(ev, Connected):
+            if sock.offload is None:
+                sock.offload = ConnOffload(una0=sock.conn.snd_una, rcv0=sock.conn.rcv_nxt)
+            self._candidates[sock] = None
+            if self.policy.mode is OffloadMode.AUTOMATIC and self._next_check is None:
+                self._next_check = self.now + self.policy.check_interval
+
+    def held_segment(self, sock: TcpSocket, raw: bytes) -> None:
+        """A segment for a connection that is not on the host engine reached the host (the target passed
+        it up: IP options, a fragment, or the connection is moving)."""
+        off = sock.offload
+        assert off is not None
+        if off.state is OffloadState.OFFLOADED and off.ctx is not None:
+            self._submit(Forward(self._rid(), off.ctx, (raw,)), _Pending("data", sock))
+        else:
+            off.held.append(raw)
+
+    def seq_in_flight(self, sock: TcpSocket, seq: SeqNum) -> bool:
+        """RFC 5927 check of an ICMP quote for a connection the target holds: a byte it may have in flight."""
+        off = sock.offload
+        assert off is not None
+        low = off.base_una + off.acked
+        high = off.base_end + (off.submitted + 1)
+        return low <= seq <= high
+
+    def on_pmtu(self, dst: bytes, mtu: int) -> None:
+        path = self._paths.get(dst)
+        if path is not None:
+            self._reconcile(path)
+
+    # ================================================================== administration
+
+    def set_policy(self, policy: OffloadPolicy) -> None:
+        """Apply a new mode or rule set: upload what no longer qualifies, consider what now does."""
+        old, self.policy = self.policy, policy
+        reason = Reason.MODE_CHANGE if policy.mode is not old.mode else Reason.POLICY_CHANGE
+        for sock in self.stack.connections():
+            off = sock.offload
+            if off is None:
+                continue
+            if off.state in (OffloadState.OFFLOADED, OffloadState.OFFLOADING):
+                why = policy.keeps(self._info(sock))
+                if why is not None or not sock.offload_allowed:
+                    self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
+            elif off.in_host:
+                off.refused_by_target = False
+                self._candidates[sock] = None
+        self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def offload_now(self, sock: TcpSocket) -> Reason | None:
+        """Offload ``sock`` whatever the mode (rules and opt-out still apply). None: the initiate is in
+        flight (an Offloaded or OffloadRefused event follows); otherwise why it was refused now."""
+        if sock.offload is None:
+            sock.offload = ConnOffload(una0=sock.conn.snd_una, rcv0=sock.conn.rcv_nxt)
+        if not sock.offload.in_host:
+            return None
+        reason = self._check(sock, forced=True)
+        if reason is None:
+            reason = self._initiate(sock)
+        if reason is not None:
+            self._refuse(sock, reason)
+        return reason
+
+    def upload(self, sock: TcpSocket, reason: Reason) -> bool:
+        """Bring ``sock`` back to the host. True when a terminate was submitted (or will be, once the call in
+        flight completes)."""
+        off = sock.offload
+        if off is None or off.in_host or off.state is OffloadState.UPLOADING:
+            return False
+        if off.state is OffloadState.OFFLOADING or off.updating:
+            off.upload_after = off.upload_after or reason
+            return True
+        return self._terminate(sock, reason)
+
+    def upload_all(self, reason: Reason) -> int:
+        count = 0
+        for sock in list(self._by_handle.values()):
+            count += self.upload(sock, reason)
+        return count
+
+    # ================================================================== socket calls while not on the engine
+
+    def send(self, sock: TcpSocket, data: bytes | bytearray | memoryview) -> int:
+        off = self._record(sock)
+        if off.aborted or off.tcp_state is TcpState.CLOSED:
+            raise self._closed_error(off, "send")
+        if off.fin_pending or off.tcp_state not in _OPEN_FOR_SEND:
+            raise ConnectionClosedError(f"send: the connection is {off.tcp_state.value}", off.tcp_state)
+        space = max(0, sock.conn.config.snd_buf - off.outstanding - len(off.queued))
+        n = min(space, len(data))
+        if n:
+            off.queued += memoryview(data)[:n]
+        if n < len(data):
+            off.send_blocked = True
+        if off.state is OffloadState.OFFLOADED:
+            self._flush_sends(sock)
+        return n
+
+    def receive(self, sock: TcpSocket, max_bytes: int) -> bytes:
+        off = self._record(sock)
+        want = len(off.rcvq) if max_bytes < 0 else min(max_bytes, len(off.rcvq))
+        data = bytes(off.rcvq[:want])
+        del off.rcvq[:want]
+        if off.in_host:
+            if max_bytes < 0 or len(data) < max_bytes:
+                more = sock.conn.receive(-1 if max_bytes < 0 else max_bytes - len(data))
+                sock._set_readable(max(0, sock._readable - len(more)))
+                data += more
+            self.stack._mark(sock)
+        elif self._wants_more(sock) and off.ctx is not None:
+            off.target_holds = False  # size 0 re-enables indications: the target offers the rest again
+            self._submit(PostReceive(self._rid(), off.ctx, 0), _Pending("data", sock))
+        return data
+
+    def _wants_more(self, sock: TcpSocket) -> bool:
+        """The target kept data back and the application's reads freed half the receive buffer."""
+        off = sock.offload
+        assert off is not None
+        return (
+            off.state is OffloadState.OFFLOADED
+            and off.target_holds
+            and self._rcv_space(sock) * 2 >= sock.conn.config.rcv_buf
+        )
+
+    def shutdown(self, sock: TcpSocket) -> None:
+        off = self._record(sock)
+        if off.aborted:
+            return
+        if off.tcp_state is TcpState.CLOSED:
+            raise self._closed_error(off, "shutdown")
+        if off.fin_pending or off.tcp_state not in _AFTER_SHUTDOWN:
+            return  # already closing: idempotent, as the engine's shutdown
+        off.fin_pending = True
+        self._set_state(sock, _AFTER_SHUTDOWN[off.tcp_state])
+        if off.state is OffloadState.OFFLOADED:
+            self._flush_sends(sock)
+
+    def close(self, sock: TcpSocket) -> None:
+        off = self._record(sock)
+        if off.tcp_state is TcpState.CLOSED or off.aborted:
+            return
+        off.closed = True
+        if off.rcvq:
+            self.abort(sock)  # unread data: a reset, as the engine's close (RFC 2525 2.17)
+            return
+        self.shutdown(sock)
+
+    def abort(self, sock: TcpSocket) -> None:
+        off = self._record(sock)
+        if off.aborted or off.tcp_state is TcpState.CLOSED:
+            return
+        off.aborted = True
+        off.rcvq.clear()
+        off.queued.clear()
+        if off.state is OffloadState.OFFLOADED and off.ctx is not None:
+            off.rst_sent = True
+            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+        self._finish(sock)
+        if off.state is OffloadState.OFFLOADED:
+            self._terminate(sock, None)
+
+    def configure(self, sock: TcpSocket) -> None:
+        off = self._record(sock)
+        off.update_pending = True
+        if off.state is OffloadState.OFFLOADED:
+            self._update_tcp(sock)
+
+    # ================================================================== policy
+
+    def _info(self, sock: TcpSocket) -> ConnectionInfo:
+        conn, off = sock.conn, sock.offload
+        moved = 0
+        if off is not None and off.in_host:
+            moved = (
+                off.moved_before + max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
+            )
+        return ConnectionInfo(sock.remote_ip, sock.remote_port, sock.local_port, moved, conn.srtt)
+
+    def _check(self, sock: TcpSocket, forced: bool = False) -> Reason | None:
+        conn = sock.conn
+        if not sock.offload_allowed:
+            return Reason.SOCKET_OPT_OUT
+        if conn.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
+            return Reason.STATE_NOT_OFFLOADABLE
+        if self.paused:
+            return Reason.TARGET_PAUSED
+        if self.capabilities.capacity == 0:
+            return Reason.TARGET_NOT_SUPPORTED
+        info = self._info(sock)
+        return self.policy.rule_reason(info) if forced else self.policy.decide(info)
+
+    def _consider(self, sock: TcpSocket, quiet: bool = False) -> None:
+        off = sock.offload
+        if off is None or not off.in_host or self.stack._conns.get(sock.key) is not sock:
+            self._candidates.pop(sock, None)
+            return
+        if sock.listener is not None:
+            return  # waits in the accept queue: considered once accepted
+        self._candidates.pop(sock, None)
+        reason = self._check(sock)
+        if reason is None:
+            reason = self._initiate(sock)
+        if reason is not None and not (quiet and reason is off.reason):
+            self._refuse(sock, reason)
+
+    def _refuse(self, sock: TcpSocket, reason: Reason) -> None:
+        off = sock.offload
+        assert off is not None
+        if reason is off.reason and reason is Reason.MODE_AUTOMATIC_THRESHOLD:
+            return
+        off.reason = reason
+        bump(self.counters, f"refused_{reason.value}")
+        self.stack._events.append(OffloadRefused(sock, reason))
+
+    # ================================================================== initiate
+
+    def _initiate(self, sock: TcpSocket) -> Reason | None:
+        """Submit the initiate for ``sock``; a Reason when it cannot go now."""
+        hop = self.stack.iface.next_hop(sock.remote_ip)
+        mac = None if hop is None else self.stack.arp.lookup(hop, self.now)
+        if hop is None or mac is None:
+            return Reason.DEPENDENCY_FAILED
+        neighbor, nnode = self._neighbor_node(hop, mac)
+        if neighbor is None:
+            self._candidates[sock] = None  # its neighbor or path is being offloaded: try after that
+            return None
+        path, pnode = self._path_node(sock.remote_ip, neighbor, nnode)
+        if path is None:
+            self._candidates[sock] = None
+            return None
+        snap = self._freeze(sock)
+        off = sock.offload
+        assert off is not None
+        off.handle = self._handle()
+        request = InitiateOffload(self._rid(), build_tree([(nnode, pnode, NewObject(off.handle, snap))]))
+        new = tuple(o for o, n in ((neighbor, nnode), (path, pnode)) if isinstance(n, NewObject))
+        off.state, off.path, off.started = OffloadState.OFFLOADING, path, self.now
+        self._by_handle[off.handle] = sock
+        if not self._submit(request, _Pending("initiate", sock, new)):
+            self._thaw(sock)
+            return Reason.TARGET_REFUSED
+        return None
+
+    def _neighbor_node(self, hop: bytes, mac: bytes) -> tuple[SharedObject | None, TreeNode]:
+        obj = self._neighbors.get(hop)
+        if obj is not None and obj.handle in self.registry:
+            rec = self.registry.record(obj.handle)
+            if rec.phase is Phase.OFFLOADING:
+                return None, PLACEHOLDER
+            if rec.phase is Phase.OFFLOADED and not rec.invalidated and obj.target_handle is not None:
+                return obj, LinkedObject(obj.target_handle, obj.handle)
+        obj = SharedObject(Layer.NEIGHBOR, self._handle(), hop, mac)
+        self._neighbors[hop] = obj
+        self._neighbor_of[obj.handle] = obj
+        return obj, NewObject(obj.handle, NeighborState(NeighborConst(), NeighborCached(mac)))
+
+    def _path_node(
+        self, dst: bytes, neighbor: SharedObject, nnode: TreeNode
+    ) -> tuple[SharedObject | None, TreeNode]:
+        obj = self._paths.get(dst)
+        if obj is not None and obj.parent is neighbor and obj.handle in self.registry:
+            rec = self.registry.record(obj.handle)
+            if rec.phase is Phase.OFFLOADING:
+                return None, PLACEHOLDER
+            if rec.phase is Phase.OFFLOADED and not rec.invalidated and obj.target_handle is not None:
+                return obj, LinkedObject(obj.target_handle, obj.handle)
+        mtu = self.stack.path_mtu(dst)
+        obj = SharedObject(Layer.PATH, self._handle(), dst, mtu, parent=neighbor)
+        self._paths[dst] = obj
+        return obj, NewObject(obj.handle, PathState(PathConst(self.stack.iface.ip, dst), PathCached(mtu)))
+
+    def _freeze(self, sock: TcpSocket) -> TcpSnapshot:
+        """Stop the host engine: its readable bytes move to the socket's queue, every segment it owes (a
+        delayed ACK included, spec 3.1 step 1) leaves first, its timers stop; then export it."""
+        stack, conn, off = self.stack, sock.conn, sock.offload
+        assert off is not None
+        readable = conn.receive(-1)
+        if readable:
+            off.rcvq += readable
+            sock._set_readable(0)
+        if conn.delack_deadline is not None:
+            conn.ack_now = True
+        out: list[Frame] = []
+        stack._output(sock, self.now, out)
+        stack._tx.extend(out)
+        stack._dirty.pop(sock, None)
+        sock.deadline = None  # its heap entry goes stale: no engine timer while it is away
+        snap = tcp_snapshot.export_snapshot(conn, self.now)
+        d = snap.delegated
+        off.const, off.cached, off.tcp_state = snap.const, snap.cached, d.state
+        off.base_una, off.base_end = d.snd_una, d.snd_una + len(d.send_data)
+        off.rcv_end = d.buffered_start + len(d.buffered_data)
+        off.submitted = off.acked = off.outstanding = off.taken = off.trim = 0
+        off.inflight.clear()
+        off.returned.clear()
+        off.held.clear()
+        off.update_pending = off.updating = off.target_holds = False
+        off.upload_after = None
+        return snap
+
+    def _thaw(self, sock: TcpSocket) -> None:
+        """The offload did not happen: the host engine continues where it stopped, with what waited."""
+        off = sock.offload
+        assert off is not None
+        self._by_handle.pop(off.handle, None)
+        off.state, off.ctx, off.path = OffloadState.IN_HOST, None, None
+        self._resume_engine(sock)
+
+    def _on_initiate_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        sock = pending.sock
+        assert sock is not None
+        off = sock.offload
+        assert off is not None
+        blocks = {b.host_handle: b for b in walk(completion.tree) if b.role is Role.NEW}
+        for obj in pending.objects:
+            block = blocks.get(obj.handle)
+            if block is not None and block.status.ok:
+                obj.target_handle = block.target_handle
+            else:
+                self._drop_shared(obj)
+        tcp = blocks.get(off.handle)
+        if tcp is None or not tcp.status.ok:
+            reason = self._refusal_reason(completion.tree, off.handle)
+            self._thaw(sock)
+            off.refused_by_target = True
+            if not off.aborted:
+                self._refuse(sock, reason)
+            return
+        off.ctx, off.state, off.reason = tcp.target_handle, OffloadState.OFFLOADED, None
+        bump(self.counters, "offloaded")
+        self.stack._events.append(Offloaded(sock, self.now - off.started))
+        self._after_offload(sock)
+        path = off.path
+        if path is not None:  # a PMTU or MAC change may have raced the initiate
+            self._reconcile(path)
+            if path.parent is not None:
+                self._reconcile(path.parent)
+
+    def _after_offload(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None and off.ctx is not None
+        if off.aborted:
+            off.rst_sent = True
+            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+            self._terminate(sock, None)
+            return
+        if off.held:
+            held, off.held = tuple(off.held), []
+            self._submit(Forward(self._rid(), off.ctx, held), _Pending("data", sock))
+        self._flush_sends(sock)
+        if off.update_pending:
+            self._update_tcp(sock)
+        if off.upload_after is not None:
+            reason, off.upload_after = off.upload_after, None
+            self.upload(sock, reason)
+
+    def _refusal_reason(self, tree: tuple[BlockList, ...], tcp_handle: int) -> Reason:
+        """The first failed block on the way to the TCP block says why (its own status, or a dependency)."""
+        for block in walk(tree):
+            if block.role is Role.PLACEHOLDER or block.status.ok:
+                continue
+            if block.host_handle != tcp_handle and block.status is Status.FAILURE:
+                return Reason.DEPENDENCY_FAILED
+            status = block.status
+            if status in _REFUSAL_FOR_STATUS:
+                return _REFUSAL_FOR_STATUS[status]
+            if status.is_resource_shortage:
+                return Reason.TARGET_RESOURCES
+            return Reason.TARGET_REFUSED if block.host_handle == tcp_handle else Reason.DEPENDENCY_FAILED
+        return Reason.TARGET_REFUSED
+
+    # ================================================================== data while offloaded
+
+    def _flush_sends(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None and off.ctx is not None
+        while off.queued:
+            chunk = bytes(off.queued[:MAX_SEND_CHUNK])
+            rid = self._rid()
+            if not self._submit(Send(rid, off.ctx, chunk), _Pending("send", sock)):
+                return
+            del off.queued[: len(chunk)]
+            off.inflight.append((rid, chunk))
+            off.outstanding += len(chunk)
+            off.submitted += len(chunk)
+        if off.fin_pending and not off.fin_sent and not off.aborted:
+            off.fin_sent = True
+            self._submit(Disconnect(self._rid(), off.ctx), _Pending("data", sock))
+
+    def _on_send_done(self, sock: TcpSocket, completion: SendCompletion) -> None:
+        off = sock.offload
+        assert off is not None
+        index = next((i for i, (rid, _) in enumerate(off.inflight) if rid == completion.request_id), None)
+        if index is None:
+            return
+        _, data = off.inflight[index]
+        acked = len(data) if completion.status is Status.SUCCESS else completion.bytes_acked
+        if acked > len(data):
+            raise ProtocolViolationError(f"send of {len(data)} bytes completed with {acked} acked")
+        del off.inflight[index]
+        off.acked += acked
+        if completion.status is Status.UPLOAD_IN_PROGRESS:
+            off.returned += data[acked:]  # the target keeps it in its send data, or the host resends it
+            return
+        off.outstanding -= len(data)
+        if off.send_blocked and not off.finished:
+            space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+            if space > 0:
+                off.send_blocked = False
+                self._emit(sock, SendSpace(space))
+
+    def _rcv_space(self, sock: TcpSocket) -> int:
+        off = sock.offload
+        assert off is not None
+        return max(0, sock.conn.config.rcv_buf - len(off.rcvq))
+
+    def _on_receive(self, sock: TcpSocket, ind: ReceiveIndication) -> None:
+        off = sock.offload
+        assert off is not None
+        if off.state is not OffloadState.OFFLOADED or off.ctx is None:
+            return  # uploading: take nothing, the terminate completion returns it as buffered data
+        take = len(ind.data) if off.closed or off.finished else min(len(ind.data), self._rcv_space(sock))
+        self._submit(ReturnReceive(self._rid(), off.ctx, ind.indication_id, take), _Pending("data", sock))
+        off.rcv_end = off.rcv_end + take
+        off.taken += take
+        if take < len(ind.data):
+            off.target_holds = True
+        if off.closed and not off.aborted:
+            self.abort(sock)  # data after close: a reset, as the engine sends for an orphaned connection
+            return
+        if take and not off.finished:
+            off.rcvq += ind.data[:take]
+            self._emit(sock, DataReceived(len(off.rcvq)))
+
+    def _on_receive_done(self, sock: TcpSocket, completion: ReceiveCompletion) -> None:
+        off = sock.offload
+        assert off is not None
+        if completion.data:
+            off.rcv_end = off.rcv_end + len(completion.data)
+            off.taken += len(completion.data)
+            if not off.finished:
+                off.rcvq += completion.data
+                self._emit(sock, DataReceived(len(off.rcvq)))
+
+    def _on_disconnect_done(self, sock: TcpSocket, completion: DisconnectCompletion) -> None:
+        off = sock.offload
+        assert off is not None
+        if completion.status is Status.SUCCESS and not off.aborted and off.tcp_state in _AFTER_OUR_FIN_ACKED:
+            self._set_state(sock, _AFTER_OUR_FIN_ACKED[off.tcp_state])
+            self._after_state_change(sock)
+
+    def _on_peer_disconnect(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None
+        if off.peer_fin or off.finished:
+            return
+        off.peer_fin = True
+        if off.tcp_state in _AFTER_PEER_FIN:
+            self._set_state(sock, _AFTER_PEER_FIN[off.tcp_state])
+        self._emit(sock, PeerClosed())
+        self._after_state_change(sock)
+
+    def _on_peer_reset(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None
+        if off.finished:
+            return
+        off.rcvq.clear()
+        self._emit(sock, ConnectionReset())
+        off.reset = True
+        self._finish(sock)
+        self.upload(sock, Reason.PEER_RESET)
+
+    def _after_state_change(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None
+        if off.tcp_state is TcpState.CLOSED:
+            self._finish(sock)  # LAST-ACK done: only the target's entry remains, freed without an event
+            if off.state is OffloadState.OFFLOADED and not off.updating:
+                self._terminate(sock, None)
+            else:
+                self.upload(sock, Reason.SHUTDOWN)
+        elif off.tcp_state is TcpState.TIME_WAIT:
+            self.upload(sock, Reason.HOST_TIME_WAIT)  # TIME-WAIT is the host's (spec 1.2)
+
+    def _finish(self, sock: TcpSocket) -> None:
+        """The connection reached CLOSED for the application: report it and forget it."""
+        off = sock.offload
+        assert off is not None
+        if off.finished:
+            return
+        off.finished = True
+        self._set_state(sock, TcpState.CLOSED)
+        self.stack._forget(sock)
+        self._emit(sock, Closed())
+
+    # ================================================================== updates of cached state
+
+    def _check_neighbors(self) -> None:
+        for obj in list(self._neighbors.values()):
+            self._reconcile(obj)
+
+    def _wanted(self, obj: SharedObject) -> bytes | int | None:
+        if obj.layer is Layer.PATH:
+            return self.stack.path_mtu(obj.key)
+        entry = self.stack.arp.entry(obj.key)
+        return None if entry is None else entry.mac
+
+    def _reconcile(self, obj: SharedObject) -> None:
+        """Send the target the current cached value of ``obj`` if it changed (one update at a time)."""
+        wanted = self._wanted(obj)
+        if (
+            wanted is None
+            or wanted == obj.sent
+            or obj.target_handle is None
+            or obj.handle not in self.registry
+        ):
+            return
+        rec = self.registry.record(obj.handle)
+        if rec.phase is not Phase.OFFLOADED or rec.updating:
+            obj.pending = True
+            return
+        if obj.layer is Layer.PATH:
+            assert isinstance(wanted, int)
+            node: TreeNode = LinkedObject(obj.target_handle, obj.handle, PathCached(wanted))
+            tree = build_tree([(PLACEHOLDER, node, None)])
+        else:
+            assert isinstance(wanted, bytes)
+            node = LinkedObject(obj.target_handle, obj.handle, NeighborCached(wanted))
+            tree = build_tree([(node, None, None)])
+        obj.pending = False
+        if self._submit(UpdateOffload(self._rid(), tree), _Pending("update", None, (obj,))):
+            obj.sent = wanted
+
+    def _update_tcp(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None and off.ctx is not None and off.cached is not None
+        if off.updating or off.finished:
+            return
+        c = sock.conn.config
+        new = replace(
+            off.cached,
+            initial_rcv_wnd=c.rcv_buf,
+            nodelay=c.nodelay,
+            keepalive=c.keepalive,
+            keepalive_idle=c.keepalive_idle,
+            keepalive_interval=c.keepalive_interval,
+            keepalive_probes=c.keepalive_probes,
+        )
+        flags = replace(
+            new,
+            update_rcv_wnd=new.initial_rcv_wnd != off.cached.initial_rcv_wnd,
+            keepalive_restart=(new.keepalive, new.keepalive_idle)
+            != (off.cached.keepalive, off.cached.keepalive_idle),
+        )
+        off.update_pending = False
+        if new == off.cached:
+            return
+        tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle, flags))])
+        if self._submit(UpdateOffload(self._rid(), tree), _Pending("update", sock)):
+            off.cached, off.updating = new, True
+
+    def _on_update_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        failed = any(b.status is not Status.SUCCESS for b in walk(completion.tree) if b.role is Role.LINKER)
+        sock = pending.sock
+        if sock is not None:
+            off = sock.offload
+            assert off is not None
+            off.updating = False
+            if failed:
+                self.upload(sock, Reason.HARDWARE_FAILURE)  # spec 3.3: a failed update terminates the object
+            elif off.upload_after is not None:
+                reason, off.upload_after = off.upload_after, None
+                self.upload(sock, reason)
+            elif off.update_pending:
+                self._update_tcp(sock)
+            return
+        for obj in pending.objects:
+            if failed:
+                reason = Reason.PATH_CHANGE if obj.layer is Layer.PATH else Reason.NEIGHBOR_CHANGE
+                for s in self._dependents(obj):
+                    self.upload(s, reason)
+                self._drop_shared(obj)
+            else:
+                self._reconcile(obj)
+
+    def _dependents(self, obj: SharedObject) -> list[TcpSocket]:
+        out = []
+        for sock in self._by_handle.values():
+            path = sock.offload.path if sock.offload is not None else None
+            if path is obj or (path is not None and path.parent is obj):
+                out.append(sock)
+        return out
+
+    def _drop_shared(self, obj: SharedObject) -> None:
+        """New connections get a fresh object: this one failed or is going away."""
+        table = self._paths if obj.layer is Layer.PATH else self._neighbors
+        if table.get(obj.key) is obj:
+            del table[obj.key]
+
+    # ================================================================== upload
+
+    def _terminate(self, sock: TcpSocket, reason: Reason | None) -> bool:
+        off = sock.offload
+        assert off is not None and off.ctx is not None
+        path = off.path
+        triples: tuple[TreeNode, TreeNode, TreeNode] = (
+            PLACEHOLDER,
+            PLACEHOLDER,
+            LinkedObject(off.ctx, off.handle),
+        )
+        objects: tuple[SharedObject, ...] = ()
+        if path is not None and self._last_user(path, 1) and path.target_handle is not None:
+            neighbor = path.parent
+            nnode: TreeNode = PLACEHOLDER
+            objects = (path,)
+            if neighbor is not None and neighbor.target_handle is not None and self._last_user(neighbor, 1):
+                nnode = LinkedObject(neighbor.target_handle, neighbor.handle)
+                objects = (path, neighbor)
+            triples = (nnode, LinkedObject(path.target_handle, path.handle), triples[2])
+        request = TerminateOffload(self._rid(), build_tree([triples]))
+        try:
+            self.registry.submit(request)
+        except PreconditionError:  # the path or neighbor is busy: upload the connection alone
+            alone = build_tree([(PLACEHOLDER, PLACEHOLDER, triples[2])])
+            request, objects = TerminateOffload(request.request_id, alone), ()
+            if not self._submit(request, _Pending("terminate", sock)):
+                return False
+        else:
+            self._send_checked(request, _Pending("terminate", sock, objects))
+        for obj in objects:
+            self._drop_shared(obj)
+        off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
+        return True
+
+    def _last_user(self, obj: SharedObject, users: int) -> bool:
+        if obj.handle not in self.registry:
+            return False
+        rec = self.registry.record(obj.handle)
+        return (
+            rec.phase is Phase.OFFLOADED
+            and rec.dependents == users
+            and not rec.updating
+            and not (rec.pending_calls)
+        )
+
+    def _on_terminate_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        sock = pending.sock
+        assert sock is not None
+        off = sock.offload
+        assert off is not None
+        block = next((b for b in walk(completion.tree) if b.layer is Layer.TCP), None)
+        self._by_handle.pop(off.handle, None)
+        if block is None or block.status is Status.NOT_SUPPORTED:
+            off.state = OffloadState.OFFLOADED  # the target cannot upload: the connection stays there
+            self._by_handle[off.handle] = sock
+            self._fault(sock, Reason.HARDWARE_FAILURE, "the target cannot terminate the offload", act=False)
+            return
+        needs_rst = off.aborted and not off.rst_sent and block.status is Status.SUCCESS
+        if off.finished and not needs_rst:
+            off.state = OffloadState.IN_HOST
+            self._report_upload(sock)
+            return
+        if block.status is not Status.SUCCESS or block.state is None:
+            self._lost(sock, "the target lost the connection's state (terminate FAILURE)")
+            return
+        state = block.state
+        delegated = state.delegated if isinstance(state, TcpSnapshot) else state
+        assert isinstance(delegated, TcpDelegated)
+        try:
+            tail = self._check_returned(off, delegated)
+        except ProtocolViolationError as exc:
+            self._lost(sock, str(exc))
+            return
+        self._reinstate(sock, delegated, tail)
+
+    def _check_returned(self, off: ConnOffload, d: TcpDelegated) -> bytes:
+        """Check the returned sequence numbers against what the host gave and took; returns the send bytes
+        the target did not keep (to append), trims buffered data the host already has."""
+        end = d.snd_una + len(d.send_data)
+        expected = off.base_end + off.submitted
+        gap = expected.dist(end)
+        if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
+            raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
+        retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
+        if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
+            raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
+        start = d.buffered_start
+        overlap = off.rcv_end.dist(start)
+        if overlap < 0:
+            raise ProtocolViolationError(
+                f"returned receive data starts at {int(start)}, the host holds up to {int(off.rcv_end)}"
+            )
+        if overlap:
+            if overlap > len(d.buffered_data):
+                raise ProtocolViolationError("returned receive data lies before what the host took")
+            self._fault(None, Reason.HARDWARE_FAILURE, f"{overlap} returned bytes were delivered already")
+        off.trim = overlap
+        return retained[len(retained) - gap :] if gap else b""
+
+    def _reinstate(self, sock: TcpSocket, d: TcpDelegated, tail: bytes) -> None:
+        """Rebuild the host engine from the returned state: queued sends appended, reads from the socket's
+        queue first, then the engine (docs/offload-design.md UPLOADING)."""
+        off, stack = sock.offload, self.stack
+        assert off is not None and off.const is not None and off.cached is not None
+        trim = off.trim
+        if trim:
+            d = replace(d, buffered_data=d.buffered_data[trim:])
+        snap = TcpSnapshot(off.const, replace(off.cached), d)
+        base = sock.conn.config
+        extra = len(tail) + len(off.queued)
+        conn = tcp_snapshot.rebuild(snap, replace(base, snd_buf=base.snd_buf + extra), self.now)
+        conn.orphaned = off.closed
+        sock.conn = conn
+        sock.template = None
+        off.state = OffloadState.IN_HOST
+        off.ctx, off.path = None, None
+        if tail:
+            conn.sndbuf.write(tail)
+        if off.queued and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
+            conn.send(bytes(off.queued))
+        off.queued.clear()
+        off.inflight.clear()
+        off.returned.clear()
+        conn.configure(snd_buf=base.snd_buf)
+        off.una0, off.rcv0 = conn.snd_una, conn.rcv_nxt
+        off.moved_before += off.submitted + off.taken
+        mtu = stack._pmtu.get(sock.remote_ip)
+        if mtu is not None:
+            stack._lower_mss(sock, mtu)
+        self._report_upload(sock)
+        if off.finished:
+            self._resume_engine(sock)
+            return
+        if conn.readable:
+            sock._set_readable(conn.readable)
+            self._emit(sock, DataReceived(sock.readable))
+        if conn.state in PEER_FIN_RECEIVED and not off.peer_fin:
+            off.peer_fin = True  # the target had not indicated it yet
+            self._emit(sock, PeerClosed())
+        self._resume_engine(sock)
+
+    def _resume_engine(self, sock: TcpSocket) -> None:
+        """Feed the host engine what waited for it: held segments, queued sends, a FIN or abort."""
+        off, stack, conn = sock.offload, self.stack, sock.conn
+        assert off is not None
+        if off.queued and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
+            n = conn.send(bytes(off.queued))
+            del off.queued[:n]
+        if off.aborted:
+            conn.abort()
+            self._discard_engine_events(sock)
+        elif off.fin_pending and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
+            conn.close() if off.closed else conn.shutdown()
+        off.fin_pending = off.fin_sent = False
+        held, off.held = off.held, []
+        for raw in held:
+            try:
+                seg = tcp_wire.parse_tcp(raw, None)
+            except Exception:
+                continue
+            stack._segment_for(sock, seg, self.now)
+        stack._dirty[sock] = None
+        if not off.aborted:
+            stack._drain(sock)
+
+    def _discard_engine_events(self, sock: TcpSocket) -> None:
+        """The application already saw this connection close: its engine's last events are nobody's."""
+        while sock.conn.next_event() is not None:
+            pass
+        self.stack._dirty[sock] = None  # its RST still leaves
+
+    def _report_upload(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        assert off is not None
+        if off.reason is not None:
+            bump(self.counters, f"uploaded_{off.reason.value}")
+            self.stack._events.append(Uploaded(sock, off.reason, self.now - off.started))
+
+    def _lost(self, sock: TcpSocket, detail: str) -> None:
+        """The connection's state cannot be trusted: abort it (the host's best RST) and report the fault."""
+        off = sock.offload
+        assert off is not None
+        self._by_handle.pop(off.handle, None)
+        off.state, off.ctx = OffloadState.IN_HOST, None
+        self._fault(sock, Reason.HARDWARE_FAILURE, detail, act=False)
+        if not off.finished:
+            self._emit(sock, ConnectionReset())
+            off.finished = True
+            self.stack._forget(sock)
+            self._emit(sock, Closed())
+        sock.conn.abort()
+        self._discard_engine_events(sock)
+
+    # ================================================================== completions and indications
+
+    def _on_completion(self, completion: Completion) -> None:
+        pending = self._pending.pop(completion.request_id, None)
+        try:
+            self.registry.complete(completion)
+        except ProtocolViolationError as exc:
+            self._violation(pending, str(exc))
+            return
+        if pending is None:
+            return
+        if pending.kind == "initiate":
+            assert isinstance(completion, StateCompletion)
+            self._on_initiate_done(pending, completion)
+        elif pending.kind == "terminate":
+            assert isinstance(completion, StateCompletion)
+            self._on_terminate_done(pending, completion)
+        elif pending.kind == "update":
+            assert isinstance(completion, StateCompletion)
+            self._on_update_done(pending, completion)
+        elif pending.sock is not None:
+            self._on_data_done(pending.sock, completion)
+
+    def _on_data_done(self, sock: TcpSocket, completion: Completion) -> None:
+        try:
+            if isinstance(completion, SendCompletion):
+                self._on_send_done(sock, completion)
+            elif isinstance(completion, ReceiveCompletion):
+                self._on_receive_done(sock, completion)
+            elif isinstance(completion, DisconnectCompletion):
+                self._on_disconnect_done(sock, completion)
+        except ProtocolViolationError as exc:
+            self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
+
+    def _violation(self, pending: _Pending | None, detail: str) -> None:
+        sock = pending.sock if pending is not None else None
+        if pending is None or sock is None:
+            self._fault(None, Reason.HARDWARE_FAILURE, detail)
+            return
+        if pending.kind in ("initiate", "terminate"):
+            for obj in pending.objects:
+                self._drop_shared(obj)
+            self._lost(sock, detail)  # the target's view of the connection is unknown
+            return
+        self._fault(sock, Reason.HARDWARE_FAILURE, detail)
+
+    def _fault(self, sock: TcpSocket | None, reason: Reason, detail: str, act: bool = True) -> None:
+        bump(self.counters, "target_faults")
+        self.stack._internal_error(ProtocolViolationError(detail))
+        self.stack._events.append(OffloadFault(sock, reason, detail))
+        if act and sock is not None:
+            self.upload(sock, reason)
+
+    def _on_indication(self, ind: Indication) -> None:
+        if isinstance(ind, TargetPaused):
+            self.paused = True
+        elif isinstance(ind, TargetResumed):
+            self.paused = False
+            self.capabilities = ind.capabilities
+        elif isinstance(ind, UploadAllRequested):
+            self.upload_all(Reason.UPLOAD_ALL)
+        elif isinstance(ind, LinkStatusChanged):
+            if not ind.up:
+                self.upload_all(Reason.LINK_DOWN)
+        elif isinstance(ind, NeighborReachabilityQuery):
+            self._on_reachability_query(ind)
+        else:
+            self._on_connection_indication(ind)
+
+    def _on_connection_indication(self, ind: Indication) -> None:
+        handle = getattr(ind, "host_handle", None)
+        sock = self._by_handle.get(handle) if isinstance(handle, int) else None
+        if sock is None or sock.offload is None:
+            self._fault(None, Reason.HARDWARE_FAILURE, f"{type(ind).__name__} for unknown handle {handle}")
+            return
+        if isinstance(ind, ReceiveIndication):
+            self._on_receive(sock, ind)
+        elif isinstance(ind, PeerDisconnect):
+            self._on_peer_disconnect(sock)
+        elif isinstance(ind, PeerReset):
+            self._on_peer_reset(sock)
+        elif isinstance(ind, UploadRequest):
+            self.upload(sock, ind.reason)
+        elif isinstance(ind, SendBacklogChanged):
+            sock.offload.backlog = ind.backlog
+
+    def _on_reachability_query(self, ind: NeighborReachabilityQuery) -> None:
+        obj = self._neighbor_of.get(ind.host_handle)
+        if obj is None or obj.target_handle is None:
+            self._fault(
+                None, Reason.HARDWARE_FAILURE, f"reachability query for unknown neighbor {ind.host_handle}"
+            )
+            return
+        entry = self.stack.arp.entry(obj.key)
+        fresh = entry is not None and entry.mac is not None and entry.state.value == "REACHABLE"
+        hrd = max(0.0, self.now - entry.confirmed) if fresh and entry is not None else 0.0
+        self._submit(
+            ReachabilityReply(self._rid(), obj.target_handle, ind.indication_id, hrd), _Pending("data", None)
+        )
+
+    # ================================================================== helpers
+
+    def _record(self, sock: TcpSocket) -> ConnOffload:
+        off = sock.offload
+        assert off is not None
+        return off
+
+    def _closed_error(self, off: ConnOffload, op: str) -> ConnectionClosedError:
+        if off.reset:
+            return ConnectionResetByPeerError(f"{op}: the peer reset the connection", TcpState.CLOSED)
+        return ConnectionClosedError(f"{op}: the connection is closed", TcpState.CLOSED)
+
+    def _set_state(self, sock: TcpSocket, new: TcpState) -> None:
+        off = sock.offload
+        assert off is not None
+        old = off.tcp_state
+        if old is not new:
+            off.tcp_state = new
+            if not off.finished:
+                self._emit(sock, StateChanged(old, new))
+
+    def _emit(self, sock: TcpSocket, ev: TcpEvent) -> None:
+        self.stack._events.append(ConnectionEvent(sock, ev))
+
+    def _handle(self) -> int:
+        self._next_handle += 1
+        return self._next_handle
+
+    def _rid(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+    def _submit(self, request: Request, pending: _Pending) -> bool:
+        """Check ``request`` with the registry and hand it to the target; False (reported) when the
+        registry refuses it: a host bug, never the application's."""
+        try:
+            self.registry.submit(request)
+        except PreconditionError as exc:
+            bump(self.counters, "precondition_refused")
+            self.stack._internal_error(exc)
+            return False
+        self._send_checked(request, pending)
+        return True
+
+    def _send_checked(self, request: Request, pending: _Pending) -> None:
+        self._pending[request.request_id] = pending
+        self.target.submit(request, self.now)
