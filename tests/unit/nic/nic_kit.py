@@ -171,7 +171,9 @@ class Bench:
             else NewObject(h, NeighborState(NeighborConst(), NeighborCached(PEER_MAC)))
         )
         p_node: Any = (
-            LinkedObject(path) if path else NewObject(h + 1, PathState(PathConst(LOCAL_IP, PEER_IP), PathCached()))
+            LinkedObject(path)
+            if path
+            else NewObject(h + 1, PathState(PathConst(LOCAL_IP, PEER_IP), PathCached()))
         )
         tree = build_tree([(n_node, p_node, NewObject(h + 2, snap))])
         rid = self.rid()
@@ -182,7 +184,9 @@ class Bench:
         tcp = next(b for b in walk(done.tree) if b.layer is Layer.TCP)
         if not tcp.status.ok:
             return done
-        return Offloaded(sock, snap, handles[Layer.NEIGHBOR] or 0, handles[Layer.PATH] or 0, tcp.target_handle or 0, h + 2)
+        return Offloaded(
+            sock, snap, handles[Layer.NEIGHBOR] or 0, handles[Layer.PATH] or 0, tcp.target_handle or 0, h + 2
+        )
 
     def terminate(self, off: Offloaded, with_path: bool = False) -> TcpDelegated:
         """Upload the connection (and its path and neighbor when asked); returns the delegated state."""

@@ -114,7 +114,8 @@ def test_push_mode_buffer_completes_partly_on_psh() -> None:
     rid = bench.rid()
     bench.submit(PostReceive(rid, off.ctx, 10_000, push=True))
     server.send(b"hello")
-    bench.run_until(lambda: bench.completion(rid) is not None or False)
+    bench.run_until(lambda: any(getattr(o, "request_id", None) == rid for o in bench.outputs))
+    assert bench.completion(rid) == ReceiveCompletion(rid, Status.SUCCESS, b"hello")
     assert bench.take(ReceiveIndication) == []
 
 
@@ -163,6 +164,7 @@ def test_upload_mid_transfer_continues_byte_exact(seed: int) -> None:
     assert sorted(c.request_id for c in completions) == sends  # every Send completed, in order
     acked = sum(c.bytes_acked for c in completions)
     assert all(c.status in (Status.SUCCESS, Status.UPLOAD_IN_PROGRESS) for c in completions)
+    assert any(c.status is Status.UPLOAD_IN_PROGRESS for c in completions)  # the upload caught data in flight
     # send data = every accepted byte not yet ACKed: what the host now owns is exactly the rest
     assert delegated.send_data == up[acked:]
     assert delegated.state is TcpState.ESTABLISHED
