@@ -15,6 +15,7 @@ from tcpchimney.chimney import (
     DisconnectCompletion,
     InvalidateOffload,
     Layer,
+    PathCached,
     PeerDisconnect,
     PeerReset,
     PostReceive,
@@ -28,9 +29,12 @@ from tcpchimney.chimney import (
     StateCompletion,
     Status,
     TcpSnapshot,
+    UpdateOffload,
     UploadRequest,
     walk,
 )
+from tcpchimney.link.sim import Impairments
+from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import ethernet
 from tcpchimney.wire import ipv4 as ipv4_wire
@@ -112,9 +116,7 @@ def test_peer_reset_is_indicated_at_once_and_aborts_calls() -> None:
     assert delegated.state is TcpState.CLOSED
 
 
-def _loss() -> object:
-    from tcpchimney.link.sim import Impairments
-
+def _loss() -> Impairments:
     return Impairments(loss=1.0)
 
 
@@ -256,3 +258,38 @@ def test_fault_knobs() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bench.target.close()
+
+
+def test_retransmit_limit_asks_for_upload_and_the_host_decides() -> None:
+    bench = Bench(config=TcpConfig(max_retransmits=3))
+    sock, _ = bench.connect()
+    off = bench.offload(sock)
+    bench.set_impairments("nic", _loss())
+    rid = bench.rid()
+    bench.submit(Send(rid, off.ctx, b"lost" * 100))
+    bench.run_until(lambda: any(isinstance(o, UploadRequest) for o in bench.outputs), 60.0)
+    assert bench.take(UploadRequest) == [UploadRequest(off.host_handle, Reason.RETRANSMIT_TIMEOUT)]
+    assert bench.target.next_deadline() is None or bench.target.next_deadline() != bench.now
+    delegated = bench.terminate(off)
+    assert bench.completion(rid) == SendCompletion(rid, Status.UPLOAD_IN_PROGRESS, 0)
+    assert delegated.send_data == b"lost" * 100 and delegated.retransmit_timeout == 0.0
+    bench.link.run_for(0.01)  # the host takes it over a little later; its timer fires at once
+    bench.upload_into_host(off, delegated)
+    bench.link.run_for(1.0)
+    assert sock.conn.state is TcpState.CLOSED and sock.conn.timed_out  # the host engine gave up
+
+
+def test_path_mtu_update_shrinks_segments() -> None:
+    bench = Bench()
+    sock, server = bench.connect()
+    off = bench.offload(sock)
+    path = BlockList(Layer.PATH, Role.LINKER, None, off.path, state=PathCached(path_mtu=576))
+    rid = bench.rid()
+    bench.submit(UpdateOffload(rid, (BlockList(Layer.NEIGHBOR, Role.PLACEHOLDER, dependents=(path,)),)))
+    assert bench.completion(rid).status is Status.SUCCESS
+    before = len(bench.wire.frames)
+    bench.submit(Send(bench.rid(), off.ctx, b"m" * 20_000))
+    bench.run_until(lambda: server.readable >= 20_000)
+    sizes = [len(f) for f in bench.wire.frames[before:] if f[26:30] == LOCAL_IP]
+    assert sizes and max(sizes) <= 14 + 576
+    assert read_all(server) == b"m" * 20_000

@@ -95,8 +95,7 @@ def test_posted_buffers_fill_before_any_indication() -> None:
     bench.submit(PostReceive(rid, off.ctx, 1000, push=False))
     server.send(b"x" * 2500)
     bench.run_until(lambda: any(isinstance(o, ReceiveIndication) for o in bench.outputs))
-    done = bench.completion(rid)
-    assert done == ReceiveCompletion(rid, Status.SUCCESS, b"x" * 1000)
+    assert bench.completion(rid) == ReceiveCompletion(rid, Status.SUCCESS, b"x" * 1000)
     rest = bytearray()
 
     def done() -> bool:
