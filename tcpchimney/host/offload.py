@@ -244,6 +244,7 @@ class OffloadManager:
         if self._candidates:
             for sock in list(self._candidates):
                 self._consider(sock)
+            self.poll()  # an in-process target answered the initiates already
         if self.stack.arp.generation != self._arp_generation:
             self._arp_generation = self.stack.arp.generation
             self._check_neighbors()

@@ -1,0 +1,209 @@
+"""Shared set-up of the host offload tests: a host stack behind the software target on one side of a
+simulated link, a plain host stack on the other (docs/offload-design.md "Wiring"), an event log, a two-way
+transfer helper, and a wrapper that makes the target answer outside the contract.
+
+    SimLink --- SoftwareTarget("a") -> HostStack a (198.18.0.1, offload)
+            \\-- HostStack b (198.18.0.2, plain peer)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tcpchimney.chimney.requests import Request
+from tcpchimney.chimney.target import Output
+from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
+from tcpchimney.host.interface import InterfaceConfig, mac_bytes
+from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.host.sockets import TcpSocket
+from tcpchimney.host.stack import HostStack
+from tcpchimney.link.sim import Impairments, SimLink
+from tcpchimney.nic.target import SoftwareTarget
+from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.events import TcpEvent
+from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire.frame import Frame
+
+A_MAC, A_IP = "02:00:00:00:00:01", "198.18.0.1"
+B_MAC, B_IP = "02:00:00:00:00:02", "198.18.0.2"
+PORT = 7
+ENABLED = OffloadPolicy(mode="enabled")
+
+
+class TamperingTarget:
+    """A SoftwareTarget whose outputs pass through ``tamper`` before the host sees them: a faulty target.
+    ``tamper`` returns the outputs to deliver instead (none, the same, changed ones, or extra ones)."""
+
+    def __init__(self, inner: SoftwareTarget) -> None:
+        self.inner = inner
+        self.tamper: Callable[[Output], list[Output]] | None = None
+        self._queue: list[Output] = []
+
+    @property
+    def capabilities(self):  # type: ignore[no-untyped-def]
+        return self.inner.capabilities
+
+    def submit(self, request: Request, now: float) -> None:
+        self.inner.submit(request, now)
+
+    def poll(self) -> Output | None:
+        while not self._queue:
+            out = self.inner.poll()
+            if out is None:
+                return None
+            self._queue = [out] if self.tamper is None else self.tamper(out)
+        return self._queue.pop(0)
+
+    def inject(self, out: Output) -> None:
+        self._queue.append(out)
+
+
+@dataclass
+class OffloadNet:
+    link: SimLink
+    a: HostStack
+    b: HostStack
+    target: SoftwareTarget
+    log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
+
+    def pump(self) -> None:
+        for name, stack in (("a", self.a), ("b", self.b)):
+            while (ev := stack.next_event()) is not None:
+                self.log[name].append(ev)
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        def check() -> bool:
+            self.pump()
+            return predicate()
+
+        self.link.run_until(check, timeout)
+        self.pump()
+
+    def run_for(self, duration: float) -> None:
+        self.link.run_for(duration)
+        self.pump()
+
+    def events(self, kind: type, side: str = "a") -> list[HostEvent]:
+        return [ev for ev in self.log[side] if isinstance(ev, kind)]
+
+    def tcp_events(self, sock: TcpSocket) -> list[TcpEvent]:
+        return [
+            ev.tcp_event
+            for evs in self.log.values()
+            for ev in evs
+            if isinstance(ev, ConnectionEvent) and ev.sock is sock
+        ]
+
+    def has_event(self, sock: TcpSocket, kind: type) -> bool:
+        return any(isinstance(ev, kind) for ev in self.tcp_events(sock))
+
+    def connect(self, port: int = PORT, a_listens: bool = False) -> tuple[TcpSocket, TcpSocket]:
+        """Returns (a's socket, b's socket), both ESTABLISHED. ``a_listens``: b connects to a."""
+        server_stack, client_stack = (self.a, self.b) if a_listens else (self.b, self.a)
+        listener = server_stack.listen(port)
+        dst = A_IP if a_listens else B_IP
+        client = client_stack.connect(dst, port, self.link.now)
+        self.run_until(lambda: listener.pending > 0 and client.state is TcpState.ESTABLISHED, 30.0)
+        server = listener.accept()
+        assert server is not None
+        assert any(isinstance(ev, IncomingConnection) for ev in self.log["a" if a_listens else "b"])
+        return (server, client) if a_listens else (client, server)
+
+    def offloaded(self, sock: TcpSocket) -> bool:
+        return sock.offload_state is OffloadState.OFFLOADED
+
+    def wait_offloaded(self, sock: TcpSocket, timeout: float = 5.0) -> None:
+        self.run_until(lambda: self.offloaded(sock), timeout)
+
+    def wait_in_host(self, sock: TcpSocket, timeout: float = 5.0) -> None:
+        self.run_until(lambda: sock.offload_state is OffloadState.IN_HOST, timeout)
+
+
+def make_offload_net(
+    seed: int = 1,
+    policy: OffloadPolicy | None = ENABLED,
+    *,
+    imp_a: Impairments | None = None,
+    imp_b: Impairments | None = None,
+    config: TcpConfig | None = None,
+    capacity: int = 64,
+    tamper: bool = False,
+    mtu: int = 1500,
+) -> OffloadNet:
+    link = SimLink(seed, mtu=mtu)
+    soft = SoftwareTarget(capacity=capacity, mac=mac_bytes(A_MAC), config=config)
+    target: SoftwareTarget | TamperingTarget = TamperingTarget(soft) if tamper else soft
+    a = HostStack(
+        InterfaceConfig.parse(A_MAC, f"{A_IP}/24", mtu=mtu),
+        config,
+        secret=f"offload-a-{seed}".encode(),
+        rng=random.Random(2 * seed + 1),
+        target=target,  # type: ignore[arg-type]
+        offload=policy,
+    )
+    b = HostStack(
+        InterfaceConfig.parse(B_MAC, f"{B_IP}/24", mtu=mtu),
+        config,
+        secret=f"offload-b-{seed}".encode(),
+        rng=random.Random(2 * seed + 2),
+    )
+    soft.attach_host(a)
+    link.attach(soft, "a", imp_a)
+    link.attach(b, "b", imp_b)
+    net = OffloadNet(link, a, b, soft)
+    net.tamperer = target if tamper else None  # type: ignore[attr-defined]
+    return net
+
+
+class Stream:
+    """One direction of a transfer: writes ``data`` into ``src`` as it accepts, reads ``dst`` into ``got``."""
+
+    def __init__(self, src: TcpSocket, dst: TcpSocket, data: bytes) -> None:
+        self.src, self.dst = src, dst
+        self.data = memoryview(data)
+        self.sent = 0
+        self.got = bytearray()
+
+    def step(self) -> None:
+        while self.sent < len(self.data):
+            n = self.src.send(self.data[self.sent : self.sent + 64 * 1024])
+            if n == 0:
+                break
+            self.sent += n
+        while chunk := self.dst.receive(1 << 20):
+            self.got += chunk
+
+    @property
+    def done(self) -> bool:
+        return len(self.got) >= len(self.data)
+
+
+def exchange(
+    net: OffloadNet,
+    streams: list[Stream],
+    timeout: float = 60.0,
+    during: Callable[[], None] | None = None,
+) -> None:
+    """Run until every stream arrived whole; ``during`` is called at each step (e.g. to upload midway)."""
+
+    def finished() -> bool:
+        for s in streams:
+            s.step()
+        if during is not None:
+            during()
+        return all(s.done for s in streams)
+
+    net.run_until(finished, timeout)
+    for s in streams:
+        assert bytes(s.got) == bytes(s.data), f"stream differs: {len(s.got)} of {len(s.data)} bytes"
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def frames_of(net: OffloadNet) -> Callable[[Frame], None]:  # pragma: no cover - debugging aid
+    return lambda frame: None
