@@ -928,8 +928,34 @@ class OffloadManager:
         )
 
     def _on_terminate_done(self, pending: _Pending, completion: StateCompletion) -> None:
-        sock = pending.sock
-        assert sock is not None
+        if pending.sock is None:
+            return  # a neighbor / path nobody uses any more: gone from the target
+        path = pending.sock.offload.path if pending.sock.offload is not None else None
+        self._uploaded(pending.sock, completion)
+        if path is not None:
+            self._release(path)
+
+    def _release(self, path: SharedObject) -> None:
+        """Terminate a path (and its neighbor) once no connection hangs on it (spec 3.5, 5.4 refcounts)."""
+        if path.target_handle is None or not self._last_user(path, 0):
+            return
+        triple: tuple[TreeNode, TreeNode, None] = (
+            PLACEHOLDER,
+            LinkedObject(path.target_handle, path.handle),
+            None,
+        )
+        objects: tuple[SharedObject, ...] = (path,)
+        neighbor = path.parent
+        if neighbor is not None and neighbor.target_handle is not None and self._last_user(neighbor, 1):
+            triple = (LinkedObject(neighbor.target_handle, neighbor.handle), triple[1], None)
+            objects = (path, neighbor)
+        if self._submit(
+            TerminateOffload(self._rid(), build_tree([triple])), _Pending("terminate", None, objects)
+        ):
+            for obj in objects:
+                self._drop_shared(obj)
+
+    def _uploaded(self, sock: TcpSocket, completion: StateCompletion) -> None:
         off = sock.offload
         assert off is not None
         block = next((b for b in walk(completion.tree) if b.layer is Layer.TCP), None)
