@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -180,11 +181,19 @@ def test_echo_half_close_from_linux_python(netns_name: str, commands: list[Comma
     with socket_in_netns(netns_name) as s:
         s.settimeout(30)
         s.connect((STACK, 7))
-        s.sendall(data)
-        s.shutdown(1)  # SHUT_WR: our FIN; echo must still send everything back, then its own FIN
+
+        def send_then_half_close() -> None:
+            s.sendall(data)
+            s.shutdown(1)  # SHUT_WR: our FIN; echo must still send everything back, then its own FIN
+
+        # Sending and reading at once, as any echo client must: 3 MB exceed what the buffers on the way can
+        # hold while nobody reads, with the kernel's echo server as with ours.
+        sender = threading.Thread(target=send_then_half_close)
+        sender.start()
         got = bytearray()
         while chunk := s.recv(1 << 20):
             got += chunk
+        sender.join(30)
     assert bytes(got) == data
     status, done = server.stop()
     assert status == 0 and done["app_counters"]["bytes_in"] == len(data)
