@@ -29,6 +29,7 @@ from tcpchimney.host.interface import ip_str
 from tcpchimney.host.listener import Listener
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
+from tcpchimney.link.sim import Node
 from tcpchimney.tcp.events import Closed, Connected, ConnectionReset, ConnectionTimedOut
 from tcpchimney.wire.frame import Frame
 
@@ -77,8 +78,12 @@ class Runtime:
         *,
         clock: Callable[[], float] = time.monotonic,
         read_batch: int = READ_BATCH,
+        node: Node | None = None,
     ) -> None:
         self.stack = stack
+        # What the device talks to: the stack itself, or an offload target in front of it (nic.SoftwareTarget
+        # with the stack attached), which takes the frames of the connections it holds.
+        self.node: Node = node if node is not None else stack
         self.device = device
         self._clock = clock
         self._read_batch = read_batch
@@ -180,7 +185,7 @@ class Runtime:
             self._process()
 
     def _on_readable(self) -> None:
-        device, stack, now = self.device, self.stack, self._clock()
+        device, stack, now = self.device, self.node, self._clock()
         n = 0
         while n < self._read_batch:
             frame = device.read()
@@ -196,7 +201,7 @@ class Runtime:
         self._timer = None
         self._timer_deadline = None
         self.counters["timer_fired"] += 1
-        self.stack.handle_timer(self._clock())
+        self.node.handle_timer(self._clock())
         self._process()
 
     def _process(self) -> None:
@@ -208,7 +213,7 @@ class Runtime:
     def _arm_timer(self) -> None:
         if self._closed:
             return
-        deadline = self.stack.next_deadline()
+        deadline = self.node.next_deadline()
         if deadline == self._timer_deadline:
             return
         if self._timer is not None:
@@ -282,7 +287,7 @@ class Runtime:
         while True:
             # Output before each event: next_event() drains the engines of dirty sockets and forgets one
             # that reached CLOSED, so a RST that abort() queued in a callback must leave first.
-            self._transmit(stack.frames_to_send(clock()))
+            self._transmit(self.node.frames_to_send(clock()))
             ev = stack.next_event()
             if ev is None:
                 return
