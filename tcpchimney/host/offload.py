@@ -205,6 +205,12 @@ class ConnOffload:
     def in_host(self) -> bool:
         return self.state is OffloadState.IN_HOST
 
+    @property
+    def away(self) -> bool:
+        """Socket calls go to the manager: the connection is not on the host engine, or it is finished
+        (its engine may be a frozen copy that must not take calls any more)."""
+        return self.state is not OffloadState.IN_HOST or self.finished
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -986,12 +992,15 @@ class OffloadManager:
     def _check_returned(self, off: ConnOffload, d: TcpDelegated) -> bytes:
         """Check the returned sequence numbers against what the host gave and took; returns the send bytes
         the target did not keep (to append), trims buffered data the host already has."""
-        end = d.snd_una + len(d.send_data)
+        fin_acked = 1 if d.state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT) else 0  # SND.UNA is past it
+        end = d.snd_una + (len(d.send_data) - fin_acked)
         expected = off.base_end + off.submitted
         gap = expected.dist(end)
         if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
             raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
         retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
+        if d.state is TcpState.CLOSED:
+            return b""  # nothing will be sent again: only an abort's RST needs the numbers
         if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
             raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
         start = d.buffered_start

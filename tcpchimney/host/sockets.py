@@ -89,7 +89,7 @@ class TcpSocket:
     @property
     def state(self) -> TcpState:
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and (not off.in_host or off.finished):
             return off.tcp_state
         return self.conn.state
 
@@ -116,7 +116,7 @@ class TcpSocket:
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and off.away:
             return self._stack._offload_manager().send(self, data)
         n = self.conn.send(data)
         self._stack._mark(self)
@@ -134,7 +134,7 @@ class TcpSocket:
 
     def shutdown(self) -> None:
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and off.away:
             self._stack._offload_manager().shutdown(self)
             return
         self.conn.shutdown()
@@ -142,7 +142,7 @@ class TcpSocket:
 
     def close(self) -> None:
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and off.away:
             self._stack._offload_manager().close(self)
             return
         if off is not None and off.rcvq:
@@ -154,7 +154,7 @@ class TcpSocket:
 
     def abort(self) -> None:
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and off.away:
             self._stack._offload_manager().abort(self)
             return
         self.conn.abort()
@@ -165,7 +165,7 @@ class TcpSocket:
         gets them as an update of its cached state."""
         self.conn.configure(**options)
         off = self.offload
-        if off is not None and not off.in_host:
+        if off is not None and off.away:
             self._stack._offload_manager().configure(self)
             return
         self._stack._mark(self)
