@@ -9,7 +9,16 @@ from dataclasses import replace
 from offload_kit import PORT, OffloadNet, Stream, TamperingTarget, exchange, make_offload_net, payload
 
 from tcpchimney.chimney.completions import Completion, SendCompletion, StateCompletion
-from tcpchimney.chimney.indications import PeerReset, ReceiveIndication
+from tcpchimney.chimney.indications import (
+    LinkStatusChanged,
+    NeighborReachabilityQuery,
+    PeerReset,
+    ReceiveIndication,
+    TargetCapabilities,
+    TargetPaused,
+    TargetResumed,
+    UploadAllRequested,
+)
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
@@ -131,3 +140,47 @@ def test_initiate_answer_breaking_the_rules_aborts_the_connection() -> None:
     tamperer.tamper = None
     net.a.set_offload_policy(OffloadPolicy(mode="enabled"))
     _still_works(net, PORT + 1)
+
+
+# ---------------------------------------------------------------------------------------------- adapter-wide
+
+
+def test_pause_resume_upload_all_and_link_down() -> None:
+    net, tamperer = _net(6)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    tamperer.inject(TargetPaused())
+    net.pump()
+    a2, _ = net.connect(PORT + 1)
+    net.run_for(0.1)
+    assert a2.offload_state is OffloadState.IN_HOST and a2.offload_reason is Reason.TARGET_PAUSED
+    tamperer.inject(TargetResumed(TargetCapabilities(capacity=8)))
+    net.pump()
+    assert net.a.offload_now(a2) is None
+    net.wait_offloaded(a2)
+    tamperer.inject(UploadAllRequested())
+    net.run_until(
+        lambda: a.offload_state is OffloadState.IN_HOST and a2.offload_state is OffloadState.IN_HOST
+    )
+    assert {u.reason for u in net.events(Uploaded)} == {Reason.UPLOAD_ALL}  # type: ignore[attr-defined]
+    assert net.a.offload_now(a) is None
+    net.wait_offloaded(a)
+    tamperer.inject(LinkStatusChanged(up=False))
+    net.wait_in_host(a)
+    assert net.events(Uploaded)[-1].reason is Reason.LINK_DOWN  # type: ignore[attr-defined]
+    exchange(net, [Stream(a, b, payload(50_000, 6))])
+
+
+def test_neighbor_reachability_query_is_answered() -> None:
+    net, tamperer = _net(7)
+    a, _ = net.connect()
+    net.wait_offloaded(a)
+    (neighbor,) = net.target.table.neighbors.values()
+    net.run_for(5.0)
+    a.send(b"tick")  # the stack learns the time at its next entry point with a clock
+    net.run_for(0.01)
+    tamperer.inject(NeighborReachabilityQuery(neighbor.host_handle, 1, 5.0))
+    net.pump()
+    assert not net.events(OffloadFault)
+    assert 4.0 < neighbor.cached.host_reachability_delta < 6.0  # seconds since ARP last confirmed it
+    assert net.a.counters["stack"]["internal_error"] == 0
