@@ -3,14 +3,16 @@ any point of a transfer (docs/offload-design.md, chimney-spec 3.1, 3.5, 9.6)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from offload_kit import A_IP, ENABLED, Stream, exchange, make_offload_net, payload
 
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import Offloaded, OffloadRefused, Uploaded
+from tcpchimney.host.events import Offloaded, OffloadFault, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.link.sim import Impairments
-from tcpchimney.tcp.events import Connected
+from tcpchimney.tcp.events import Connected, PeerClosed
 from tcpchimney.tcp.state import TcpState
 
 
@@ -127,3 +129,30 @@ def test_offload_keeps_unread_data_readable() -> None:
     net.run_until(lambda: a.readable == 24)
     assert a.receive(100) == b"before offload and after"
     assert A_IP == "198.18.0.1" and ENABLED.mode.value == "enabled"
+
+
+@pytest.mark.parametrize("seed", [1, 7, 11])
+def test_random_uploads_and_offloads_under_impairments(seed: int) -> None:
+    """Offloaded, uploaded, offloaded again at random points of a two-way transfer over a lossy,
+    reordering, duplicating link; then both sides close: every byte once, in order, and both FINs seen."""
+    imp = Impairments(loss=0.02, reorder=0.02, duplicate=0.01)
+    net = make_offload_net(seed, imp_a=imp, imp_b=imp)
+    a, b = net.connect()
+    net.wait_offloaded(a, 10.0)
+    rnd = random.Random(seed)
+
+    def churn() -> None:
+        if rnd.random() < 0.02:
+            if a.offload_state is OffloadState.OFFLOADED:
+                net.a.upload(a, Reason.CHURN)
+            elif a.offload_state is OffloadState.IN_HOST:
+                net.a.offload_now(a)
+
+    streams = [Stream(a, b, payload(1_000_000, seed)), Stream(b, a, payload(800_000, seed + 100))]
+    exchange(net, streams, 300.0, during=churn)
+    assert len(net.events(Uploaded)) >= 2
+    a.shutdown()
+    b.shutdown()
+    net.run_until(lambda: net.has_event(a, PeerClosed) and net.has_event(b, PeerClosed), 60.0)
+    assert a.receive(10) == b"" and b.receive(10) == b""
+    assert net.a.counters["stack"]["internal_error"] == 0 and not net.events(OffloadFault)
