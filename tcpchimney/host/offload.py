@@ -390,6 +390,8 @@ class OffloadManager:
         want = len(off.rcvq) if max_bytes < 0 else min(max_bytes, len(off.rcvq))
         data = bytes(off.rcvq[:want])
         del off.rcvq[:want]
+        if off.finished:
+            return data  # what the application had not read when the connection ended; then EOF
         if off.in_host:
             if max_bytes < 0 or len(data) < max_bytes:
                 more = sock.conn.receive(-1 if max_bytes < 0 else max_bytes - len(data))

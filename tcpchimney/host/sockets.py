@@ -82,7 +82,7 @@ class TcpSocket:
     def _moved(self) -> ConnOffload | None:
         """The offload record when the connection is not (only) on the host engine, else None."""
         off = self.offload
-        if off is None or (off.in_host and not off.rcvq):
+        if off is None or (not off.away and not off.rcvq):
             return None
         return off
 
@@ -108,7 +108,7 @@ class TcpSocket:
         """Bytes receive() would return now (the socket's own queue first, then the engine's)."""
         off = self._moved()
         if off is not None:
-            return len(off.rcvq) + (self._readable if off.in_host else 0)
+            return len(off.rcvq) + (0 if off.away else self._readable)
         return self._readable
 
     def _set_readable(self, n: int) -> None:
