@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tcpchimney.link.netns import VethTopology, netns_exec, unavailable_reason, unique_name
@@ -240,10 +241,18 @@ async def stack_receive(session: Any, nbytes: int, expected: str) -> Span:
     done: asyncio.Future[tuple[Span, int, str]] = asyncio.get_running_loop().create_future()
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The digest runs on a worker thread (hashlib releases the GIL on large buffers), in order since
+        # there is one worker, so the application's hashing does not take the stack's CPU.
         span, h, total = Span(), hashlib.sha256(), 0
-        while data := await reader.read(1 << 20):
-            h.update(data)
-            total += len(data)
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            pending: list[asyncio.Future[None]] = []
+            while data := await reader.read(1 << 20):
+                pending.append(loop.run_in_executor(hasher, h.update, data))
+                total += len(data)
+                if len(pending) > 32:
+                    await pending.pop(0)
+            await asyncio.gather(*pending)
         span.stop()
         writer.close()
         done.set_result((span, total, h.hexdigest()))
