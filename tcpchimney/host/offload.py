@@ -587,6 +587,8 @@ class OffloadManager:
         off.held.clear()
         off.update_pending = off.updating = off.target_holds = False
         off.upload_after = None
+        # An application the engine refused waits for a SendSpace the frozen engine will never report.
+        off.send_blocked = conn.send_blocked
         return snap
 
     def _thaw(self, sock: TcpSocket) -> None:
@@ -639,6 +641,7 @@ class OffloadManager:
             held, off.held = tuple(off.held), []
             self._submit(Forward(self._rid(), off.ctx, held), _Pending("data", sock))
         self._flush_sends(sock)
+        self._report_send_space(sock)
         if off.update_pending:
             self._update_tcp(sock)
         if off.upload_after is not None:
@@ -677,6 +680,15 @@ class OffloadManager:
         if off.fin_pending and not off.fin_sent and not off.aborted:
             off.fin_sent = True
             self._submit(Disconnect(self._rid(), off.ctx), _Pending("data", sock))
+
+    def _report_send_space(self, sock: TcpSocket) -> None:
+        """A blocked application learns of the space the offload opened (no Send completion may follow)."""
+        off = sock.offload
+        assert off is not None
+        space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+        if off.send_blocked and not off.finished and space > 0:
+            off.send_blocked = False
+            self._emit(sock, SendSpace(space))
 
     def _on_send_done(self, sock: TcpSocket, completion: SendCompletion) -> None:
         off = sock.offload
@@ -1067,6 +1079,13 @@ class OffloadManager:
         if off.queued and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
             n = conn.send(bytes(off.queued))
             del off.queued[:n]
+        if off.send_blocked and not (off.aborted or off.finished):
+            # The manager refused the application: the engine reports the space (now, or when ACKs free it).
+            off.send_blocked = False
+            if conn.sndbuf.space > 0 and not off.queued:
+                self._emit(sock, SendSpace(conn.sndbuf.space))
+            else:
+                conn.send_blocked = True
         if off.aborted:
             conn.abort()
             self._discard_engine_events(sock)
