@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from tcpchimney.cli.apps import APPS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
+from tcpchimney.cli.offload import DEFAULT_MODE, MODES
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
@@ -40,6 +41,36 @@ def _netns_name(text: str) -> str:
     if not text or "/" in text or text in (".", "..") or len(text) > 64:
         raise argparse.ArgumentTypeError(f"not a namespace name: {text!r}")
     return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def _add_offload_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offload",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help="hand connections to the emulated NIC: never, once established, or once they moved 64 KiB "
+        f"with an RTT under 50 ms (default {DEFAULT_MODE})",
+    )
+    parser.add_argument(
+        "--churn",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stress: upload every offloaded connection after a random time of mean SECONDS (exponential), "
+        "then offload it again",
+    )
+    parser.add_argument(
+        "--events", metavar="FILE", help="write every offload event to FILE, one JSON line each"
+    )
 
 
 def _add_link_options(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("app", choices=sorted(APPS), help="the application")
     serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
     _add_link_options(serve)
+    _add_offload_options(serve)
 
     nc = sub.add_parser(
         "nc",
@@ -89,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target", nargs="+", metavar="HOST PORT | PORT", help="where to connect, or the port for -l"
     )
     _add_link_options(nc)
+    _add_offload_options(nc)
 
     demo = sub.add_parser("demo", help="curl against the stack and the stack against Linux, SHA-256 checked")
     demo.add_argument(
@@ -115,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="namespace name (default: a fresh unique one)",
     )
+    _add_offload_options(demo)
     return parser
 
 
@@ -131,6 +165,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         _resolve_nc_target(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
         parser.error("--size and --sim-size must be positive")
+    if args.offload == "disabled" and args.churn is not None:
+        parser.error("--churn moves offloaded connections: it needs --offload enabled or automatic")
     return args
 
 

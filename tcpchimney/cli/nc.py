@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from tcpchimney.cli.common import emit, stop_on_signals
+from tcpchimney.cli.offload import OffloadOptions
 from tcpchimney.cli.wiring import open_session
 
 _CHUNK = 65536
@@ -24,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def netcat(args: argparse.Namespace) -> int:
     stop = stop_on_signals(asyncio.get_running_loop())
-    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain) as session:
+    options = OffloadOptions.from_args(args)
+    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
         fields = session.ready_fields()
         if args.listen:
             accepted: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue()
@@ -42,7 +44,16 @@ async def netcat(args: argparse.Namespace) -> int:
             reader, writer = await _first(session.runtime.open_connection(str(args.host), args.port), stop)
         sent, received = await _pump(reader, writer, stop)
         counters = session.stack.counters
-    emit("done", sys.stderr, command="nc", bytes_sent=sent, bytes_received=received, counters=counters)
+        offload = session.offload_counters()
+    emit(
+        "done",
+        sys.stderr,
+        command="nc",
+        bytes_sent=sent,
+        bytes_received=received,
+        counters=counters,
+        offload=offload,
+    )
     return 0
 
 

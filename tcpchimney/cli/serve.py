@@ -7,6 +7,7 @@ import asyncio
 
 from tcpchimney.cli.apps import APPS, AppStats
 from tcpchimney.cli.common import emit, stop_on_signals
+from tcpchimney.cli.offload import OffloadOptions
 from tcpchimney.cli.wiring import open_session
 
 
@@ -18,13 +19,29 @@ async def serve(args: argparse.Namespace) -> int:
     stop = stop_on_signals(asyncio.get_running_loop())
     stats = AppStats()
     handler = APPS[args.app][1](stats)
-    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain) as session:
+    options = OffloadOptions.from_args(args)
+    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
         server = await session.runtime.start_server(handler, port=args.port)
-        emit("ready", command="serve", app=args.app, port=args.port, **session.ready_fields())
+        emit(
+            "ready",
+            command="serve",
+            app=args.app,
+            port=args.port,
+            offload=options.mode,
+            **session.ready_fields(),
+        )
         try:
             await stop.wait()
         finally:
             server.close()
             counters = session.stack.counters
-    emit("done", command="serve", app=args.app, app_counters=stats.as_dict(), counters=counters)
+            offload = session.offload_counters()
+    emit(
+        "done",
+        command="serve",
+        app=args.app,
+        app_counters=stats.as_dict(),
+        counters=counters,
+        offload=offload,
+    )
     return 0

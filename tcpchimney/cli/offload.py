@@ -1,0 +1,304 @@
+"""What the commands do with the offload path: the options, an event log, churn and the demo's timeline.
+
+``OffloadControl`` watches the host's offload events (``Offloaded``, ``OffloadRefused``, ``Uploaded``,
+``OffloadFault``), writes each as one JSON line when asked (``--events FILE``), keeps them for the demo's
+timeline, and drives two deliberate moves:
+
+- **churn** (``--churn SECONDS``): every offloaded connection is uploaded (``Reason.CHURN``) after an
+  exponentially distributed time of mean SECONDS (a Poisson process: uploads land at any point of a
+  transfer, including right after an offload), and offloaded again as soon as it is back on the host;
+- **an administrator's upload** (``upload_all``): the demo's mid-transfer upload (``Reason.ADMIN``),
+  re-offloaded the same way.
+
+It touches the stack only through its public calls (``upload``, ``offload_now``, ``connections``) and asks
+for timers through a ``Scheduler``: the runtime's asyncio loop, or the simulated link's virtual clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from tcpchimney.chimney.reason import Reason
+from tcpchimney.host.events import HostEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
+from tcpchimney.host.interface import ip_str
+from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.sockets import TcpSocket
+from tcpchimney.host.stack import HostStack
+from tcpchimney.tcp.state import TcpState
+
+MODES = ("disabled", "enabled", "automatic")
+DEFAULT_MODE = "automatic"
+_REOFFLOADABLE = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+# Uploads this module asks for, and what their re-offload is called in the log.
+_OWN_UPLOADS = {Reason.CHURN: "churn", Reason.ADMIN: "admin"}
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadOptions:
+    mode: str = DEFAULT_MODE
+    churn: float | None = None  # mean seconds between an offload and its churn upload
+    events: str | None = None  # JSON-lines file of every offload event
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OffloadOptions:
+        return cls(
+            getattr(args, "offload", DEFAULT_MODE),
+            getattr(args, "churn", None),
+            getattr(args, "events", None),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "disabled"
+
+
+class Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadRecord:
+    """One offload event as the log and the timeline show it."""
+
+    t: float  # seconds since the control started (the clock it was given)
+    event: str  # offloaded | refused | uploaded | fault
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    reason: str | None = None  # Reason.value
+    duration: float | None = None  # initiate / terminate to completion, seconds
+    moved: int | None = None  # offloaded: bytes the connection had moved so far (both directions)
+    cause: str | None = None  # offloaded: "policy: <mode>", "churn" or "admin"
+    detail: str | None = None  # fault: what the target did wrong
+
+    def as_json(self, wall: float) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "time": round(wall, 6),
+            "t": round(self.t, 6),
+            "event": self.event,
+            "connection": [*self.local, *self.remote],
+            "reason": self.reason,
+            "duration": None if self.duration is None else round(self.duration, 6),
+        }
+        for key in ("moved", "cause", "detail"):
+            value = getattr(self, key)
+            if value is not None:
+                line[key] = value
+        return line
+
+    def describe(self) -> str:
+        """``offloaded (policy: automatic, 64 KB moved, 0.2 ms)``, ``uploaded (admin, 0.4 ms)``."""
+        parts: list[str] = []
+        if self.event == "offloaded":
+            parts.append(self.cause or "policy")
+            if self.moved is not None:
+                parts.append(f"{_size(self.moved)} moved")
+        elif self.reason is not None:
+            parts.append(Reason(self.reason).value.replace("_", " "))
+        if self.duration is not None:
+            parts.append(f"{self.duration * 1000:.1f} ms")
+        if self.detail:
+            parts.append(self.detail)
+        return f"{self.event} ({', '.join(parts)})" if parts else self.event
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MB"
+    return f"{n // 1024} KB" if n >= 1024 else f"{n} B"
+
+
+def bytes_moved(sock: TcpSocket) -> int | None:
+    """Bytes the connection moved (ACKed sent + received) up to its current engine's last state."""
+    off, conn = sock.offload, sock.conn
+    if off is None:
+        return None
+    return off.moved_before + max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
+
+
+@dataclass(slots=True)
+class _Stats:
+    offloads: int = 0
+    uploads: int = 0
+    refusals: int = 0
+    faults: int = 0
+    churn_uploads: int = 0  # churn uploads asked for
+    admin_uploads: int = 0
+    reoffloads: int = 0  # offloaded again after one of our uploads: completed cycles
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+class OffloadControl:
+    """Event log, churn and administrator uploads for one stack (see the module docstring)."""
+
+    def __init__(
+        self,
+        stack: HostStack,
+        options: OffloadOptions,
+        scheduler: Scheduler,
+        clock: Callable[[], float],
+        *,
+        wake: Callable[[], None] = lambda: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.stack = stack
+        self.options = options
+        self.scheduler = scheduler
+        self.clock = clock
+        self.wake = wake  # the stack acted outside a frame or timer: let its output leave
+        self.rng = rng or random.Random()
+        self.start = clock()
+        self.records: list[OffloadRecord] = []
+        self.stats = _Stats()
+        self._file: IO[str] | None = open(options.events, "w", buffering=1) if options.events else None  # noqa: SIM115
+        self._timers: dict[TcpSocket, Handle] = {}
+        self._asked: dict[TcpSocket, str] = {}  # sockets we re-offload: the cause to log
+        self._closed = False
+
+    # ------------------------------------------------------------------ events
+
+    def on_event(self, ev: HostEvent) -> None:
+        """Give every host event here (``Runtime.add_event_handler`` or a simulation's event loop)."""
+        if isinstance(ev, Offloaded):
+            self._on_offloaded(ev)
+        elif isinstance(ev, Uploaded):
+            self._on_uploaded(ev)
+        elif isinstance(ev, OffloadRefused):
+            self.stats.refusals += 1
+            self._asked.pop(ev.sock, None)
+            self._record("refused", ev.sock, reason=ev.reason)
+        elif isinstance(ev, OffloadFault):
+            self.stats.faults += 1
+            if ev.sock is not None:
+                self._record("fault", ev.sock, reason=ev.reason, detail=ev.detail)
+
+    def _on_offloaded(self, ev: Offloaded) -> None:
+        sock = ev.sock
+        self.stats.offloads += 1
+        cause = self._asked.pop(sock, None)
+        if cause is not None:
+            self.stats.reoffloads += 1
+        policy = self.stack.offload_policy
+        mode = policy.mode.value if policy is not None else "?"
+        self._record(
+            "offloaded", sock, duration=ev.duration, moved=bytes_moved(sock), cause=cause or f"policy: {mode}"
+        )
+        if self.options.churn is not None and not self._closed:
+            delay = self.rng.expovariate(1.0 / self.options.churn)
+            self._set_timer(sock, self.scheduler.call_later(delay, lambda: self._churn(sock)))
+
+    def _on_uploaded(self, ev: Uploaded) -> None:
+        sock = ev.sock
+        self.stats.uploads += 1
+        self.stats.by_reason[ev.reason.value] += 1
+        self._cancel_timer(sock)
+        self._record("uploaded", sock, reason=ev.reason, duration=ev.duration)
+        cause = _OWN_UPLOADS.get(ev.reason)
+        if cause is not None and not self._closed:
+            self._asked[sock] = cause
+            self._set_timer(sock, self.scheduler.call_later(0.0, lambda: self._reoffload(sock)))
+
+    def _record(self, event: str, sock: TcpSocket, reason: Reason | None = None, **extra: Any) -> None:
+        rec = OffloadRecord(
+            self.clock() - self.start,
+            event,
+            (ip_str(sock.local_ip), sock.local_port),
+            (ip_str(sock.remote_ip), sock.remote_port),
+            None if reason is None else reason.value,
+            **extra,
+        )
+        self.records.append(rec)
+        if self._file is not None:
+            self._file.write(json.dumps(rec.as_json(time.time())) + "\n")
+
+    # ------------------------------------------------------------------ moves
+
+    def upload_all(self, reason: Reason = Reason.ADMIN) -> int:
+        """Upload every offloaded connection now (re-offloaded once back for ADMIN and CHURN)."""
+        count = 0
+        for sock in self.stack.connections():
+            if sock.offload_state is OffloadState.OFFLOADED and self.stack.upload(sock, reason):
+                count += 1
+                if reason is Reason.ADMIN:
+                    self.stats.admin_uploads += 1
+        self.wake()
+        return count
+
+    def _churn(self, sock: TcpSocket) -> None:
+        self._timers.pop(sock, None)
+        if self._closed or sock.offload_state is not OffloadState.OFFLOADED:
+            return  # moving or back for another reason: the next Offloaded schedules it again
+        if self.stack.upload(sock, Reason.CHURN):
+            self.stats.churn_uploads += 1
+            self.wake()
+
+    def _reoffload(self, sock: TcpSocket) -> None:
+        self._timers.pop(sock, None)
+        alive = sock.state in _REOFFLOADABLE and sock in self.stack.connections()
+        if self._closed or not alive or sock.offload_state is not OffloadState.IN_HOST:
+            self._asked.pop(sock, None)
+            return
+        self.stack.offload_now(sock)  # refusals come back as OffloadRefused events
+        self.wake()
+
+    def _set_timer(self, sock: TcpSocket, handle: Handle) -> None:
+        self._cancel_timer(sock)
+        self._timers[sock] = handle
+
+    def _cancel_timer(self, sock: TcpSocket) -> None:
+        handle = self._timers.pop(sock, None)
+        if handle is not None:
+            handle.cancel()
+
+    def close(self) -> None:
+        """No more moves (the session is ending); the log is flushed and closed."""
+        self._closed = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "mode": self.options.mode,
+            "churn_mean_s": self.options.churn,
+            "offloads": s.offloads,
+            "uploads": s.uploads,
+            "refusals": s.refusals,
+            "faults": s.faults,
+            "churn_uploads": s.churn_uploads,
+            "admin_uploads": s.admin_uploads,
+            "cycles": s.reoffloads,
+            "uploads_by_reason": dict(s.by_reason),
+        }
+
+
+# ====================================================================== the demo's timeline
+
+
+def timeline_lines(records: list[OffloadRecord], head: int = 12, tail: int = 4) -> list[str]:
+    """``t=+0.012s  :80 <- 198.18.0.1:41234  offloaded (policy: automatic, 64 KB moved, 0.3 ms)``; a long
+    log (churn) keeps its first ``head`` and last ``tail`` lines and counts what it left out."""
+    lines = [_line(r) for r in records]
+    if len(lines) > head + tail + 1:
+        left = Counter(f"{r.event} ({r.reason or r.cause})" for r in records[head:-tail])
+        summary = ", ".join(f"{n} {what}" for what, n in left.most_common())
+        lines = [*lines[:head], f"... {len(records) - head - tail} more: {summary}", *lines[-tail:]]
+    return lines
+
+
+def _line(r: OffloadRecord) -> str:
+    return f"t=+{r.t:.3f}s  {r.local[0]}:{r.local[1]} <-> {r.remote[0]}:{r.remote[1]}  {r.describe()}"
