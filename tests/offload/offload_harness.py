@@ -342,3 +342,81 @@ def run_apps(
         return all(app.done for app in apps)
 
     net.run_until(finished, timeout)
+
+
+# ---------------------------------------------------------------------------------------------- injection
+
+
+class Injector:
+    """A node on the link that puts hand-built frames on it (an attacker, a router's ICMP, a peer's URG)."""
+
+    def __init__(self) -> None:
+        self.outbox: list[Frame] = []
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        pass
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def send(self, frame: bytes) -> None:
+        self.outbox.append(Frame(frame))
+
+
+def inject(net: Net, inj: Injector, frame: bytes, settle: float = 0.01) -> None:
+    """Put ``frame`` on the link and let everything it causes happen (the link collects a node's frames
+    when it next steps; the first run only gets it there)."""
+    inj.send(frame)
+    net.run_for(settle / 2)
+    net.run_for(settle / 2)
+
+
+def add_injector(net: Net) -> Injector:
+    inj = Injector()
+    net.link.attach(inj, "injector")
+    return inj
+
+
+def tcp_frame(
+    seg: TcpSegment,
+    *,
+    src_ip: bytes = B_IP_B,
+    dst_ip: bytes = A_IP_B,
+    src_mac: str = B_MAC,
+    dst_mac: str = A_MAC,
+) -> bytes:
+    """A complete Ethernet + IPv4 + TCP frame with correct checksums (by default from b to a)."""
+    from tcpchimney.host.interface import mac_bytes
+    from tcpchimney.wire import checksum
+
+    body = tcp_wire.emit_tcp(seg, checksum.pseudo_base_sum(src_ip, dst_ip, ipv4_wire.PROTO_TCP))
+    ip = ipv4_wire.emit_ipv4(src_ip, dst_ip, ipv4_wire.PROTO_TCP, len(body), 4242)
+    eth = ethernet.emit_ethernet(mac_bytes(dst_mac), mac_bytes(src_mac), ethernet.ETHERTYPE_IPV4)
+    return eth + ip + body
+
+
+def from_b(
+    b: TcpSocket, flags: int, payload_: bytes = b"", seq_offset: int = 0, urgent: int = 0
+) -> TcpSegment:
+    """A segment as b's connection would send it now (its SND.NXT + ``seq_offset``, its RCV.NXT)."""
+    from tcpchimney.wire.seq import SeqNum
+    from tcpchimney.wire.tcp import TcpOptions
+
+    return TcpSegment(
+        b.local_port,
+        b.remote_port,
+        SeqNum(int(b.conn.snd_nxt) + seq_offset),
+        b.conn.rcv_nxt,
+        flags,
+        65535,
+        payload_,
+        TcpOptions(),
+        urgent,
+    )

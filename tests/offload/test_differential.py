@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from offload_harness import DISABLED, ENABLED, App, Net, make_net, payload, run_apps
+
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import Offloaded, Uploaded
 from tcpchimney.host.offload import OffloadState
@@ -250,7 +251,7 @@ def check_wire_consistent(o: Outcome) -> None:
         if not seg.payload and not seg.flags & FIN:
             assert 0 <= offset <= len(data) + 1, (direction, offset)  # an ACK; past our FIN once it is sent
             continue
-        assert 0 <= offset and offset + len(seg.payload) <= len(data), (direction, offset, len(seg.payload))
+        assert offset >= 0 and offset + len(seg.payload) <= len(data), (direction, offset, len(seg.payload))
         assert seg.payload == data[offset : offset + len(seg.payload)], (
             f"{direction} bytes differ at {offset}"
         )
