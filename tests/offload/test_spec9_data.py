@@ -208,11 +208,10 @@ def test_zero_window_persist_with_an_upload_mid_round() -> None:
     assert a.conn.persisting and a.conn.snd_wnd == 0 and a.conn.retransmit_count >= 2
     due = a.conn.rto_deadline  # the persist round carried over, not restarted
     assert due is not None and due > net.now
-    mark, ids = len(net.wire.segments()), len(net.wire.ip_ids())
+    mark = len(net.wire.ip_ids())
     net.run_for(5.0)
-    probes = [
-        (t, i) for (t, d, _), i in zip(net.wire.segments()[mark:], net.wire.ip_ids()[ids:]) if d == "a>b"
-    ]
+    sent_by_a = [t for t, d, _ in net.wire.segments() if d == "a>b"]
+    probes = list(zip(sent_by_a[mark:], net.wire.ip_ids()[mark:], strict=True))
     host = [t for t, i in probes if i < 0x8000]
     assert len(host) >= 2, "the host keeps probing the zero window"
     assert host[0] == due, "on the handed-over persist timer"
