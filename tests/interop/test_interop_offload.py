@@ -1,0 +1,294 @@
+"""``chimney serve`` with its connections on the emulated NIC, against curl and Python in the Linux namespace.
+
+The same checks as test_interop_serve.py, with ``--offload enabled``, and with ``--churn`` moving every
+connection back to the host and onto the NIC again at random moments mid-transfer. Linux must see nothing of
+it: byte-exact data (SHA-256), no reset, and the events file must show the moves with their reasons.
+
+RSTs are counted by a packet socket on the namespace's side of the TAP with a kernel filter that passes only
+TCP segments with RST set, so 2 GB of traffic cost nothing to watch; a probe of a closed port at the end
+proves the counter sees a reset when there is one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shlex
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_interop_serve import Command, net_available, remove_netns, sh, unique_netns
+
+from tcpchimney.cli.apps import deterministic_bytes, deterministic_sha256
+from tcpchimney.cli.nsutil import netns_path, socket_in_netns
+
+__all__ = ["net_available"]  # the fixture, used by name below
+
+STACK = "198.18.0.2"
+GB = 1_000_000_000
+_SHA256_STDIN = "python3 -c " + shlex.quote(
+    "import hashlib, sys\n"
+    "h = hashlib.sha256()\n"
+    "while b := sys.stdin.buffer.read1(1 << 20):\n"
+    "    h.update(b)\n"
+    "print(h.hexdigest())"
+)
+
+
+@pytest.fixture
+def netns_name(net_available: None) -> Iterator[str]:
+    name = unique_netns()
+    try:
+        yield name
+    finally:
+        remove_netns(name)
+
+
+@pytest.fixture
+def commands() -> Iterator[list[Command]]:
+    started: list[Command] = []
+    try:
+        yield started
+    finally:
+        for command in started:
+            command.kill()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_cycles(events: list[dict[str, Any]], reason: str) -> int:
+    """Every upload of ``reason`` is followed on its connection by an offload caused by it; returns how many
+    complete cycles the file records."""
+    assert events, "the events file is empty"
+    for e in events:
+        assert {"time", "event", "connection", "reason", "duration"} <= e.keys(), e
+        assert len(e["connection"]) == 4 and e["connection"][0] == STACK
+    kinds = Counter(e["event"] for e in events)
+    assert kinds["fault"] == 0, [e for e in events if e["event"] == "fault"]
+    uploads = [e for e in events if e["event"] == "uploaded"]
+    assert all(u["reason"] == reason for u in uploads), Counter(u["reason"] for u in uploads)
+    cycles = 0
+    last: dict[tuple[Any, ...], str] = {}
+    for e in events:
+        key = tuple(e["connection"])
+        if e["event"] == "offloaded" and e.get("cause") == reason:
+            assert last.get(key) == "uploaded", f"re-offload without an upload before it: {e}"
+            cycles += 1
+        if e["event"] in ("offloaded", "uploaded"):
+            assert last.get(key) != e["event"], f"two {e['event']} in a row: {e}"
+            last[key] = e["event"]
+    return cycles
+
+
+# ====================================================================== RSTs as Linux sees them
+
+_ETH_P_ALL = 0x0003
+_SO_ATTACH_FILTER = 26
+_PACKET_OUTGOING = 4
+# Classic BPF: IPv4, TCP, first fragment, RST flag set -> whole frame; anything else -> nothing.
+_RST_FILTER = [
+    (0x28, 0, 0, 12),  # ldh [12]            ethertype
+    (0x15, 0, 8, 0x0800),  # jeq IPv4, else drop
+    (0x30, 0, 0, 23),  # ldb [23]            IP protocol
+    (0x15, 0, 6, 6),  # jeq TCP, else drop
+    (0x28, 0, 0, 20),  # ldh [20]            flags + fragment offset
+    (0x45, 4, 0, 0x1FFF),  # jset offset: drop (not the first fragment)
+    (0xB1, 0, 0, 14),  # ldxb 4*([14]&0xf)   IP header length
+    (0x50, 0, 0, 27),  # ldb [x+27]          TCP flags (14 + 13)
+    (0x45, 0, 1, 0x04),  # jset RST, else drop
+    (0x06, 0, 0, 0x40000),  # ret whole frame
+    (0x06, 0, 0, 0),  # ret 0: drop
+]
+
+
+class RstWatch:
+    """Counts TCP RSTs on one interface of the namespace: ``received`` by Linux and ``sent`` by it."""
+
+    def __init__(self, netns: str, ifname: str) -> None:
+        self.sock = socket_in_netns(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)  # bound below: no frame yet
+        code = b"".join(struct.pack("HBBI", *insn) for insn in _RST_FILTER)
+        buf = ctypes.create_string_buffer(code)
+        prog = struct.pack("HL", len(_RST_FILTER), ctypes.addressof(buf))
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog)
+        self.sock.bind((ifname, _ETH_P_ALL))
+        self.sock.settimeout(0.2)
+        self.received: list[bytes] = []
+        self.sent: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rst-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            (self.sent if addr[2] == _PACKET_OUTGOING else self.received).append(frame)
+
+    def settle(self) -> None:
+        time.sleep(0.3)  # frames the filter passed reach the thread
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def snmp_tcp(netns: str) -> dict[str, int]:
+    """Linux's TCP MIB counters in the namespace (/proc/net/snmp is per namespace)."""
+    lines = [x.split() for x in sh(netns, "cat /proc/net/snmp").splitlines() if x.startswith("Tcp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+
+def probe_closed_port(netns: str) -> None:
+    """One connection attempt the stack answers with a RST (nothing listens on port 1)."""
+    with socket_in_netns(netns) as s:
+        s.settimeout(5)
+        with pytest.raises(ConnectionRefusedError):
+            s.connect((STACK, 1))
+
+
+# ====================================================================== tests
+
+
+def test_http_offloaded_curl_get_post_sha256(
+    netns_name: str, commands: list[Command], tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--events", str(events))
+    commands.append(server)
+    assert server.ready["offload"] == "enabled"
+    n = 20_000_000
+    headers = tmp_path / "headers"
+    out = sh(netns_name, f"curl -sS --fail -D {headers} http://{STACK}/bytes/{n}?seed=21 | {_SHA256_STDIN}")
+    assert out.split()[0] == deterministic_sha256(n, 21)
+    header = next(x for x in headers.read_text().splitlines() if x.lower().startswith("x-content-sha256"))
+    assert header.split(":", 1)[1].strip() == deterministic_sha256(n, 21)
+
+    body = os.urandom(n)
+    answer = json.loads(sh(netns_name, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
+    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": n}
+
+    status, done = server.stop()
+    assert status == 0
+    offload = done["offload"]
+    assert offload["mode"] == "enabled" and offload["faults"] == 0
+    assert offload["host"]["offloaded"] == 2, offload  # both curl connections went to the NIC
+    assert offload["nic"]["ip"]["out_octets"] > n  # the bytes left from the NIC, not the host
+    assert offload["nic"]["ip"]["in_octets"] > n
+    offloaded = [e for e in read_events(events) if e["event"] == "offloaded"]
+    assert len(offloaded) == offload["offloads"]
+    assert {e["cause"] for e in offloaded} == {"policy: enabled"}
+    assert not os.path.exists(netns_path(netns_name))
+
+
+def test_echo_with_churn_and_half_close_from_linux_python(
+    netns_name: str, commands: list[Command], tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    argv = ["serve", "echo", "--netns", netns_name, "--offload", "enabled", "--churn", "0.05"]
+    commands.append(server := Command(*argv, "--events", str(events)))
+    data = b"".join(deterministic_bytes(30_000_000, 22))
+    with socket_in_netns(netns_name) as s:
+        s.settimeout(30)
+        s.connect((STACK, 7))
+
+        def send_then_half_close() -> None:
+            # Paced, so that the transfer spans many churn periods (about 1.5 s).
+            for i in range(0, len(data), 200_000):
+                s.sendall(data[i : i + 200_000])
+                time.sleep(0.01)
+            s.shutdown(socket.SHUT_WR)  # our FIN; echo sends everything back, then its own FIN
+
+        sender = threading.Thread(target=send_then_half_close)
+        sender.start()
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+        sender.join(30)
+    assert len(got) == len(data) and bytes(got) == data
+    status, done = server.stop()
+    assert status == 0 and done["app_counters"]["bytes_in"] == len(data)
+    assert done["offload"]["faults"] == 0
+    cycles = check_cycles(read_events(events), "churn")
+    assert cycles >= 5, f"only {cycles} churn cycles in a 1.5 s transfer at a 50 ms mean"
+    assert cycles == done["offload"]["cycles"]
+
+
+def _upload_file(path: Path, n: int, seed: int) -> None:
+    with path.open("wb") as f:
+        for block in deterministic_bytes(n, seed):
+            f.write(block)
+
+
+def _churned_gets_and_posts(
+    netns: str, commands: list[Command], tmp_path: Path, n: int, churn: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float]]:
+    """serve http with ``--churn``; curl GET and POST of n bytes, SHA-256 checked, and no RST either way."""
+    events = tmp_path / "events.jsonl"
+    payload = tmp_path / "up.bin"
+    _upload_file(payload, n, 32)
+    want_down, want_up = deterministic_sha256(n, 31), deterministic_sha256(n, 32)
+    argv = ["serve", "http", "--netns", netns, "--offload", "enabled", "--churn", churn]
+    commands.append(server := Command(*argv, "--events", str(events)))
+    watch = RstWatch(netns, server.ready["tap"])
+    try:
+        start = time.perf_counter()
+        out = sh(netns, f"curl -sS --fail http://{STACK}/bytes/{n}?seed=31 | {_SHA256_STDIN}", timeout=120)
+        down = time.perf_counter() - start
+        assert out.split()[0] == want_down
+        start = time.perf_counter()
+        answer = json.loads(
+            sh(netns, f"curl -sS --fail -X POST -T {payload} http://{STACK}/sha256", timeout=120)
+        )
+        up = time.perf_counter() - start
+        assert answer == {"sha256": want_up, "length": n}
+        watch.settle()
+        assert (watch.received, watch.sent) == ([], []), "a reset crossed the link during the transfers"
+        mib = snmp_tcp(netns)
+        assert mib["EstabResets"] == mib["OutRsts"] == mib["AttemptFails"] == 0, mib
+        probe_closed_port(netns)  # the watch is live: it must see exactly this one reset
+        watch.settle()
+        assert len(watch.received) == 1 and not watch.sent
+    finally:
+        watch.close()
+    status, done = server.stop()
+    assert status == 0 and done["offload"]["faults"] == 0
+    speed = {"down_MB_per_s": n / 1e6 / down, "up_MB_per_s": n / 1e6 / up}
+    return done, read_events(events), speed
+
+
+def test_1_gb_each_way_with_churn_sha256_and_no_reset(
+    netns_name: str, commands: list[Command], tmp_path: Path, record_property: Any
+) -> None:
+    done, events, speed = _churned_gets_and_posts(netns_name, commands, tmp_path, GB, "0.05")
+    cycles = check_cycles(events, "churn")
+    for key, value in {**speed, "churn_cycles": cycles}.items():
+        record_property(key, value)
+    print(f"1 GB each way, churn 0.05 s: {speed} cycles={cycles}")
+    assert cycles >= 10 and cycles == done["offload"]["cycles"]
+    assert done["app_counters"]["bytes_in"] == GB
+
+
+def test_hundreds_of_churn_cycles_mid_transfer(
+    netns_name: str, commands: list[Command], tmp_path: Path, record_property: Any
+) -> None:
+    n = 300_000_000
+    done, events, speed = _churned_gets_and_posts(netns_name, commands, tmp_path, n, "0.002")
+    cycles = check_cycles(events, "churn")
+    record_property("churn_cycles", cycles)
+    print(f"300 MB each way, churn 0.002 s: {speed} cycles={cycles}")
+    assert cycles >= 100, f"only {cycles} churn cycles"
+    assert done["offload"]["host"].get("uploaded_churn", 0) == done["offload"]["uploads"]
