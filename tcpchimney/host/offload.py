@@ -651,7 +651,8 @@ class OffloadManager:
     def _refusal_reason(self, tree: tuple[BlockList, ...], tcp_handle: int) -> Reason:
         """The first failed block on the way to the TCP block says why (its own status, or a dependency)."""
         for block in walk(tree):
-            if block.role is Role.PLACEHOLDER or block.status.ok:
+            # A linker's FAILURE only says none of its dependents made it (spec 3.1), not why.
+            if block.role is not Role.NEW or block.status.ok:
                 continue
             if block.host_handle != tcp_handle and block.status is Status.FAILURE:
                 return Reason.DEPENDENCY_FAILED
