@@ -180,7 +180,8 @@ def run_script(
     """``mode``: "host" (no target), "offload" (enabled policy), "handoff" (enabled, then at each time in
     ``toggles`` (seconds after establishment) upload an offloaded connection or offload one on the host)."""
     imp = PROFILES[profile]
-    net = make_net(seed, ENABLED if mode != "host" else DISABLED, offload=mode != "host", imp_a=imp, imp_b=imp,
+    policy = ENABLED if mode != "host" else DISABLED
+    net = make_net(seed, policy, offload=mode != "host", imp_a=imp, imp_b=imp,
                    config=config)  # fmt: skip
     a, b = net.connect(a_client)
     client, server = SCRIPTS[script](seed)

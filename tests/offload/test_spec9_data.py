@@ -1,6 +1,6 @@
 """Chimney-spec 9.6 scenarios on the data path: send data in all three regions at offload, PMTU update, MAC
 change vs next-hop change, urgent data, in-window SYN/RST while offloaded, zero-window persist with an upload
-mid-round. A host stack behind the SoftwareTarget on a simulated link, a plain peer, the real wire recorded."""
+mid-round. A host stack behind the SoftwareTarget on a simulated link, a plain peer, the wire recorded."""
 
 from __future__ import annotations
 

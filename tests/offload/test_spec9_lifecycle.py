@@ -85,7 +85,8 @@ def test_fin_wait_2_offloaded_still_receives_then_time_wait_is_uploaded() -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known bug: Disconnect carries no 'orphaned' flag, so the target's engine never arms the FIN-WAIT-2 "
+    reason="known bug: Disconnect carries no 'orphaned' flag, so the target's engine never arms the "
+    "FIN-WAIT-2 "
     "timer of a closed (not shut down) connection and the host neither uploads it: it stays forever",
 )
 def test_fin_wait_2_timeout_of_an_orphaned_connection_is_taken_by_the_host() -> None:
