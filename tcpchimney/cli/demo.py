@@ -30,7 +30,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, deterministic_sha256
 from tcpchimney.cli.common import CommandError, network_unavailable_reason, stop_on_signals
 from tcpchimney.cli.nsutil import in_netns
-from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary
+from tcpchimney.cli.offload import OffloadControl, OffloadOptions, timeline_lines
+from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary, timeline_table
 from tcpchimney.cli.wiring import Session, connection_rows, open_session
 
 MB = 1_000_000
@@ -59,8 +60,15 @@ class Meter:
     def __init__(self, progress: Progress, name: str, total: int, sample: Callable[[], int]) -> None:
         self.progress = progress
         self.task = progress.add_task(name, total=total)
+        self.total = total
         self.sample = sample
         self.rows: list[ConnectionRow] = []
+
+    async def midway(self, action: Callable[[], object]) -> None:
+        """``action()`` once half the bytes moved (polled often: a transfer may last well under a second)."""
+        while self.sample() * 2 < self.total:
+            await asyncio.sleep(0.002)
+        action()
 
     async def run(self, rows: Callable[[], list[ConnectionRow]]) -> None:
         while True:
@@ -81,15 +89,19 @@ async def metered(
     total: int,
     sample: Callable[[], int],
     rows: Callable[[], list[ConnectionRow]],
+    midway: Callable[[], object] | None = None,
 ) -> AsyncIterator[Meter]:
     meter = Meter(progress, name, total, sample)
-    ticker = asyncio.create_task(meter.run(rows))
+    tasks = [asyncio.create_task(meter.run(rows))]
+    if midway is not None:
+        tasks.append(asyncio.create_task(meter.midway(midway)))
     try:
         yield meter
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         meter.finish()
 
 
@@ -167,9 +179,16 @@ class TapExchanges:
     def _rows(self) -> list[ConnectionRow]:
         return connection_rows(self.session.stack)
 
+    def _upload_midway(self) -> None:
+        """An administrator's upload halfway through: the connection comes back to the host mid-transfer
+        and is offloaded again once there (the timeline shows both)."""
+        if self.session.control is not None:
+            self.session.control.upload_all()
+
     @contextlib.asynccontextmanager
     async def _metered(self, name: str, sample: Callable[[], int]) -> AsyncIterator[None]:
-        async with metered(self.progress, name, self.n, sample, self._rows) as meter:
+        midway = self._upload_midway if self.session.control is not None else None
+        async with metered(self.progress, name, self.n, sample, self._rows, midway) as meter:
             yield
         if len(meter.rows) > len(self.busiest):
             self.busiest = meter.rows
@@ -234,6 +253,12 @@ class TapExchanges:
         return Transfer("stack GET, Linux -> stack", n, wall, cpu, expected, got)
 
 
+def _add_offload(result: DemoResult, control: OffloadControl | None, counters: dict[str, Any]) -> None:
+    result.offload = counters
+    if control is not None:
+        result.timeline = timeline_lines(control.records)
+
+
 def _header(path: str, name: str) -> str:
     with open(path, "rb") as f:
         for line in f.read().decode("latin-1").split("\r\n"):
@@ -259,7 +284,8 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
     try:
         payload = os.path.join(tmp, "payload")  # uploaded by curl, then served by Linux to the stack
         write_payload(payload, n, SEED_UP)
-        async with open_session(netns, STACK_ADDR, PEER_ADDR) as session:
+        options = OffloadOptions.from_args(args)
+        async with open_session(netns, STACK_ADDR, PEER_ADDR, offload=options) as session:
             server = await session.runtime.start_server(HttpApp(stats), port=HTTP_PORT)
             console.print(
                 f"[bold]TAP[/] {session.tap}: stack {session.addr} <-> Linux {session.peer} in {netns}"
@@ -272,7 +298,9 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
                     await run.stack_download(),
                 ]
             server.close()
-            return DemoResult("tap", transfers, run.busiest, session.stack.counters)
+            result = DemoResult("tap", transfers, run.busiest, session.stack.counters)
+            _add_offload(result, session.control, session.offload_counters())
+            return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -321,10 +349,13 @@ def run(args: argparse.Namespace) -> int:
         )
         from tcpchimney.cli.simdemo import sim_demo
 
-        result = sim_demo(args.sim_size * MB, console)
+        result = sim_demo(args.sim_size * MB, console, OffloadOptions.from_args(args))
     console.print(summary(result.transfers, result.rows, result.counters))
+    if result.timeline:
+        console.print(timeline_table(result.timeline))
     ok = bool(result.transfers) and all(t.ok for t in result.transfers)
     console.print("[bold green]SHA-256 checks OK[/]" if ok else "[bold red]SHA-256 MISMATCH[/]")
     transfers = [t.as_dict() for t in result.transfers]
-    print(json.dumps({"event": "done", "link": result.link, "ok": ok, "transfers": transfers}), flush=True)
+    done = {"event": "done", "link": result.link, "ok": ok, "transfers": transfers, "offload": result.offload}
+    print(json.dumps(done), flush=True)
     return 0 if ok else 1

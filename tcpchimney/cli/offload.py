@@ -32,12 +32,14 @@ from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire.seq import SeqNum
 
 MODES = ("disabled", "enabled", "automatic")
 DEFAULT_MODE = "automatic"
 _REOFFLOADABLE = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # Uploads this module asks for, and what their re-offload is called in the log.
 _OWN_UPLOADS = {Reason.CHURN: "churn", Reason.ADMIN: "admin"}
+_PRUNE_EVERY = 256  # events between two clean-ups of per-connection records
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +115,36 @@ class OffloadRecord:
 
 
 def _size(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MB"
-    return f"{n // 1024} KB" if n >= 1024 else f"{n} B"
+    """Decimal units, as the demo's MB figures."""
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f} MB"
+    return f"{n // 1000} KB" if n >= 1000 else f"{n} B"
 
 
-def bytes_moved(sock: TcpSocket) -> int | None:
-    """Bytes the connection moved (ACKed sent + received) up to its current engine's last state."""
-    off, conn = sock.offload, sock.conn
-    if off is None:
-        return None
-    return off.moved_before + max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
+class MovedBytes:
+    """Bytes each connection moved (ACKed sent + received in order), followed from event to event.
+
+    The host engine is rebuilt on every upload and forgets its ISS/IRS, so the count starts from the
+    sequence numbers the offload record kept when the connection was established (``una0`` / ``rcv0``,
+    unchanged until the first upload, and the first offload event comes before it) and adds the progress
+    between two looks (each well under 2 GiB, the reach of a sequence-number distance)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[TcpSocket, tuple[SeqNum, SeqNum, int]] = {}
+
+    def update(self, sock: TcpSocket) -> int | None:
+        off, conn = sock.offload, sock.conn
+        if off is None:
+            return None
+        una, rcv = conn.snd_una, conn.rcv_nxt
+        last_una, last_rcv, total = self._seen.get(sock, (off.una0, off.rcv0, 0))
+        total += max(0, una.dist(last_una)) + max(0, rcv.dist(last_rcv))
+        self._seen[sock] = (una, rcv, total)
+        return total
+
+    def forget_all_but(self, alive: set[TcpSocket]) -> None:
+        for sock in [s for s in self._seen if s not in alive]:
+            del self._seen[sock]
 
 
 @dataclass(slots=True)
@@ -163,12 +184,19 @@ class OffloadControl:
         self._file: IO[str] | None = open(options.events, "w", buffering=1) if options.events else None  # noqa: SIM115
         self._timers: dict[TcpSocket, Handle] = {}
         self._asked: dict[TcpSocket, str] = {}  # sockets we re-offload: the cause to log
+        self._moved = MovedBytes()
         self._closed = False
 
     # ------------------------------------------------------------------ events
 
     def on_event(self, ev: HostEvent) -> None:
         """Give every host event here (``Runtime.add_event_handler`` or a simulation's event loop)."""
+        if not isinstance(ev, Offloaded | Uploaded | OffloadRefused | OffloadFault):
+            return
+        if ev.sock is not None:
+            self._moved.update(ev.sock)
+        if len(self.records) % _PRUNE_EVERY == 0:
+            self._prune()
         if isinstance(ev, Offloaded):
             self._on_offloaded(ev)
         elif isinstance(ev, Uploaded):
@@ -191,7 +219,11 @@ class OffloadControl:
         policy = self.stack.offload_policy
         mode = policy.mode.value if policy is not None else "?"
         self._record(
-            "offloaded", sock, duration=ev.duration, moved=bytes_moved(sock), cause=cause or f"policy: {mode}"
+            "offloaded",
+            sock,
+            duration=ev.duration,
+            moved=self._moved.update(sock),
+            cause=cause or f"policy: {mode}",
         )
         if self.options.churn is not None and not self._closed:
             delay = self.rng.expovariate(1.0 / self.options.churn)
@@ -251,6 +283,13 @@ class OffloadControl:
         self.stack.offload_now(sock)  # refusals come back as OffloadRefused events
         self.wake()
 
+    def _prune(self) -> None:
+        """Forget connections the stack no longer has (a long-running serve sees many)."""
+        alive = set(self.stack.connections())
+        self._moved.forget_all_but(alive)
+        for sock in [s for s in self._asked if s not in alive]:
+            del self._asked[sock]
+
     def _set_timer(self, sock: TcpSocket, handle: Handle) -> None:
         self._cancel_timer(sock)
         self._timers[sock] = handle
@@ -290,7 +329,7 @@ class OffloadControl:
 
 
 def timeline_lines(records: list[OffloadRecord], head: int = 12, tail: int = 4) -> list[str]:
-    """``t=+0.012s  :80 <- 198.18.0.1:41234  offloaded (policy: automatic, 64 KB moved, 0.3 ms)``; a long
+    """``t=+0.012s  198.18.0.1:41234 -> :80  offloaded (policy: automatic, 64 KB moved, 0.3 ms)``; a long
     log (churn) keeps its first ``head`` and last ``tail`` lines and counts what it left out."""
     lines = [_line(r) for r in records]
     if len(lines) > head + tail + 1:
@@ -301,4 +340,4 @@ def timeline_lines(records: list[OffloadRecord], head: int = 12, tail: int = 4) 
 
 
 def _line(r: OffloadRecord) -> str:
-    return f"t=+{r.t:.3f}s  {r.local[0]}:{r.local[1]} <-> {r.remote[0]}:{r.remote[1]}  {r.describe()}"
+    return f"t=+{r.t:.3f}s  {r.remote[0]}:{r.remote[1]} -> :{r.local[1]}  {r.describe()}"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -58,6 +59,8 @@ class DemoResult:
     transfers: list[Transfer]
     rows: list[ConnectionRow]  # the busiest connection table seen while data flowed
     counters: dict[str, dict[str, int]]
+    timeline: list[str] = field(default_factory=list)  # offload events, cli.offload.timeline_lines
+    offload: dict[str, Any] = field(default_factory=dict)  # offload counters (mode, cycles, host, nic)
 
 
 def transfers_table(transfers: Iterable[Transfer]) -> Table:
@@ -108,6 +111,16 @@ def counters_table(counters: Mapping[str, Mapping[str, int]], title: str = "Stac
         shown = [f"{key}={value:,}" for key, value in sorted(values.items()) if value]
         if shown:
             table.add_row(layer, Text("  ".join(shown), overflow="fold"))
+    return table
+
+
+def timeline_table(lines: Iterable[str], title: str = "Offload timeline") -> Table:
+    """Each offload event on one line: when, which connection, what and why."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 1))
+    table.add_column("event")
+    for line in lines:
+        style = "green" if " offloaded (" in line else "yellow" if " uploaded (" in line else "dim"
+        table.add_row(Text(line, style=style))
     return table
 
 
