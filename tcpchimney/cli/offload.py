@@ -238,7 +238,7 @@ class OffloadControl:
         cause = _OWN_UPLOADS.get(ev.reason)
         if cause is not None and not self._closed:
             self._asked[sock] = cause
-            self._set_timer(sock, self.scheduler.call_later(0.0, lambda: self._reoffload(sock)))
+            self._reoffload(sock)  # at once: the event says it is back on the host
 
     def _record(self, event: str, sock: TcpSocket, reason: Reason | None = None, **extra: Any) -> None:
         rec = OffloadRecord(
@@ -275,7 +275,6 @@ class OffloadControl:
             self.wake()
 
     def _reoffload(self, sock: TcpSocket) -> None:
-        self._timers.pop(sock, None)
         alive = sock.state in _REOFFLOADABLE and sock in self.stack.connections()
         if self._closed or not alive or sock.offload_state is not OffloadState.IN_HOST:
             self._asked.pop(sock, None)
@@ -333,7 +332,9 @@ def timeline_lines(records: list[OffloadRecord], head: int = 12, tail: int = 4) 
     log (churn) keeps its first ``head`` and last ``tail`` lines and counts what it left out."""
     lines = [_line(r) for r in records]
     if len(lines) > head + tail + 1:
-        left = Counter(f"{r.event} ({r.reason or r.cause})" for r in records[head:-tail])
+        left = Counter(
+            f"{r.event} ({(r.reason or r.cause or '').replace('_', ' ')})" for r in records[head:-tail]
+        )
         summary = ", ".join(f"{n} {what}" for what, n in left.most_common())
         lines = [*lines[:head], f"... {len(records) - head - tail} more: {summary}", *lines[-tail:]]
     return lines
