@@ -6,7 +6,8 @@ timeline, and drives two deliberate moves:
 
 - **churn** (``--churn SECONDS``): every offloaded connection is uploaded (``Reason.CHURN``) after an
   exponentially distributed time of mean SECONDS (a Poisson process: uploads land at any point of a
-  transfer, including right after an offload), and offloaded again as soon as it is back on the host;
+  transfer, including right after an offload), runs on the host engine for another such time, and is
+  offloaded again;
 - **an administrator's upload** (``upload_all``): the demo's mid-transfer upload (``Reason.ADMIN``),
   re-offloaded the same way.
 
@@ -236,8 +237,14 @@ class OffloadControl:
         self._cancel_timer(sock)
         self._record("uploaded", sock, reason=ev.reason, duration=ev.duration)
         cause = _OWN_UPLOADS.get(ev.reason)
-        if cause is not None and not self._closed:
-            self._asked[sock] = cause
+        if cause is None or self._closed:
+            return
+        self._asked[sock] = cause
+        if ev.reason is Reason.CHURN and self.options.churn is not None:
+            # A while on the host engine too (same mean): both engines carry the connection's data in turn.
+            delay = self.rng.expovariate(1.0 / self.options.churn)
+            self._set_timer(sock, self.scheduler.call_later(delay, lambda: self._reoffload(sock)))
+        else:
             self._reoffload(sock)  # at once: the event says it is back on the host
 
     def _record(self, event: str, sock: TcpSocket, reason: Reason | None = None, **extra: Any) -> None:
@@ -275,6 +282,7 @@ class OffloadControl:
             self.wake()
 
     def _reoffload(self, sock: TcpSocket) -> None:
+        self._timers.pop(sock, None)
         alive = sock.state in _REOFFLOADABLE and sock in self.stack.connections()
         if self._closed or not alive or sock.offload_state is not OffloadState.IN_HOST:
             self._asked.pop(sock, None)

@@ -128,7 +128,7 @@ def test_sim_demo_midway_upload_and_reoffload() -> None:
 
 def test_sim_churn_keeps_the_bytes_and_logs_every_move(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
-    run = _run(OffloadOptions("enabled", churn=0.00005, events=str(events)))
+    run = _run(OffloadOptions("enabled", churn=0.00005, events=str(events)), n=8_000_000)
     control = run.control
     assert control is not None
     control.close()
