@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-MODULES = ["bench.core", "bench.tap_raw", "bench.tap"]
+MODULES = ["bench.core", "bench.tap_raw", "bench.tap", "bench.offload"]
 
 
 def main(argv: list[str]) -> int:
