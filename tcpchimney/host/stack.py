@@ -726,6 +726,10 @@ class HostStack:
             self._refresh_deadline(sock)
 
     def _refresh_deadline(self, sock: TcpSocket) -> None:
+        off = sock.offload
+        if off is not None and not off.in_host:
+            sock.deadline = None  # a frozen engine has no timers: its heap entries go stale
+            return
         deadline = sock.conn.next_deadline()
         if deadline != sock.deadline:
             sock.deadline = deadline
