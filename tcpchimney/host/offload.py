@@ -1078,8 +1078,14 @@ class OffloadManager:
         off, stack, conn = sock.offload, self.stack, sock.conn
         assert off is not None
         if off.queued and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
-            n = conn.send(bytes(off.queued))
-            del off.queued[:n]
+            # The socket accepted these bytes already; the engine may be full (its unACKed data was not
+            # counted while the offload was in flight). It takes them all over its capacity, so later sends
+            # wait behind them (its space reopens, SendSpace follows) instead of overtaking a remainder.
+            capacity = conn.sndbuf.capacity
+            conn.sndbuf.capacity = len(conn.sndbuf) + len(off.queued)
+            conn.send(bytes(off.queued))
+            conn.sndbuf.capacity = capacity
+            off.queued.clear()
         if off.send_blocked and not (off.aborted or off.finished):
             # The manager refused the application: the engine reports the space (now, or when ACKs free it).
             off.send_blocked = False

@@ -14,6 +14,7 @@ from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import NeighborChanged, Offloaded, OffloadRefused, PathMtuChanged, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
 from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed, SendSpace, StateChanged
 from tcpchimney.tcp.state import TcpState
@@ -199,3 +200,28 @@ def test_socket_options_update_the_cached_state() -> None:
     net.a.upload(a, Reason.ADMIN)
     net.wait_in_host(a)
     assert a.conn.config.nodelay and a.conn.config.keepalive and a.conn.config.rcv_buf == 1 << 21
+
+
+def test_sends_after_a_refused_offload_queue_behind_what_the_engine_could_not_take() -> None:
+    """The engine is full when the refusal hands it the sends queued during the offload: the rest goes out
+    first, later sends wait behind it (nothing lost, nothing reordered)."""
+    net = make_offload_net(9, policy=OffloadPolicy(), config=TcpConfig(snd_buf=32 * 1024, rcv_buf=16 * 1024))
+    a, b = net.connect()
+    data = payload(300_000, 9)
+    sent = 0
+    while (n := a.send(data[sent : sent + 4096])) > 0:
+        sent += n  # b reads nothing: the engine's send buffer fills
+    net.run_for(0.2)
+    while (n := a.send(data[sent : sent + 4096])) > 0:
+        sent += n
+    net.target.stall()
+    net.target.refuse_next_offload(Reason.TARGET_FULL)
+    assert net.a.offload_now(a) is None
+    while (n := a.send(data[sent : sent + 4096])) > 0:
+        sent += n  # queued on the socket while the initiate is in flight
+    net.target.stall(False)
+    net.run_until(lambda: a.offload_state is OffloadState.IN_HOST)
+    stream = Stream(a, b, data)
+    stream.sent = sent
+    exchange(net, [stream])
+    assert net.events(OffloadRefused) and a.offload_state is OffloadState.IN_HOST
