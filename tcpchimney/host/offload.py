@@ -462,10 +462,15 @@ class OffloadManager:
         conn, off = sock.conn, sock.offload
         moved = 0
         if off is not None and off.in_host:
-            moved = (
-                off.moved_before + max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
-            )
+            moved = off.moved_before + self._engine_moved(sock)
         return ConnectionInfo(sock.remote_ip, sock.remote_port, sock.local_port, moved, conn.srtt)
+
+    @staticmethod
+    def _engine_moved(sock: TcpSocket) -> int:
+        """Bytes the current host engine moved (ACKed sent, in-order received) since it took over."""
+        conn, off = sock.conn, sock.offload
+        assert off is not None
+        return max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
 
     def _check(self, sock: TcpSocket, forced: bool = False) -> Reason | None:
         conn = sock.conn
@@ -620,6 +625,7 @@ class OffloadManager:
                 self._refuse(sock, reason)
             return
         off.ctx, off.state, off.reason = tcp.target_handle, OffloadState.OFFLOADED, None
+        off.moved_before += self._engine_moved(sock)  # its engine stays frozen: what it moved is settled
         bump(self.counters, "offloaded")
         self.stack._events.append(Offloaded(sock, self.now - off.started))
         self._after_offload(sock)

@@ -161,3 +161,17 @@ def test_upload_all() -> None:
     assert net.a.upload_all(Reason.ADMIN) == 2
     net.run_until(lambda: all(a.offload_state is OffloadState.IN_HOST for a, _ in conns))
     assert {u.reason for u in net.events(Uploaded)} == {Reason.ADMIN}  # type: ignore[attr-defined]
+
+
+def test_automatic_mode_counts_the_bytes_moved_before_the_offload_after_an_upload() -> None:
+    """Bytes the host engine moved before the offload still count once the connection is back: an upload
+    does not reset automatic mode's progress."""
+    net = make_offload_net(policy=OffloadPolicy(mode="automatic", min_bytes=100_000))
+    a, b = net.connect()
+    exchange(net, [Stream(a, b, payload(150_000, 8))])
+    net.run_until(lambda: a.offload_state is OffloadState.OFFLOADED, 2.0)
+    assert net.a.upload(a, Reason.ADMIN)
+    net.wait_in_host(a)
+    manager = net.a._offload
+    assert manager is not None and manager._info(a).bytes_moved >= 150_000
+    net.run_until(lambda: a.offload_state is OffloadState.OFFLOADED, 2.0)  # still past the threshold
