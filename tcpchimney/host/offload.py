@@ -197,6 +197,7 @@ class ConnOffload:
     updating: bool = False
     refused_by_target: bool = False
     backlog: int = 0
+    forced: bool = False  # offload_now waits for a neighbor / path: the mode must not judge it again
     moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
     una0: SeqNum = _SEQ0
     rcv0: SeqNum = _SEQ0
@@ -346,6 +347,7 @@ class OffloadManager:
         reason = self._check(sock, forced=True)
         if reason is None:
             reason = self._initiate(sock)
+        sock.offload.forced = reason is None and sock.offload.in_host  # deferred: a candidate again
         if reason is not None:
             self._refuse(sock, reason)
         return reason
@@ -493,9 +495,10 @@ class OffloadManager:
         if sock.listener is not None:
             return  # waits in the accept queue: considered once accepted
         self._candidates.pop(sock, None)
-        reason = self._check(sock)
+        reason = self._check(sock, forced=off.forced)
         if reason is None:
             reason = self._initiate(sock)
+        off.forced = off.forced and reason is None and off.in_host  # still deferred: still explicit
         if reason is not None and not (quiet and reason is off.reason):
             self._refuse(sock, reason)
 

@@ -175,3 +175,20 @@ def test_automatic_mode_counts_the_bytes_moved_before_the_offload_after_an_uploa
     manager = net.a._offload
     assert manager is not None and manager._info(a).bytes_moved >= 150_000
     net.run_until(lambda: a.offload_state is OffloadState.OFFLOADED, 2.0)  # still past the threshold
+
+
+def test_offload_now_waiting_for_the_first_offload_to_the_peer_is_not_judged_by_the_mode() -> None:
+    """The second connection to a peer waits for the neighbor and path the first one is offloading; the
+    explicit request still holds then (mode disabled), only rules and opt-out apply."""
+    net = make_offload_net(policy=OffloadPolicy())
+    a1, _ = net.connect(PORT)
+    a2, b2 = net.connect(PORT + 1)
+    refusals = len(net.events(OffloadRefused))  # mode_disabled at establishment
+    net.target.stall()  # the first initiate (neighbor and path with it) stays in flight
+    assert net.a.offload_now(a1) is None
+    assert net.a.offload_now(a2) is None
+    assert a2.offload_state is OffloadState.IN_HOST
+    net.target.stall(False)
+    net.run_until(lambda: net.offloaded(a1) and net.offloaded(a2), 2.0)
+    assert len(net.events(OffloadRefused)) == refusals
+    exchange(net, [Stream(a2, b2, payload(50_000, 9))])
