@@ -437,6 +437,7 @@ class OffloadManager:
             self.abort(sock)  # unread data: a reset, as the engine's close (RFC 2525 2.17)
             return
         self.shutdown(sock)
+        self._upload_orphan(sock)
 
     def abort(self, sock: TcpSocket) -> None:
         off = self._record(sock)
@@ -795,6 +796,17 @@ class OffloadManager:
                 self.upload(sock, Reason.SHUTDOWN)
         elif off.tcp_state is TcpState.TIME_WAIT:
             self.upload(sock, Reason.HOST_TIME_WAIT)  # TIME-WAIT is the host's (spec 1.2)
+        else:
+            self._upload_orphan(sock)
+
+    def _upload_orphan(self, sock: TcpSocket) -> None:
+        """A closed connection in FIN-WAIT-2 may wait forever for the peer's FIN: its time limit is the
+        host's (Linux tcp_fin_timeout), and a Disconnect cannot tell the target the application is gone.
+        The rebuilt engine runs it (``_reinstate`` arms the timer)."""
+        off = sock.offload
+        assert off is not None
+        if off.closed and off.tcp_state is TcpState.FIN_WAIT_2 and not off.finished:
+            self.upload(sock, Reason.FIN_WAIT_2_TIMEOUT)
 
     def _finish(self, sock: TcpSocket) -> None:
         """The connection reached CLOSED for the application: report it and forget it."""
@@ -1053,6 +1065,8 @@ class OffloadManager:
         extra = len(tail) + len(off.queued)
         conn = tcp_snapshot.rebuild(snap, replace(base, snd_buf=base.snd_buf + extra), self.now)
         conn.orphaned = off.closed
+        if conn.orphaned and conn.state is TcpState.FIN_WAIT_2 and conn.close_deadline is None:
+            conn.close_deadline = self.now + conn.config.fin_wait_2_timeout  # the target never armed it
         sock.conn = conn
         sock.template = None
         off.state = OffloadState.IN_HOST

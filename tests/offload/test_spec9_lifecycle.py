@@ -83,23 +83,30 @@ def test_fin_wait_2_offloaded_still_receives_then_time_wait_is_uploaded() -> Non
     assert len(net.nic.table) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: Disconnect carries no 'orphaned' flag, so the target's engine never arms the "
-    "FIN-WAIT-2 "
-    "timer of a closed (not shut down) connection and the host neither uploads it: it stays forever",
-)
 def test_fin_wait_2_timeout_of_an_orphaned_connection_is_taken_by_the_host() -> None:
-    """Spec 4.3: the target does not give up on its own: FIN-WAIT-2 timeout asks for the upload, the host's
-    engine then closes the connection."""
+    """A Disconnect cannot tell the target the application closed: the host uploads the orphaned connection
+    when it reaches FIN-WAIT-2, and its rebuilt engine gives up after the FIN-WAIT-2 timeout."""
     config = TcpConfig(fin_wait_2_timeout=2.0)
     net, a, _b = _offloaded_pair(34, config=config)
     a.close()  # orphaned: the peer never closes
-    net.run_until(lambda: net.has_event(a, Closed) or a.offload_state is OffloadState.IN_HOST, 10.0)
-    net.run_for(5.0)
-    assert Reason.FIN_WAIT_2_TIMEOUT in _reasons(net, Uploaded) or net.has_event(a, Closed)
-    assert a not in net.a.connections()
+    net.run_until(lambda: a.offload_state is OffloadState.IN_HOST, 1.0)
+    assert a.conn.state is TcpState.FIN_WAIT_2 and _reasons(net, Uploaded) == [Reason.FIN_WAIT_2_TIMEOUT]
     assert len(net.nic.table) == 0
+    closed_at = net.now
+    net.run_until(lambda: net.has_event(a, Closed), 5.0)
+    assert 1.9 <= net.now - closed_at <= 2.5, "the host engine runs the FIN-WAIT-2 timeout"
+    assert a not in net.a.connections()
+
+
+def test_close_of_a_half_closed_connection_in_fin_wait_2_uploads_it() -> None:
+    config = TcpConfig(fin_wait_2_timeout=2.0)
+    net, a, _b = _offloaded_pair(35, config=config)
+    a.shutdown()
+    net.run_until(lambda: a.state is TcpState.FIN_WAIT_2, 1.0)
+    assert a.offload_state is OffloadState.OFFLOADED  # half-closed: it still receives, offloaded
+    a.close()
+    net.run_until(lambda: net.has_event(a, Closed), 5.0)
+    assert Reason.FIN_WAIT_2_TIMEOUT in _reasons(net, Uploaded) and len(net.nic.table) == 0
 
 
 def test_upload_all_with_pause_and_resume_under_new_capabilities() -> None:
