@@ -13,6 +13,8 @@ U64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def int_range(owner: object, name: str, value: int, low: int, high: int) -> None:
+    if type(value) is int and low <= value <= high:
+        return  # the common case, without the calls below
     # int(): a SeqNum compares modulo 2**32, a range check must not
     if isinstance(value, bool) or not isinstance(value, int) or not low <= int(value) <= high:
         raise FieldRangeError(

@@ -40,6 +40,12 @@ FIN_OUTSTANDING = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAS
 PEER_FIN_RECEIVED = frozenset({TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
 
 
+def _plain_seconds(value: object) -> bool:
+    """The common case of ``_check.seconds``: a float (or int) that is finite and >= 0."""
+    t = type(value)
+    return (t is float or t is int) and 0 <= value < math.inf  # type: ignore[operator]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TcpConst:
     """Fixed at the handshake (TCP_OFFLOAD_STATE_CONST)."""
@@ -89,6 +95,34 @@ class TcpCached:
     update_rcv_wnd: bool = False  # initial_rcv_wnd changed: advertise the new window
 
     def __post_init__(self) -> None:
+        if not self._plain_fields_ok():
+            self._check_fields()  # raises, naming the field
+
+    def _plain_fields_ok(self) -> bool:
+        """Every check of ``_check_fields`` as one expression: true in the common case, cheaply."""
+        max_rt = self.max_rt
+        return (
+            type(self.initial_rcv_wnd) is int
+            and 1 <= self.initial_rcv_wnd <= MAX_WINDOW
+            and type(self.rcv_indication_size) is int
+            and 0 <= self.rcv_indication_size <= U32
+            and _plain_seconds(self.keepalive_idle)
+            and _plain_seconds(self.keepalive_interval)
+            and type(self.keepalive_probes) is int
+            and 0 <= self.keepalive_probes <= U8
+            and (type(max_rt) is float or type(max_rt) is int)
+            and max_rt >= 0
+            and type(self.ttl) is int
+            and 1 <= self.ttl <= U8
+            and type(self.tos) is int
+            and 0 <= self.tos <= U8
+            and type(self.flow_label) is int
+            and 0 <= self.flow_label <= MAX_FLOW_LABEL
+            and type(self.user_priority) is int
+            and 0 <= self.user_priority <= 7
+        )
+
+    def _check_fields(self) -> None:
         _int(self, "initial_rcv_wnd", self.initial_rcv_wnd, 1, MAX_WINDOW)
         _int(self, "rcv_indication_size", self.rcv_indication_size, 0, U32)
         seconds(self, "keepalive_idle", self.keepalive_idle)
@@ -156,9 +190,54 @@ class TcpDelegated:
             raise FieldRangeError(f"TcpDelegated.state must be a TcpState, got {self.state!r}")
         for name in _SEQ_FIELDS:
             value = getattr(self, name)
-            _int(self, name, value, 0, U32)
-            if type(value) is not SeqNum:
+            if type(value) is not SeqNum:  # a SeqNum is in [0, 2**32) by construction
+                _int(self, name, value, 0, U32)
                 object.__setattr__(self, name, SeqNum(value))
+        if not self._plain_fields_ok():
+            self._check_fields()  # raises, naming the field
+        self._check_invariants()
+
+    def _plain_fields_ok(self) -> bool:
+        """Every field ``_check_fields`` checks, as one expression: true in the common case, cheaply."""
+        srtt, ka, rt = self.srtt, self.keepalive_timeout, self.retransmit_timeout
+        return (
+            type(self.rcv_wnd) is int
+            and 0 <= self.rcv_wnd <= MAX_WINDOW
+            and type(self.snd_wnd) is int
+            and 0 <= self.snd_wnd <= MAX_WINDOW
+            and type(self.max_snd_wnd) is int
+            and 0 <= self.max_snd_wnd <= MAX_WINDOW
+            and type(self.cwnd) is int
+            and 1 <= self.cwnd <= U32
+            and type(self.ssthresh) is int
+            and 1 <= self.ssthresh <= U32
+            and (srtt is None or _plain_seconds(srtt))
+            and _plain_seconds(self.rttvar)
+            and _plain_seconds(self.rto)
+            and self.rto > 0
+            and _plain_seconds(self.ts_recent_age)
+            and _plain_seconds(self.total_rt)
+            and (ka is None or _plain_seconds(ka))
+            and (rt is None or _plain_seconds(rt))
+            and type(self.ts_recent) is int
+            and 0 <= self.ts_recent <= U32
+            and type(self.ts_time) is int
+            and 0 <= self.ts_time <= U32
+            and type(self.dup_ack_count) is int
+            and 0 <= self.dup_ack_count <= U16
+            and type(self.snd_wnd_probe_count) is int
+            and 0 <= self.snd_wnd_probe_count <= U8
+            and type(self.keepalive_probe_count) is int
+            and 0 <= self.keepalive_probe_count <= U8
+            and type(self.retransmit_count) is int
+            and 0 <= self.retransmit_count <= U8
+            and type(self.send_data) is bytes
+            and type(self.buffered_data) is bytes
+            and self.send_backlog_size is None
+            and self.receive_backlog_size is None
+        )
+
+    def _check_fields(self) -> None:
         _int(self, "rcv_wnd", self.rcv_wnd, 0, MAX_WINDOW)
         _int(self, "snd_wnd", self.snd_wnd, 0, MAX_WINDOW)
         _int(self, "max_snd_wnd", self.max_snd_wnd, 0, MAX_WINDOW)
@@ -171,7 +250,6 @@ class TcpDelegated:
         for name in ("send_backlog_size", "receive_backlog_size"):
             if getattr(self, name) is not None:
                 _int(self, name, getattr(self, name), 0, U32)
-        self._check_invariants()
 
     def _check_timing(self) -> None:
         seconds(self, "srtt", self.srtt, optional=True)

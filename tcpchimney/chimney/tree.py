@@ -17,7 +17,7 @@ Block roles in an initiate tree (spec 1.3 "Block roles"):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import IntEnum
 
 from tcpchimney.chimney._check import U64
@@ -95,10 +95,11 @@ class BlockList:
     dependents: tuple[BlockList, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("host_handle", "target_handle"):
-            value = getattr(self, name)
-            if value is not None:
-                _int(self, name, value, 0, U64)
+        host, target = self.host_handle, self.target_handle
+        if host is not None and (type(host) is not int or not 0 <= host <= U64):
+            _int(self, "host_handle", host, 0, U64)
+        if target is not None and (type(target) is not int or not 0 <= target <= U64):
+            _int(self, "target_handle", target, 0, U64)
         if self.state is not None and _LAYER_OF_STATE.get(type(self.state)) is not self.layer:
             raise TreeError(f"a {self.layer.name} block cannot carry {type(self.state).__name__}")
         self._check_role()
@@ -122,20 +123,57 @@ class BlockList:
 
     def walk(self) -> Iterator[BlockList]:
         """This block, then its dependents depth-first (the order of spec 3.1 step 2)."""
-        yield self
-        for dep in self.dependents:
-            yield from dep.walk()
+        return walk((self,))
 
     def with_result(
         self, status: Status, target_handle: int | None = None, state: BlockState | None = None
     ) -> BlockList:
-        """A copy with what the target writes: the status, and on success a handle and/or state."""
-        return replace(
-            self,
-            status=status,
-            target_handle=self.target_handle if target_handle is None else target_handle,
-            state=self.state if state is None else state,
-        )
+        """A copy with what the target writes: the status, and on success a handle and/or state.
+
+        Only what changes is checked (as the constructor would): the rest of ``self`` was checked already."""
+        if target_handle is None:
+            target_handle = self.target_handle
+        elif type(target_handle) is not int or not 0 <= target_handle <= U64:
+            _int(self, "target_handle", target_handle, 0, U64)
+        if state is None:
+            state = self.state
+        elif _LAYER_OF_STATE.get(type(state)) is not self.layer:
+            raise TreeError(f"a {self.layer.name} block cannot carry {type(state).__name__}")
+        if self.role is Role.PLACEHOLDER and (target_handle is not None or state is not None):
+            raise TreeError("a placeholder block names no object and carries no state")
+        return _trusted(self, status, target_handle, state, self.dependents)
+
+    def with_dependents(self, dependents: tuple[BlockList, ...]) -> BlockList:
+        """A copy with other dependents (a completed call's copies of them), checked for their layer only."""
+        for dep in dependents:
+            if not isinstance(dep, BlockList) or dep.layer != self.layer + 1:
+                raise TreeError(f"a {self.layer.name} block's dependents must be of the layer above it")
+        return _trusted(self, self.status, self.target_handle, self.state, dependents)
+
+
+_new_block = object.__new__
+_set = object.__setattr__
+
+
+def _trusted(
+    block: BlockList,
+    status: Status,
+    target_handle: int | None,
+    state: BlockState | None,
+    dependents: tuple[BlockList, ...],
+) -> BlockList:
+    """A copy of ``block`` with result fields, built without ``__post_init__``: for copies whose every
+    field is already checked (the block's own, a handle checked by the caller, dependents built from the
+    block's own dependents, so of the right layer)."""
+    new = _new_block(BlockList)
+    _set(new, "layer", block.layer)
+    _set(new, "role", block.role)
+    _set(new, "host_handle", block.host_handle)
+    _set(new, "target_handle", target_handle)
+    _set(new, "state", state)
+    _set(new, "status", status)
+    _set(new, "dependents", dependents)
+    return new
 
 
 Tree = tuple[BlockList, ...]
@@ -143,8 +181,15 @@ Tree = tuple[BlockList, ...]
 
 def walk(tree: Iterable[BlockList]) -> Iterator[BlockList]:
     """Depth-first / breadth-next: N1 -> P1 -> T1 -> T2 -> P2 -> T3 -> N2 -> ... (spec 3.1 step 2)."""
-    for block in tree:
-        yield from block.walk()
+    out: list[BlockList] = []
+    stack = list(tree)
+    stack.reverse()
+    while stack:  # a list, not nested generators: one frame per call, not one per block and level
+        block = stack.pop()
+        out.append(block)
+        if block.dependents:
+            stack.extend(reversed(block.dependents))
+    return iter(out)
 
 
 def check_tree(tree: Tree) -> None:
@@ -240,17 +285,15 @@ def _complete_block(block: BlockList, attempt: Attempt) -> tuple[BlockList, bool
         if own.ok and block.role is Role.NEW and handle is None:
             raise ProtocolViolationError("an offloaded object needs the target's handle")
         if not own.ok:
-            failed = replace(
-                block,
-                status=own,
-                target_handle=None if block.role is Role.NEW else block.target_handle,
-                dependents=tuple(fail_unattempted(d) for d in block.dependents),
-            )
-            return failed, False
+            deps = tuple(fail_unattempted(d) for d in block.dependents)
+            target_handle = None if block.role is Role.NEW else block.target_handle
+            return _trusted(block, own, target_handle, block.state, deps), False
+        if handle is not None and (type(handle) is not int or not 0 <= handle <= U64):
+            _int(block, "target_handle", handle, 0, U64)
     deps = tuple(_complete_block(d, attempt)[0] for d in block.dependents)
     status = aggregate(block.role, (d.status for d in deps))
     target_handle = handle if block.role is Role.NEW else block.target_handle
-    return replace(block, status=status, target_handle=target_handle, dependents=deps), True
+    return _trusted(block, status, target_handle, block.state, deps), True
 
 
 def fail_unattempted(block: BlockList, status: Status = Status.FAILURE) -> BlockList:
@@ -258,9 +301,9 @@ def fail_unattempted(block: BlockList, status: Status = Status.FAILURE) -> Block
     SUCCESS: the role table says they always are."""
     deps = tuple(fail_unattempted(d, status) for d in block.dependents)
     if block.role is Role.PLACEHOLDER:
-        return replace(block, status=Status.SUCCESS, dependents=deps)
+        return _trusted(block, Status.SUCCESS, None, None, deps)
     target_handle = None if block.role is Role.NEW else block.target_handle
-    return replace(block, status=status, target_handle=target_handle, dependents=deps)
+    return _trusted(block, status, target_handle, block.state, deps)
 
 
 def mark_all(tree: Tree, status: Status) -> Tree:

@@ -91,6 +91,7 @@ class TcpEntry:
     indications_enabled: bool = True  # off after a partly refused indication, until a buffer is posted
     psh_seen: bool = False
     push_deadline: float | None = None
+    timer_at: float | None = None  # the deadline this entry has in the target's timer heap (None: none)
     peer_fin: bool = False
     peer_fin_indicated: bool = False
     time_wait_pending: bool = False  # ask for the upload once the FIN was indicated

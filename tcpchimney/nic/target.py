@@ -21,6 +21,7 @@ leaked.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import warnings
@@ -167,6 +168,10 @@ class SoftwareTarget(TargetMethods):
         self._tx: list[Frame] = []  # own frames built outside frames_to_send (an abort's RST)
         self._to_host: list[Frame] = []  # held frames of uploaded connections, handed up at the next entry
         self._dirty: dict[int, TcpEntry] = {}
+        # Lazy heap of (deadline, seq, entry): an item is live while the entry is still in the table and its
+        # ``timer_at`` equals the deadline; others are skipped on pop (as HostStack._timers).
+        self._timers: list[tuple[float, int, TcpEntry]] = []
+        self._timer_seq = 0
         self._indication_ids = 0
         self._refuse_next: Reason | None = None
         self._stalled = False
@@ -214,10 +219,19 @@ class SoftwareTarget(TargetMethods):
         self._flush_to_host(now)
         if self.host is not None:
             self.host.handle_timer(now)
-        for entry in list(self.table.conns.values()):
-            deadline = self._deadline_of(entry)
-            if deadline is not None and deadline <= now:
+        due: list[TcpEntry] = []
+        timers, conns = self._timers, self.table.conns
+        while timers and timers[0][0] <= now:
+            deadline, _, entry = heapq.heappop(timers)
+            if entry.timer_at == deadline and conns.get(entry.handle) is entry:
+                entry.timer_at = None  # popped: the entry re-arms after its timer work
+                due.append(entry)
+        for entry in due:  # one pass: work due again at ``now`` waits for the next call
+            actual = self._deadline_of(entry)
+            if actual is not None and actual <= now:
                 self._timer(entry, now)
+            else:
+                self._rearm(entry)  # the deadline moved later (or stopped) since it was pushed
 
     def frames_to_send(self, now: float) -> list[Frame]:
         self._now = now
@@ -240,10 +254,12 @@ class SoftwareTarget(TargetMethods):
 
     def next_deadline(self) -> float | None:
         best = self.host.next_deadline() if self.host is not None else None
-        for entry in self.table.conns.values():
-            deadline = self._deadline_of(entry)
-            if deadline is not None and (best is None or deadline < best):
-                best = deadline
+        timers, conns = self._timers, self.table.conns
+        while timers:
+            deadline, _, entry = timers[0]
+            if entry.timer_at == deadline and conns.get(entry.handle) is entry:
+                return deadline if best is None or deadline < best else best
+            heapq.heappop(timers)
         return best
 
     def _up(self, frame: Frame, now: float) -> None:
@@ -286,6 +302,24 @@ class SoftwareTarget(TargetMethods):
         if push is not None and (deadline is None or push < deadline):
             deadline = push
         return deadline
+
+    def _rearm(self, entry: TcpEntry) -> None:
+        """Push the entry's deadline when it changed; called after every change of its engine or timers."""
+        deadline = self._deadline_of(entry)
+        if deadline == entry.timer_at:
+            return
+        entry.timer_at = deadline
+        if deadline is None:
+            return
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, entry))
+        if len(self._timers) > 4 * len(self.table.conns) + 64:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        conns = self.table.conns
+        self._timers = [t for t in self._timers if t[2].timer_at == t[0] and conns.get(t[2].handle) is t[2]]
+        heapq.heapify(self._timers)
 
     def _timer(self, entry: TcpEntry, now: float) -> None:
         reason = self._limit_reached(entry, now)
@@ -353,6 +387,7 @@ class SoftwareTarget(TargetMethods):
         self._feed(entry)
         self._deliver(entry, now)
         self._dirty[entry.handle] = entry
+        self._rearm(entry)
 
     def _on_event(self, entry: TcpEntry, ev: object) -> None:
         if isinstance(ev, SegmentDropped):
@@ -376,6 +411,7 @@ class SoftwareTarget(TargetMethods):
         snd_max = conn.snd_max
         segs = conn.segments_to_send(now)
         if not segs:
+            self._rearm(entry)  # building no segment may still have moved a timer
             return
         template = entry.template or self._template(entry)
         tcp, ip = self.counters.tcp, self.counters.ip
@@ -691,6 +727,7 @@ class SoftwareTarget(TargetMethods):
                 entry.template = None
                 self._apply_path_mtu(entry.conn, state.path_mtu)
                 self._dirty[entry.handle] = entry
+                self._rearm(entry)
         elif isinstance(state, TcpCached) and handle in self.table.conns:
             self._update_conn(self.table.conns[handle], state, now)
         elif state is None and handle in self.table.paths and parent is not None:
@@ -724,6 +761,7 @@ class SoftwareTarget(TargetMethods):
         if cached.max_rt_restart:
             conn.first_rexmit_time = None
         self._dirty[entry.handle] = entry
+        self._rearm(entry)
 
     def invalidate_offload(self, request: InvalidateOffload, now: float) -> None:
         self._now = now
@@ -809,7 +847,7 @@ class SoftwareTarget(TargetMethods):
     def _each_block(self, tree: Tree, fn: Callable[[BlockList | None, BlockList], BlockList]) -> Tree:
         def visit(parent: BlockList | None, block: BlockList) -> BlockList:
             done = block.with_result(Status.SUCCESS) if block.role is Role.PLACEHOLDER else fn(parent, block)
-            return replace(done, dependents=tuple(visit(block, d) for d in block.dependents))
+            return done.with_dependents(tuple(visit(block, d) for d in block.dependents))
 
         return tuple(visit(None, b) for b in tree)
 
