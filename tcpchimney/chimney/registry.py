@@ -17,6 +17,7 @@ Objects are named by the host's handles, unique across layers. Rules enforced:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -185,13 +186,14 @@ class OffloadRegistry:
 
     def _submit_terminate(self, request: TerminateOffload) -> None:
         named = self._named(request)
+        going = Counter(o.parent for o in named)  # dependents leaving in this same call, per parent
         for rec in named:
             self._usable(rec.target_handle, "terminate")
             if rec.updating or rec.pending_calls:
                 raise OperationInFlightError(
                     f"object {rec.host_handle}: wait for its update/query/invalidate before terminating it"
                 )
-            staying = rec.dependents - sum(1 for o in named if o.parent == rec.host_handle)
+            staying = rec.dependents - going[rec.host_handle]
             if staying > 0:
                 raise DependentsRemainError(
                     f"{rec.layer.name} object {rec.host_handle} still has {staying} dependent(s)"

@@ -182,13 +182,15 @@ Tree = tuple[BlockList, ...]
 def walk(tree: Iterable[BlockList]) -> Iterator[BlockList]:
     """Depth-first / breadth-next: N1 -> P1 -> T1 -> T2 -> P2 -> T3 -> N2 -> ... (spec 3.1 step 2)."""
     out: list[BlockList] = []
-    stack = list(tree)
-    stack.reverse()
-    while stack:  # a list, not nested generators: one frame per call, not one per block and level
-        block = stack.pop()
-        out.append(block)
-        if block.dependents:
-            stack.extend(reversed(block.dependents))
+    append = out.append
+    for top in tree:  # nested loops, not nested generators: a tree is at most three levels deep
+        append(top)
+        for mid in top.dependents:
+            append(mid)
+            for low in mid.dependents:
+                append(low)
+                if low.dependents:  # never for a checked tree (TCP blocks have none); kept general
+                    out.extend(walk(low.dependents))
     return iter(out)
 
 
@@ -374,16 +376,18 @@ def _same_shape(request: Tree, completed: Tree) -> None:
     if not isinstance(completed, tuple) or len(completed) != len(request):
         raise ProtocolViolationError("the completed tree does not have the request's shape")
     for a, b in zip(request, completed, strict=True):
-        if not isinstance(b, BlockList) or (a.layer, a.role, a.host_handle, len(a.dependents)) != (
-            b.layer,
-            b.role,
-            b.host_handle,
-            len(b.dependents),
+        if (
+            not isinstance(b, BlockList)
+            or a.layer != b.layer
+            or a.role != b.role
+            or a.host_handle != b.host_handle
+            or len(a.dependents) != len(b.dependents)
         ):
             raise ProtocolViolationError("the completed tree does not have the request's shape")
         if a.role is Role.LINKER and a.target_handle != b.target_handle:
             raise ProtocolViolationError("a target changed a linker's handle")
-        _same_shape(a.dependents, b.dependents)
+        if a.dependents:
+            _same_shape(a.dependents, b.dependents)
 
 
 def verify_state_call_completion(request: Tree, completed: Tree) -> None:
@@ -478,7 +482,7 @@ class _Draft:
         self.children: dict[object, _Draft] = {}
 
     def check_same(self, node: TreeNode) -> None:
-        if node != self.node:
+        if node is not self.node and node != self.node:
             raise TreeError(f"{self.layer.name} object {_key(node)} given with two different states")
 
     def block(self) -> BlockList:
