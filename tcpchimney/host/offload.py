@@ -136,6 +136,86 @@ _REFUSAL_FOR_STATUS = {
 }
 
 
+class PieceQueue:
+    """Bytes in FIFO order as a deque of immutable pieces (``bytes``, or a ``memoryview`` of one), as
+    tcp/buffers.py keeps them: appending stores the piece itself, taking a whole piece hands it back as it
+    is, and only a piece split or pieces joined for one answer are copied (once). No byte is ever shifted."""
+
+    __slots__ = ("_len", "_pieces")
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes | memoryview] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self._len = 0
+
+    def append(self, piece: bytes | memoryview) -> None:
+        """``piece`` must not change afterwards (bytes, or a view of bytes)."""
+        if len(piece):
+            self._pieces.append(piece)
+            self._len += len(piece)
+
+    def push_front(self, piece: bytes) -> None:
+        """Give back what ``take`` returned (its consumer could not take it)."""
+        if piece:
+            self._pieces.appendleft(piece)
+            self._len += len(piece)
+
+    def take(self, n: int) -> bytes:
+        """The first ``min(n, len)`` bytes (all when ``n`` < 0) as one bytes object."""
+        want = self._len if n < 0 else min(n, self._len)
+        pieces = self._pieces
+        if want == 0:
+            return b""
+        if len(pieces[0]) == want:
+            head = pieces.popleft()
+            self._len -= want
+            return head if type(head) is bytes else bytes(head)
+        parts: list[bytes | memoryview] = []
+        left = want
+        while left:
+            head = pieces[0]
+            if len(head) <= left:
+                parts.append(pieces.popleft())
+                left -= len(head)
+            else:
+                view = memoryview(head)
+                parts.append(view[:left])
+                pieces[0] = view[left:]
+                left = 0
+        self._len -= want
+        return b"".join(parts)
+
+    def take_chunk(self, limit: int) -> bytes:
+        """Whole pieces from the front, as many as fit ``limit`` together (at least one; a piece longer than
+        ``limit`` is split): a large piece leaves as it is, small ones are joined."""
+        pieces = self._pieces
+        if not pieces:
+            return b""
+        if len(pieces) == 1 or len(pieces[0]) + len(pieces[1]) > limit:
+            return self.take(min(limit, len(pieces[0])))
+        size = 0
+        for piece in pieces:
+            if size + len(piece) > limit:
+                break
+            size += len(piece)
+        return self.take(size)
+
+    def drain(self) -> list[bytes | memoryview]:
+        """Every piece, in order; the queue is empty afterwards."""
+        out = list(self._pieces)
+        self.clear()
+        return out
+
+
 class OffloadState(Enum):
     IN_HOST = "in_host"
     OFFLOADING = "offloading"
@@ -169,9 +249,9 @@ class ConnOffload:
     tcp_state: TcpState = TcpState.ESTABLISHED  # last known state while not on the host engine
     const: TcpConst | None = None
     cached: TcpCached | None = None
-    rcvq: bytearray = field(default_factory=bytearray)  # received bytes the application has not read
+    rcvq: PieceQueue = field(default_factory=PieceQueue)  # received bytes the application has not read
     held: list[bytes] = field(default_factory=list)  # segments (TCP header on) received while moving
-    queued: bytearray = field(default_factory=bytearray)  # application bytes not yet given to anyone
+    queued: PieceQueue = field(default_factory=PieceQueue)  # application bytes not yet given to anyone
     inflight: deque[tuple[int, bytes]] = field(default_factory=deque)  # Sends not completed SUCCESS
     returned: bytearray = field(default_factory=bytearray)  # unACKed rest of Sends completed otherwise
     outstanding: int = 0  # bytes given to the target and not yet ACKed (counts against snd_buf)
@@ -380,18 +460,29 @@ class OffloadManager:
         space = max(0, sock.conn.config.snd_buf - off.outstanding - len(off.queued))
         n = min(space, len(data))
         if n:
-            off.queued += memoryview(data)[:n]
+            self._queue_send(off.queued, data, n)
         if n < len(data):
             off.send_blocked = True
         if off.state is OffloadState.OFFLOADED:
             self._flush_sends(sock)
         return n
 
+    @staticmethod
+    def _queue_send(queued: PieceQueue, data: bytes | bytearray | memoryview, n: int) -> None:
+        """Queue the first ``n`` bytes of ``data``: a whole bytes object as it is (immutable), anything else
+        (the application may reuse it) copied once, in pieces that become Send requests whole."""
+        if type(data) is bytes and n == len(data) and n <= MAX_SEND_CHUNK:
+            queued.append(data)
+            return
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        for start in range(0, n, MAX_SEND_CHUNK):
+            queued.append(bytes(view[start : min(n, start + MAX_SEND_CHUNK)]))
+
     def receive(self, sock: TcpSocket, max_bytes: int) -> bytes:
         off = self._record(sock)
-        want = len(off.rcvq) if max_bytes < 0 else min(max_bytes, len(off.rcvq))
-        data = bytes(off.rcvq[:want])
-        del off.rcvq[:want]
+        data = off.rcvq.take(max_bytes)
         if off.finished:
             return data  # what the application had not read when the connection ended; then EOF
         if off.in_host:
@@ -576,7 +667,7 @@ class OffloadManager:
         assert off is not None
         readable = conn.receive(-1)
         if readable:
-            off.rcvq += readable
+            off.rcvq.append(readable)
             sock._set_readable(0)
         if conn.delack_deadline is not None:
             conn.ack_now = True
@@ -680,11 +771,11 @@ class OffloadManager:
         off = sock.offload
         assert off is not None and off.ctx is not None
         while off.queued:
-            chunk = bytes(off.queued[:MAX_SEND_CHUNK])
+            chunk = off.queued.take_chunk(MAX_SEND_CHUNK)
             rid = self._rid()
             if not self._submit(Send(rid, off.ctx, chunk), _Pending("send", sock)):
+                off.queued.push_front(chunk)
                 return
-            del off.queued[: len(chunk)]
             off.inflight.append((rid, chunk))
             off.outstanding += len(chunk)
             off.submitted += len(chunk)
@@ -743,7 +834,7 @@ class OffloadManager:
             self.abort(sock)  # data after close: a reset, as the engine sends for an orphaned connection
             return
         if take and not off.finished:
-            off.rcvq += ind.data[:take]
+            off.rcvq.append(ind.data if take == len(ind.data) else memoryview(ind.data)[:take])
             self._emit(sock, DataReceived(len(off.rcvq)))
 
     def _on_receive_done(self, sock: TcpSocket, completion: ReceiveCompletion) -> None:
@@ -753,7 +844,7 @@ class OffloadManager:
             off.rcv_end = off.rcv_end + len(completion.data)
             off.taken += len(completion.data)
             if not off.finished:
-                off.rcvq += completion.data
+                off.rcvq.append(completion.data)
                 self._emit(sock, DataReceived(len(off.rcvq)))
 
     def _on_disconnect_done(self, sock: TcpSocket, completion: DisconnectCompletion) -> None:
@@ -1074,7 +1165,8 @@ class OffloadManager:
         if tail:
             conn.sndbuf.write(tail)
         if off.queued and conn.state in _OPEN_FOR_SEND and not conn.fin_queued:
-            conn.send(bytes(off.queued))
+            for piece in off.queued.drain():
+                conn.send(piece)
         off.queued.clear()
         off.inflight.clear()
         off.returned.clear()
@@ -1106,9 +1198,9 @@ class OffloadManager:
             # wait behind them (its space reopens, SendSpace follows) instead of overtaking a remainder.
             capacity = conn.sndbuf.capacity
             conn.sndbuf.capacity = len(conn.sndbuf) + len(off.queued)
-            conn.send(bytes(off.queued))
+            for piece in off.queued.drain():
+                conn.send(piece)
             conn.sndbuf.capacity = capacity
-            off.queued.clear()
         if off.send_blocked and not (off.aborted or off.finished):
             # The manager refused the application: the engine reports the space (now, or when ACKs free it).
             off.send_blocked = False

@@ -8,10 +8,13 @@ import random
 import pytest
 from offload_kit import A_IP, ENABLED, Stream, exchange, make_offload_net, payload
 
+from tcpchimney.chimney.indications import ReceiveIndication
 from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.requests import Send
 from tcpchimney.host.events import Offloaded, OffloadFault, OffloadRefused, Uploaded
-from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.offload import MAX_SEND_CHUNK, OffloadState
 from tcpchimney.link.sim import Impairments
+from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.events import Connected, PeerClosed
 from tcpchimney.tcp.state import TcpState
 
@@ -156,3 +159,58 @@ def test_random_uploads_and_offloads_under_impairments(seed: int) -> None:
     net.run_until(lambda: net.has_event(a, PeerClosed) and net.has_event(b, PeerClosed), 60.0)
     assert a.receive(10) == b"" and b.receive(10) == b""
     assert net.a.counters["stack"]["internal_error"] == 0 and not net.events(OffloadFault)
+
+
+def _record_sends(net) -> list[Send]:  # type: ignore[no-untyped-def]
+    sends: list[Send] = []
+    submit = net.target.submit
+
+    def recording(request, now):  # type: ignore[no-untyped-def]
+        if isinstance(request, Send):
+            sends.append(request)
+        submit(request, now)
+
+    net.target.submit = recording
+    return sends
+
+
+def test_offloaded_sends_copy_each_byte_at_most_once() -> None:
+    """A bytes object goes to the target as it is; a large buffer the application may reuse is copied once,
+    into pieces that become the Send requests whole; every Send stays within the chunk size."""
+    net = make_offload_net(21, config=TcpConfig(snd_buf=4 << 20, rcv_buf=4 << 20))
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    sends = _record_sends(net)
+    whole = payload(100_000, 21)
+    assert a.send(whole) == len(whole)
+    assert sends[-1].data is whole
+    big = bytearray(payload(1_000_000, 22))
+    assert a.send(memoryview(big)) == len(big)
+    pieces = [s.data for s in sends[1:]]
+    assert b"".join(pieces) == big and all(len(p) <= MAX_SEND_CHUNK for p in pieces)
+    assert len(pieces) == -(-len(big) // MAX_SEND_CHUNK)  # cut once, at the chunk size: never re-joined
+    stream = Stream(a, b, whole + bytes(big))
+    stream.sent = len(stream.data)
+    exchange(net, [stream])
+
+
+def test_offloaded_reads_return_the_indicated_bytes_without_a_copy() -> None:
+    net = make_offload_net(22, tamper=True)
+    indicated: list[bytes] = []
+
+    def tamper(out):  # type: ignore[no-untyped-def]
+        if isinstance(out, ReceiveIndication):
+            indicated.append(out.data)
+        return [out]
+
+    net.tamperer.tamper = tamper  # type: ignore[attr-defined]
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    b.send(payload(1000, 23))
+    net.run_until(lambda: a.readable == 1000)
+    assert len(indicated) == 1
+    assert a.receive(1 << 20) is indicated[0]
+    b.send(payload(3000, 24))
+    net.run_until(lambda: a.readable == 3000)
+    got = a.receive(1000) + a.receive(1500) + a.receive(-1)
+    assert got == payload(3000, 24) and a.readable == 0
