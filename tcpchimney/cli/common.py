@@ -39,8 +39,24 @@ def emit(event: str, out: TextIO | None = None, /, **fields: Any) -> None:
     stream.flush()
 
 
+def _forget_parent_signals() -> None:
+    """In a forked child (pyroute2 forks to work in a namespace): the loop's signal wake-up socket is the
+    parent's, so a signal sent to the child would reach the parent's loop as if sent to the parent (a command
+    then stopped right after starting). The child gets its own default handling instead."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+_at_fork_registered = False
+
+
 def stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     """An event set by SIGINT or SIGTERM, so a command ends through its normal clean-up path."""
+    global _at_fork_registered
+    if not _at_fork_registered:
+        os.register_at_fork(after_in_child=_forget_parent_signals)
+        _at_fork_registered = True
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

@@ -115,16 +115,25 @@ def run_in_netns(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` inside ``netns`` on a short-lived thread (the caller's namespace is untouched)."""
     if netns is None:
         return fn(*args)
+
+    def inside() -> T:
+        with setns(netns):
+            return fn(*args)
+
+    return _on_thread(inside, f"setns-{netns}")
+
+
+def _on_thread(fn: Callable[[], T], name: str) -> T:
+    """``fn()`` on a short-lived thread of its own; its exception is raised here."""
     outcome: list[Any] = []
 
     def body() -> None:
         try:
-            with setns(netns):
-                outcome.append((True, fn(*args)))
+            outcome.append((True, fn()))
         except BaseException as exc:  # handed over to the calling thread
             outcome.append((False, exc))
 
-    thread = threading.Thread(target=body, name=f"setns-{netns}")
+    thread = threading.Thread(target=body, name=name)
     thread.start()
     thread.join()
     ok, value = outcome[0]
@@ -155,10 +164,21 @@ def popen(netns: str, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
 
 
 def create_netns(name: str) -> None:
+    """A new named namespace, made on a thread of ours rather than pyroute2's forked child: a child forked
+    from a process running an asyncio loop shares the loop's signal wake-up socket, and the signal pyroute2
+    stops it with would reach the loop as if sent to us (a command then ends right after starting)."""
     from pyroute2 import netns as pr_netns
 
     check_network()
-    pr_netns.create(name)
+
+    def unshare_and_attach() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:  # this thread only: Linux keeps the network namespace per thread
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+        pr_netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net on /run/netns/NAME
+
+    _on_thread(unshare_and_attach, f"netns-create-{name}")
 
 
 def remove_netns(name: str) -> None:
@@ -189,6 +209,8 @@ def harden_netns(netns: str) -> None:
 
 
 def _ipr(netns: str | None) -> Any:
+    """A netlink socket in ``netns``. pyroute2 opens it from a forked child: callers running an asyncio loop
+    install their signal handlers only after the set-up (see ``cli.common.stop_on_signals``)."""
     from pyroute2 import IPRoute
 
     return IPRoute(netns=netns, flags=0) if netns else IPRoute()
