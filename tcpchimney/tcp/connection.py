@@ -23,7 +23,6 @@ from tcpchimney.tcp.errors import (
     ConnectionTimedOutError,
     InvalidStateError,
 )
-from tcpchimney.tcp.events import ConnectionTimedOut
 from tcpchimney.tcp.input import Input
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.tcp.tcb import MAX_WINDOW_FIELD, Payload
@@ -37,8 +36,6 @@ _OPEN_FOR_SEND = frozenset(
 
 class TcpConnection(Input):
     """One TCP connection. Build it with ``connect`` (active open) or ``accept_syn`` (passive open)."""
-
-    timed_out = False
 
     # ------------------------------------------------------------------ opening (RFC 9293 3.10.1)
 
@@ -222,12 +219,6 @@ class TcpConnection(Input):
             return
         self.path_mss = min(mss, self.config.mss)
         self.cc.mss = self.sack.mss = self.eff_mss
-
-    def time_out(self) -> None:
-        self.timed_out = True
-        self.pending.clear()
-        self.events.append(ConnectionTimedOut())
-        self.set_state(TcpState.CLOSED)
 
     # ------------------------------------------------------------------ queries
 

@@ -38,12 +38,6 @@ def ts_before(a: int, b: int) -> bool:
 
 
 class Input(Timers):
-    active_open = False
-    rcv_mss = DEFAULT_PEER_MSS  # largest payload received so far (capped at our MSS): the delayed-ACK unit
-    syn_time = 0.0  # when our SYN / SYN-ACK was first sent (RTT sample without timestamps)
-    reset_seen = False  # the peer reset the connection (send() then raises ConnectionResetByPeerError)
-    refused = False
-
     def handle_segment(self, seg: TcpSegment, now: float) -> None:
         """Process one received segment of this connection (addresses and checksum already checked)."""
         self.last_rcv_time = now

@@ -163,9 +163,7 @@ class Output(Tcb):
         held = len(self.sndbuf)
         if off < 0 or off > held:
             return False
-        n = min(
-            length, held - off, self.wire_mss if self.config.max_segment_payload <= self.eff_mss else length
-        )
+        n = min(length, held - off, self.max_payload)
         fin = self.fin_queued and off + n == held and seq + n < self.snd_max
         if n == 0 and not fin:
             return False

@@ -51,6 +51,12 @@ class Tcb:
         self.local_port = local_port
         self.remote_port = remote_port
         self.state = TcpState.CLOSED
+        self.active_open = False  # we sent the first SYN (an RST in SYN-RECEIVED then means "refused")
+        self.reset_seen = (
+            False  # the peer reset the connection (send() then raises ConnectionResetByPeerError)
+        )
+        self.refused = False
+        self.timed_out = False
         self.ts_offset = ts_offset & 0xFFFFFFFF
         # --- send sequence space (RFC 9293 3.3.1); snd_max: highest sequence number sent + 1 (RFC 6675)
         self.iss = iss
@@ -93,6 +99,8 @@ class Tcb:
         self.sack_recovery = False  # recovery driven by the SACK scoreboard (RFC 6675) vs. NewReno
         self.rtt_seq: SeqNum | None = None  # segment being timed without timestamps (Karn, RFC 6298 3)
         self.rtt_time = 0.0
+        self.syn_time = 0.0  # when our SYN / SYN-ACK was first sent (RTT sample without timestamps)
+        self.rcv_mss = DEFAULT_PEER_MSS  # largest payload received (capped at our MSS): the delayed-ACK unit
         # TSval of our latest retransmission: an ACK echoing an older TSval was caused by a segment sent
         # before it, and timing it would count the wait for the timeout as round-trip time.
         self.rexmit_tsval: int | None = None

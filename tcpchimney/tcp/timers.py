@@ -67,6 +67,9 @@ class Timers(Output):
         raise NotImplementedError  # provided by TcpConnection, which knows the options it offered
 
     def time_out(self) -> None:
+        """Retransmissions, SYN retries or keepalive probes ran out (ETIMEDOUT): nothing more is sent."""
+        self.timed_out = True
+        self.pending.clear()
         self.events.append(ConnectionTimedOut())
         self.set_state(TcpState.CLOSED)
 
