@@ -122,8 +122,7 @@ class HostStack:
         self._our_mac = iface.mac
         self._our_ip = iface.ip
         self._pseudo_rx_base = int.from_bytes(iface.ip, "big") + ipv4_wire.PROTO_TCP  # + source, unfolded
-        self._tx_csum = iface.features.tx_csum
-        self._tso = iface.features.tso
+        self._features = iface.features
         # Address checks of the receive path as one lookup each (the rules are in ipv4.py).
         self._local_kinds = {
             a: kind
@@ -749,17 +748,9 @@ class HostStack:
         if template is None or sock.template_gen != self.arp.generation:
             template = self._build_template(sock, now)
         payload = seg.payload
-        # Options repeat in every piece, so the payload per wire segment is the MSS less the options.
-        opts = seg.options
-        optlen = (12 if opts.ts_val is not None else 0) + (
-            4 + 8 * len(opts.sack_blocks) if opts.sack_blocks else 0
+        header, partial, gso = tcp_wire.emit_tcp_for_device(
+            seg, sock.pseudo_base, sock.gso_mss, self._features
         )
-        piece = sock.gso_mss - optlen
-        super_segment = self._tso and len(payload) > piece
-        # TSO needs NEEDS_CSUM; with tx_csum every frame leaves the sum to the device (no per-ACK arithmetic).
-        partial = self._tx_csum or super_segment
-        header = tcp_wire.emit_tcp_header(seg, sock.pseudo_base, partial)
-        gso = sock.gso_mss - (len(header) - 20) if super_segment else 0
         hdr = template.build(len(header) + len(payload), self._ip_id.next()) + header
         frame = Frame(hdr, payload, partial, False, gso)
         tcp = self._counters.tcp

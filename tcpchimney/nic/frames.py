@@ -130,13 +130,6 @@ class TxTemplate:
         """The frame of ``seg``: a TSO super-segment when the device segments and the payload exceeds one
         wire segment, the checksum left to the device when it completes checksums (as the host does)."""
         payload = seg.payload
-        opts = seg.options
-        optlen = (12 if opts.ts_val is not None else 0) + (
-            4 + 8 * len(opts.sack_blocks) if opts.sack_blocks else 0
-        )
-        super_segment = features.tso and len(payload) > self.gso_mss - optlen
-        partial = features.tx_csum or super_segment
-        header = tcp_wire.emit_tcp_header(seg, self.pseudo_base, partial)
-        gso = self.gso_mss - (len(header) - tcp_wire.TCP_HEADER_LEN) if super_segment else 0
+        header, partial, gso = tcp_wire.emit_tcp_for_device(seg, self.pseudo_base, self.gso_mss, features)
         ip_len = ipv4_wire.IPV4_HEADER_LEN + len(header) + len(payload)
         return Frame(self._eth + self._ip.header(ip_len, ident) + header, payload, partial, False, gso)

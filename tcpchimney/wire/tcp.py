@@ -12,6 +12,7 @@ from typing import Final
 
 from tcpchimney.wire.checksum import fold, ones_sum
 from tcpchimney.wire.errors import ChecksumError, EmitError, Illegal, Malformed, Truncated
+from tcpchimney.wire.frame import DeviceFeatures
 from tcpchimney.wire.seq import SeqNum
 
 Buffer = bytes | bytearray | memoryview
@@ -246,6 +247,26 @@ def emit_tcp_header(seg: TcpSegment, pseudo_base: int | None = None, csum_partia
     except struct.error as err:
         raise EmitError(f"TCP header field out of range: {err}") from None
     return head + options if options else head
+
+
+def emit_tcp_for_device(
+    seg: TcpSegment, pseudo_base: int, gso_mss: int, features: DeviceFeatures
+) -> tuple[bytes, bool, int]:
+    """The header of ``seg`` as a device will send it: ``(header, csum_partial, gso_size)``.
+
+    With TSO, a payload larger than one wire segment leaves as a super-segment cut into pieces of
+    ``gso_mss`` less the options (they repeat in every piece); with checksum offload the sum is left to the
+    device (NEEDS_CSUM), otherwise the header carries the full checksum over the payload.
+    """
+    if not (features.tso or features.tx_csum):
+        return emit_tcp_header(seg, pseudo_base), False, 0
+    header = emit_tcp_header(seg, pseudo_base, True)
+    piece = gso_mss - (len(header) - TCP_HEADER_LEN)
+    if features.tso and len(seg.payload) > piece:
+        return header, True, piece
+    if features.tx_csum:
+        return header, True, 0
+    return emit_tcp_header(seg, pseudo_base), False, 0  # TSO without checksum offload, one wire segment
 
 
 def emit_tcp(seg: TcpSegment, pseudo_base: int | None = None) -> bytes:

@@ -12,8 +12,16 @@ from wire_fixtures import LINUX_SYN
 from tcpchimney.wire import tcp
 from tcpchimney.wire.checksum import ones_sum, pseudo_base_sum, pseudo_header_sum
 from tcpchimney.wire.errors import ChecksumError, EmitError, Illegal, Malformed, Truncated
+from tcpchimney.wire.frame import DeviceFeatures
 from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import TcpOptions, TcpSegment
+from tcpchimney.wire.tcp import (
+    ACK,
+    TcpOptions,
+    TcpSegment,
+    emit_tcp_for_device,
+    emit_tcp_header,
+    tcp_checksum_ok,
+)
 
 SRC, DST = bytes((198, 18, 0, 1)), bytes((198, 18, 0, 2))
 PSEUDO = pseudo_base_sum(SRC, DST, 6)
@@ -168,3 +176,33 @@ def test_emit_errors() -> None:
 
 def test_seg_len() -> None:
     assert TcpSegment(1, 2, SeqNum(0), SeqNum(0), tcp.SYN | tcp.FIN, 0, b"abc").seg_len == 5
+
+
+def _data_segment(payload_len: int, sack: bool) -> TcpSegment:
+    opts = TcpOptions(ts_val=1, ts_ecr=2)
+    if sack:
+        opts.sack_blocks = ((SeqNum(10), SeqNum(20)),)
+    return TcpSegment(1, 2, SeqNum(100), SeqNum(200), ACK, 1000, b"x" * payload_len, opts)
+
+
+@pytest.mark.parametrize(
+    ("features", "payload", "sack", "want_partial", "want_gso"),
+    [
+        (DeviceFeatures(), 4000, False, False, 0),  # no offload: full checksum, never a super-segment
+        (DeviceFeatures(tx_csum=True), 4000, False, True, 0),
+        (DeviceFeatures(tx_csum=True, tso=True), 1448, False, True, 0),  # exactly one wire segment
+        (DeviceFeatures(tx_csum=True, tso=True), 1449, False, True, 1448),
+        (DeviceFeatures(tx_csum=True, tso=True), 1448, True, True, 1436),  # SACK blocks shrink each piece
+        (DeviceFeatures(tso=True), 1000, False, False, 0),  # TSO alone, one segment: full checksum
+    ],
+)
+def test_emit_for_device_decides_super_segment_and_checksum_from_the_header(
+    features: DeviceFeatures, payload: int, sack: bool, want_partial: bool, want_gso: int
+) -> None:
+    seg = _data_segment(payload, sack)
+    base = pseudo_base_sum(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6)
+    header, partial, gso = emit_tcp_for_device(seg, base, 1460, features)
+    assert (partial, gso) == (want_partial, want_gso)
+    assert header == emit_tcp_header(seg, base, partial)
+    if not partial:
+        assert tcp_checksum_ok(header + seg.payload, base)
