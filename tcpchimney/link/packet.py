@@ -15,22 +15,20 @@ sends on the interface: the device sees what arrives on the wire.
 
 from __future__ import annotations
 
-import collections
 import os
 import socket
-import time
 from typing import Any
 
+from tcpchimney.link.device import FrameDevice
 from tcpchimney.link.netns import run_in_netns
-from tcpchimney.link.vnet import VNET_HDR_LEN, frame_from_read, tx_header
-from tcpchimney.wire.errors import EmitError, WireError
+from tcpchimney.link.vnet import VNET_HDR_LEN, tx_header
+from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-READ_SIZE = 65_600
 TSO_MAX = 65535
 
 
@@ -48,7 +46,7 @@ def _open_socket(ifname: str, vnet_hdr: bool) -> tuple[socket.socket, int]:
         raise
 
 
-class PacketDevice:
+class PacketDevice(FrameDevice):
     """``PacketDevice(ifname, netns=None, vnet_hdr=True)`` or ``PacketDevice.open(...)``: the same
     ``read``/``write``/``features``/``counters`` as ``TapDevice``."""
 
@@ -64,32 +62,11 @@ class PacketDevice:
             tx_csum=vnet_hdr, rx_csum=vnet_hdr, tso=vnet_hdr, gro=vnet_hdr, tso_max=TSO_MAX
         )
         self.mtu = run_in_netns(netns, _read_mtu, ifname)
-        self.capture = capture
-        self.rx_frames = self.rx_bytes = self.tx_frames = self.tx_bytes = self.tx_eagain = 0
-        self.drops: collections.Counter[str] = collections.Counter()
+        self._init_device(capture)
 
     @classmethod
     def open(cls, ifname: str, **kwargs: Any) -> PacketDevice:
         return cls(ifname, **kwargs)
-
-    def read(self) -> Frame | None:
-        """The next received frame, or None; frames with a bad virtio-net header are counted and skipped."""
-        size = self.vnet_hdr_size
-        while True:
-            try:
-                buf = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                return None
-            self.rx_frames += 1
-            self.rx_bytes += len(buf) - size
-            if self.capture is not None:
-                _capture(self.capture, buf[size:])
-            if not size:
-                return Frame(buf)
-            try:
-                return frame_from_read(buf, size)
-            except WireError as exc:
-                self.drops[exc.reason] += 1
 
     def write(self, frame: Frame) -> bool:
         """Send one frame; False if the socket buffer was full (``tx_eagain``) or the kernel refused it."""
@@ -110,52 +87,14 @@ class PacketDevice:
         except OSError as exc:  # e.g. EINVAL for a header the kernel refuses, EMSGSIZE above the MTU
             self.drops[f"tx_errno_{exc.errno}"] += 1
             return False
-        self.tx_frames += 1
-        self.tx_bytes += len(frame)
-        if self.capture is not None:
-            _capture(self.capture, frame.tobytes())
+        self._sent(frame)
         return True
 
-    @property
-    def counters(self) -> dict[str, int]:
-        out = {
-            "rx_frames": self.rx_frames,
-            "rx_bytes": self.rx_bytes,
-            "tx_frames": self.tx_frames,
-            "tx_bytes": self.tx_bytes,
-            "tx_eagain": self.tx_eagain,
-        }
-        out.update((f"drop_{reason}", n) for reason, n in sorted(self.drops.items()))
-        return out
-
-    def fileno(self) -> int:
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self._fd = -1
-            self._sock.close()
-
-    def __enter__(self) -> PacketDevice:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _release(self, fd: int) -> None:
+        self._sock.close()
 
 
 def _read_mtu(ifname: str) -> int:
     from tcpchimney.link.tap import configure_interface
 
     return configure_interface(ifname, None, None)
-
-
-def _capture(target: Any, data: bytes) -> None:
-    """A PcapWriter-like ``write(frame_bytes, ts)`` or a plain callable(frame_bytes)."""
-    if hasattr(target, "write"):
-        target.write(bytes(data), time.time())
-    else:
-        target(bytes(data))

@@ -13,17 +13,16 @@ queue is full.
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import os
 import socket
 import struct
-import time
 from typing import Any
 
+from tcpchimney.link.device import Capture, FrameDevice
 from tcpchimney.link.netns import DEFAULT_TXQUEUELEN, TUN_PATH, NetworkUnavailable, netns_of_tap, run_in_netns
-from tcpchimney.link.vnet import VNET_HDR_LEN, VNET_HDR_MRG_LEN, frame_from_read, tx_header
-from tcpchimney.wire.errors import EmitError, WireError
+from tcpchimney.link.vnet import VNET_HDR_LEN, VNET_HDR_MRG_LEN, tx_header
+from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
 
 # <linux/if_tun.h>, x86-64 values (reference/tap-offloads.md)
@@ -44,11 +43,7 @@ SIOCSIFTXQLEN = 0x8943
 _IFREQ_FLAGS = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags
 _IFREQ_INT = struct.Struct("16si20x")  # struct ifreq: name, then an int (ifr_mtu, ifr_qlen)
 MAX_FRAME = 65521 + 14 + 8  # the TAP's largest MTU, Ethernet header and two VLAN tags
-READ_SIZE = 65_600  # > a 64 KB GSO frame plus headers, and under glibc's 128 KB mmap threshold
 TSO_MAX = 65535  # tso_max_size is 65536, and the IPv4 total length caps a super-segment anyway
-
-
-Capture = Any  # a callable(frame_bytes) or an object with write(frame_bytes, ts) (link.pcap.PcapWriter)
 
 
 def _ifreq_int(fd: int, request: int, name: bytes, value: int = 0) -> int:
@@ -92,7 +87,7 @@ def create_persistent_tap(name: str, netns: str | None = None) -> None:
     run_in_netns(netns, body)
 
 
-class TapDevice:
+class TapDevice(FrameDevice):
     """One queue of a TAP device. ``TapDevice(name, ...)`` or ``TapDevice.open(name, ...)``.
 
     ``netns``: the namespace the TAP lives in (None: the caller's, or the namespace a live ``TapTopology`` of
@@ -123,10 +118,7 @@ class TapDevice:
         )
         on = bool(offload_flags)
         self.features = DeviceFeatures(tx_csum=on, rx_csum=on, tso=on, gro=on, tso_max=TSO_MAX)
-        self._capture: Any = None
-        self.capture = capture
-        self.rx_frames = self.rx_bytes = self.tx_frames = self.tx_bytes = self.tx_eagain = 0
-        self.drops: collections.Counter[str] = collections.Counter()
+        self._init_device(capture)
 
     def _open(
         self, name: str, vnet_hdr: bool, offload_flags: int, mtu: int | None, txqueuelen: int | None
@@ -150,26 +142,6 @@ class TapDevice:
         return cls(name, **kwargs)
 
     # ------------------------------------------------------------------------------------------ hot paths
-
-    def read(self) -> Frame | None:
-        """The next received frame, or None when none is waiting. Bad virtio-net headers are counted
-        (``drops[reason]``) and skipped."""
-        size = self.vnet_hdr_size
-        while True:
-            try:
-                buf = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                return None
-            self.rx_frames += 1
-            self.rx_bytes += len(buf) - size
-            if self._capture is not None:
-                self._capture(buf[size:])
-            if not size:
-                return Frame(buf)
-            try:
-                return frame_from_read(buf, size)
-            except WireError as exc:
-                self.drops[exc.reason] += 1
 
     def write(self, frame: Frame) -> bool:
         """Send one frame (its offload fields become the virtio-net header); False if the queue was full.
@@ -197,61 +169,11 @@ class TapDevice:
         ) as exc:  # e.g. EINVAL: the kernel refused the header; the frame is lost, not the device
             self.drops[f"tx_{exc.__class__.__name__}_{exc.errno}"] += 1
             return False
-        self.tx_frames += 1
-        n = len(frame)
-        self.tx_bytes += n
-        if self._capture is not None:
-            self._capture(frame.tobytes())
+        self._sent(frame)
         return True
 
-    # ------------------------------------------------------------------------------------------ the rest
-
-    @property
-    def capture(self) -> Capture | None:
-        return self._capture_target
-
-    @capture.setter
-    def capture(self, target: Capture | None) -> None:
-        """A callable(frame_bytes) or a PcapWriter-like object (``write(frame_bytes, ts)``), or None."""
-        self._capture_target = target
-        if target is None:
-            self._capture = None
-        elif hasattr(target, "write"):
-            self._capture = lambda data: target.write(bytes(data), time.time())
-        elif callable(target):
-            self._capture = lambda data: target(bytes(data))
-        else:
-            raise TypeError("capture must be a callable or have write(frame_bytes, ts)")
-
-    @property
-    def counters(self) -> dict[str, int]:
-        out = {
-            "rx_frames": self.rx_frames,
-            "rx_bytes": self.rx_bytes,
-            "tx_frames": self.tx_frames,
-            "tx_bytes": self.tx_bytes,
-            "tx_eagain": self.tx_eagain,
-        }
-        out.update((f"drop_{reason}", n) for reason, n in sorted(self.drops.items()))
-        return out
-
-    def fileno(self) -> int:
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> TapDevice:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _release(self, fd: int) -> None:
+        os.close(fd)
 
     def __repr__(self) -> str:
         where = f" in {self.netns}" if self.netns else ""
