@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from tcpchimney.host.events import ConnectionEvent, HostEvent
+from stack_pair import StackPair
+
+from tcpchimney.host.events import HostEvent
 from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
@@ -27,7 +29,7 @@ from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
-from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed, TcpEvent
+from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import ethernet
 from tcpchimney.wire import ipv4 as ipv4_wire
@@ -103,7 +105,7 @@ class Wire:
 
 
 @dataclass
-class Net:
+class Net(StackPair):
     link: SimLink
     a: HostStack
     b: HostStack
@@ -119,37 +121,6 @@ class Net:
     def nic(self) -> SoftwareTarget:
         assert self.target is not None, "this net has no offload target"
         return self.target
-
-    def pump(self) -> None:
-        for name, stack in (("a", self.a), ("b", self.b)):
-            while (ev := stack.next_event()) is not None:
-                self.log[name].append(ev)
-
-    def run_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        def check() -> bool:
-            self.pump()
-            return predicate()
-
-        self.link.run_until(check, timeout)
-        self.pump()
-
-    def run_for(self, duration: float) -> None:
-        self.link.run_for(duration)
-        self.pump()
-
-    def events(self, kind: type, side: str = "a") -> list[HostEvent]:
-        return [ev for ev in self.log[side] if isinstance(ev, kind)]
-
-    def tcp_events(self, sock: TcpSocket) -> list[TcpEvent]:
-        return [
-            ev.tcp_event
-            for evs in self.log.values()
-            for ev in evs
-            if isinstance(ev, ConnectionEvent) and ev.sock is sock
-        ]
-
-    def has_event(self, sock: TcpSocket, kind: type) -> bool:
-        return any(isinstance(ev, kind) for ev in self.tcp_events(sock))
 
     def connect(self, a_client: bool = True, port: int = PORT) -> tuple[TcpSocket, TcpSocket]:
         """Returns (a's socket, b's socket), both ESTABLISHED."""

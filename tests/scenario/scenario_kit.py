@@ -8,18 +8,19 @@ each test folder on ``sys.path``; there is no package).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
+from stack_pair import StackPair
+
+from tcpchimney.host.events import HostEvent, IncomingConnection
 from tcpchimney.host.interface import InterfaceConfig, ip_bytes, mac_bytes
 from tcpchimney.host.listener import Listener
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
 from tcpchimney.tcp.config import TcpConfig
-from tcpchimney.tcp.events import PeerClosed, TcpEvent
+from tcpchimney.tcp.events import PeerClosed
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import checksum, ethernet
 from tcpchimney.wire import ipv4 as ipv4_wire
@@ -50,43 +51,13 @@ def make_stack(
 
 
 @dataclass
-class Net:
+class Net(StackPair):
     """Two stacks ``a`` (198.18.0.1) and ``b`` (198.18.0.2) on one link; every host event is logged."""
 
     link: SimLink
     a: HostStack
     b: HostStack
     log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
-
-    def pump(self) -> None:
-        """Move the stacks' pending host events into ``log`` (the owner must read them, as an app would)."""
-        for name, stack in (("a", self.a), ("b", self.b)):
-            while (ev := stack.next_event()) is not None:
-                self.log[name].append(ev)
-
-    def run_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        def check() -> bool:
-            self.pump()
-            return predicate()
-
-        self.link.run_until(check, timeout)
-        self.pump()
-
-    def run_for(self, duration: float) -> None:
-        self.link.run_for(duration)
-        self.pump()
-
-    def tcp_events(self, sock: TcpSocket) -> list[TcpEvent]:
-        """The engine events the host reported for ``sock``, in order."""
-        return [
-            ev.tcp_event
-            for evs in self.log.values()
-            for ev in evs
-            if isinstance(ev, ConnectionEvent) and ev.sock is sock
-        ]
-
-    def has_event(self, sock: TcpSocket, kind: type) -> bool:
-        return any(isinstance(ev, kind) for ev in self.tcp_events(sock))
 
     def connect(self, port: int = PORT, listener: Listener | None = None) -> tuple[TcpSocket, TcpSocket]:
         """``a`` connects to ``b``; returns (client, server), both ESTABLISHED."""

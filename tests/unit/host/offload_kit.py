@@ -12,9 +12,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from stack_pair import StackPair
+
 from tcpchimney.chimney.requests import Request
 from tcpchimney.chimney.target import Output
-from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
+from tcpchimney.host.events import HostEvent, IncomingConnection
 from tcpchimney.host.interface import InterfaceConfig, mac_bytes
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
@@ -23,7 +25,6 @@ from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
-from tcpchimney.tcp.events import TcpEvent
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.frame import Frame
 
@@ -62,43 +63,12 @@ class TamperingTarget:
 
 
 @dataclass
-class OffloadNet:
+class OffloadNet(StackPair):
     link: SimLink
     a: HostStack
     b: HostStack
     target: SoftwareTarget
     log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
-
-    def pump(self) -> None:
-        for name, stack in (("a", self.a), ("b", self.b)):
-            while (ev := stack.next_event()) is not None:
-                self.log[name].append(ev)
-
-    def run_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        def check() -> bool:
-            self.pump()
-            return predicate()
-
-        self.link.run_until(check, timeout)
-        self.pump()
-
-    def run_for(self, duration: float) -> None:
-        self.link.run_for(duration)
-        self.pump()
-
-    def events(self, kind: type, side: str = "a") -> list[HostEvent]:
-        return [ev for ev in self.log[side] if isinstance(ev, kind)]
-
-    def tcp_events(self, sock: TcpSocket) -> list[TcpEvent]:
-        return [
-            ev.tcp_event
-            for evs in self.log.values()
-            for ev in evs
-            if isinstance(ev, ConnectionEvent) and ev.sock is sock
-        ]
-
-    def has_event(self, sock: TcpSocket, kind: type) -> bool:
-        return any(isinstance(ev, kind) for ev in self.tcp_events(sock))
 
     def connect(self, port: int = PORT, a_listens: bool = False) -> tuple[TcpSocket, TcpSocket]:
         """Returns (a's socket, b's socket), both ESTABLISHED. ``a_listens``: b connects to a."""
