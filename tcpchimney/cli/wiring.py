@@ -100,6 +100,7 @@ async def open_session(
     async with _topology(netns, addr, peer) as topo:
         device = TapDevice(topo.tap_name, vnet_hdr=not plain)
         target = None
+        capture = None
         try:
             mac = local_mac(os.getpid())
             iface = InterfaceConfig.parse(mac, str(addr), mtu=device.mtu, features=device.features)
@@ -107,7 +108,7 @@ async def open_session(
             if pcap:
                 from tcpchimney.link.pcap import PcapWriter
 
-                device.capture = PcapWriter(pcap)
+                device.capture = capture = PcapWriter(pcap)
             runtime = Runtime(stack, device, node=target)
             async with runtime:
                 session = Session(
@@ -122,6 +123,8 @@ async def open_session(
                         session.control.close()
         finally:
             device.close()
+            if capture is not None:
+                capture.close()  # flushes the buffered records: the file is complete when the session ends
             if target is not None:
                 target.close()  # warns (stderr) when connection state was left on the target
 
