@@ -6,7 +6,9 @@ Without root or /dev/net/tun these tests skip with the reason; with TCPCHIMNEY_R
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -45,3 +47,28 @@ def veth_topology(require_net: None) -> Iterator[VethTopology]:
         delete_link(None, topo.if_a)
         remove_netns(topo.ns_a)
         remove_netns(topo.ns_b)
+
+
+def unique_netns() -> str:
+    return f"chimney-it-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def netns_name(require_net: None) -> Iterator[str]:
+    """A fresh namespace name; the namespace is removed by name afterwards whatever happened."""
+    name = unique_netns()
+    try:
+        yield name
+    finally:
+        remove_netns(name)
+
+
+@pytest.fixture
+def commands() -> Iterator[list[Any]]:
+    """``chimney`` subprocesses a test starts (anything with ``kill()``); killed afterwards."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for command in started:
+            command.kill()

@@ -21,17 +21,14 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_interop_serve import Command, net_available, remove_netns, sh, unique_netns
+from test_interop_serve import Command, sh
 
 from tcpchimney.cli.apps import deterministic_bytes, deterministic_sha256
 from tcpchimney.cli.nsutil import netns_path, socket_in_netns
-
-__all__ = ["net_available"]  # the fixture, used by name below
 
 STACK = "198.18.0.2"
 GB = 1_000_000_000
@@ -42,25 +39,6 @@ _SHA256_STDIN = "python3 -c " + shlex.quote(
     "    h.update(b)\n"
     "print(h.hexdigest())"
 )
-
-
-@pytest.fixture
-def netns_name(net_available: None) -> Iterator[str]:
-    name = unique_netns()
-    try:
-        yield name
-    finally:
-        remove_netns(name)
-
-
-@pytest.fixture
-def commands() -> Iterator[list[Command]]:
-    started: list[Command] = []
-    try:
-        yield started
-    finally:
-        for command in started:
-            command.kill()
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

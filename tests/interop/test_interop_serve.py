@@ -7,7 +7,6 @@ talks to it from the namespace, stops it with SIGTERM and checks its final count
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import select
@@ -15,48 +14,16 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tcpchimney.cli.apps import deterministic_bytes, deterministic_sha256
-from tcpchimney.cli.common import network_unavailable_reason
 from tcpchimney.cli.nsutil import in_netns, netns_path, socket_in_netns
 
 STACK = "198.18.0.2"
 CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
 READY_TIMEOUT = 20.0
-
-
-def unique_netns() -> str:
-    return f"chimney-it-{uuid.uuid4().hex[:8]}"
-
-
-def remove_netns(name: str) -> None:
-    if os.path.exists(netns_path(name)):
-        from pyroute2 import netns
-
-        netns.remove(name)
-
-
-def _missing_modules() -> str | None:
-    """The TAP device, namespace topology and runtime modules these tests drive."""
-    for module in ("tcpchimney.link.netns", "tcpchimney.link.tap", "tcpchimney.api.runtime"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not in this checkout"
-    return None
-
-
-@pytest.fixture
-def net_available() -> None:
-    """Skip without root or /dev/net/tun; fail instead when TCPCHIMNEY_REQUIRE_NET=1 (CI)."""
-    reason = network_unavailable_reason() or _missing_modules()
-    if reason is not None:
-        if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
-            pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but {reason}")
-        pytest.skip(reason)
 
 
 class Command:
@@ -94,26 +61,6 @@ class Command:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture
-def netns_name(net_available: None) -> Iterator[str]:
-    """A fresh namespace name; the namespace is removed by name afterwards whatever happened."""
-    name = unique_netns()
-    try:
-        yield name
-    finally:
-        remove_netns(name)
-
-
-@pytest.fixture
-def commands() -> Iterator[list[Command]]:
-    started: list[Command] = []
-    try:
-        yield started
-    finally:
-        for command in started:
-            command.kill()
 
 
 def sh(netns: str, shell: str, stdin: bytes | None = None, timeout: float = 120) -> str:

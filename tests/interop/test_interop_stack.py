@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import ipaddress
 import os
 import socket
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 
 from tcpchimney.cli.apps import AppStats, deterministic_bytes, echo_app
-from tcpchimney.cli.common import network_unavailable_reason
 from tcpchimney.cli.nsutil import netns_path, socket_in_netns
 from tcpchimney.cli.wiring import Session, open_session
 from tcpchimney.tcp.state import TcpState
@@ -81,25 +79,7 @@ def states(session: Session) -> list[TcpState]:
     return [sock.state for sock in session.stack.connections()]
 
 
-def _missing_modules() -> str | None:
-    """The TAP device, namespace topology and runtime modules these tests drive."""
-    for module in ("tcpchimney.link.netns", "tcpchimney.link.tap", "tcpchimney.api.runtime"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not in this checkout"
-    return None
-
-
-@pytest.fixture
-def net_available() -> None:
-    """Skip without root or /dev/net/tun; fail instead when TCPCHIMNEY_REQUIRE_NET=1 (CI)."""
-    reason = network_unavailable_reason() or _missing_modules()
-    if reason is not None:
-        if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
-            pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but {reason}")
-        pytest.skip(reason)
-
-
-pytestmark = pytest.mark.usefixtures("net_available")
+pytestmark = pytest.mark.usefixtures("require_net")
 
 
 # ====================================================================== data both ways
