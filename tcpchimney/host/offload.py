@@ -27,7 +27,7 @@ affected connection is uploaded, or aborted when its state cannot be trusted.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -298,6 +298,7 @@ class _Pending:
     kind: str  # "initiate", "terminate", "update", "send", "data"
     sock: TcpSocket | None
     objects: tuple[SharedObject, ...] = ()
+    batch: tuple[TcpSocket, ...] = ()  # a terminate of many connections (upload_all): one tree for all
 
 
 class OffloadManager:
@@ -444,10 +445,21 @@ class OffloadManager:
         return self._terminate(sock, reason)
 
     def upload_all(self, reason: Reason) -> int:
-        count = 0
+        """Upload every offloaded connection with one terminate tree (spec 3.5: one call takes many
+        connections, and the paths and neighbors they leave unused); those busy with another call upload
+        once it completes."""
+        count, ready = 0, []
         for sock in list(self._by_handle.values()):
-            count += self.upload(sock, reason)
-        return count
+            off = sock.offload
+            if off is None or off.in_host or off.state is OffloadState.UPLOADING:
+                continue
+            if off.state is OffloadState.OFFLOADED and not off.updating and off.ctx is not None:
+                ready.append(sock)
+            else:
+                count += self.upload(sock, reason)
+        if len(ready) > 1:
+            return count + self._terminate_many(ready, reason)
+        return count + sum(self._terminate(sock, reason) for sock in ready)
 
     # ================================================================== socket calls while not on the engine
 
@@ -1049,6 +1061,52 @@ class OffloadManager:
         off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
         return True
 
+    def _terminate_many(self, socks: list[TcpSocket], reason: Reason) -> int:
+        """One terminate tree for ``socks``, with each path (and neighbor) none of whose users stays."""
+        nodes, objects = self._leaving_nodes(socks)
+        triples = []
+        for sock in socks:
+            off = sock.offload
+            assert off is not None and off.ctx is not None
+            pair = nodes.get(off.path.handle) if off.path is not None else None
+            nnode, pnode = pair or (PLACEHOLDER, PLACEHOLDER)
+            triples.append((nnode, pnode, LinkedObject(off.ctx, off.handle)))
+        request = TerminateOffload(self._rid(), build_tree(triples))
+        try:
+            self.registry.submit(request)
+        except PreconditionError:  # a path or neighbor is busy: each connection alone
+            return sum(self._terminate(sock, reason) for sock in socks)
+        for sock in socks:
+            off = sock.offload
+            assert off is not None
+            off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
+        self._send_checked(request, _Pending("terminate", None, objects, tuple(socks)))
+        for obj in objects:
+            self._drop_shared(obj)
+        return len(socks)
+
+    def _leaving_nodes(
+        self, socks: list[TcpSocket]
+    ) -> tuple[dict[int, tuple[TreeNode, TreeNode]], tuple[SharedObject, ...]]:
+        """Per path handle, the (neighbor, path) nodes of a terminate tree for ``socks``, and the objects it
+        terminates: a path when all its connections leave, a neighbor when all its paths do."""
+        users: Counter[SharedObject] = Counter(
+            s.offload.path for s in socks if s.offload is not None and s.offload.path is not None
+        )
+        paths = [p for p, n in users.items() if p.target_handle is not None and self._last_user(p, n)]
+        by_neighbor: Counter[SharedObject] = Counter(p.parent for p in paths if p.parent is not None)
+        neighbors = {
+            n for n, count in by_neighbor.items() if n.target_handle is not None and self._last_user(n, count)
+        }
+        nodes: dict[int, tuple[TreeNode, TreeNode]] = {}
+        for path in paths:
+            neighbor = path.parent
+            nnode: TreeNode = PLACEHOLDER
+            if neighbor in neighbors:
+                nnode = LinkedObject(neighbor.target_handle or 0, neighbor.handle)
+            nodes[path.handle] = (nnode, LinkedObject(path.target_handle or 0, path.handle))
+        return nodes, (*paths, *neighbors)
+
     def _last_user(self, obj: SharedObject, users: int) -> bool:
         if obj.handle not in self.registry:
             return False
@@ -1061,11 +1119,18 @@ class OffloadManager:
         )
 
     def _on_terminate_done(self, pending: _Pending, completion: StateCompletion) -> None:
-        if pending.sock is None:
+        socks = pending.batch or ((pending.sock,) if pending.sock is not None else ())
+        if not socks:
             return  # a neighbor / path nobody uses any more: gone from the target
-        path = pending.sock.offload.path if pending.sock.offload is not None else None
-        self._uploaded(pending.sock, completion)
-        if path is not None:
+        blocks = {b.host_handle: b for b in walk(completion.tree) if b.layer is Layer.TCP}
+        paths = {}
+        for sock in socks:
+            off = sock.offload
+            assert off is not None
+            if off.path is not None:
+                paths[off.path.handle] = off.path
+            self._uploaded(sock, blocks.get(off.handle))
+        for path in paths.values():
             self._release(path)
 
     def _release(self, path: SharedObject) -> None:
@@ -1088,10 +1153,10 @@ class OffloadManager:
             for obj in objects:
                 self._drop_shared(obj)
 
-    def _uploaded(self, sock: TcpSocket, completion: StateCompletion) -> None:
+    def _uploaded(self, sock: TcpSocket, block: BlockList | None) -> None:
+        """``block``: the connection's block of the completed terminate tree."""
         off = sock.offload
         assert off is not None
-        block = next((b for b in walk(completion.tree) if b.layer is Layer.TCP), None)
         self._by_handle.pop(off.handle, None)
         if block is None or block.status is Status.NOT_SUPPORTED:
             off.state = OffloadState.OFFLOADED  # the target cannot upload: the connection stays there
@@ -1151,10 +1216,10 @@ class OffloadManager:
         trim = off.trim
         if trim:
             d = replace(d, buffered_data=d.buffered_data[trim:])
-        snap = TcpSnapshot(off.const, replace(off.cached), d)
+        snap = TcpSnapshot(off.const, off.cached, d)
         base = sock.conn.config
         extra = len(tail) + len(off.queued)
-        conn = tcp_snapshot.rebuild(snap, replace(base, snd_buf=base.snd_buf + extra), self.now)
+        conn = tcp_snapshot.rebuild(snap, base.with_options(snd_buf=base.snd_buf + extra), self.now)
         conn.orphaned = off.closed
         if conn.orphaned and conn.state is TcpState.FIN_WAIT_2 and conn.close_deadline is None:
             conn.close_deadline = self.now + conn.config.fin_wait_2_timeout  # the target never armed it
@@ -1288,16 +1353,17 @@ class OffloadManager:
             self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
 
     def _violation(self, pending: _Pending | None, detail: str) -> None:
-        sock = pending.sock if pending is not None else None
-        if pending is None or sock is None:
+        socks = () if pending is None else pending.batch or (() if pending.sock is None else (pending.sock,))
+        if pending is None or not socks:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
             return
         if pending.kind in ("initiate", "terminate"):
             for obj in pending.objects:
                 self._drop_shared(obj)
-            self._lost(sock, detail)  # the target's view of the connection is unknown
+            for sock in socks:
+                self._lost(sock, detail)  # the target's view of the connection is unknown
             return
-        self._fault(sock, Reason.HARDWARE_FAILURE, detail)
+        self._fault(socks[0], Reason.HARDWARE_FAILURE, detail)
 
     def _fault(self, sock: TcpSocket | None, reason: Reason, detail: str, act: bool = True) -> None:
         bump(self.counters, "target_faults")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +39,11 @@ class TcpConfig:
     def segment_payload(self) -> int:
         """Largest payload the engine may put in one emitted segment (TSO-aware)."""
         return max(self.mss, self.max_segment_payload)
+
+    def with_options(self, **changes: Any) -> TcpConfig:
+        """``dataclasses.replace`` that returns ``self`` when nothing changes: a hand-off rebuilds an engine
+        with the settings it already had far more often than with new ones, and a copy costs microseconds."""
+        for name, value in changes.items():
+            if getattr(self, name) != value:
+                return replace(self, **changes)
+        return self

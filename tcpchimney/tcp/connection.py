@@ -13,7 +13,6 @@ timers.py, input.py (SEGMENT ARRIVES); this module adds the constructors and the
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from tcpchimney.tcp.config import TcpConfig
@@ -207,7 +206,7 @@ class TcpConnection(Input):
         for name in ("rcv_buf", "snd_buf"):
             if name in changes and not 0 < changes[name] <= 1 << 30:
                 raise ValueError(f"{name} must be in 1..2**30, got {changes[name]}")
-        self.config = replace(self.config, **changes)
+        self.config = self.config.with_options(**changes)
         self.rcvbuf.capacity = self.config.rcv_buf
         self.sndbuf.capacity = self.config.snd_buf
         if keepalive is not None or keepalive_idle is not None:

@@ -10,8 +10,6 @@ engine starts outside fast recovery with the exported cwnd/ssthresh and duplicat
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from tcpchimney.chimney.tcp_state import TcpCached, TcpConst, TcpDelegated, TcpSnapshot
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.connection import TcpConnection
@@ -97,8 +95,7 @@ def rebuild(snapshot: TcpSnapshot, config: TcpConfig, now: float) -> TcpConnecti
     leaves to each side (MSS of the local interface, buffer sizes, RTO bounds); the snapshot's cached part
     overrides the socket options it carries."""
     const, cached, d = snapshot.const, snapshot.cached, snapshot.delegated
-    config = replace(
-        config,
+    config = config.with_options(
         rcv_buf=cached.initial_rcv_wnd,
         snd_buf=max(config.snd_buf, len(d.send_data)),
         nodelay=cached.nodelay,

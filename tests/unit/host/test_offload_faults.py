@@ -20,13 +20,15 @@ from tcpchimney.chimney.indications import (
     UploadAllRequested,
 )
 from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.requests import TerminateOffload
 from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
-from tcpchimney.chimney.tree import BlockList, Layer
+from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
 from tcpchimney.host.events import OffloadFault, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.tcp.events import Closed, ConnectionReset
 
 
@@ -184,3 +186,85 @@ def test_neighbor_reachability_query_is_answered() -> None:
     assert not net.events(OffloadFault)
     assert 4.0 < neighbor.cached.host_reachability_delta < 6.0  # seconds since ARP last confirmed it
     assert net.a.counters["stack"]["internal_error"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- upload-all
+
+
+class _Recording:
+    """Records every request the host submits, in front of the tampering target."""
+
+    def __init__(self, net: OffloadNet, tamperer: TamperingTarget) -> None:
+        self.requests: list[object] = []
+        submit = tamperer.submit
+
+        def record(request, now):  # type: ignore[no-untyped-def]
+            self.requests.append(request)
+            submit(request, now)
+
+        tamperer.submit = record  # type: ignore[method-assign]
+
+    def terminates(self) -> list[TerminateOffload]:
+        return [r for r in self.requests if isinstance(r, TerminateOffload)]
+
+
+def _offloaded_pairs(net: OffloadNet, n: int) -> list[tuple[TcpSocket, TcpSocket]]:
+    pairs = [net.connect(PORT + i) for i in range(n)]
+    for a, _ in pairs:
+        net.wait_offloaded(a)
+    return pairs
+
+
+def test_upload_all_takes_every_connection_and_their_path_in_one_terminate() -> None:
+    net, tamperer = _net(8)
+    pairs = _offloaded_pairs(net, 5)
+    recorder = _Recording(net, tamperer)
+    assert net.a.upload_all(Reason.ADMIN) == 5
+    net.run_until(lambda: all(a.offload_state is OffloadState.IN_HOST for a, _ in pairs))
+    (request,) = recorder.terminates()
+    blocks = list(walk(request.tree))
+    assert [b.layer for b in blocks] == [Layer.NEIGHBOR, Layer.PATH] + [Layer.TCP] * 5
+    assert all(b.role is Role.LINKER for b in blocks)  # the neighbor and path leave with their last users
+    assert len(net.target.table) == 0
+    assert [u.reason for u in net.events(Uploaded)] == [Reason.ADMIN] * 5  # type: ignore[attr-defined]
+    streams = [Stream(a, b, payload(30_000, 80 + i)) for i, (a, b) in enumerate(pairs)]
+    exchange(net, streams + [Stream(b, a, payload(30_000, 90 + i)) for i, (a, b) in enumerate(pairs)])
+
+
+def test_upload_all_keeps_the_path_a_connection_still_uses() -> None:
+    net, tamperer = _net(9)
+    pairs = _offloaded_pairs(net, 3)
+    staying, _ = pairs[0]
+    net.a.upload(staying, Reason.ADMIN)  # its terminate is in flight: upload_all leaves it alone
+    recorder = _Recording(net, tamperer)
+    assert net.a.upload_all(Reason.ADMIN) == 2
+    net.run_until(lambda: all(a.offload_state is OffloadState.IN_HOST for a, _ in pairs))
+    (request,) = recorder.terminates()[:1]
+    layers = [b.layer for b in walk(request.tree) if b.role is Role.LINKER]
+    assert layers == [Layer.TCP, Layer.TCP]  # the first connection still used the path: placeholders above
+    net.run_until(lambda: len(net.target.table) == 0)  # the path and neighbor follow the last one out
+    exchange(net, [Stream(a, b, payload(20_000, 70 + i)) for i, (a, b) in enumerate(pairs)])
+
+
+def test_a_faulty_answer_to_upload_all_aborts_every_connection_it_named() -> None:
+    net, tamperer = _net(10)
+    pairs = _offloaded_pairs(net, 3)
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and len(list(walk(out.tree))) > 3:
+            (neighbor,) = out.tree
+            return [replace(out, tree=(replace(neighbor, dependents=()),))]  # every other block vanishes
+        return [out]
+
+    tamperer.tamper = tamper
+    net.a.upload_all(Reason.ADMIN)
+    net.run_until(lambda: all(net.has_event(a, Closed) for a, _ in pairs))
+    for a, b in pairs:
+        assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)] == [
+            ConnectionReset,
+            Closed,
+        ]
+        net.run_until(lambda b=b: net.has_event(b, ConnectionReset))  # type: ignore[misc]
+    assert {f.sock for f in net.events(OffloadFault)} == {a for a, _ in pairs}  # type: ignore[attr-defined]
+    tamperer.tamper = None
+    _still_works(net, PORT + 20)
