@@ -11,10 +11,13 @@ import importlib
 import json
 import sys
 
+from tcpchimney.api.gctune import tune_gc
+
 MODULES = ["bench.core", "bench.tap_raw", "bench.tap", "bench.offload"]
 
 
 def main(argv: list[str]) -> int:
+    tune_gc()  # the collector setting the runtime applies (tcpchimney/api/gctune.py): same figures as in use
     selected = [m for m in MODULES if not argv or m.rsplit(".", 1)[-1] in argv]
     for name in selected:
         module = importlib.import_module(name)

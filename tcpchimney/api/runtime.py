@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from tcpchimney.api import gctune
 from tcpchimney.api.options import SocketOptions
 from tcpchimney.api.streams import SocketInfo, TcpTransport, reset_error, timed_out_error
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
@@ -79,8 +80,10 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         read_batch: int = READ_BATCH,
         node: Node | None = None,
+        tune_gc: bool = True,
     ) -> None:
         self.stack = stack
+        self._tune_gc = tune_gc  # api/gctune.py: what the default collector setting costs a stack
         # What the device talks to: the stack itself, or an offload target in front of it (nic.SoftwareTarget
         # with the stack attached), which takes the frames of the connections it holds.
         self.node: Node = node if node is not None else stack
@@ -135,6 +138,8 @@ class Runtime:
             return
         self._loop = asyncio.get_running_loop()
         self._started = True
+        if self._tune_gc:
+            gctune.tune_gc()
         self._loop.add_reader(self.device.fileno(), self._on_readable)
         self.flush_soon()
 

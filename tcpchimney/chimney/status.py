@@ -34,7 +34,7 @@ class Status(IntEnum):
     @property
     def ok(self) -> bool:
         """The object was offloaded (possibly with some dependents failing)."""
-        return self in (Status.SUCCESS, Status.PARTIAL_SUCCESS)
+        return self is Status.SUCCESS or self is Status.PARTIAL_SUCCESS
 
     @property
     def is_resource_shortage(self) -> bool:

@@ -194,6 +194,11 @@ class ReceiveBuffer:
         return max(0, self.capacity - self._readable)
 
     @property
+    def has_holes(self) -> bool:
+        """Whether any byte is held out of order (asked per emitted segment: no sum)."""
+        return bool(self._blocks)
+
+    @property
     def ooo_bytes(self) -> int:
         """Bytes held out of order."""
         return sum(b.end - b.start for b in self._blocks)

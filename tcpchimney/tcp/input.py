@@ -376,7 +376,7 @@ class Input(Timers):
         if n > self.rcv_mss:
             self.rcv_mss = min(n, self.config.mss)
         off = seg.seq.dist(self.rcv_nxt)
-        had_holes = self.rcvbuf.ooo_bytes > 0
+        had_holes = self.rcvbuf.has_holes
         advanced = self.rcvbuf.insert(off, payload)
         if advanced:
             self.rcv_nxt = self.rcv_nxt + advanced

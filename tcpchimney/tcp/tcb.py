@@ -136,7 +136,7 @@ class Tcb:
     @property
     def sack_option_len(self) -> int:
         """Bytes of SACK option our next segment carries (they come out of its payload, RFC 6691)."""
-        if not self.sack_enabled or not self.rcvbuf.ooo_bytes:
+        if not self.sack_enabled or not self.rcvbuf.has_holes:
             return 0
         limit = _SACK_BLOCKS_WITH_TS if self.ts_enabled else _SACK_BLOCKS_WITHOUT_TS
         return 4 + 8 * min(limit, len(self.rcvbuf.ooo_ranges()))
@@ -246,7 +246,7 @@ class Tcb:
             self.ack_now = False
             self.unacked_segments = 0
             self.delack_deadline = None
-            if self.sack_enabled and self.rcvbuf.ooo_bytes:
+            if self.sack_enabled and self.rcvbuf.has_holes:
                 options.sack_blocks = self._sack_blocks()
         else:
             window, ack = 0, SeqNum(0)
