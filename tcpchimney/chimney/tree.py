@@ -438,6 +438,8 @@ def build_tree(
     Raises TreeError when one object appears with two different states, a path under two neighbors, or a TCP
     connection twice.
     """
+    if isinstance(triples, list | tuple) and len(triples) == 1 and None not in triples[0]:
+        return (_chain(*triples[0]),)
     roots: dict[object, _Draft] = {}
     parent_of: dict[object, object] = {}
     for neighbor, path, tcp in triples:
@@ -463,6 +465,27 @@ def build_tree(
     return tuple(d.block() for d in roots.values())
 
 
+def _chain(neighbor: TreeNode, path: TreeNode, tcp: TreeNode) -> BlockList:
+    """The tree of one whole triple (one connection's hand-off, the common call): its three blocks,
+    without the sharing bookkeeping."""
+    if isinstance(tcp, Placeholder):
+        raise TreeError(f"TCP node {_key(tcp)} is a placeholder or appears twice")
+    low = _block(Layer.TCP, tcp, ())
+    return _block(Layer.NEIGHBOR, neighbor, (_block(Layer.PATH, path, (low,)),))
+
+
+def _block(layer: Layer, node: TreeNode, deps: tuple[BlockList, ...]) -> BlockList:
+    if isinstance(node, NewObject):
+        return BlockList(layer, Role.NEW, host_handle=node.host_handle, state=node.state, dependents=deps)
+    if isinstance(node, LinkedObject):
+        return BlockList(
+            layer, Role.LINKER, node.host_handle, node.target_handle, node.state, dependents=deps
+        )
+    if isinstance(node, Placeholder):
+        return BlockList(layer, Role.PLACEHOLDER, dependents=deps)
+    raise TreeError(f"not a tree node: {node!r}")
+
+
 def _key(node: TreeNode) -> object:
     if isinstance(node, NewObject):
         return ("new", node.host_handle)
@@ -486,14 +509,4 @@ class _Draft:
             raise TreeError(f"{self.layer.name} object {_key(node)} given with two different states")
 
     def block(self) -> BlockList:
-        deps = tuple(c.block() for c in self.children.values())
-        node = self.node
-        if isinstance(node, NewObject):
-            return BlockList(
-                self.layer, Role.NEW, host_handle=node.host_handle, state=node.state, dependents=deps
-            )
-        if isinstance(node, LinkedObject):
-            return BlockList(
-                self.layer, Role.LINKER, node.host_handle, node.target_handle, node.state, dependents=deps
-            )
-        return BlockList(self.layer, Role.PLACEHOLDER, dependents=deps)
+        return _block(self.layer, self.node, tuple(c.block() for c in self.children.values()))

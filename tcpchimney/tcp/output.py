@@ -48,6 +48,9 @@ class Output(Tcb):
         if self.snd_max == self.snd_una and self.last_snd_time is not None:
             # RFC 5681 4.1: after an idle period longer than the RTO, restart from the restart window
             self.cc.after_idle(self.rtt.current_rto(), now - self.last_snd_time)
+        if not self.fin_queued and self.snd_nxt.dist(self.snd_una) >= len(self.sndbuf):
+            self._arm_after_send(now)  # nothing new to send (the ACK-only and idle case, most calls)
+            return
         una = self.snd_una
         buf_len = len(self.sndbuf)
         mss = self.wire_mss
