@@ -21,7 +21,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
-from tcpchimney.chimney.completions import Completion, StateCompletion, completion_type
+from tcpchimney.chimney.completions import (
+    Completion,
+    ReceiveCompletion,
+    SendCompletion,
+    StateCompletion,
+    completion_type,
+)
 from tcpchimney.chimney.errors import (
     AlreadyOffloadedError,
     DependentsRemainError,
@@ -34,9 +40,11 @@ from tcpchimney.chimney.errors import (
 from tcpchimney.chimney.requests import (
     InitiateOffload,
     InvalidateOffload,
+    PostReceive,
     QueryOffload,
     ReachabilityReply,
     Request,
+    Send,
     TerminateOffload,
     UpdateOffload,
 )
@@ -221,6 +229,8 @@ class OffloadRegistry:
             )
         if isinstance(completion, StateCompletion):
             self._check_tree_answer(request, completion)
+        else:
+            _check_data_answer(request, completion)
         del self._in_flight[completion.request_id]
         if isinstance(request, InitiateOffload):
             self._apply_initiate(completion)  # type: ignore[arg-type]
@@ -298,3 +308,16 @@ class OffloadRegistry:
             self._by_target.pop(rec.target_handle, None)
         if rec.parent is not None and rec.parent in self._objects:
             self._objects[rec.parent].dependents -= 1
+
+
+def _check_data_answer(request: Request, completion: Completion) -> None:
+    """A data call's answer stays within what was asked: no more bytes than the posted buffer holds (spec
+    4.1), no more acknowledged than the Send carried (4.2)."""
+    if isinstance(request, PostReceive) and isinstance(completion, ReceiveCompletion):
+        got, room = len(completion.data), request.size - request.filled
+        if got > room:
+            raise ProtocolViolationError(f"receive completion has {got} bytes, over the {room}-byte buffer")
+    elif isinstance(request, Send) and isinstance(completion, SendCompletion):
+        acked, sent = completion.bytes_acked, len(request.data)
+        if acked > sent:
+            raise ProtocolViolationError(f"send completion acknowledges {acked} bytes of a {sent}-byte Send")

@@ -28,6 +28,8 @@ from tcpchimney.chimney import (
     ProtocolViolationError,
     QueryOffload,
     ReachabilityReply,
+    ReceiveCompletion,
+    Request,
     Role,
     Send,
     SendCompletion,
@@ -324,6 +326,32 @@ def test_completion_of_the_wrong_kind() -> None:
     with pytest.raises(ProtocolViolationError, match="answered with"):
         reg.complete(Completion(5, Status.SUCCESS))
     reg.complete(SendCompletion(5, Status.SUCCESS, 3))
+    assert reg.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "answer", "match"),
+    [
+        (PostReceive(5, TT1, 100, filled=40), ReceiveCompletion(5, Status.SUCCESS, b"x" * 61), "over the 60"),
+        (PostReceive(5, TT1, 0), ReceiveCompletion(5, Status.SUCCESS, b"x"), "over the 0"),
+        (Send(5, TT1, b"abc"), SendCompletion(5, Status.UPLOAD_IN_PROGRESS, 4), "4 bytes of a 3-byte"),
+        (Send(5, TT1, b"abc"), SendCompletion(5, Status.SUCCESS, 9), "9 bytes of a 3-byte"),
+    ],
+)
+def test_data_answers_beyond_what_was_asked(request_: Request, answer: Completion, match: str) -> None:
+    reg = offloaded_registry()
+    reg.submit(request_)
+    with pytest.raises(ProtocolViolationError, match=match):
+        reg.complete(answer)
+    assert reg.in_flight == 1  # the faulty answer is not taken: the request is still unanswered
+
+
+def test_data_answers_within_what_was_asked() -> None:
+    reg = offloaded_registry()
+    reg.submit(PostReceive(5, TT1, 100, filled=40))
+    reg.complete(ReceiveCompletion(5, Status.SUCCESS, b"x" * 60))
+    reg.submit(Send(6, TT1, b"abc"))
+    reg.complete(SendCompletion(6, Status.UPLOAD_IN_PROGRESS, 2))
     assert reg.in_flight == 0
 
 

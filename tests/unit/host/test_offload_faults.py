@@ -6,9 +6,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from offload_kit import PORT, OffloadNet, Stream, TamperingTarget, exchange, make_offload_net, payload
+from offload_kit import (
+    PORT,
+    OffloadNet,
+    Stream,
+    TamperingTarget,
+    exchange,
+    make_offload_net,
+    payload,
+)
 
-from tcpchimney.chimney.completions import Completion, SendCompletion, StateCompletion
+from tcpchimney.chimney.completions import Completion, ReceiveCompletion, SendCompletion, StateCompletion
 from tcpchimney.chimney.indications import (
     LinkStatusChanged,
     NeighborReachabilityQuery,
@@ -29,6 +37,7 @@ from tcpchimney.host.events import OffloadFault, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
+from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.events import Closed, ConnectionReset
 
 
@@ -268,3 +277,41 @@ def test_a_faulty_answer_to_upload_all_aborts_every_connection_it_named() -> Non
     assert {f.sock for f in net.events(OffloadFault)} == {a for a, _ in pairs}  # type: ignore[attr-defined]
     tamperer.tamper = None
     _still_works(net, PORT + 20)
+
+
+def test_receive_completion_beyond_the_posted_buffer_is_not_delivered() -> None:
+    """The host posts zero-byte receives (they re-enable indications once the application read): an answer
+    carrying data is a faulty target; the junk never reaches the application, the stream stays exact."""
+    net = make_offload_net(11, config=TcpConfig(rcv_buf=32 * 1024, snd_buf=32 * 1024), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    spoiled: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, ReceiveCompletion) and not spoiled:
+            spoiled.append(out.request_id)
+            return [ReceiveCompletion(out.request_id, out.status, b"junk")]
+        return [out]
+
+    tamperer.tamper = tamper
+    data = payload(300_000, 11)
+    sent = 0
+    for _ in range(50):  # a reads nothing: its socket queue fills and the target keeps the rest back
+        sent += b.send(data[sent:])
+        net.run_for(0.01)
+    assert a.offload is not None and a.offload.target_holds
+    got = a.receive(1 << 20)  # the read frees the queue: the host posts a receive to have the rest offered
+
+    def rest_arrived() -> bool:
+        nonlocal sent, got
+        sent += b.send(data[sent:])
+        got += a.receive(1 << 20)
+        return len(got) >= len(data)
+
+    net.run_until(rest_arrived)
+    assert got == data
+    assert spoiled, "the host never posted a receive: nothing was tested"
+    (fault,) = net.events(OffloadFault)
+    assert fault.sock is a and "over the 0-byte buffer" in fault.detail  # type: ignore[attr-defined]
+    assert net.events(Uploaded)[0].reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
