@@ -10,8 +10,10 @@ on the simulated link (virtual clock, no impairment, no device), so every figure
   host drains the target's completions at its entry points). ``others`` says where the other connections
   are: on the host engine, or offloaded too (then the target holds them all). Median and p99.
 - ``offload_all_10k_s`` / ``upload_all_10k_s``: 10,000 established connections offloaded one
-  ``offload_now`` each, then all brought back with one ``upload_all``, each with the link steps that
-  complete them.
+  ``offload_now`` each, then all brought back with one ``upload_all`` (one terminate tree), each with the
+  link steps that complete them.
+- ``offload_enable_10k_s``: the same 10,000, back on the host, offloaded by switching the policy to
+  ``enabled`` (the host sends them all in one initiate tree).
 - ``host_bulk_mb_s`` / ``offload_bulk_mb_s``: one bulk connection with the host engine moving the data and
   with the target moving it (payload MB per CPU second of the whole process: both stacks, the target and
   the link, as bench/core.py), in each direction seen from the offloading side; ``ratio_to_host`` on the
@@ -126,6 +128,14 @@ def offload_all(net: Net, socks: list[TcpSocket]) -> int:
     return len(socks)
 
 
+def enable_all(net: Net) -> int:
+    """Switch the policy to ``enabled``: every connection on the host engine is offloaded, the host sends
+    them in one initiate (spec 3.1)."""
+    net.a.set_offload_policy(OffloadPolicy(mode=OffloadMode.ENABLED))
+    _wait(net, net.socks, OffloadState.OFFLOADED)
+    return len(net.socks)
+
+
 def upload_all(net: Net) -> int:
     count = net.a.upload_all(Reason.UPLOAD_ALL)
     _wait(net, net.socks, OffloadState.IN_HOST)
@@ -196,6 +206,8 @@ def run_many() -> Iterator[dict[str, object]]:
     if count != MANY:
         raise RuntimeError(f"upload_all started {count} terminates, not {MANY}")
     yield _all_line("upload_all_10k_s", spent)
+    spent, _ = _timed(lambda: enable_all(net))
+    yield _all_line("offload_enable_10k_s", spent)
 
 
 def _all_line(name: str, spent: float) -> dict[str, object]:

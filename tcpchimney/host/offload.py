@@ -330,8 +330,7 @@ class OffloadManager:
             self.now = max(self.now, now)
         self.poll()
         if self._candidates:
-            for sock in list(self._candidates):
-                self._consider(sock)
+            self._consider_all(list(self._candidates))
             self.poll()  # an in-process target answered the initiates already
         if self.stack.arp.generation != self._arp_generation:
             self._arp_generation = self.stack.arp.generation
@@ -362,10 +361,12 @@ class OffloadManager:
             return
         if self._next_check is None or now >= self._next_check:
             self._next_check = now + self.policy.check_interval
-            for sock in self.stack.connections():
-                off = sock.offload
-                if off is not None and off.in_host and not off.refused_by_target:
-                    self._consider(sock, quiet=True)
+            waiting = [
+                sock
+                for sock in self.stack.connections()
+                if sock.offload is not None and sock.offload.in_host and not sock.offload.refused_by_target
+            ]
+            self._consider_all(waiting, quiet=True)
 
     def on_engine_event(self, sock: TcpSocket, ev: TcpEvent) -> None:
         """An event of a connection on the host engine: established connections become candidates."""
@@ -591,20 +592,30 @@ class OffloadManager:
         info = self._info(sock)
         return self.policy.rule_reason(info) if forced else self.policy.decide(info)
 
-    def _consider(self, sock: TcpSocket, quiet: bool = False) -> None:
-        off = sock.offload
-        if off is None or not off.in_host or self.stack._conns.get(sock.key) is not sock:
+    def _consider_all(self, socks: list[TcpSocket], quiet: bool = False) -> None:
+        """Offload every connection of ``socks`` the policy wants, with one initiate for all of them."""
+        ready: list[TcpSocket] = []
+        for sock in socks:
+            off = sock.offload
+            if off is None or not off.in_host or self.stack._conns.get(sock.key) is not sock:
+                self._candidates.pop(sock, None)
+                continue
+            if sock.listener is not None:
+                continue  # waits in the accept queue: considered once accepted
             self._candidates.pop(sock, None)
-            return
-        if sock.listener is not None:
-            return  # waits in the accept queue: considered once accepted
-        self._candidates.pop(sock, None)
-        reason = self._check(sock, forced=off.forced)
-        if reason is None:
-            reason = self._initiate(sock)
-        off.forced = off.forced and reason is None and off.in_host  # still deferred: still explicit
-        if reason is not None and not (quiet and reason is off.reason):
-            self._refuse(sock, reason)
+            reason = self._check(sock, forced=off.forced)
+            if reason is None:
+                ready.append(sock)
+            elif not (quiet and reason is off.reason):
+                self._refuse(sock, reason)
+        refused = self._initiate_many(ready) if ready else {}
+        for sock in ready:
+            off = sock.offload
+            assert off is not None
+            reason = refused.get(sock)
+            off.forced = off.forced and reason is None and off.in_host  # still deferred: still explicit
+            if reason is not None and not (quiet and reason is off.reason):
+                self._refuse(sock, reason)
 
     def _refuse(self, sock: TcpSocket, reason: Reason) -> None:
         off = sock.offload
@@ -619,30 +630,65 @@ class OffloadManager:
 
     def _initiate(self, sock: TcpSocket) -> Reason | None:
         """Submit the initiate for ``sock``; a Reason when it cannot go now."""
+        return self._initiate_many([sock]).get(sock)
+
+    def _initiate_many(self, socks: list[TcpSocket]) -> dict[TcpSocket, Reason]:
+        """One initiate tree for ``socks`` (spec 3.1: one call offloads many connections, and the neighbors
+        and paths they need, each new one once). Returns the connections that cannot go now, with why; a
+        connection whose neighbor or path another call is offloading waits as a candidate."""
+        refused: dict[TcpSocket, Reason] = {}
+        made: dict[tuple[Layer, bytes], tuple[SharedObject, TreeNode]] = {}
+        triples: list[tuple[TreeNode, TreeNode, TreeNode]] = []
+        batch: list[TcpSocket] = []
+        for sock in socks:
+            nodes = self._nodes_for(sock, made)
+            if isinstance(nodes, Reason):
+                refused[sock] = nodes
+            elif nodes is None:
+                self._candidates[sock] = None  # its neighbor or path is being offloaded: try after that
+            else:
+                triples.append((nodes[0], nodes[1], self._new_tcp_node(sock, nodes[2])))
+                batch.append(sock)
+        if not batch:
+            return refused
+        new = tuple(obj for obj, node in made.values() if isinstance(node, NewObject))
+        one = len(batch) == 1
+        pending = _Pending("initiate", batch[0] if one else None, new, () if one else tuple(batch))
+        if not self._submit(InitiateOffload(self._rid(), build_tree(triples)), pending):
+            for sock in batch:
+                self._thaw(sock)
+                refused[sock] = Reason.TARGET_REFUSED
+        return refused
+
+    def _nodes_for(
+        self, sock: TcpSocket, made: dict[tuple[Layer, bytes], tuple[SharedObject, TreeNode]]
+    ) -> tuple[TreeNode, TreeNode, SharedObject] | Reason | None:
+        """The neighbor and path nodes of ``sock``'s branch (``made``: those of this call so far), and its
+        path; a Reason when there is no next hop yet; None when another call is offloading one of them."""
         hop = self.stack.iface.next_hop(sock.remote_ip)
         mac = None if hop is None else self.stack.arp.lookup(hop, self.now)
         if hop is None or mac is None:
             return Reason.DEPENDENCY_FAILED
-        neighbor, nnode = self._neighbor_node(hop, mac)
+        neighbor, nnode = made.get((Layer.NEIGHBOR, hop)) or self._neighbor_node(hop, mac)
         if neighbor is None:
-            self._candidates[sock] = None  # its neighbor or path is being offloaded: try after that
             return None
-        path, pnode = self._path_node(sock.remote_ip, neighbor, nnode)
+        made[(Layer.NEIGHBOR, hop)] = (neighbor, nnode)
+        dst = sock.remote_ip
+        path, pnode = made.get((Layer.PATH, dst)) or self._path_node(dst, neighbor, nnode)
         if path is None:
-            self._candidates[sock] = None
             return None
+        made[(Layer.PATH, dst)] = (path, pnode)
+        return nnode, pnode, path
+
+    def _new_tcp_node(self, sock: TcpSocket, path: SharedObject) -> NewObject:
+        """Freeze ``sock``'s engine into the TCP node of an initiate; the connection is OFFLOADING."""
         snap = self._freeze(sock)
         off = sock.offload
         assert off is not None
         off.handle = self._handle()
-        request = InitiateOffload(self._rid(), build_tree([(nnode, pnode, NewObject(off.handle, snap))]))
-        new = tuple(o for o, n in ((neighbor, nnode), (path, pnode)) if isinstance(n, NewObject))
         off.state, off.path, off.started = OffloadState.OFFLOADING, path, self.now
         self._by_handle[off.handle] = sock
-        if not self._submit(request, _Pending("initiate", sock, new)):
-            self._thaw(sock)
-            return Reason.TARGET_REFUSED
-        return None
+        return NewObject(off.handle, snap)
 
     def _neighbor_node(self, hop: bytes, mac: bytes) -> tuple[SharedObject | None, TreeNode]:
         obj = self._neighbors.get(hop)
@@ -712,10 +758,6 @@ class OffloadManager:
         self._resume_engine(sock)
 
     def _on_initiate_done(self, pending: _Pending, completion: StateCompletion) -> None:
-        sock = pending.sock
-        assert sock is not None
-        off = sock.offload
-        assert off is not None
         blocks = {b.host_handle: b for b in walk(completion.tree) if b.role is Role.NEW}
         for obj in pending.objects:
             block = blocks.get(obj.handle)
@@ -723,9 +765,18 @@ class OffloadManager:
                 obj.target_handle = block.target_handle
             else:
                 self._drop_shared(obj)
+        for sock in pending.batch or ((pending.sock,) if pending.sock is not None else ()):
+            self._initiated(sock, blocks, completion.tree)
+
+    def _initiated(
+        self, sock: TcpSocket, blocks: dict[int | None, BlockList], tree: tuple[BlockList, ...]
+    ) -> None:
+        """One connection of a completed initiate: on the target now, or back on its host engine."""
+        off = sock.offload
+        assert off is not None
         tcp = blocks.get(off.handle)
         if tcp is None or not tcp.status.ok:
-            reason = self._refusal_reason(completion.tree, off.handle)
+            reason = self._refusal_reason(tree, off.handle)
             self._thaw(sock)
             off.refused_by_target = True
             if not off.aborted:
@@ -763,7 +814,7 @@ class OffloadManager:
 
     def _refusal_reason(self, tree: tuple[BlockList, ...], tcp_handle: int) -> Reason:
         """The first failed block on the way to the TCP block says why (its own status, or a dependency)."""
-        for block in walk(tree):
+        for block in _branch(tree, tcp_handle):
             # A linker's FAILURE only says none of its dependents made it (spec 3.1), not why.
             if block.role is not Role.NEW or block.status.ok:
                 continue
@@ -1466,3 +1517,14 @@ class OffloadManager:
     def _send_checked(self, request: Request, pending: _Pending) -> None:
         self._pending[request.request_id] = pending
         self.target.submit(request, self.now)
+
+
+def _branch(tree: tuple[BlockList, ...], tcp_handle: int) -> tuple[BlockList, ...]:
+    """The blocks from the top of ``tree`` down to the TCP block of ``tcp_handle`` (its neighbor, its path,
+    itself); empty when the tree does not hold it."""
+    for top in tree:
+        for mid in top.dependents:
+            for low in mid.dependents:
+                if low.host_handle == tcp_handle:
+                    return (top, mid, low)
+    return ()

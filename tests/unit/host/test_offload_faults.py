@@ -28,7 +28,7 @@ from tcpchimney.chimney.indications import (
     UploadAllRequested,
 )
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.chimney.requests import TerminateOffload
+from tcpchimney.chimney.requests import InitiateOffload, TerminateOffload
 from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
@@ -315,3 +315,22 @@ def test_receive_completion_beyond_the_posted_buffer_is_not_delivered() -> None:
     (fault,) = net.events(OffloadFault)
     assert fault.sock is a and "over the 0-byte buffer" in fault.detail  # type: ignore[attr-defined]
     assert net.events(Uploaded)[0].reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+
+
+def test_enabling_offload_sends_every_waiting_connection_in_one_initiate() -> None:
+    net = make_offload_net(12, policy=OffloadPolicy(mode="disabled"), capacity=4, tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    pairs = [net.connect(PORT + i) for i in range(6)]
+    recorder = _Recording(net, tamperer)
+    net.a.set_offload_policy(OffloadPolicy(mode="enabled"))
+    net.run_for(0.05)
+    initiates = [r for r in recorder.requests if isinstance(r, InitiateOffload)]
+    assert len(initiates) == 1  # the neighbor and the path once, the six connections below them
+    blocks = list(walk(initiates[0].tree))
+    assert [b.layer for b in blocks] == [Layer.NEIGHBOR, Layer.PATH] + [Layer.TCP] * 6
+    states = [a.offload_state for a, _ in pairs]
+    assert states.count(OffloadState.OFFLOADED) == 4  # the target holds four: partial success
+    refused = [a for a, _ in pairs if a.offload_state is OffloadState.IN_HOST]
+    assert all(a.offload_reason is Reason.TARGET_FULL for a in refused)
+    streams = [Stream(a, b, payload(20_000, 60 + i)) for i, (a, b) in enumerate(pairs)]
+    exchange(net, streams + [Stream(b, a, payload(20_000, 70 + i)) for i, (a, b) in enumerate(pairs)])
