@@ -33,7 +33,7 @@ from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
-from tcpchimney.host.events import OffloadFault, Uploaded
+from tcpchimney.host.events import OffloadFault, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
@@ -334,3 +334,16 @@ def test_enabling_offload_sends_every_waiting_connection_in_one_initiate() -> No
     assert all(a.offload_reason is Reason.TARGET_FULL for a in refused)
     streams = [Stream(a, b, payload(20_000, 60 + i)) for i, (a, b) in enumerate(pairs)]
     exchange(net, streams + [Stream(b, a, payload(20_000, 70 + i)) for i, (a, b) in enumerate(pairs)])
+
+
+def test_offload_now_waiting_for_its_path_still_goes_under_mode_disabled() -> None:
+    """The second offload_now finds the neighbor and path still being offloaded by the first: it waits for
+    them, and is then offloaded as asked, not refused by the disabled mode the policy would apply."""
+    net = make_offload_net(13, policy=OffloadPolicy(mode="disabled"))
+    (a1, _), (a2, _) = net.connect(PORT), net.connect(PORT + 1)
+    before = len(net.events(OffloadRefused))  # both were refused by the mode once established
+    assert net.a.offload_now(a1) is None
+    assert net.a.offload_now(a2) is None
+    assert a2.offload_state is OffloadState.IN_HOST  # parked until the path is on the target
+    net.run_until(lambda: a1.offload_state is a2.offload_state is OffloadState.OFFLOADED)
+    assert a2.offload_reason is None and len(net.events(OffloadRefused)) == before
