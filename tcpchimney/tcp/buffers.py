@@ -56,7 +56,8 @@ class SendBuffer:
         return max(0, self.capacity - (self._end - self._una))
 
     def write(self, data: Bytes) -> int:
-        """Copy up to ``space`` bytes of ``data`` (the caller may reuse its buffer); return how many."""
+        """Copy up to ``space`` bytes of ``data`` (the caller may reuse its buffer); return how many. A
+        whole ``bytes`` object is kept as it is: it cannot change (the target's Send data, most sends)."""
         mv = _byte_view(data)
         n = min(len(mv), self.space)
         if n == 0:
@@ -67,7 +68,7 @@ class SendBuffer:
             self._open += mv[:n]
         else:
             self._freeze()
-            self._append_chunk(bytes(mv[:n]))
+            self._append_chunk(data if type(data) is bytes and n == len(data) else bytes(mv[:n]))
         self._end += n
         return n
 

@@ -30,6 +30,19 @@ def test_send_write_copies_the_callers_data() -> None:
     assert buf.tobytes() == b"hello"
 
 
+def test_send_write_keeps_a_whole_bytes_object_and_copies_a_view_or_a_part() -> None:
+    big = bytes(range(256)) * 400  # larger than the merge limit: its own chunk
+    buf = SendBuffer(1 << 20)
+    buf.write(big)
+    view = buf.view(0, 10)
+    assert isinstance(view, memoryview) and view.obj is big  # immutable: no copy needed
+    for data in (memoryview(big), big):
+        part = SendBuffer(len(big) - 1)  # only a part fits: the part is copied
+        part.write(data)
+        kept = part.view(0, 10)
+        assert isinstance(kept, memoryview) and kept.obj is not big
+
+
 def test_send_view_within_one_chunk_is_zero_copy() -> None:
     buf = SendBuffer(1 << 20)
     big = bytes(range(256)) * 400  # larger than the merge limit: its own chunk
