@@ -897,7 +897,7 @@ class OffloadManager:
         off = sock.offload
         assert off is not None
         if off.closed and off.tcp_state is TcpState.FIN_WAIT_2 and not off.finished:
-            self.upload(sock, Reason.FIN_WAIT_2_TIMEOUT)
+            self.upload(sock, Reason.ORPHANED_FIN_WAIT_2)
 
     def _finish(self, sock: TcpSocket) -> None:
         """The connection reached CLOSED for the application: report it and forget it."""

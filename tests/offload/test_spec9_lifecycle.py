@@ -8,7 +8,7 @@ import pytest
 from offload_harness import Net, Stream, exchange, make_net, payload, read_all
 
 from tcpchimney.chimney.indications import TargetCapabilities, TargetPaused, TargetResumed, UploadAllRequested
-from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.reason import Reason, ReasonGroup
 from tcpchimney.host.events import Offloaded, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy, OffloadRule
@@ -90,7 +90,7 @@ def test_fin_wait_2_timeout_of_an_orphaned_connection_is_taken_by_the_host() -> 
     net, a, _b = _offloaded_pair(34, config=config)
     a.close()  # orphaned: the peer never closes
     net.run_until(lambda: a.offload_state is OffloadState.IN_HOST, 1.0)
-    assert a.conn.state is TcpState.FIN_WAIT_2 and _reasons(net, Uploaded) == [Reason.FIN_WAIT_2_TIMEOUT]
+    assert a.conn.state is TcpState.FIN_WAIT_2 and _reasons(net, Uploaded) == [Reason.ORPHANED_FIN_WAIT_2]
     assert len(net.nic.table) == 0
     closed_at = net.now
     net.run_until(lambda: net.has_event(a, Closed), 5.0)
@@ -106,7 +106,8 @@ def test_close_of_a_half_closed_connection_in_fin_wait_2_uploads_it() -> None:
     assert a.offload_state is OffloadState.OFFLOADED  # half-closed: it still receives, offloaded
     a.close()
     net.run_until(lambda: net.has_event(a, Closed), 5.0)
-    assert Reason.FIN_WAIT_2_TIMEOUT in _reasons(net, Uploaded) and len(net.nic.table) == 0
+    assert _reasons(net, Uploaded) == [Reason.ORPHANED_FIN_WAIT_2] and len(net.nic.table) == 0
+    assert Reason.ORPHANED_FIN_WAIT_2.group is ReasonGroup.HOST_UPLOAD, "the host asked for it"
 
 
 def test_upload_all_with_pause_and_resume_under_new_capabilities() -> None:
