@@ -295,7 +295,7 @@ class ConnOffload:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str  # "initiate", "terminate", "update", "send", "data"
+    kind: str  # "initiate", "terminate", "update", "send", "data", "neighbor", "relink"
     sock: TcpSocket | None
     objects: tuple[SharedObject, ...] = ()
 
@@ -320,6 +320,8 @@ class OffloadManager:
         self._candidates: dict[TcpSocket, None] = {}
         self._arp_generation = -1
         self._next_check: float | None = None
+        self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
+        self._resolving: set[bytes] = set()  # new next hops the host asked ARP for (a route change)
 
     # ================================================================== entry points (from HostStack)
 
@@ -335,6 +337,8 @@ class OffloadManager:
         if self.stack.arp.generation != self._arp_generation:
             self._arp_generation = self.stack.arp.generation
             self._check_neighbors()
+        if self._route_dirty:
+            self._check_routes()
 
     def poll(self) -> None:
         target = self.target
@@ -397,6 +401,13 @@ class OffloadManager:
         path = self._paths.get(dst)
         if path is not None:
             self._reconcile(path)
+
+    def on_route_change(self, now: float) -> None:
+        """The routing table changed (HostStack.set_gateway): move the offloaded paths whose next hop is
+        another neighbor now (spec 3.4)."""
+        self.now = max(self.now, now)
+        self._route_dirty = True
+        self.service()
 
     # ================================================================== administration
 
@@ -1014,6 +1025,123 @@ class OffloadManager:
         if table.get(obj.key) is obj:
             del table[obj.key]
 
+    # ================================================================== next-hop change (spec 3.4)
+    #
+    # The next hop is not a path field: it is the neighbor a path is linked to. For every offloaded path
+    # whose route now names another next hop the host follows the spec's sequence: resolve the new next hop
+    # (ARP), offload it as a neighbor of its own if the target does not hold it yet, relink the paths to it
+    # with one update rooted at it, then terminate the old neighbor once no path hangs on it. The connections
+    # stay offloaded throughout. The optional first step (invalidate the old neighbor) is skipped: an
+    # invalidated neighbor makes the target stop its connections and ask for their (mandatory) upload
+    # (INVALID_STATE), which would undo the relink; until the new next hop resolves the target keeps sending
+    # through the old one, as frames already queued to it would. No route, or a next hop that does not
+    # resolve: the connections are uploaded (PATH_CHANGE / NEIGHBOR_CHANGE) and the host engine carries on.
+
+    def _check_routes(self) -> None:
+        waiting = False
+        moves: dict[bytes, list[SharedObject]] = {}
+        for path in self._offloaded_paths():
+            hop = self.stack.iface.next_hop(path.key)
+            if path.parent is not None and path.parent.key == hop:
+                continue
+            rec = self.registry.record(path.handle)
+            if rec.invalidated:
+                continue
+            if rec.phase is not Phase.OFFLOADED or rec.updating:
+                waiting = True  # its offload, update or upload completes first
+            elif hop is None:
+                self._upload_dependents(path, Reason.PATH_CHANGE)
+            elif self.stack.arp.lookup(hop, self.now) is not None:
+                self._resolving.discard(hop)
+                moves.setdefault(hop, []).append(path)
+            elif self._resolve(hop):
+                waiting = True
+            else:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        for hop, paths in moves.items():
+            waiting |= not self._relink(hop, paths)
+        self._route_dirty = waiting
+
+    def _offloaded_paths(self) -> list[SharedObject]:
+        """The paths the offloaded connections use (a dict keeps them unique and in a stable order)."""
+        paths: dict[int, SharedObject] = {}
+        for sock in self._by_handle.values():
+            path = sock.offload.path if sock.offload is not None else None
+            if path is not None and path.target_handle is not None and path.handle in self.registry:
+                paths[path.handle] = path
+        return list(paths.values())
+
+    def _resolve(self, hop: bytes) -> bool:
+        """Resolution of ``hop`` is under way (started now if needed); False once it failed."""
+        entry = self.stack.arp.entry(hop)
+        if entry is None and hop in self._resolving:
+            self._resolving.discard(hop)  # the ARP cache gave up on it (NeighborUnreachable)
+            return False
+        if entry is None and self.stack.arp.resolve(hop, self.now) is None:
+            return False
+        self._resolving.add(hop)
+        return True
+
+    def _upload_dependents(self, obj: SharedObject, reason: Reason) -> None:
+        for sock in self._dependents(obj):
+            self.upload(sock, reason)
+
+    def _relink(self, hop: bytes, paths: list[SharedObject]) -> bool:
+        """Steps 2-3: the new neighbor offloaded (alone) if needed, then the paths relinked to it. True when
+        the relink update went to the target."""
+        mac = self.stack.arp.lookup(hop, self.now)
+        assert mac is not None
+        neighbor, node = self._neighbor_node(hop, mac)
+        if neighbor is None:
+            return False  # being offloaded: the relink follows its completion
+        if isinstance(node, NewObject):
+            request = InitiateOffload(self._rid(), build_tree([(node, None, None)]))
+            if not self._submit(request, _Pending("neighbor", None, (neighbor,))):
+                self._drop_shared(neighbor)
+            return False
+        assert neighbor.target_handle is not None
+        if self.registry.record(neighbor.handle).updating:
+            return False  # a MAC update of the new neighbor is in flight: one update at a time (3.3)
+        root = LinkedObject(neighbor.target_handle, neighbor.handle)
+        tree = build_tree([(root, LinkedObject(p.target_handle or 0, p.handle), None) for p in paths])
+        return self._submit(UpdateOffload(self._rid(), tree), _Pending("relink", None, (neighbor, *paths)))
+
+    def _on_neighbor_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        (neighbor,) = pending.objects
+        block = next((b for b in walk(completion.tree) if b.host_handle == neighbor.handle), None)
+        if block is not None and block.status.ok:
+            neighbor.target_handle = block.target_handle
+            self._reconcile(neighbor)  # ARP may have learnt another MAC meanwhile
+        else:
+            self._drop_shared(neighbor)
+        self._route_dirty = True  # the relink goes next, or (failed) another attempt
+
+    def _on_relink_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        """Step 4: an old neighbor no path hangs on any more is terminated. A path the target could not
+        relink (FAILURE: corrupt hardware, spec 3.3) has its connections uploaded."""
+        neighbor, *paths = pending.objects
+        status = {b.host_handle: b.status for b in walk(completion.tree)}
+        old: dict[int, SharedObject] = {}
+        for path in paths:
+            if status.get(path.handle) is Status.SUCCESS:
+                if path.parent is not None:
+                    old[path.parent.handle] = path.parent
+                path.parent = neighbor
+                self._reconcile(path)  # a PMTU change that waited for this update
+            else:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        self._reconcile(neighbor)
+        for obj in old.values():
+            self._release_neighbor(obj)
+        self._route_dirty = True
+
+    def _release_neighbor(self, obj: SharedObject) -> None:
+        if obj.target_handle is None or not self._last_user(obj, 0):
+            return
+        tree = build_tree([(LinkedObject(obj.target_handle, obj.handle), None, None)])
+        if self._submit(TerminateOffload(self._rid(), tree), _Pending("terminate", None, (obj,))):
+            self._drop_shared(obj)
+
     # ================================================================== upload
 
     def _terminate(self, sock: TcpSocket, reason: Reason | None) -> bool:
@@ -1273,6 +1401,12 @@ class OffloadManager:
         elif pending.kind == "update":
             assert isinstance(completion, StateCompletion)
             self._on_update_done(pending, completion)
+        elif pending.kind == "neighbor":
+            assert isinstance(completion, StateCompletion)
+            self._on_neighbor_done(pending, completion)
+        elif pending.kind == "relink":
+            assert isinstance(completion, StateCompletion)
+            self._on_relink_done(pending, completion)
         elif pending.sock is not None:
             self._on_data_done(pending.sock, completion)
 
