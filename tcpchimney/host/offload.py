@@ -110,6 +110,9 @@ if TYPE_CHECKING:
 
 _SEQ0 = SeqNum(0)
 MAX_SEND_CHUNK = 256 * 1024  # bytes per Send request: one NBL each (contract), bounded for the codec
+# The most an offloaded socket accepts beyond SO_SNDBUF on the target's SendBacklogChanged (Linux's default
+# tcp_wmem maximum, the bound of its own send-buffer autotuning).
+MAX_SEND_BACKLOG = 4 << 20
 _OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
@@ -276,7 +279,7 @@ class ConnOffload:
     update_pending: bool = False  # socket options changed while an update was in flight
     updating: bool = False
     refused_by_target: bool = False
-    backlog: int = 0
+    backlog: int = 0  # the target's preferred send backlog (SendBacklogChanged); 0: none indicated
     forced: bool = False  # offload_now waits for a neighbor / path: the mode must not judge it again
     moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
     una0: SeqNum = _SEQ0
@@ -423,10 +426,16 @@ class OffloadManager:
                 why = policy.keeps(self._info(sock))
                 if why is not None or not sock.offload_allowed:
                     self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
-            elif off.in_host:
+        self._reconsider()
+        self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def _reconsider(self) -> None:
+        """Every connection on the host becomes a candidate again (refusals may no longer hold)."""
+        for sock in self.stack.connections():
+            off = sock.offload
+            if off is not None and off.in_host:
                 off.refused_by_target = False
                 self._candidates[sock] = None
-        self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
 
     def offload_now(self, sock: TcpSocket) -> Reason | None:
         """Offload ``sock`` whatever the mode (rules and opt-out still apply). None: the initiate is in
@@ -468,7 +477,7 @@ class OffloadManager:
             raise self._closed_error(off, "send")
         if off.fin_pending or off.tcp_state not in _OPEN_FOR_SEND:
             raise ConnectionClosedError(f"send: the connection is {off.tcp_state.value}", off.tcp_state)
-        space = max(0, sock.conn.config.snd_buf - off.outstanding - len(off.queued))
+        space = max(0, self._send_limit(sock) - off.outstanding - len(off.queued))
         n = min(space, len(data))
         if n:
             self._queue_send(off.queued, data, n)
@@ -587,6 +596,12 @@ class OffloadManager:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:
             return Reason.TARGET_NOT_SUPPORTED
+        # What the target announced with its last resume (spec 4.5): the host does not offer what it would
+        # have to refuse.
+        if conn.sack_enabled and not self.capabilities.sack:
+            return Reason.OPTION_UNSUPPORTED
+        if len(self._by_handle) >= self.capabilities.capacity:
+            return Reason.TARGET_FULL
         info = self._info(sock)
         return self.policy.rule_reason(info) if forced else self.policy.decide(info)
 
@@ -697,6 +712,7 @@ class OffloadManager:
         off.returned.clear()
         off.held.clear()
         off.update_pending = off.updating = off.target_holds = False
+        off.backlog = 0  # the target indicates its own estimate
         off.upload_after = None
         # An application the engine refused waits for a SendSpace the frozen engine will never report.
         off.send_blocked = conn.send_blocked
@@ -794,11 +810,19 @@ class OffloadManager:
             off.fin_sent = True
             self._submit(Disconnect(self._rid(), off.ctx), _Pending("data", sock))
 
+    def _send_limit(self, sock: TcpSocket) -> int:
+        """Bytes the socket keeps given to the target or queued for it: SO_SNDBUF, or the target's preferred
+        send backlog when that is larger (a long fat path needs more in flight than the buffer holds; the
+        application sees it as send space, as Windows' ideal send backlog). Capped at MAX_SEND_BACKLOG."""
+        off = sock.offload
+        assert off is not None
+        return max(sock.conn.config.snd_buf, min(off.backlog, MAX_SEND_BACKLOG))
+
     def _report_send_space(self, sock: TcpSocket) -> None:
         """A blocked application learns of the space the offload opened (no Send completion may follow)."""
         off = sock.offload
         assert off is not None
-        space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+        space = self._send_limit(sock) - off.outstanding - len(off.queued)
         if off.send_blocked and not off.finished and space > 0:
             off.send_blocked = False
             self._emit(sock, SendSpace(space))
@@ -820,7 +844,7 @@ class OffloadManager:
             return
         off.outstanding -= len(data)
         if off.send_blocked and not off.finished:
-            space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+            space = self._send_limit(sock) - off.outstanding - len(off.queued)
             if space > 0:
                 off.send_blocked = False
                 self._emit(sock, SendSpace(space))
@@ -1282,7 +1306,8 @@ class OffloadManager:
         snap = TcpSnapshot(off.const, replace(off.cached), d)
         base = sock.conn.config
         extra = len(tail) + len(off.queued)
-        conn = tcp_snapshot.rebuild(snap, replace(base, snd_buf=base.snd_buf + extra), self.now)
+        room = max(base.snd_buf, len(d.send_data)) + extra  # the send backlog may exceed SO_SNDBUF
+        conn = tcp_snapshot.rebuild(snap, replace(base, snd_buf=room), self.now)
         conn.orphaned = off.closed
         if conn.orphaned and conn.state is TcpState.FIN_WAIT_2 and conn.close_deadline is None:
             conn.close_deadline = self.now + conn.config.fin_wait_2_timeout  # the target never armed it
@@ -1446,6 +1471,7 @@ class OffloadManager:
         elif isinstance(ind, TargetResumed):
             self.paused = False
             self.capabilities = ind.capabilities
+            self._reconsider()  # what the pause refused may go now, under the new capabilities
         elif isinstance(ind, UploadAllRequested):
             self.upload_all(Reason.UPLOAD_ALL)
         elif isinstance(ind, LinkStatusChanged):
@@ -1472,6 +1498,8 @@ class OffloadManager:
             self.upload(sock, ind.reason)
         elif isinstance(ind, SendBacklogChanged):
             sock.offload.backlog = ind.backlog
+            if sock.offload.state is OffloadState.OFFLOADED:
+                self._report_send_space(sock)  # a larger backlog may unblock the application
 
     def _on_reachability_query(self, ind: NeighborReachabilityQuery) -> None:
         obj = self._neighbor_of.get(ind.host_handle)

@@ -99,6 +99,8 @@ class TcpEntry:
     frozen: Reason | None = None  # stopped for an upload: no output, no timers, frames held for the host
     requested: set[Reason] = field(default_factory=set)
     held: list[Frame] = field(default_factory=list)
+    backlog_indicated: int = 0  # the last SendBacklogChanged value (0: none yet)
+    backlog_quiet_until: float = 0.0  # no SendBacklogChanged before this time (throttle)
 
     @property
     def stopped(self) -> bool:

@@ -15,8 +15,8 @@ buffers fill before any indication; one indication at a time; the peer's FIN ind
 before it was delivered; an upload asked for (not taken) on TIME-WAIT, urgent data, timeouts, invalid state.
 
 In the spirit of Linux netdevsim it has a bounded table, counters, ``dump_state`` for tests, fault knobs
-(``refuse_next_offload``, ``request_upload``, ``stall``, ``fail_hardware``) and ``close`` warns when state
-leaked.
+(``refuse_next_offload``, ``request_upload``, ``pause`` / ``resume``, ``stall``, ``fail_hardware``) and
+``close`` warns when state leaked.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ from tcpchimney.chimney.indications import (
     PeerDisconnect,
     PeerReset,
     ReceiveIndication,
+    SendBacklogChanged,
     TargetCapabilities,
+    TargetPaused,
+    TargetResumed,
+    UploadAllRequested,
     UploadRequest,
 )
 from tcpchimney.chimney.neighbor import NeighborCached, NeighborDelegated, NeighborState
@@ -84,6 +88,7 @@ from tcpchimney.nic.table import (
     TcpEntry,
 )
 from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.connection import TcpConnection
 from tcpchimney.tcp.events import (
     ConnectionReset,
     ConnectionTimedOut,
@@ -100,6 +105,11 @@ from tcpchimney.wire.tcp import PSH, RST, URG, TcpSegment
 log = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 0.5  # Windows' push timer (spec 3.6): a partly filled push-mode buffer completes after it
+# SendBacklogChanged throttle (spec 4.3: "do not indicate small or frequent changes"): a new estimate is
+# indicated only when it differs from the last one by more than a quarter, and at most once per smoothed RTT
+# (at least this many seconds apart).
+BACKLOG_CHANGE_FRACTION = 4
+MIN_BACKLOG_INTERVAL = 0.01
 MAX_HELD_FRAMES = 1024  # frames of a frozen connection kept for the host; later ones are discarded
 _IPV4_TCP_HEADERS = 40
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
@@ -456,6 +466,8 @@ class SoftwareTarget(TargetMethods):
             entry.acked += step
             entry.una_last = una
             entry.path.neighbor.last_progress = now  # forward progress (spec 4.6)
+            if now >= entry.backlog_quiet_until:
+                self._indicate_backlog(entry, now)
         acked = min(entry.acked, entry.written)
         while entry.sends and entry.sends[0].end <= acked:
             send = entry.sends.popleft()
@@ -464,6 +476,17 @@ class SoftwareTarget(TargetMethods):
         if disc is not None and not entry.sends and entry.conn.our_fin_acked:
             entry.disconnect = None
             self.complete(DisconnectCompletion(disc.request_id, Status.SUCCESS, disc.end - disc.start))
+
+    def _indicate_backlog(self, entry: TcpEntry, now: float) -> None:
+        """A new preferred send backlog, when it moved enough (throttled, see BACKLOG_CHANGE_FRACTION)."""
+        backlog = send_backlog(entry.conn)
+        last = entry.backlog_indicated
+        if abs(backlog - last) * BACKLOG_CHANGE_FRACTION <= last:
+            return
+        entry.backlog_indicated = backlog
+        entry.backlog_quiet_until = now + max(entry.conn.srtt or 0.0, MIN_BACKLOG_INTERVAL)
+        self.counters.lifecycle["send_backlog_changes"] += 1
+        self.indicate(SendBacklogChanged(entry.host_handle, backlog))
 
     def _send_done(self, send: PendingSend, status: Status, acked: int) -> None:
         self.counters.lifecycle["send_completions"] += 1
@@ -800,10 +823,9 @@ class SoftwareTarget(TargetMethods):
         if handle in self.table.conns:
             entry = self.table.conns[handle]
             snap = self._export(entry, now)
-            backlog = max(entry.conn.cwnd, entry.conn.snd_wnd)  # spec 2.4: min(BDP, window) suggested
             delegated = replace(
                 snap.delegated,
-                send_backlog_size=min(backlog, 0xFFFF_FFFF),
+                send_backlog_size=send_backlog(entry.conn),
                 receive_backlog_size=entry.conn.readable,
             )
             return block.with_result(Status.SUCCESS, state=TcpSnapshot(snap.const, entry.cached, delegated))
@@ -988,6 +1010,24 @@ class SoftwareTarget(TargetMethods):
                 return
         raise KeyError(f"no offloaded connection with host handle {host_handle}")
 
+    def pause(self, upload_all: bool = False) -> None:
+        """Stop taking offloads (spec 4.5 NDIS_STATUS_OFFLOAD_PAUSE), e.g. before a teaming failover;
+        ``upload_all``: and ask the host to empty the target (NDIS_STATUS_UPLOAD_ALL)."""
+        self.indicate(TargetPaused())
+        if upload_all:
+            self.indicate(UploadAllRequested())
+
+    def resume(self, capabilities: TargetCapabilities | None = None) -> None:
+        """Take offloads again (NDIS_STATUS_OFFLOAD_RESUME), with new ``capabilities`` if given: a target
+        announces a change only this way (spec 2.5). The new capacity bounds the table from now on and a
+        connection using an option the target lost (SACK) is refused."""
+        if capabilities is not None:
+            if capabilities.ipv6 and not self._capabilities.ipv6:
+                raise ValueError("this target has no IPv6 data path")
+            self._capabilities = capabilities
+            self.table.capacity = capabilities.capacity
+        self.indicate(TargetResumed(self._capabilities))
+
     def stall(self, on: bool = True) -> None:
         """A stalled target sends no frame and releases no completion or indication (they queue)."""
         self._stalled = on
@@ -1042,6 +1082,17 @@ class SoftwareTarget(TargetMethods):
             )
             log.error(message)
             warnings.warn(message, ResourceWarning, stacklevel=2)
+
+
+def send_backlog(conn: TcpConnection) -> int:
+    """The bytes the host should keep outstanding at the target (spec 2.4 SendBacklogSize, 4.3
+    TcpIndicateSendBacklogChange). The spec suggests min(bandwidth-delay product, advertised window); the
+    congestion window is the sender's measure of the bandwidth-delay product and the largest window the peer
+    offered bounds it, so one send window is min(cwnd, MaxSndWnd). The backlog is two of them: one window in
+    flight while the next is already posted, so the target never waits for the host between round trips
+    (the host's Send completes only once the peer ACKed it, a round trip later). It does not vary with what is
+    posted now, as the spec requires."""
+    return min(2 * min(conn.cwnd, conn.max_snd_wnd), 0xFFFF_FFFF)
 
 
 def _walk(tree: Tree) -> list[BlockList]:

@@ -4,6 +4,8 @@ resume, partial offload when the target is full, hardware failure, automatic thr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from offload_harness import Net, Stream, exchange, make_net, payload, read_all
 
@@ -125,18 +127,47 @@ def test_upload_all_with_pause_and_resume_under_new_capabilities() -> None:
         net, OffloadRefused
     )
     exchange(net, [Stream(a, b, payload(50_000, i)) for i, (a, b) in enumerate(pairs)])
-    net.nic.indicate(TargetResumed(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=1)))
-    net.run_for(0.01)
-    assert net.a.offload_now(late) is None
-    net.wait_offloaded(late)
-    assert net.a._offload is not None and net.a._offload.capabilities.capacity == 1
+    net.nic.indicate(TargetResumed(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=4)))
+    net.wait_offloaded(late)  # the resume offers again what the pause refused, and the uploaded ones
+    net.run_until(lambda: all(a.offload_state is OffloadState.OFFLOADED for a, _ in pairs), 5.0)
+    assert net.a._offload is not None and net.a._offload.capabilities.capacity == 4
     exchange(net, [Stream(late, late_b, payload(60_000, 9)), Stream(late_b, late, payload(60_000, 10))])
 
 
+def test_resume_with_changed_capabilities_is_honoured_by_the_host() -> None:
+    """Spec 4.5 / 2.5: after a pause and upload-all the target resumes without SACK and with room for one
+    connection. The host offers it no connection that negotiated SACK (OPTION_UNSUPPORTED) and no more than
+    one connection (TARGET_FULL): the target never has to refuse. A later resume with full capabilities
+    brings every connection back onto the target."""
+    net = make_net(42)
+    with_sack = [net.connect(port=7 + i) for i in range(2)]
+    for a, _ in with_sack:
+        net.wait_offloaded(a)
+    net.nic.pause(upload_all=True)
+    net.run_until(lambda: all(a.offload_state is OffloadState.IN_HOST for a, _ in with_sack), 5.0)
+    net.b.tcp_config = replace(net.b.tcp_config, sack=False)  # b's next connections do not permit SACK
+    without = [net.connect(port=20 + i) for i in range(2)]
+    assert not any(a.conn.sack_enabled for a, _ in without) and all(a.conn.sack_enabled for a, _ in with_sack)
+    net.nic.resume(TargetCapabilities(ipv4=True, ipv6=False, sack=False, capacity=1))
+    net.run_for(0.1)
+    assert [a.offload_reason for a, _ in with_sack] == [Reason.OPTION_UNSUPPORTED] * 2
+    states = sorted(a.offload_state.value for a, _ in without)
+    assert states == ["in_host", "offloaded"], states
+    assert Reason.TARGET_FULL in [a.offload_reason for a, _ in without]
+    assert net.nic.counters.refusals == {}, "the host honoured the capabilities: the target refused nothing"
+    pairs = with_sack + without
+    exchange(net, [Stream(a, b, payload(40_000, i)) for i, (a, b) in enumerate(pairs)])
+    net.nic.resume(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=64))
+    net.run_until(lambda: all(a.offload_state is OffloadState.OFFLOADED for a, _ in pairs), 5.0)
+    exchange(net, [Stream(b, a, payload(40_000, 10 + i)) for i, (a, b) in enumerate(pairs)])
+
+
 def test_partial_offload_when_the_target_has_fewer_entries_than_connections() -> None:
-    """Spec 3.1 resource errors: capacity 2, five connections: two offloaded, three refused TARGET_FULL and
-    kept on the host; every transfer is byte-exact either way."""
-    net = make_net(37, capacity=2)
+    """Spec 3.1 resource errors: the target announces room for 64 connections but has entries for two; five
+    connections: two offloaded, three refused by the target (TARGET_FULL) and kept on the host; every
+    transfer is byte-exact either way."""
+    net = make_net(37)
+    net.nic.table.capacity = 2
     pairs = [net.connect(port=7 + i) for i in range(5)]
     net.run_for(0.1)
     states = [a.offload_state for a, _ in pairs]
