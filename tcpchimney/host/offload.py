@@ -62,6 +62,7 @@ from tcpchimney.chimney.requests import (
     Disconnect,
     Forward,
     InitiateOffload,
+    InvalidateOffload,
     PostReceive,
     ReachabilityReply,
     Request,
@@ -325,6 +326,7 @@ class OffloadManager:
         self._next_check: float | None = None
         self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
         self._resolving: set[bytes] = set()  # new next hops the host asked ARP for (a route change)
+        self._verifying: dict[bytes, SharedObject] = {}  # neighbors the target asked about, being re-probed
 
     # ================================================================== entry points (from HostStack)
 
@@ -950,6 +952,8 @@ class OffloadManager:
     def _check_neighbors(self) -> None:
         for obj in list(self._neighbors.values()):
             self._reconcile(obj)
+        if self._verifying:
+            self._check_verified()
 
     def _wanted(self, obj: SharedObject) -> bytes | int | None:
         if obj.layer is Layer.PATH:
@@ -968,6 +972,8 @@ class OffloadManager:
         ):
             return
         rec = self.registry.record(obj.handle)
+        if rec.invalidated:
+            return  # never updated again (spec 3.3): its connections are on their way back
         if rec.phase is not Phase.OFFLOADED or rec.updating:
             obj.pending = True
             return
@@ -1514,6 +1520,41 @@ class OffloadManager:
         self._submit(
             ReachabilityReply(self._rid(), obj.target_handle, ind.indication_id, hrd), _Pending("data", None)
         )
+        if not fresh:
+            self._verify(obj)
+
+    def _verify(self, obj: SharedObject) -> None:
+        """Spec 4.6, the host's half of a "stale" answer: confirm the neighbor by ARP (a unicast probe to the
+        MAC it has, or a request when it has none). If nobody answers, the ARP cache forgets the entry and
+        ``_check_neighbors`` invalidates the target's neighbor. The spec's host first queries the NRD after a
+        timer and probes only without progress; here the probe is the check (an answered probe costs one
+        ARP exchange), which the spec leaves to the host."""
+        arp = self.stack.arp
+        if arp.lookup(obj.key, self.now) is None:  # STALE -> PROBE: the lookup sends the unicast probe
+            arp.resolve(obj.key, self.now)
+        self._verifying[obj.key] = obj
+
+    def _check_verified(self) -> None:
+        for hop, obj in list(self._verifying.items()):
+            entry = self.stack.arp.entry(hop)
+            if entry is None:  # the probes went unanswered: the neighbor is gone
+                del self._verifying[hop]
+                self._invalidate_neighbor(obj)
+            elif entry.state.value == "REACHABLE":
+                del self._verifying[hop]
+
+    def _invalidate_neighbor(self, obj: SharedObject) -> None:
+        """Spec 3.4 / 4.6: the target stops sending through ``obj`` and asks for the upload of every
+        connection behind it (INVALID_STATE); new offloads get a fresh neighbor object."""
+        if obj.target_handle is None or obj.handle not in self.registry:
+            return
+        rec = self.registry.record(obj.handle)
+        if rec.phase is not Phase.OFFLOADED or rec.invalidated:
+            return
+        tree = build_tree([(LinkedObject(obj.target_handle, obj.handle), None, None)])
+        if self._submit(InvalidateOffload(self._rid(), tree), _Pending("data", None)):
+            bump(self.counters, "neighbors_invalidated")
+            self._drop_shared(obj)
 
     # ================================================================== helpers
 

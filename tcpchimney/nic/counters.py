@@ -39,6 +39,7 @@ LIFECYCLE_KEYS: Final = (
     "peer_disconnects",
     "peer_resets",
     "send_backlog_changes",  # SendBacklogChanged indications
+    "reachability_queries",  # NeighborReachabilityQuery indications
 )
 
 

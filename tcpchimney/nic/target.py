@@ -38,6 +38,7 @@ from tcpchimney.chimney.completions import (
     completion_for,
 )
 from tcpchimney.chimney.indications import (
+    NeighborReachabilityQuery,
     PeerDisconnect,
     PeerReset,
     ReceiveIndication,
@@ -156,11 +157,14 @@ class SoftwareTarget(TargetMethods):
         vlans: frozenset[int] = frozenset(),
         max_rcv_window: int = 1 << 30,
         ip_id_start: int = 0,
+        nce_stale: float = 30.0,
     ) -> None:
         """``features``: the device's stateless offloads (checksum, TSO), used for the frames it builds.
         ``config``: engine settings the contract leaves to each side (interface MSS, RTO bounds, retries).
         ``mac``: the interface MAC for neighbors without a source MAC; learnt from the host's frames if None.
-        ``vlans``: VLAN ids configured on the interface (spec 5.6); others fail with VLAN_MISMATCH."""
+        ``vlans``: VLAN ids configured on the interface (spec 5.6); others fail with VLAN_MISMATCH.
+        ``nce_stale``: NceStaleTicks in seconds (spec 2.5, 4.6): with neither forward progress nor a host
+        confirmation for that long, the target asks the host whether a neighbor it sends to is reachable."""
         super().__init__(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=capacity))
         self.features = features or DeviceFeatures()
         base = config or TcpConfig()
@@ -173,6 +177,7 @@ class SoftwareTarget(TargetMethods):
         self.mac = mac
         self.vlans = vlans
         self.max_rcv_window = max_rcv_window
+        self.nce_stale = nce_stale
         self.host: UpperNode | None = None
         self._ip_ids = IpIds(ip_id_start)
         self._tx: list[Frame] = []  # own frames built outside frames_to_send (an abort's RST)
@@ -423,6 +428,9 @@ class SoftwareTarget(TargetMethods):
         if not segs:
             self._rearm(entry)  # building no segment may still have moved a timer
             return
+        neighbor = entry.path.neighbor
+        if now - neighbor.last_progress > self.nce_stale:
+            self._query_reachability(neighbor, now)
         template = entry.template or self._template(entry)
         tcp, ip = self.counters.tcp, self.counters.ip
         for seg in segs:
@@ -468,6 +476,12 @@ class SoftwareTarget(TargetMethods):
             entry.path.neighbor.last_progress = now  # forward progress (spec 4.6)
             if now >= entry.backlog_quiet_until:
                 self._indicate_backlog(entry, now)
+        rcv = entry.conn.rcv_nxt
+        if rcv != entry.rcv_last:
+            # New in-order data: the peer keeps sending into the window our ACKs opened, so it hears us
+            # (spec 4.6: "a segment whose sequence number shows the peer heard our ACK").
+            entry.rcv_last = rcv
+            entry.path.neighbor.last_progress = now
         acked = min(entry.acked, entry.written)
         while entry.sends and entry.sends[0].end <= acked:
             send = entry.sends.popleft()
@@ -476,6 +490,21 @@ class SoftwareTarget(TargetMethods):
         if disc is not None and not entry.sends and entry.conn.our_fin_acked:
             entry.disconnect = None
             self.complete(DisconnectCompletion(disc.request_id, Status.SUCCESS, disc.end - disc.start))
+
+    def _query_reachability(self, neighbor: NeighborEntry, now: float) -> None:
+        """Spec 4.6: about to send through a neighbor with no forward progress for NceStaleTicks. When the
+        host has not vouched for it for as long either, ask (one query at a time; after an answer, none for
+        NceStaleTicks: the spec rate-limits only the "stale" answer, the same bound for a "reachable" one
+        keeps a host whose confirmation is itself older than NceStaleTicks from being asked at every send)."""
+        if neighbor.query is not None or now < neighbor.quiet_until:
+            return
+        if now - neighbor.host_confirmed <= self.nce_stale:
+            return
+        self._indication_ids += 1
+        neighbor.query = self._indication_ids
+        self.counters.lifecycle["reachability_queries"] += 1
+        nrd = now - neighbor.last_progress
+        self.indicate(NeighborReachabilityQuery(neighbor.host_handle, neighbor.query, nrd))
 
     def _indicate_backlog(self, entry: TcpEntry, now: float) -> None:
         """A new preferred send backlog, when it moved enough (throttled, see BACKLOG_CHANGE_FRACTION)."""
@@ -676,6 +705,7 @@ class SoftwareTarget(TargetMethods):
             state.cached,
             src_mac,
             now - state.delegated.nic_reachability_delta,
+            now - state.cached.host_reachability_delta,
         )
         self.table.add_neighbor(entry)
         return entry
@@ -988,7 +1018,12 @@ class SoftwareTarget(TargetMethods):
         if neighbor is None:
             self.complete(Completion(request.request_id, Status.INVALID_STATE))
             return
-        neighbor.cached = NeighborCached(neighbor.cached.dest_mac, request.host_reachability_delta)
+        hrd = request.host_reachability_delta
+        neighbor.cached = NeighborCached(neighbor.cached.dest_mac, hrd)
+        neighbor.host_confirmed = now - hrd  # spec 4.6: HRT = NCT - HRD (0, "stale": HRT = now)
+        if neighbor.query == request.indication_id:
+            neighbor.query = None
+            neighbor.quiet_until = now + self.nce_stale
         self.complete(Completion(request.request_id, Status.SUCCESS))
 
     # ================================================================== fault knobs and introspection

@@ -162,16 +162,14 @@ def make_net(
     mtu: int = 1500,
     routed: bool = False,
     arp_params: ArpParams | None = None,
-    nce_stale: float | None = None,
+    nce_stale: float = 30.0,
 ) -> Net:
     """``offload=False``: ``a`` is a plain HostStack (no target at all), the host-only baseline.
     ``routed``: b is on another subnet behind router R1 (a's gateway); router R2 is on the link too.
     ``arp_params``: a's ARP timers; ``nce_stale``: the target's NceStaleTicks (seconds)."""
     link = SimLink(seed, mtu=mtu)
-    extra = {} if nce_stale is None else {"nce_stale": nce_stale}
-    target = SoftwareTarget(
-        capacity=capacity, mac=bytes.fromhex(A_MAC.replace(":", "")), config=config, **extra
-    )
+    mac = bytes.fromhex(A_MAC.replace(":", ""))
+    target = SoftwareTarget(capacity=capacity, mac=mac, config=config, nce_stale=nce_stale)
     b_ip = B_ROUTED_IP if routed else B_IP
     a = HostStack(
         InterfaceConfig.parse(A_MAC, f"{A_IP}/24", gateway=R1_IP if routed else None, mtu=mtu),
