@@ -103,6 +103,7 @@ from tcpchimney.tcp.events import (
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.seq import SeqNum
+from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
     from tcpchimney.host.sockets import TcpSocket
@@ -909,7 +910,13 @@ class OffloadManager:
             return
         off.rcvq.clear()
         self._emit(sock, ConnectionReset())
-        off.reset = True
+        if off.state is OffloadState.UPLOADING and off.reason is Reason.TARGET_HARDWARE_FAILURE:
+            # Spec 3.2 step 3: after asking for the upload for corrupt hardware the target aborts the
+            # connection: its state is lost, the peer reset nothing. The terminate fails and the host
+            # resets the peer (_lost).
+            off.aborted = True
+        else:
+            off.reset = True
         self._finish(sock)
         self.upload(sock, Reason.PEER_RESET)
 
@@ -1256,7 +1263,7 @@ class OffloadManager:
             self._by_handle[off.handle] = sock
             self._fault(sock, Reason.HARDWARE_FAILURE, "the target cannot terminate the offload", act=False)
             return
-        needs_rst = off.aborted and not off.rst_sent and block.status is Status.SUCCESS
+        needs_rst = off.aborted and not off.rst_sent  # an abort not yet on the wire (lost state: _lost)
         if off.finished and not needs_rst:
             off.state = OffloadState.IN_HOST
             self._report_upload(sock)
@@ -1411,6 +1418,21 @@ class OffloadManager:
             self._emit(sock, Closed())
         sock.conn.abort()
         self._discard_engine_events(sock)
+        self._probe_lost_peer(sock)
+
+    def _probe_lost_peer(self, sock: TcpSocket) -> None:
+        """The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
+        window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1,
+        the SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with
+        an ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK
+        with an RST the peer accepts exactly (3.10.7.1)."""
+        off = sock.offload
+        assert off is not None
+        seq = off.base_una + (off.acked - 1)
+        probe = TcpSegment(
+            sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
+        )
+        self.stack._send_segment_stateless(sock.remote_ip, probe)
 
     # ================================================================== completions and indications
 

@@ -99,6 +99,7 @@ class TcpEntry:
     peer_fin_indicated: bool = False
     time_wait_pending: bool = False  # ask for the upload once the FIN was indicated
     reset: bool = False  # the peer reset it, or the host aborted it
+    state_lost: bool = False  # corrupt hardware: its terminate returns nothing (fail_hardware)
     frozen: Reason | None = None  # stopped for an upload: no output, no timers, frames held for the host
     requested: set[Reason] = field(default_factory=set)
     held: list[Frame] = field(default_factory=list)

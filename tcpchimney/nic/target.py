@@ -25,7 +25,7 @@ import heapq
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -878,6 +878,12 @@ class SoftwareTarget(TargetMethods):
         entry = self.table.conns.get(handle)
         if entry is None:
             return block.with_result(Status.FAILURE)
+        if entry.state_lost:  # spec 3.2 steps 4-5: nothing to hand back
+            self._abort_calls(entry, Status.REQUEST_ABORTED)
+            self.table.remove(handle)
+            self._dirty.pop(handle, None)
+            self._to_host.extend(entry.held)
+            return block.with_result(Status.FAILURE)
         self._abort_calls(entry, Status.UPLOAD_IN_PROGRESS)  # spec 3.5 step 8
         if not entry.stopped and not self._stalled:
             self._output(entry, now, self._tx)  # step 1: pending ACKs leave before the state does
@@ -1070,12 +1076,17 @@ class SoftwareTarget(TargetMethods):
     def poll(self) -> Output | None:
         return None if self._stalled else super().poll()
 
-    def fail_hardware(self) -> None:
-        """Corrupt hardware (spec 3.2): every connection stops and asks for its upload; later state calls
-        fail; terminate still returns the state (a software target never loses it)."""
+    def fail_hardware(self, lost: Collection[int] = ()) -> None:
+        """Corrupt hardware (spec 3.2): every connection stops and asks for its upload (TcpIndicateRetrieve,
+        HardwareFailure); later state calls fail. Terminate returns the state of each connection, except
+        those whose host handle is in ``lost``: their state is gone, so the target also aborts them
+        (TcpIndicateAbort), completes their calls with REQUEST_ABORTED and their terminate with FAILURE."""
         self._failed = True
         for entry in list(self.table.conns.values()):
             self._freeze(entry, Reason.TARGET_HARDWARE_FAILURE)
+            if entry.host_handle in lost:
+                entry.state_lost = entry.reset = True  # later calls: REQUEST_ABORTED
+                self.indicate(PeerReset(entry.host_handle))  # TcpIndicateAbort (spec 3.2 step 3)
 
     def dump_state(self) -> dict[str, Any]:
         """A plain-data picture of the table for tests and diagnostics."""

@@ -9,9 +9,13 @@ from dataclasses import replace
 import pytest
 from offload_harness import Net, Stream, exchange, make_net, payload, read_all
 
+from tcpchimney.chimney.completions import SendCompletion, StateCompletion
 from tcpchimney.chimney.indications import TargetCapabilities, TargetPaused, TargetResumed, UploadAllRequested
 from tcpchimney.chimney.reason import Reason, ReasonGroup
-from tcpchimney.host.events import Offloaded, OffloadRefused, Uploaded
+from tcpchimney.chimney.requests import Send
+from tcpchimney.chimney.status import Status
+from tcpchimney.chimney.tree import walk
+from tcpchimney.host.events import Offloaded, OffloadFault, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy, OffloadRule
 from tcpchimney.link.sim import Impairments
@@ -184,6 +188,9 @@ def test_hardware_failure_brings_every_connection_back_and_transfers_continue() 
     pairs = [net.connect(port=7 + i) for i in range(3)]
     for a, _ in pairs:
         net.wait_offloaded(a)
+    requests: list[object] = []
+    submit = net.nic.submit
+    net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
     streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
     streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
     for s in streams:
@@ -197,6 +204,56 @@ def test_hardware_failure_brings_every_connection_back_and_transfers_continue() 
     late, _ = net.connect(port=30)
     net.run_for(0.1)
     assert late.offload_state is OffloadState.IN_HOST, "a failed target takes no new connection"
+
+
+def test_corrupt_hardware_sequence_aborts_what_was_lost_and_the_rest_continues() -> None:
+    """Spec 3.2 corrupt-hardware protocol (9.6: FAILURE -> Retrieve(HardwareFailure) -> Abort -> Terminate):
+    the target asks for every upload; for the one connection whose state it lost it also aborts it,
+    completes its outstanding sends with REQUEST_ABORTED and its terminate with FAILURE. The host reports the
+    fault, the application sees the connection reset and the peer is reset too; every other connection is
+    uploaded with its state and finishes byte-exact."""
+    slow = Impairments(delay=0.002)
+    net = make_net(43, imp_a=slow, imp_b=slow)
+    pairs = [net.connect(port=7 + i) for i in range(3)]
+    for a, _ in pairs:
+        net.wait_offloaded(a)
+    requests: list[object] = []
+    submit = net.nic.submit
+    net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
+    streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
+    streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
+    for s in streams:
+        s.step()
+    net.run_for(0.002)
+    outputs: list[object] = []
+    for name in ("indicate", "complete"):
+        original = getattr(net.nic, name)
+        setattr(net.nic, name, lambda out, original=original: (outputs.append(out), original(out))[1])
+    lost_a, lost_b = pairs[1]
+    assert lost_a.offload is not None and lost_a.offload.ctx is not None
+    handle, ctx = lost_a.offload.handle, lost_a.offload.ctx
+    net.nic.fail_hardware(lost={handle})
+    kept = [s for s in streams if lost_a not in (s.src, s.dst)]
+    exchange(net, kept)
+    assert all(a.offload_state is OffloadState.IN_HOST for a, _ in pairs) and len(net.nic.table) == 0
+    assert _reasons(net, Uploaded) == [Reason.TARGET_HARDWARE_FAILURE] * 2
+    ours = [o for o in outputs if getattr(o, "host_handle", None) == handle]
+    assert [type(o).__name__ for o in ours] == ["UploadRequest", "PeerReset"]
+    assert ours[0].reason is Reason.TARGET_HARDWARE_FAILURE  # type: ignore[attr-defined]
+    sends = {r.request_id for r in requests if isinstance(r, Send) and r.ctx == ctx}
+    aborted = [o for o in outputs if isinstance(o, SendCompletion) and o.request_id in sends]
+    assert aborted and {o.status for o in aborted} == {Status.REQUEST_ABORTED}
+    completed = [o for o in outputs if isinstance(o, StateCompletion)]
+    failed = [b for o in completed for b in walk(o.tree) if b.host_handle == handle]
+    assert [b.status for b in failed] == [Status.FAILURE]
+    (fault,) = net.events(OffloadFault)
+    assert fault.sock is lost_a and fault.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+    assert [type(e) for e in net.tcp_events(lost_a) if isinstance(e, ConnectionReset | Closed)] == [
+        ConnectionReset,
+        Closed,
+    ]
+    net.run_until(lambda: net.has_event(lost_b, ConnectionReset), 5.0)  # the peer learns it too
+    assert len(net.a.internal_errors) == 1 and "lost the connection's state" in net.a.internal_errors[0]
 
 
 def test_automatic_mode_offloads_only_past_the_byte_and_rtt_thresholds() -> None:

@@ -184,3 +184,24 @@ def test_neighbor_reachability_query_is_answered() -> None:
     assert not net.events(OffloadFault)
     assert 4.0 < neighbor.cached.host_reachability_delta < 6.0  # seconds since ARP last confirmed it
     assert net.a.counters["stack"]["internal_error"] == 0
+
+
+def test_a_connection_whose_state_the_target_lost_resets_an_idle_peer() -> None:
+    """Spec 3.2: the target aborts a connection whose state it lost and fails its terminate. The host's engine
+    holds the sequence numbers of the offload, long passed: its RST alone would be out of the peer's window.
+    The host's probe makes the idle peer answer, and the exact RST follows."""
+    net = make_offload_net(9)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    exchange(net, [Stream(a, b, payload(100_000, 9))])  # the target moved far past the offload's numbers
+    net.run_for(1.0)  # every delayed ACK is out: the peer sends nothing by itself any more
+    assert a.offload is not None
+    net.target.fail_hardware(lost={a.offload.handle})
+    net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
+    assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)] == [
+        ConnectionReset,
+        Closed,
+    ]
+    (fault,) = net.events(OffloadFault)
+    assert fault.sock is a and fault.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+    assert not net.events(Uploaded), "nothing came back to upload"
