@@ -1077,14 +1077,14 @@ class OffloadManager:
     def _check_routes(self) -> None:
         waiting = False
         moves: dict[bytes, list[SharedObject]] = {}
-        for path in self._offloaded_paths():
+        for path in self._paths_in_use():
             hop = self.stack.iface.next_hop(path.key)
             if path.parent is not None and path.parent.key == hop:
                 continue
             rec = self.registry.record(path.handle)
             if rec.invalidated:
                 continue
-            if rec.phase is not Phase.OFFLOADED or rec.updating:
+            if rec.phase is not Phase.OFFLOADED or rec.updating or path.target_handle is None:
                 waiting = True  # its offload, update or upload completes first
             elif hop is None:
                 self._upload_dependents(path, Reason.PATH_CHANGE)
@@ -1099,12 +1099,13 @@ class OffloadManager:
             waiting |= not self._relink(hop, paths)
         self._route_dirty = waiting
 
-    def _offloaded_paths(self) -> list[SharedObject]:
-        """The paths the offloaded connections use (a dict keeps them unique and in a stable order)."""
+    def _paths_in_use(self) -> list[SharedObject]:
+        """The paths of the connections on the target or on their way (a dict keeps them unique and in a
+        stable order)."""
         paths: dict[int, SharedObject] = {}
         for sock in self._by_handle.values():
             path = sock.offload.path if sock.offload is not None else None
-            if path is not None and path.target_handle is not None and path.handle in self.registry:
+            if path is not None and path.handle in self.registry:
                 paths[path.handle] = path
         return list(paths.values())
 
@@ -1133,7 +1134,7 @@ class OffloadManager:
             return False  # being offloaded: the relink follows its completion
         if isinstance(node, NewObject):
             request = InitiateOffload(self._rid(), build_tree([(node, None, None)]))
-            if not self._submit(request, _Pending("neighbor", None, (neighbor,))):
+            if not self._submit(request, _Pending("neighbor", None, (neighbor, *paths))):
                 self._drop_shared(neighbor)
             return False
         assert neighbor.target_handle is not None
@@ -1144,14 +1145,16 @@ class OffloadManager:
         return self._submit(UpdateOffload(self._rid(), tree), _Pending("relink", None, (neighbor, *paths)))
 
     def _on_neighbor_done(self, pending: _Pending, completion: StateCompletion) -> None:
-        (neighbor,) = pending.objects
+        neighbor, *paths = pending.objects
         block = next((b for b in walk(completion.tree) if b.host_handle == neighbor.handle), None)
         if block is not None and block.status.ok:
             neighbor.target_handle = block.target_handle
             self._reconcile(neighbor)  # ARP may have learnt another MAC meanwhile
-        else:
+        else:  # the target cannot hold the new next hop: the connections that needed it come back
             self._drop_shared(neighbor)
-        self._route_dirty = True  # the relink goes next, or (failed) another attempt
+            for path in paths:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        self._route_dirty = True  # the relink goes next
 
     def _on_relink_done(self, pending: _Pending, completion: StateCompletion) -> None:
         """Step 4: an old neighbor no path hangs on any more is terminated. A path the target could not

@@ -193,6 +193,39 @@ def test_next_hop_that_does_not_resolve_uploads_with_a_host_reason() -> None:
     exchange(net, [stream])
 
 
+def test_next_hop_change_while_the_offload_is_in_flight_relinks_after_it() -> None:
+    """The route changes while the initiate (built for R1) waits at a stalled target: once it completes the
+    host moves the new path to R2 all the same."""
+    net = make_net(29, routed=True, imp_a=Impairments(delay=0.002))
+    net.nic.stall(True)
+    a, b = net.connect()
+    assert a.offload_state is OffloadState.OFFLOADING
+    net.a.set_gateway(R2_IP, net.now)
+    net.run_for(0.01)  # R2 resolves meanwhile
+    net.nic.stall(False)
+    net.wait_offloaded(a)
+    net.run_for(0.01)
+    ((_, neighbor),) = net.nic.dump_state()["neighbors"].items()
+    assert neighbor["dest_mac"] == R2_MAC
+    net.routers["r1"].drop_from.add(bytes.fromhex(A_MAC.replace(":", "")))
+    exchange(net, [Stream(a, b, payload(100_000, 29))])
+    assert a.offload_state is OffloadState.OFFLOADED
+
+
+def test_a_new_next_hop_the_target_cannot_hold_uploads_the_connection() -> None:
+    """The target has no entry left for the new neighbor (NEIGHBOR_ENTRIES): the relink cannot happen, the
+    connection comes back (NEIGHBOR_CHANGE) and the host engine sends through R2."""
+    net = make_net(30, routed=True, imp_a=Impairments(delay=0.002))
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    net.nic.table.capacity = 1  # one neighbor: R1's
+    net.a.set_gateway(R2_IP, net.now)
+    net.wait_in_host(a)
+    assert _uploads(net, Reason.NEIGHBOR_CHANGE)
+    net.routers["r1"].drop_from.add(bytes.fromhex(A_MAC.replace(":", "")))
+    exchange(net, [Stream(a, b, payload(100_000, 30))])
+
+
 def test_urgent_data_asks_for_the_upload_and_no_byte_is_lost() -> None:
     """Spec 4.3: URG is the host's; the target stops, asks for the upload (URGENT_DATA) and hands the segment
     up raw after it; the host engine delivers it (inline) after every earlier byte."""
