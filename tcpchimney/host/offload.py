@@ -1539,6 +1539,8 @@ class OffloadManager:
                 None, Reason.HARDWARE_FAILURE, f"reachability query for unknown neighbor {ind.host_handle}"
             )
             return
+        if obj.handle not in self.registry or self.registry.record(obj.handle).phase is not Phase.OFFLOADED:
+            return  # asked while it is being terminated: nothing will be sent through it any more
         entry = self.stack.arp.entry(obj.key)
         fresh = entry is not None and entry.mac is not None and entry.state.value == "REACHABLE"
         hrd = max(0.0, self.now - entry.confirmed) if fresh and entry is not None else 0.0
