@@ -72,6 +72,7 @@ class Reason(Enum):
     INACTIVITY = "inactivity"
     HARDWARE_FAILURE = "hardware_failure"
     SHUTDOWN = "shutdown"
+    ORPHANED_FIN_WAIT_2 = "orphaned_fin_wait_2"
 
     @property
     def group(self) -> ReasonGroup:
@@ -149,6 +150,10 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
     Reason.INACTIVITY: (_H, "too little traffic on the connection"),
     Reason.HARDWARE_FAILURE: (_H, "the target failed a state call (corrupt hardware)"),
     Reason.SHUTDOWN: (_H, "the stack or the target is shutting down"),
+    Reason.ORPHANED_FIN_WAIT_2: (
+        _H,
+        "the application closed a FIN-WAIT-2 connection: the host runs its time limit",
+    ),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

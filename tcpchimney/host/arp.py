@@ -93,16 +93,24 @@ class ArpCache:
             self._probe(n, now)
         return n.mac
 
-    def enqueue(self, ip: bytes, frame: Frame, now: float) -> None:
-        """Hold ``frame`` (Ethernet destination zeroed) until ``ip`` resolves; start resolution if needed."""
+    def resolve(self, ip: bytes, now: float) -> Neighbor | None:
+        """The entry of ``ip``; a new one starts resolution (INCOMPLETE, a broadcast request). None when the
+        table is full."""
         n = self._entries.get(ip)
         if n is None:
             if len(self._entries) >= self.params.max_entries and not self._evict():
                 bump(self._counters, "drop_table_full")
-                return
+                return None
             n = Neighbor(ip, None, NeighborState.INCOMPLETE, None)
             self._entries[ip] = n
             self._probe(n, now)
+        return n
+
+    def enqueue(self, ip: bytes, frame: Frame, now: float) -> None:
+        """Hold ``frame`` (Ethernet destination zeroed) until ``ip`` resolves; start resolution if needed."""
+        n = self.resolve(ip, now)
+        if n is None:
+            return
         if len(n.queue) >= self.params.queue_len:
             # Linux drops the oldest queued packet (neigh_resolve_output / __neigh_event_send).
             n.queue.popleft()

@@ -62,6 +62,7 @@ from tcpchimney.chimney.requests import (
     Disconnect,
     Forward,
     InitiateOffload,
+    InvalidateOffload,
     PostReceive,
     ReachabilityReply,
     Request,
@@ -102,6 +103,7 @@ from tcpchimney.tcp.events import (
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.seq import SeqNum
+from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
     from tcpchimney.host.sockets import TcpSocket
@@ -110,6 +112,9 @@ if TYPE_CHECKING:
 
 _SEQ0 = SeqNum(0)
 MAX_SEND_CHUNK = 256 * 1024  # bytes per Send request: one NBL each (contract), bounded for the codec
+# The most an offloaded socket accepts beyond SO_SNDBUF on the target's SendBacklogChanged (Linux's default
+# tcp_wmem maximum, the bound of its own send-buffer autotuning).
+MAX_SEND_BACKLOG = 4 << 20
 _OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
@@ -276,7 +281,7 @@ class ConnOffload:
     update_pending: bool = False  # socket options changed while an update was in flight
     updating: bool = False
     refused_by_target: bool = False
-    backlog: int = 0
+    backlog: int = 0  # the target's preferred send backlog (SendBacklogChanged); 0: none indicated
     forced: bool = False  # offload_now waits for a neighbor / path: the mode must not judge it again
     moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
     una0: SeqNum = _SEQ0
@@ -295,7 +300,7 @@ class ConnOffload:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str  # "initiate", "terminate", "update", "send", "data"
+    kind: str  # "initiate", "terminate", "update", "send", "data", "neighbor", "relink"
     sock: TcpSocket | None
     objects: tuple[SharedObject, ...] = ()
     batch: tuple[TcpSocket, ...] = ()  # a terminate of many connections (upload_all): one tree for all
@@ -321,6 +326,9 @@ class OffloadManager:
         self._candidates: dict[TcpSocket, None] = {}
         self._arp_generation = -1
         self._next_check: float | None = None
+        self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
+        self._resolving: set[bytes] = set()  # new next hops the host asked ARP for (a route change)
+        self._verifying: dict[bytes, SharedObject] = {}  # neighbors the target asked about, being re-probed
 
     # ================================================================== entry points (from HostStack)
 
@@ -335,6 +343,8 @@ class OffloadManager:
         if self.stack.arp.generation != self._arp_generation:
             self._arp_generation = self.stack.arp.generation
             self._check_neighbors()
+        if self._route_dirty:
+            self._check_routes()
 
     def poll(self) -> None:
         target = self.target
@@ -400,6 +410,13 @@ class OffloadManager:
         if path is not None:
             self._reconcile(path)
 
+    def on_route_change(self, now: float) -> None:
+        """The routing table changed (HostStack.set_gateway): move the offloaded paths whose next hop is
+        another neighbor now (spec 3.4)."""
+        self.now = max(self.now, now)
+        self._route_dirty = True
+        self.service()
+
     # ================================================================== administration
 
     def set_policy(self, policy: OffloadPolicy) -> None:
@@ -414,10 +431,16 @@ class OffloadManager:
                 why = policy.keeps(self._info(sock))
                 if why is not None or not sock.offload_allowed:
                     self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
-            elif off.in_host:
+        self._reconsider()
+        self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def _reconsider(self) -> None:
+        """Every connection on the host becomes a candidate again (refusals may no longer hold)."""
+        for sock in self.stack.connections():
+            off = sock.offload
+            if off is not None and off.in_host:
                 off.refused_by_target = False
                 self._candidates[sock] = None
-        self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
 
     def offload_now(self, sock: TcpSocket) -> Reason | None:
         """Offload ``sock`` whatever the mode (rules and opt-out still apply). None: the initiate is in
@@ -470,7 +493,7 @@ class OffloadManager:
             raise self._closed_error(off, "send")
         if off.fin_pending or off.tcp_state not in _OPEN_FOR_SEND:
             raise ConnectionClosedError(f"send: the connection is {off.tcp_state.value}", off.tcp_state)
-        space = max(0, sock.conn.config.snd_buf - off.outstanding - len(off.queued))
+        space = max(0, self._send_limit(sock) - off.outstanding - len(off.queued))
         n = min(space, len(data))
         if n:
             self._queue_send(off.queued, data, n)
@@ -579,7 +602,9 @@ class OffloadManager:
         assert off is not None
         return max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
 
-    def _check(self, sock: TcpSocket, forced: bool = False) -> Reason | None:
+    def _check(self, sock: TcpSocket, forced: bool = False, joining: int = 0) -> Reason | None:
+        """Why ``sock`` cannot be offloaded now, or None; ``joining``: connections already going in the
+        same initiate (they count against the target's announced capacity)."""
         conn = sock.conn
         if not sock.offload_allowed:
             return Reason.SOCKET_OPT_OUT
@@ -589,6 +614,12 @@ class OffloadManager:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:
             return Reason.TARGET_NOT_SUPPORTED
+        # What the target announced with its last resume (spec 4.5): the host does not offer what it would
+        # have to refuse.
+        if conn.sack_enabled and not self.capabilities.sack:
+            return Reason.OPTION_UNSUPPORTED
+        if len(self._by_handle) + joining >= self.capabilities.capacity:
+            return Reason.TARGET_FULL
         info = self._info(sock)
         return self.policy.rule_reason(info) if forced else self.policy.decide(info)
 
@@ -603,7 +634,7 @@ class OffloadManager:
             if sock.listener is not None:
                 continue  # waits in the accept queue: considered once accepted
             self._candidates.pop(sock, None)
-            reason = self._check(sock, forced=off.forced)
+            reason = self._check(sock, forced=off.forced, joining=len(ready))
             if reason is None:
                 ready.append(sock)
             elif not (quiet and reason is off.reason):
@@ -744,6 +775,7 @@ class OffloadManager:
         off.returned.clear()
         off.held.clear()
         off.update_pending = off.updating = off.target_holds = False
+        off.backlog = 0  # the target indicates its own estimate
         off.upload_after = None
         # An application the engine refused waits for a SendSpace the frozen engine will never report.
         off.send_blocked = conn.send_blocked
@@ -846,11 +878,19 @@ class OffloadManager:
             off.fin_sent = True
             self._submit(Disconnect(self._rid(), off.ctx), _Pending("data", sock))
 
+    def _send_limit(self, sock: TcpSocket) -> int:
+        """Bytes the socket keeps given to the target or queued for it: SO_SNDBUF, or the target's preferred
+        send backlog when that is larger (a long fat path needs more in flight than the buffer holds; the
+        application sees it as send space, as Windows' ideal send backlog). Capped at MAX_SEND_BACKLOG."""
+        off = sock.offload
+        assert off is not None
+        return max(sock.conn.config.snd_buf, min(off.backlog, MAX_SEND_BACKLOG))
+
     def _report_send_space(self, sock: TcpSocket) -> None:
         """A blocked application learns of the space the offload opened (no Send completion may follow)."""
         off = sock.offload
         assert off is not None
-        space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+        space = self._send_limit(sock) - off.outstanding - len(off.queued)
         if off.send_blocked and not off.finished and space > 0:
             off.send_blocked = False
             self._emit(sock, SendSpace(space))
@@ -872,7 +912,7 @@ class OffloadManager:
             return
         off.outstanding -= len(data)
         if off.send_blocked and not off.finished:
-            space = sock.conn.config.snd_buf - off.outstanding - len(off.queued)
+            space = self._send_limit(sock) - off.outstanding - len(off.queued)
             if space > 0:
                 off.send_blocked = False
                 self._emit(sock, SendSpace(space))
@@ -935,7 +975,13 @@ class OffloadManager:
             return
         off.rcvq.clear()
         self._emit(sock, ConnectionReset())
-        off.reset = True
+        if off.state is OffloadState.UPLOADING and off.reason is Reason.TARGET_HARDWARE_FAILURE:
+            # Spec 3.2 step 3: after asking for the upload for corrupt hardware the target aborts the
+            # connection: its state is lost, the peer reset nothing. The terminate fails and the host
+            # resets the peer (_lost).
+            off.aborted = True
+        else:
+            off.reset = True
         self._finish(sock)
         self.upload(sock, Reason.PEER_RESET)
 
@@ -960,7 +1006,7 @@ class OffloadManager:
         off = sock.offload
         assert off is not None
         if off.closed and off.tcp_state is TcpState.FIN_WAIT_2 and not off.finished:
-            self.upload(sock, Reason.FIN_WAIT_2_TIMEOUT)
+            self.upload(sock, Reason.ORPHANED_FIN_WAIT_2)
 
     def _finish(self, sock: TcpSocket) -> None:
         """The connection reached CLOSED for the application: report it and forget it."""
@@ -978,6 +1024,8 @@ class OffloadManager:
     def _check_neighbors(self) -> None:
         for obj in list(self._neighbors.values()):
             self._reconcile(obj)
+        if self._verifying:
+            self._check_verified()
 
     def _wanted(self, obj: SharedObject) -> bytes | int | None:
         if obj.layer is Layer.PATH:
@@ -996,6 +1044,8 @@ class OffloadManager:
         ):
             return
         rec = self.registry.record(obj.handle)
+        if rec.invalidated:
+            return  # never updated again (spec 3.3): its connections are on their way back
         if rec.phase is not Phase.OFFLOADED or rec.updating:
             obj.pending = True
             return
@@ -1076,6 +1126,126 @@ class OffloadManager:
         table = self._paths if obj.layer is Layer.PATH else self._neighbors
         if table.get(obj.key) is obj:
             del table[obj.key]
+
+    # ================================================================== next-hop change (spec 3.4)
+    #
+    # The next hop is not a path field: it is the neighbor a path is linked to. For every offloaded path
+    # whose route now names another next hop the host follows the spec's sequence: resolve the new next hop
+    # (ARP), offload it as a neighbor of its own if the target does not hold it yet, relink the paths to it
+    # with one update rooted at it, then terminate the old neighbor once no path hangs on it. The connections
+    # stay offloaded throughout. The optional first step (invalidate the old neighbor) is skipped: an
+    # invalidated neighbor makes the target stop its connections and ask for their (mandatory) upload
+    # (INVALID_STATE), which would undo the relink; until the new next hop resolves the target keeps sending
+    # through the old one, as frames already queued to it would. No route, or a next hop that does not
+    # resolve: the connections are uploaded (PATH_CHANGE / NEIGHBOR_CHANGE) and the host engine carries on.
+
+    def _check_routes(self) -> None:
+        waiting = False
+        moves: dict[bytes, list[SharedObject]] = {}
+        for path in self._paths_in_use():
+            hop = self.stack.iface.next_hop(path.key)
+            if path.parent is not None and path.parent.key == hop:
+                continue
+            rec = self.registry.record(path.handle)
+            if rec.invalidated:
+                continue
+            if rec.phase is not Phase.OFFLOADED or rec.updating or path.target_handle is None:
+                waiting = True  # its offload, update or upload completes first
+            elif hop is None:
+                self._upload_dependents(path, Reason.PATH_CHANGE)
+            elif self.stack.arp.lookup(hop, self.now) is not None:
+                self._resolving.discard(hop)
+                moves.setdefault(hop, []).append(path)
+            elif self._resolve(hop):
+                waiting = True
+            else:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        for hop, paths in moves.items():
+            waiting |= not self._relink(hop, paths)
+        self._route_dirty = waiting
+
+    def _paths_in_use(self) -> list[SharedObject]:
+        """The paths of the connections on the target or on their way (a dict keeps them unique and in a
+        stable order)."""
+        paths: dict[int, SharedObject] = {}
+        for sock in self._by_handle.values():
+            path = sock.offload.path if sock.offload is not None else None
+            if path is not None and path.handle in self.registry:
+                paths[path.handle] = path
+        return list(paths.values())
+
+    def _resolve(self, hop: bytes) -> bool:
+        """Resolution of ``hop`` is under way (started now if needed); False once it failed."""
+        entry = self.stack.arp.entry(hop)
+        if entry is None and hop in self._resolving:
+            self._resolving.discard(hop)  # the ARP cache gave up on it (NeighborUnreachable)
+            return False
+        if entry is None and self.stack.arp.resolve(hop, self.now) is None:
+            return False
+        self._resolving.add(hop)
+        return True
+
+    def _upload_dependents(self, obj: SharedObject, reason: Reason) -> None:
+        for sock in self._dependents(obj):
+            self.upload(sock, reason)
+
+    def _relink(self, hop: bytes, paths: list[SharedObject]) -> bool:
+        """Steps 2-3: the new neighbor offloaded (alone) if needed, then the paths relinked to it. True when
+        the relink update went to the target."""
+        mac = self.stack.arp.lookup(hop, self.now)
+        assert mac is not None
+        neighbor, node = self._neighbor_node(hop, mac)
+        if neighbor is None:
+            return False  # being offloaded: the relink follows its completion
+        if isinstance(node, NewObject):
+            request = InitiateOffload(self._rid(), build_tree([(node, None, None)]))
+            if not self._submit(request, _Pending("neighbor", None, (neighbor, *paths))):
+                self._drop_shared(neighbor)
+            return False
+        assert neighbor.target_handle is not None
+        if self.registry.record(neighbor.handle).updating:
+            return False  # a MAC update of the new neighbor is in flight: one update at a time (3.3)
+        root = LinkedObject(neighbor.target_handle, neighbor.handle)
+        tree = build_tree([(root, LinkedObject(p.target_handle or 0, p.handle), None) for p in paths])
+        return self._submit(UpdateOffload(self._rid(), tree), _Pending("relink", None, (neighbor, *paths)))
+
+    def _on_neighbor_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        neighbor, *paths = pending.objects
+        block = next((b for b in walk(completion.tree) if b.host_handle == neighbor.handle), None)
+        if block is not None and block.status.ok:
+            neighbor.target_handle = block.target_handle
+            self._reconcile(neighbor)  # ARP may have learnt another MAC meanwhile
+        else:  # the target cannot hold the new next hop: the connections that needed it come back
+            self._drop_shared(neighbor)
+            for path in paths:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        self._route_dirty = True  # the relink goes next
+
+    def _on_relink_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        """Step 4: an old neighbor no path hangs on any more is terminated. A path the target could not
+        relink (FAILURE: corrupt hardware, spec 3.3) has its connections uploaded."""
+        neighbor, *paths = pending.objects
+        status = {b.host_handle: b.status for b in walk(completion.tree)}
+        old: dict[int, SharedObject] = {}
+        for path in paths:
+            if status.get(path.handle) is Status.SUCCESS:
+                if path.parent is not None:
+                    old[path.parent.handle] = path.parent
+                path.parent = neighbor
+                self._reconcile(path)  # a PMTU change that waited for this update
+            else:
+                self._upload_dependents(path, Reason.NEIGHBOR_CHANGE)
+        self._reconcile(neighbor)
+        for obj in old.values():
+            self._release_neighbor(obj)
+        self._route_dirty = True
+
+    def _release_neighbor(self, obj: SharedObject) -> None:
+        if obj.target_handle is None or not self._last_user(obj, 0):
+            return
+        tree = build_tree([(LinkedObject(obj.target_handle, obj.handle), None, None)])
+        if self._submit(TerminateOffload(self._rid(), tree), _Pending("terminate", None, (obj,))):
+            self._drop_shared(obj)
 
     # ================================================================== upload
 
@@ -1214,7 +1384,7 @@ class OffloadManager:
             self._by_handle[off.handle] = sock
             self._fault(sock, Reason.HARDWARE_FAILURE, "the target cannot terminate the offload", act=False)
             return
-        needs_rst = off.aborted and not off.rst_sent and block.status is Status.SUCCESS
+        needs_rst = off.aborted and not off.rst_sent  # an abort not yet on the wire (lost state: _lost)
         if off.finished and not needs_rst:
             off.state = OffloadState.IN_HOST
             self._report_upload(sock)
@@ -1270,7 +1440,8 @@ class OffloadManager:
         snap = TcpSnapshot(off.const, off.cached, d)
         base = sock.conn.config
         extra = len(tail) + len(off.queued)
-        conn = tcp_snapshot.rebuild(snap, base.with_options(snd_buf=base.snd_buf + extra), self.now)
+        room = max(base.snd_buf, len(d.send_data)) + extra  # the send backlog may exceed SO_SNDBUF
+        conn = tcp_snapshot.rebuild(snap, base.with_options(snd_buf=room), self.now)
         conn.orphaned = off.closed
         if conn.orphaned and conn.state is TcpState.FIN_WAIT_2 and conn.close_deadline is None:
             conn.close_deadline = self.now + conn.config.fin_wait_2_timeout  # the target never armed it
@@ -1368,6 +1539,21 @@ class OffloadManager:
             self._emit(sock, Closed())
         sock.conn.abort()
         self._discard_engine_events(sock)
+        self._probe_lost_peer(sock)
+
+    def _probe_lost_peer(self, sock: TcpSocket) -> None:
+        """The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
+        window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1,
+        the SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with
+        an ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK
+        with an RST the peer accepts exactly (3.10.7.1)."""
+        off = sock.offload
+        assert off is not None
+        seq = off.base_una + (off.acked - 1)
+        probe = TcpSegment(
+            sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
+        )
+        self.stack._send_segment_stateless(sock.remote_ip, probe)
 
     # ================================================================== completions and indications
 
@@ -1389,6 +1575,12 @@ class OffloadManager:
         elif pending.kind == "update":
             assert isinstance(completion, StateCompletion)
             self._on_update_done(pending, completion)
+        elif pending.kind == "neighbor":
+            assert isinstance(completion, StateCompletion)
+            self._on_neighbor_done(pending, completion)
+        elif pending.kind == "relink":
+            assert isinstance(completion, StateCompletion)
+            self._on_relink_done(pending, completion)
         elif pending.sock is not None:
             self._on_data_done(pending.sock, completion)
 
@@ -1429,6 +1621,7 @@ class OffloadManager:
         elif isinstance(ind, TargetResumed):
             self.paused = False
             self.capabilities = ind.capabilities
+            self._reconsider()  # what the pause refused may go now, under the new capabilities
         elif isinstance(ind, UploadAllRequested):
             self.upload_all(Reason.UPLOAD_ALL)
         elif isinstance(ind, LinkStatusChanged):
@@ -1455,6 +1648,8 @@ class OffloadManager:
             self.upload(sock, ind.reason)
         elif isinstance(ind, SendBacklogChanged):
             sock.offload.backlog = ind.backlog
+            if sock.offload.state is OffloadState.OFFLOADED:
+                self._report_send_space(sock)  # a larger backlog may unblock the application
 
     def _on_reachability_query(self, ind: NeighborReachabilityQuery) -> None:
         obj = self._neighbor_of.get(ind.host_handle)
@@ -1463,12 +1658,49 @@ class OffloadManager:
                 None, Reason.HARDWARE_FAILURE, f"reachability query for unknown neighbor {ind.host_handle}"
             )
             return
+        if obj.handle not in self.registry or self.registry.record(obj.handle).phase is not Phase.OFFLOADED:
+            return  # asked while it is being terminated: nothing will be sent through it any more
         entry = self.stack.arp.entry(obj.key)
         fresh = entry is not None and entry.mac is not None and entry.state.value == "REACHABLE"
         hrd = max(0.0, self.now - entry.confirmed) if fresh and entry is not None else 0.0
         self._submit(
             ReachabilityReply(self._rid(), obj.target_handle, ind.indication_id, hrd), _Pending("data", None)
         )
+        if not fresh:
+            self._verify(obj)
+
+    def _verify(self, obj: SharedObject) -> None:
+        """Spec 4.6, the host's half of a "stale" answer: confirm the neighbor by ARP (a unicast probe to the
+        MAC it has, or a request when it has none). If nobody answers, the ARP cache forgets the entry and
+        ``_check_neighbors`` invalidates the target's neighbor. The spec's host first queries the NRD after a
+        timer and probes only without progress; here the probe is the check (an answered probe costs one
+        ARP exchange), which the spec leaves to the host."""
+        arp = self.stack.arp
+        if arp.lookup(obj.key, self.now) is None:  # STALE -> PROBE: the lookup sends the unicast probe
+            arp.resolve(obj.key, self.now)
+        self._verifying[obj.key] = obj
+
+    def _check_verified(self) -> None:
+        for hop, obj in list(self._verifying.items()):
+            entry = self.stack.arp.entry(hop)
+            if entry is None:  # the probes went unanswered: the neighbor is gone
+                del self._verifying[hop]
+                self._invalidate_neighbor(obj)
+            elif entry.state.value == "REACHABLE":
+                del self._verifying[hop]
+
+    def _invalidate_neighbor(self, obj: SharedObject) -> None:
+        """Spec 3.4 / 4.6: the target stops sending through ``obj`` and asks for the upload of every
+        connection behind it (INVALID_STATE); new offloads get a fresh neighbor object."""
+        if obj.target_handle is None or obj.handle not in self.registry:
+            return
+        rec = self.registry.record(obj.handle)
+        if rec.phase is not Phase.OFFLOADED or rec.invalidated:
+            return
+        tree = build_tree([(LinkedObject(obj.target_handle, obj.handle), None, None)])
+        if self._submit(InvalidateOffload(self._rid(), tree), _Pending("data", None)):
+            bump(self.counters, "neighbors_invalidated")
+            self._drop_shared(obj)
 
     # ================================================================== helpers
 

@@ -342,6 +342,18 @@ class HostStack:
             raise ValueError("echo payload does not fit an IPv4 datagram")
         self._icmp.ping(dst, ident, seq, payload, now)
 
+    def set_gateway(self, gateway: str | bytes | None, now: float) -> None:
+        """Change the default route's next hop, as an administrator or a routing daemon does (None: only
+        on-link destinations stay reachable). Connections on the host use the new next hop from their next
+        segment on (resolved by ARP as usual); offloaded connections whose next hop changes are relinked on
+        the target to the new neighbor (chimney-spec 3.4, docs/offload-design.md). Raises ValueError for a
+        gateway off the interface's subnet."""
+        self.iface = replace(self.iface, gateway=None if gateway is None else ip_bytes(gateway))
+        for sock in self._conns.values():
+            sock.template = None  # its cached header names the old next hop's MAC
+        if self._offload is not None:
+            self._offload.on_route_change(now)
+
     def connections(self) -> list[TcpSocket]:
         return list(self._conns.values())
 

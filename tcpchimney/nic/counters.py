@@ -38,6 +38,8 @@ LIFECYCLE_KEYS: Final = (
     "receive_indications",
     "peer_disconnects",
     "peer_resets",
+    "send_backlog_changes",  # SendBacklogChanged indications
+    "reachability_queries",  # NeighborReachabilityQuery indications
 )
 
 

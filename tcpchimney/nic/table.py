@@ -28,8 +28,11 @@ class NeighborEntry:
     cached: NeighborCached
     src_mac: bytes  # const.source_mac, or the interface MAC
     last_progress: float  # NIC time of the last forward progress through this neighbor (spec 4.6: NRT)
+    host_confirmed: float  # NIC time the host last vouched for it (spec 4.6: HRT = NCT - HRD)
     paths: set[int] = field(default_factory=set)
     invalid: bool = False
+    query: int | None = None  # the NeighborReachabilityQuery awaiting its ReachabilityReply
+    quiet_until: float = 0.0  # no new query before this time (after an answer, NceStaleTicks)
 
 
 @dataclass(slots=True, eq=False)
@@ -96,9 +99,13 @@ class TcpEntry:
     peer_fin_indicated: bool = False
     time_wait_pending: bool = False  # ask for the upload once the FIN was indicated
     reset: bool = False  # the peer reset it, or the host aborted it
+    state_lost: bool = False  # corrupt hardware: its terminate returns nothing (fail_hardware)
     frozen: Reason | None = None  # stopped for an upload: no output, no timers, frames held for the host
     requested: set[Reason] = field(default_factory=set)
     held: list[Frame] = field(default_factory=list)
+    rcv_last: SeqNum | None = None  # RCV.NXT when reachability progress was last noted (spec 4.6)
+    backlog_indicated: int = 0  # the last SendBacklogChanged value (0: none yet)
+    backlog_quiet_until: float = 0.0  # no SendBacklogChanged before this time (throttle)
 
     @property
     def stopped(self) -> bool:

@@ -15,8 +15,8 @@ buffers fill before any indication; one indication at a time; the peer's FIN ind
 before it was delivered; an upload asked for (not taken) on TIME-WAIT, urgent data, timeouts, invalid state.
 
 In the spirit of Linux netdevsim it has a bounded table, counters, ``dump_state`` for tests, fault knobs
-(``refuse_next_offload``, ``request_upload``, ``stall``, ``fail_hardware``) and ``close`` warns when state
-leaked.
+(``refuse_next_offload``, ``request_upload``, ``pause`` / ``resume``, ``stall``, ``fail_hardware``) and
+``close`` warns when state leaked.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import heapq
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -38,10 +38,15 @@ from tcpchimney.chimney.completions import (
     completion_for,
 )
 from tcpchimney.chimney.indications import (
+    NeighborReachabilityQuery,
     PeerDisconnect,
     PeerReset,
     ReceiveIndication,
+    SendBacklogChanged,
     TargetCapabilities,
+    TargetPaused,
+    TargetResumed,
+    UploadAllRequested,
     UploadRequest,
 )
 from tcpchimney.chimney.neighbor import NeighborCached, NeighborDelegated, NeighborState
@@ -84,6 +89,7 @@ from tcpchimney.nic.table import (
     TcpEntry,
 )
 from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.connection import TcpConnection
 from tcpchimney.tcp.events import (
     ConnectionReset,
     ConnectionTimedOut,
@@ -100,6 +106,11 @@ from tcpchimney.wire.tcp import PSH, RST, URG, TcpSegment
 log = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 0.5  # Windows' push timer (spec 3.6): a partly filled push-mode buffer completes after it
+# SendBacklogChanged throttle (spec 4.3: "do not indicate small or frequent changes"): a new estimate is
+# indicated only when it differs from the last one by more than a quarter, and at most once per smoothed RTT
+# (at least this many seconds apart).
+BACKLOG_CHANGE_FRACTION = 4
+MIN_BACKLOG_INTERVAL = 0.01
 MAX_HELD_FRAMES = 1024  # frames of a frozen connection kept for the host; later ones are discarded
 _IPV4_TCP_HEADERS = 40
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
@@ -146,11 +157,14 @@ class SoftwareTarget(TargetMethods):
         vlans: frozenset[int] = frozenset(),
         max_rcv_window: int = 1 << 30,
         ip_id_start: int = 0,
+        nce_stale: float = 30.0,
     ) -> None:
         """``features``: the device's stateless offloads (checksum, TSO), used for the frames it builds.
         ``config``: engine settings the contract leaves to each side (interface MSS, RTO bounds, retries).
         ``mac``: the interface MAC for neighbors without a source MAC; learnt from the host's frames if None.
-        ``vlans``: VLAN ids configured on the interface (spec 5.6); others fail with VLAN_MISMATCH."""
+        ``vlans``: VLAN ids configured on the interface (spec 5.6); others fail with VLAN_MISMATCH.
+        ``nce_stale``: NceStaleTicks in seconds (spec 2.5, 4.6): with neither forward progress nor a host
+        confirmation for that long, the target asks the host whether a neighbor it sends to is reachable."""
         super().__init__(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=capacity))
         self.features = features or DeviceFeatures()
         base = config or TcpConfig()
@@ -163,6 +177,7 @@ class SoftwareTarget(TargetMethods):
         self.mac = mac
         self.vlans = vlans
         self.max_rcv_window = max_rcv_window
+        self.nce_stale = nce_stale
         self.host: UpperNode | None = None
         self._ip_ids = IpIds(ip_id_start)
         self._tx: list[Frame] = []  # own frames built outside frames_to_send (an abort's RST)
@@ -413,6 +428,9 @@ class SoftwareTarget(TargetMethods):
         if not segs:
             self._rearm(entry)  # building no segment may still have moved a timer
             return
+        neighbor = entry.path.neighbor
+        if now - neighbor.last_progress > self.nce_stale:
+            self._query_reachability(neighbor, now)
         template = entry.template or self._template(entry)
         tcp, ip = self.counters.tcp, self.counters.ip
         for seg in segs:
@@ -456,6 +474,14 @@ class SoftwareTarget(TargetMethods):
             entry.acked += step
             entry.una_last = una
             entry.path.neighbor.last_progress = now  # forward progress (spec 4.6)
+            if now >= entry.backlog_quiet_until:
+                self._indicate_backlog(entry, now)
+        rcv = entry.conn.rcv_nxt
+        if rcv != entry.rcv_last:
+            # New in-order data: the peer keeps sending into the window our ACKs opened, so it hears us
+            # (spec 4.6: "a segment whose sequence number shows the peer heard our ACK").
+            entry.rcv_last = rcv
+            entry.path.neighbor.last_progress = now
         acked = min(entry.acked, entry.written)
         while entry.sends and entry.sends[0].end <= acked:
             send = entry.sends.popleft()
@@ -464,6 +490,32 @@ class SoftwareTarget(TargetMethods):
         if disc is not None and not entry.sends and entry.conn.our_fin_acked:
             entry.disconnect = None
             self.complete(DisconnectCompletion(disc.request_id, Status.SUCCESS, disc.end - disc.start))
+
+    def _query_reachability(self, neighbor: NeighborEntry, now: float) -> None:
+        """Spec 4.6: about to send through a neighbor with no forward progress for NceStaleTicks. When the
+        host has not vouched for it for as long either, ask (one query at a time; after an answer, none for
+        NceStaleTicks: the spec rate-limits only the "stale" answer, the same bound for a "reachable" one
+        keeps a host whose confirmation is itself older than NceStaleTicks from being asked at every send)."""
+        if neighbor.query is not None or now < neighbor.quiet_until:
+            return
+        if now - neighbor.host_confirmed <= self.nce_stale:
+            return
+        self._indication_ids += 1
+        neighbor.query = self._indication_ids
+        self.counters.lifecycle["reachability_queries"] += 1
+        nrd = now - neighbor.last_progress
+        self.indicate(NeighborReachabilityQuery(neighbor.host_handle, neighbor.query, nrd))
+
+    def _indicate_backlog(self, entry: TcpEntry, now: float) -> None:
+        """A new preferred send backlog, when it moved enough (throttled, see BACKLOG_CHANGE_FRACTION)."""
+        backlog = send_backlog(entry.conn)
+        last = entry.backlog_indicated
+        if abs(backlog - last) * BACKLOG_CHANGE_FRACTION <= last:
+            return
+        entry.backlog_indicated = backlog
+        entry.backlog_quiet_until = now + max(entry.conn.srtt or 0.0, MIN_BACKLOG_INTERVAL)
+        self.counters.lifecycle["send_backlog_changes"] += 1
+        self.indicate(SendBacklogChanged(entry.host_handle, backlog))
 
     def _send_done(self, send: PendingSend, status: Status, acked: int) -> None:
         self.counters.lifecycle["send_completions"] += 1
@@ -653,6 +705,7 @@ class SoftwareTarget(TargetMethods):
             state.cached,
             src_mac,
             now - state.delegated.nic_reachability_delta,
+            now - state.cached.host_reachability_delta,
         )
         self.table.add_neighbor(entry)
         return entry
@@ -800,10 +853,9 @@ class SoftwareTarget(TargetMethods):
         if handle in self.table.conns:
             entry = self.table.conns[handle]
             snap = self._export(entry, now)
-            backlog = max(entry.conn.cwnd, entry.conn.snd_wnd)  # spec 2.4: min(BDP, window) suggested
             delegated = replace(
                 snap.delegated,
-                send_backlog_size=min(backlog, 0xFFFF_FFFF),
+                send_backlog_size=send_backlog(entry.conn),
                 receive_backlog_size=entry.conn.readable,
             )
             return block.with_result(Status.SUCCESS, state=TcpSnapshot(snap.const, entry.cached, delegated))
@@ -825,6 +877,12 @@ class SoftwareTarget(TargetMethods):
             return block.with_result(Status.SUCCESS if known else Status.FAILURE)
         entry = self.table.conns.get(handle)
         if entry is None:
+            return block.with_result(Status.FAILURE)
+        if entry.state_lost:  # spec 3.2 steps 4-5: nothing to hand back
+            self._abort_calls(entry, Status.REQUEST_ABORTED)
+            self.table.remove(handle)
+            self._dirty.pop(handle, None)
+            self._to_host.extend(entry.held)
             return block.with_result(Status.FAILURE)
         self._abort_calls(entry, Status.UPLOAD_IN_PROGRESS)  # spec 3.5 step 8
         if not entry.stopped and not self._stalled:
@@ -966,7 +1024,12 @@ class SoftwareTarget(TargetMethods):
         if neighbor is None:
             self.complete(Completion(request.request_id, Status.INVALID_STATE))
             return
-        neighbor.cached = NeighborCached(neighbor.cached.dest_mac, request.host_reachability_delta)
+        hrd = request.host_reachability_delta
+        neighbor.cached = NeighborCached(neighbor.cached.dest_mac, hrd)
+        neighbor.host_confirmed = now - hrd  # spec 4.6: HRT = NCT - HRD (0, "stale": HRT = now)
+        if neighbor.query == request.indication_id:
+            neighbor.query = None
+            neighbor.quiet_until = now + self.nce_stale
         self.complete(Completion(request.request_id, Status.SUCCESS))
 
     # ================================================================== fault knobs and introspection
@@ -988,6 +1051,24 @@ class SoftwareTarget(TargetMethods):
                 return
         raise KeyError(f"no offloaded connection with host handle {host_handle}")
 
+    def pause(self, upload_all: bool = False) -> None:
+        """Stop taking offloads (spec 4.5 NDIS_STATUS_OFFLOAD_PAUSE), e.g. before a teaming failover;
+        ``upload_all``: and ask the host to empty the target (NDIS_STATUS_UPLOAD_ALL)."""
+        self.indicate(TargetPaused())
+        if upload_all:
+            self.indicate(UploadAllRequested())
+
+    def resume(self, capabilities: TargetCapabilities | None = None) -> None:
+        """Take offloads again (NDIS_STATUS_OFFLOAD_RESUME), with new ``capabilities`` if given: a target
+        announces a change only this way (spec 2.5). The new capacity bounds the table from now on and a
+        connection using an option the target lost (SACK) is refused."""
+        if capabilities is not None:
+            if capabilities.ipv6 and not self._capabilities.ipv6:
+                raise ValueError("this target has no IPv6 data path")
+            self._capabilities = capabilities
+            self.table.capacity = capabilities.capacity
+        self.indicate(TargetResumed(self._capabilities))
+
     def stall(self, on: bool = True) -> None:
         """A stalled target sends no frame and releases no completion or indication (they queue)."""
         self._stalled = on
@@ -995,12 +1076,17 @@ class SoftwareTarget(TargetMethods):
     def poll(self) -> Output | None:
         return None if self._stalled else super().poll()
 
-    def fail_hardware(self) -> None:
-        """Corrupt hardware (spec 3.2): every connection stops and asks for its upload; later state calls
-        fail; terminate still returns the state (a software target never loses it)."""
+    def fail_hardware(self, lost: Collection[int] = ()) -> None:
+        """Corrupt hardware (spec 3.2): every connection stops and asks for its upload (TcpIndicateRetrieve,
+        HardwareFailure); later state calls fail. Terminate returns the state of each connection, except
+        those whose host handle is in ``lost``: their state is gone, so the target also aborts them
+        (TcpIndicateAbort), completes their calls with REQUEST_ABORTED and their terminate with FAILURE."""
         self._failed = True
         for entry in list(self.table.conns.values()):
             self._freeze(entry, Reason.TARGET_HARDWARE_FAILURE)
+            if entry.host_handle in lost:
+                entry.state_lost = entry.reset = True  # later calls: REQUEST_ABORTED
+                self.indicate(PeerReset(entry.host_handle))  # TcpIndicateAbort (spec 3.2 step 3)
 
     def dump_state(self) -> dict[str, Any]:
         """A plain-data picture of the table for tests and diagnostics."""
@@ -1042,6 +1128,17 @@ class SoftwareTarget(TargetMethods):
             )
             log.error(message)
             warnings.warn(message, ResourceWarning, stacklevel=2)
+
+
+def send_backlog(conn: TcpConnection) -> int:
+    """The bytes the host should keep outstanding at the target (spec 2.4 SendBacklogSize, 4.3
+    TcpIndicateSendBacklogChange). The spec suggests min(bandwidth-delay product, advertised window); the
+    congestion window is the sender's measure of the bandwidth-delay product and the largest window the peer
+    offered bounds it, so one send window is min(cwnd, MaxSndWnd). The backlog is two of them: one window in
+    flight while the next is already posted, so the target never waits for the host between round trips
+    (the host's Send completes only once the peer ACKed it, a round trip later). It does not vary with what is
+    posted now, as the spec requires."""
+    return min(2 * min(conn.cwnd, conn.max_snd_wnd), 0xFFFF_FFFF)
 
 
 def _walk(tree: Tree) -> list[BlockList]:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from stack_pair import StackPair
 
+from tcpchimney.host.arp import ArpParams
 from tcpchimney.host.events import HostEvent
 from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.offload import OffloadState
@@ -39,6 +40,10 @@ from tcpchimney.wire.tcp import TcpSegment
 
 A_MAC, A_IP = "02:00:00:00:00:01", "198.18.0.1"
 B_MAC, B_IP = "02:00:00:00:00:02", "198.18.0.2"
+# ``make_net(routed=True)``: b sits on another subnet, reached through router R1 (a's first gateway) or R2.
+B_ROUTED_IP = "198.18.1.2"
+R1_MAC, R1_IP, R1_IP_B_SIDE = "02:00:00:00:00:f1", "198.18.0.254", "198.18.1.254"
+R2_MAC, R2_IP = "02:00:00:00:00:f2", "198.18.0.253"
 A_IP_B, B_IP_B = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
 PORT = 7
 ENABLED = OffloadPolicy(mode="enabled")
@@ -112,6 +117,8 @@ class Net(StackPair):
     wire: Wire
     target: SoftwareTarget | None
     log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
+    b_ip: str = B_IP
+    routers: dict[str, Router] = field(default_factory=dict)
 
     @property
     def now(self) -> float:
@@ -126,7 +133,7 @@ class Net(StackPair):
         """Returns (a's socket, b's socket), both ESTABLISHED."""
         server_stack, client_stack = (self.b, self.a) if a_client else (self.a, self.b)
         listener = server_stack.listen(port)
-        client = client_stack.connect(B_IP if a_client else A_IP, port, self.now)
+        client = client_stack.connect(self.b_ip if a_client else A_IP, port, self.now)
         self.run_until(lambda: listener.pending > 0 and client.state is TcpState.ESTABLISHED, 30.0)
         server = listener.accept()
         assert server is not None
@@ -153,20 +160,28 @@ def make_net(
     config_b: TcpConfig | None = None,
     capacity: int = 64,
     mtu: int = 1500,
+    routed: bool = False,
+    arp_params: ArpParams | None = None,
+    nce_stale: float = 30.0,
 ) -> Net:
-    """``offload=False``: ``a`` is a plain HostStack (no target at all), the host-only baseline."""
+    """``offload=False``: ``a`` is a plain HostStack (no target at all), the host-only baseline.
+    ``routed``: b is on another subnet behind router R1 (a's gateway); router R2 is on the link too.
+    ``arp_params``: a's ARP timers; ``nce_stale``: the target's NceStaleTicks (seconds)."""
     link = SimLink(seed, mtu=mtu)
-    target = SoftwareTarget(capacity=capacity, mac=bytes.fromhex(A_MAC.replace(":", "")), config=config)
+    mac = bytes.fromhex(A_MAC.replace(":", ""))
+    target = SoftwareTarget(capacity=capacity, mac=mac, config=config, nce_stale=nce_stale)
+    b_ip = B_ROUTED_IP if routed else B_IP
     a = HostStack(
-        InterfaceConfig.parse(A_MAC, f"{A_IP}/24", mtu=mtu),
+        InterfaceConfig.parse(A_MAC, f"{A_IP}/24", gateway=R1_IP if routed else None, mtu=mtu),
         config,
         secret=f"offload-a-{seed}".encode(),
         rng=random.Random(2 * seed + 1),
+        arp_params=arp_params,
         target=target if offload else None,
         offload=policy if offload else None,
     )
     b = HostStack(
-        InterfaceConfig.parse(B_MAC, f"{B_IP}/24", mtu=mtu),
+        InterfaceConfig.parse(B_MAC, f"{b_ip}/24", gateway=R1_IP_B_SIDE if routed else None, mtu=mtu),
         config_b or config,
         secret=f"offload-b-{seed}".encode(),
         rng=random.Random(2 * seed + 2),
@@ -178,7 +193,16 @@ def make_net(
     else:
         link.attach(a, "a", imp_a)
     link.attach(wire, "b", imp_b)
-    return Net(link, a, b, wire, target if offload else None)
+    net = Net(link, a, b, wire, target if offload else None, b_ip=b_ip)
+    if routed:
+        hosts = {A_IP: A_MAC, b_ip: B_MAC}
+        net.routers = {
+            "r1": Router(R1_MAC, (R1_IP, R1_IP_B_SIDE), hosts),
+            "r2": Router(R2_MAC, (R2_IP,), hosts),
+        }
+        for name, router in net.routers.items():
+            link.attach(router, name)
+    return net
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -313,6 +337,53 @@ def run_apps(
         return all(app.done for app in apps)
 
     net.run_until(finished, timeout)
+
+
+# ---------------------------------------------------------------------------------------------- routers
+
+
+class Router:
+    """A next hop on the link: answers ARP for its addresses and forwards every IPv4 frame sent to its MAC
+    to the destination host's MAC (``hosts``), unchanged above Ethernet. ``drop_from``: source MACs whose
+    frames it no longer forwards (a route that stopped working); ``forwarded`` counts per source MAC."""
+
+    def __init__(self, mac: str, ips: tuple[str, ...], hosts: dict[str, str]) -> None:
+        from tcpchimney.host.interface import ip_bytes, mac_bytes
+
+        self.mac = mac_bytes(mac)
+        self.ips = {ip_bytes(ip) for ip in ips}
+        self.hosts = {ip_bytes(ip): mac_bytes(m) for ip, m in hosts.items()}
+        self.drop_from: set[bytes] = set()
+        self.forwarded: dict[bytes, int] = {}
+        self.outbox: list[Frame] = []
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        from tcpchimney.wire import arp as arp_wire
+
+        data = frame.tobytes()
+        dst, src, kind = data[:6], data[6:12], int.from_bytes(data[12:14], "big")
+        if kind == ethernet.ETHERTYPE_ARP:
+            pkt = arp_wire.parse_arp(data, ethernet.ETH_HEADER_LEN)
+            if pkt.op == arp_wire.ARP_REQUEST and pkt.tpa in self.ips:
+                reply = arp_wire.emit_arp_reply(self.mac, pkt.tpa, pkt.sha, pkt.spa)
+                self.outbox.append(Frame(ethernet.emit_ethernet(pkt.sha, self.mac, kind) + reply))
+            return
+        if dst != self.mac or kind != ethernet.ETHERTYPE_IPV4 or src in self.drop_from:
+            return
+        host = self.hosts.get(data[30:34])  # the IPv4 destination address
+        if host is not None:
+            self.forwarded[src] = self.forwarded.get(src, 0) + 1
+            self.outbox.append(Frame(host + self.mac + data[12:]))
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- injection

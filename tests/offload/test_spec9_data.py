@@ -10,6 +10,10 @@ from offload_harness import (
     B_IP,
     B_MAC,
     DISABLED,
+    R1_IP,
+    R1_MAC,
+    R2_IP,
+    R2_MAC,
     Stream,
     add_injector,
     exchange,
@@ -24,9 +28,10 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.reason import Reason, ReasonGroup
 from tcpchimney.host.events import Offloaded, Uploaded
 from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.policy import OffloadPolicy, OffloadRule
 from tcpchimney.link.sim import Impairments
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.wire.tcp import ACK, PSH, RST, SYN, URG
@@ -119,31 +124,106 @@ def test_mac_change_is_an_update_the_target_frames_follow() -> None:
     assert b.receive(100) == b"to the new mac"
 
 
-def test_next_hop_change_has_no_host_entry_point_so_the_target_relink_is_driven_by_contract() -> None:
-    """Spec 3.4 router change: invalidate -> offload the new neighbor -> update-relink the path -> terminate
-    the old neighbor. The host has no route-change entry point (the interface's gateway is fixed), so the
-    host half cannot be exercised: what exists is the target half. An invalidated neighbor stops its
-    connections, which ask for the upload (INVALID_STATE); the host uploads them and the transfer
-    continues."""
-    from tcpchimney.chimney import build_tree
-    from tcpchimney.chimney.requests import InvalidateOffload
-    from tcpchimney.chimney.tree import LinkedObject
+def _via(net, router: str, mark: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """IP IDs of a's TCP frames that reached b through ``router`` since frame ``mark`` of the wire."""
+    mac = net.routers[router].mac
+    return [
+        int.from_bytes(f[18:20], "big")
+        for _, f in net.wire.frames[mark:]
+        if f[6:12] == mac and f[26:30] == bytes(map(int, A_IP.split("."))) and f[23] == 6
+    ]
 
-    net = make_net(24)
+
+def test_next_hop_change_relinks_the_offloaded_path_to_the_new_router() -> None:
+    """Spec 3.4 router change through the host's public call: the administrator moves the default route
+    from R1 to R2 (not yet resolved) in mid-transfer. The host resolves R2, offloads it as a new neighbor,
+    relinks the path to it and terminates the old neighbor: the connection never leaves the target and its
+    frames now go through R2 (R1 no longer forwards a's frames). A connection kept on the host (a policy
+    rule) simply follows the new route."""
+    rules = (OffloadRule(remote_port=8),)
+    slow = Impairments(delay=0.002)  # the transfers last long enough for the change to land mid-way
+    net = make_net(24, OffloadPolicy(mode="enabled", rules=rules), routed=True, imp_a=slow, imp_b=slow)
+    a, b = net.connect()
+    h, hb = net.connect(port=8)
+    net.wait_offloaded(a)
+    assert h.offload_state is OffloadState.IN_HOST
+    (old,) = net.nic.dump_state()["neighbors"].values()
+    assert old["dest_mac"] == R1_MAC
+    streams = [Stream(a, b, payload(300_000, 4)), Stream(h, hb, payload(100_000, 5))]
+    streams += [Stream(b, a, payload(100_000, 6))]
+    for stream in streams:
+        stream.step()
+    net.run_for(0.001)
+    assert not any(stream.done for stream in streams)
+    assert net.a.arp.entry(bytes(map(int, R2_IP.split(".")))) is None, "R2 must be resolved first"
+    mark = len(net.wire.frames)
+    calls: list[str] = []
+    submit = net.nic.submit
+    net.nic.submit = lambda request, now: (calls.append(type(request).__name__), submit(request, now))[1]  # type: ignore[method-assign]
+    net.a.set_gateway(R2_IP, net.now)
+    net.routers["r1"].drop_from.add(bytes.fromhex(A_MAC.replace(":", "")))  # the old route is gone
+    exchange(net, streams)
+    state_calls = [c for c in calls if c.endswith("Offload")]
+    assert state_calls == ["InitiateOffload", "UpdateOffload", "TerminateOffload"], state_calls
+    assert a.offload_state is OffloadState.OFFLOADED and not net.events(Uploaded)
+    dump = net.nic.dump_state()
+    ((handle, new),) = dump["neighbors"].items()
+    assert new["dest_mac"] == R2_MAC and new["host_handle"] != old["host_handle"], "old neighbor terminated"
+    ((path_handle, path),) = dump["paths"].items()
+    assert path["neighbor"] == handle and new["paths"] == [path_handle], "the same path, relinked"
+    ids = _via(net, "r2", mark)
+    assert any(i >= 0x8000 for i in ids), "the target sends through R2"
+    assert any(i < 0x8000 for i in ids), "the host-only connection too"
+
+
+def test_next_hop_that_does_not_resolve_uploads_with_a_host_reason() -> None:
+    """The new gateway does not answer ARP: the host cannot relink, uploads the connection
+    (NEIGHBOR_CHANGE, its own decision) and its engine keeps it; once the route is back, the transfer ends
+    byte-exact."""
+    net = make_net(28, routed=True, imp_a=Impairments(delay=0.002))
     a, b = net.connect()
     net.wait_offloaded(a)
-    stream = Stream(a, b, payload(300_000, 4))
+    stream = Stream(a, b, payload(200_000, 7))
     stream.step()
-    net.run_for(0.001)
-    mgr = net.a._offload
-    assert mgr is not None
-    (neighbor,) = [o for o in mgr._neighbors.values() if o.target_handle is not None]
-    tree = build_tree([(LinkedObject(neighbor.target_handle, neighbor.handle), None, None)])
-    request = InvalidateOffload(mgr._rid(), tree)
-    mgr._submit(request, __import__("tcpchimney.host.offload", fromlist=["_Pending"])._Pending("data", None))
+    net.a.set_gateway("198.18.0.99", net.now)  # nobody has that address
+    net.wait_in_host(a, 10.0)
+    assert _uploads(net, Reason.NEIGHBOR_CHANGE) and Reason.NEIGHBOR_CHANGE.group is ReasonGroup.HOST_UPLOAD
+    assert len(net.nic.table) == 0
+    net.a.set_gateway(R1_IP, net.now)
     exchange(net, [stream])
-    assert _uploads(net, Reason.INVALID_STATE), net.log["a"]
-    assert a.offload_state is OffloadState.IN_HOST
+
+
+def test_next_hop_change_while_the_offload_is_in_flight_relinks_after_it() -> None:
+    """The route changes while the initiate (built for R1) waits at a stalled target: once it completes the
+    host moves the new path to R2 all the same."""
+    net = make_net(29, routed=True, imp_a=Impairments(delay=0.002))
+    net.nic.stall(True)
+    a, b = net.connect()
+    assert a.offload_state is OffloadState.OFFLOADING
+    net.a.set_gateway(R2_IP, net.now)
+    net.run_for(0.01)  # R2 resolves meanwhile
+    net.nic.stall(False)
+    net.wait_offloaded(a)
+    net.run_for(0.01)
+    ((_, neighbor),) = net.nic.dump_state()["neighbors"].items()
+    assert neighbor["dest_mac"] == R2_MAC
+    net.routers["r1"].drop_from.add(bytes.fromhex(A_MAC.replace(":", "")))
+    exchange(net, [Stream(a, b, payload(100_000, 29))])
+    assert a.offload_state is OffloadState.OFFLOADED
+
+
+def test_a_new_next_hop_the_target_cannot_hold_uploads_the_connection() -> None:
+    """The target has no entry left for the new neighbor (NEIGHBOR_ENTRIES): the relink cannot happen, the
+    connection comes back (NEIGHBOR_CHANGE) and the host engine sends through R2."""
+    net = make_net(30, routed=True, imp_a=Impairments(delay=0.002))
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    net.nic.table.capacity = 1  # one neighbor: R1's
+    net.a.set_gateway(R2_IP, net.now)
+    net.wait_in_host(a)
+    assert _uploads(net, Reason.NEIGHBOR_CHANGE)
+    net.routers["r1"].drop_from.add(bytes.fromhex(A_MAC.replace(":", "")))
+    exchange(net, [Stream(a, b, payload(100_000, 30))])
 
 
 def test_urgent_data_asks_for_the_upload_and_no_byte_is_lost() -> None:

@@ -4,12 +4,18 @@ resume, partial offload when the target is full, hardware failure, automatic thr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from offload_harness import Net, Stream, exchange, make_net, payload, read_all
 
+from tcpchimney.chimney.completions import SendCompletion, StateCompletion
 from tcpchimney.chimney.indications import TargetCapabilities, TargetPaused, TargetResumed, UploadAllRequested
-from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import Offloaded, OffloadRefused, Uploaded
+from tcpchimney.chimney.reason import Reason, ReasonGroup
+from tcpchimney.chimney.requests import Send
+from tcpchimney.chimney.status import Status
+from tcpchimney.chimney.tree import walk
+from tcpchimney.host.events import Offloaded, OffloadFault, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy, OffloadRule
 from tcpchimney.link.sim import Impairments
@@ -90,7 +96,7 @@ def test_fin_wait_2_timeout_of_an_orphaned_connection_is_taken_by_the_host() -> 
     net, a, _b = _offloaded_pair(34, config=config)
     a.close()  # orphaned: the peer never closes
     net.run_until(lambda: a.offload_state is OffloadState.IN_HOST, 1.0)
-    assert a.conn.state is TcpState.FIN_WAIT_2 and _reasons(net, Uploaded) == [Reason.FIN_WAIT_2_TIMEOUT]
+    assert a.conn.state is TcpState.FIN_WAIT_2 and _reasons(net, Uploaded) == [Reason.ORPHANED_FIN_WAIT_2]
     assert len(net.nic.table) == 0
     closed_at = net.now
     net.run_until(lambda: net.has_event(a, Closed), 5.0)
@@ -106,7 +112,8 @@ def test_close_of_a_half_closed_connection_in_fin_wait_2_uploads_it() -> None:
     assert a.offload_state is OffloadState.OFFLOADED  # half-closed: it still receives, offloaded
     a.close()
     net.run_until(lambda: net.has_event(a, Closed), 5.0)
-    assert Reason.FIN_WAIT_2_TIMEOUT in _reasons(net, Uploaded) and len(net.nic.table) == 0
+    assert _reasons(net, Uploaded) == [Reason.ORPHANED_FIN_WAIT_2] and len(net.nic.table) == 0
+    assert Reason.ORPHANED_FIN_WAIT_2.group is ReasonGroup.HOST_UPLOAD, "the host asked for it"
 
 
 def test_upload_all_with_pause_and_resume_under_new_capabilities() -> None:
@@ -124,18 +131,47 @@ def test_upload_all_with_pause_and_resume_under_new_capabilities() -> None:
         net, OffloadRefused
     )
     exchange(net, [Stream(a, b, payload(50_000, i)) for i, (a, b) in enumerate(pairs)])
-    net.nic.indicate(TargetResumed(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=1)))
-    net.run_for(0.01)
-    assert net.a.offload_now(late) is None
-    net.wait_offloaded(late)
-    assert net.a._offload is not None and net.a._offload.capabilities.capacity == 1
+    net.nic.indicate(TargetResumed(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=4)))
+    net.wait_offloaded(late)  # the resume offers again what the pause refused, and the uploaded ones
+    net.run_until(lambda: all(a.offload_state is OffloadState.OFFLOADED for a, _ in pairs), 5.0)
+    assert net.a._offload is not None and net.a._offload.capabilities.capacity == 4
     exchange(net, [Stream(late, late_b, payload(60_000, 9)), Stream(late_b, late, payload(60_000, 10))])
 
 
+def test_resume_with_changed_capabilities_is_honoured_by_the_host() -> None:
+    """Spec 4.5 / 2.5: after a pause and upload-all the target resumes without SACK and with room for one
+    connection. The host offers it no connection that negotiated SACK (OPTION_UNSUPPORTED) and no more than
+    one connection (TARGET_FULL): the target never has to refuse. A later resume with full capabilities
+    brings every connection back onto the target."""
+    net = make_net(42)
+    with_sack = [net.connect(port=7 + i) for i in range(2)]
+    for a, _ in with_sack:
+        net.wait_offloaded(a)
+    net.nic.pause(upload_all=True)
+    net.run_until(lambda: all(a.offload_state is OffloadState.IN_HOST for a, _ in with_sack), 5.0)
+    net.b.tcp_config = replace(net.b.tcp_config, sack=False)  # b's next connections do not permit SACK
+    without = [net.connect(port=20 + i) for i in range(2)]
+    assert not any(a.conn.sack_enabled for a, _ in without) and all(a.conn.sack_enabled for a, _ in with_sack)
+    net.nic.resume(TargetCapabilities(ipv4=True, ipv6=False, sack=False, capacity=1))
+    net.run_for(0.1)
+    assert [a.offload_reason for a, _ in with_sack] == [Reason.OPTION_UNSUPPORTED] * 2
+    states = sorted(a.offload_state.value for a, _ in without)
+    assert states == ["in_host", "offloaded"], states
+    assert Reason.TARGET_FULL in [a.offload_reason for a, _ in without]
+    assert net.nic.counters.refusals == {}, "the host honoured the capabilities: the target refused nothing"
+    pairs = with_sack + without
+    exchange(net, [Stream(a, b, payload(40_000, i)) for i, (a, b) in enumerate(pairs)])
+    net.nic.resume(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=64))
+    net.run_until(lambda: all(a.offload_state is OffloadState.OFFLOADED for a, _ in pairs), 5.0)
+    exchange(net, [Stream(b, a, payload(40_000, 10 + i)) for i, (a, b) in enumerate(pairs)])
+
+
 def test_partial_offload_when_the_target_has_fewer_entries_than_connections() -> None:
-    """Spec 3.1 resource errors: capacity 2, five connections: two offloaded, three refused TARGET_FULL and
-    kept on the host; every transfer is byte-exact either way."""
-    net = make_net(37, capacity=2)
+    """Spec 3.1 resource errors: the target announces room for 64 connections but has entries for two; five
+    connections: two offloaded, three refused by the target (TARGET_FULL) and kept on the host; every
+    transfer is byte-exact either way."""
+    net = make_net(37)
+    net.nic.table.capacity = 2
     pairs = [net.connect(port=7 + i) for i in range(5)]
     net.run_for(0.1)
     states = [a.offload_state for a, _ in pairs]
@@ -152,6 +188,9 @@ def test_hardware_failure_brings_every_connection_back_and_transfers_continue() 
     pairs = [net.connect(port=7 + i) for i in range(3)]
     for a, _ in pairs:
         net.wait_offloaded(a)
+    requests: list[object] = []
+    submit = net.nic.submit
+    net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
     streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
     streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
     for s in streams:
@@ -165,6 +204,56 @@ def test_hardware_failure_brings_every_connection_back_and_transfers_continue() 
     late, _ = net.connect(port=30)
     net.run_for(0.1)
     assert late.offload_state is OffloadState.IN_HOST, "a failed target takes no new connection"
+
+
+def test_corrupt_hardware_sequence_aborts_what_was_lost_and_the_rest_continues() -> None:
+    """Spec 3.2 corrupt-hardware protocol (9.6: FAILURE -> Retrieve(HardwareFailure) -> Abort -> Terminate):
+    the target asks for every upload; for the one connection whose state it lost it also aborts it,
+    completes its outstanding sends with REQUEST_ABORTED and its terminate with FAILURE. The host reports the
+    fault, the application sees the connection reset and the peer is reset too; every other connection is
+    uploaded with its state and finishes byte-exact."""
+    slow = Impairments(delay=0.002)
+    net = make_net(43, imp_a=slow, imp_b=slow)
+    pairs = [net.connect(port=7 + i) for i in range(3)]
+    for a, _ in pairs:
+        net.wait_offloaded(a)
+    requests: list[object] = []
+    submit = net.nic.submit
+    net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
+    streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
+    streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
+    for s in streams:
+        s.step()
+    net.run_for(0.002)
+    outputs: list[object] = []
+    for name in ("indicate", "complete"):
+        original = getattr(net.nic, name)
+        setattr(net.nic, name, lambda out, original=original: (outputs.append(out), original(out))[1])
+    lost_a, lost_b = pairs[1]
+    assert lost_a.offload is not None and lost_a.offload.ctx is not None
+    handle, ctx = lost_a.offload.handle, lost_a.offload.ctx
+    net.nic.fail_hardware(lost={handle})
+    kept = [s for s in streams if lost_a not in (s.src, s.dst)]
+    exchange(net, kept)
+    assert all(a.offload_state is OffloadState.IN_HOST for a, _ in pairs) and len(net.nic.table) == 0
+    assert _reasons(net, Uploaded) == [Reason.TARGET_HARDWARE_FAILURE] * 2
+    ours = [o for o in outputs if getattr(o, "host_handle", None) == handle]
+    assert [type(o).__name__ for o in ours] == ["UploadRequest", "PeerReset"]
+    assert ours[0].reason is Reason.TARGET_HARDWARE_FAILURE  # type: ignore[attr-defined]
+    sends = {r.request_id for r in requests if isinstance(r, Send) and r.ctx == ctx}
+    aborted = [o for o in outputs if isinstance(o, SendCompletion) and o.request_id in sends]
+    assert aborted and {o.status for o in aborted} == {Status.REQUEST_ABORTED}
+    completed = [o for o in outputs if isinstance(o, StateCompletion)]
+    failed = [b for o in completed for b in walk(o.tree) if b.host_handle == handle]
+    assert [b.status for b in failed] == [Status.FAILURE]
+    (fault,) = net.events(OffloadFault)
+    assert fault.sock is lost_a and fault.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+    assert [type(e) for e in net.tcp_events(lost_a) if isinstance(e, ConnectionReset | Closed)] == [
+        ConnectionReset,
+        Closed,
+    ]
+    net.run_until(lambda: net.has_event(lost_b, ConnectionReset), 5.0)  # the peer learns it too
+    assert len(net.a.internal_errors) == 1 and "lost the connection's state" in net.a.internal_errors[0]
 
 
 def test_automatic_mode_offloads_only_past_the_byte_and_rtt_thresholds() -> None:

@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import threading
+from dataclasses import dataclass
 
 import pytest
 from test_runtime import A_IP, B_IP
@@ -16,9 +17,24 @@ from tcpchimney.api.socket import BackgroundRuntime, Socket
 pytestmark = pytest.mark.timeout(60)
 
 
-def echo_server(bg: BackgroundRuntime, port: int) -> tuple[Socket, list[threading.Thread]]:
-    """A listening socket whose thread echoes each accepted connection until EOF; the list holds the echo
-    threads (``stop_echo`` joins them, so that none outlives the runtimes the fixture stops)."""
+@dataclass
+class Echo:
+    """A listening socket whose ``serving`` thread echoes each accepted connection on a thread of its own
+    until EOF; ``stop`` waits for all of them, so that none outlives the runtimes the fixture stops."""
+
+    listening: Socket
+    serving: threading.Thread
+    echoes: list[threading.Thread]
+
+    def stop(self) -> None:
+        self.listening.close()
+        self.serving.join(10)  # accept fails once the socket is closed: no echo thread starts after this
+        for t in [self.serving, *self.echoes]:
+            t.join(10)
+            assert not t.is_alive(), f"{t.name} did not end"
+
+
+def echo_server(bg: BackgroundRuntime, port: int) -> Echo:
     listening = bg.socket()
     listening.bind(("", port))
     listening.listen()
@@ -28,11 +44,13 @@ def echo_server(bg: BackgroundRuntime, port: int) -> tuple[Socket, list[threadin
         with contextlib.suppress(OSError):  # the listening socket was closed
             while True:
                 conn, _ = listening.accept()
-                echoes.append(threading.Thread(target=echo_one, args=(conn,), daemon=True))
-                echoes[-1].start()
+                echo = threading.Thread(target=echo_one, args=(conn,), daemon=True)
+                echo.start()
+                echoes.append(echo)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listening, echoes
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    return Echo(listening, serving, echoes)
 
 
 def echo_one(conn: Socket) -> None:
@@ -41,17 +59,10 @@ def echo_one(conn: Socket) -> None:
             conn.sendall(data)
 
 
-def stop_echo(listening: Socket, echoes: list[threading.Thread]) -> None:
-    listening.close()
-    for t in echoes:
-        t.join(10)
-        assert not t.is_alive(), "an echo connection did not end"
-
-
 def test_connect_send_recv_and_addresses(pair: tuple[BackgroundRuntime, BackgroundRuntime]) -> None:
     a, b = pair
-    listening, echoes = echo_server(a, 7)
-    assert listening.getsockname() == (A_IP, 7)
+    echo = echo_server(a, 7)
+    assert echo.listening.getsockname() == (A_IP, 7)
     with b.create_connection((A_IP, 7), timeout=10) as s:
         assert s.getpeername() == (A_IP, 7) and s.getsockname()[0] == B_IP
         assert s.send(b"hello") == 5
@@ -59,12 +70,12 @@ def test_connect_send_recv_and_addresses(pair: tuple[BackgroundRuntime, Backgrou
         while len(got) < 5:
             got += s.recv(100)
         assert got == b"hello"
-    stop_echo(listening, echoes)
+    echo.stop()
 
 
 def test_sendall_one_megabyte_with_half_close(pair: tuple[BackgroundRuntime, BackgroundRuntime]) -> None:
     a, b = pair
-    listening, echoes = echo_server(a, 7)
+    echo = echo_server(a, 7)
     data = os.urandom(1 << 20)
     with b.socket() as s:
         s.connect((A_IP, 7))
@@ -80,7 +91,7 @@ def test_sendall_one_megabyte_with_half_close(pair: tuple[BackgroundRuntime, Bac
         s.shutdown(socket.SHUT_WR)  # the echo sees EOF, closes, and our reader sees EOF
         t.join(30)
         assert not t.is_alive() and bytes(received) == data
-    stop_echo(listening, echoes)
+    echo.stop()
 
 
 def test_accept_returns_the_peer_and_recv_into(pair: tuple[BackgroundRuntime, BackgroundRuntime]) -> None:
@@ -104,7 +115,7 @@ def test_accept_returns_the_peer_and_recv_into(pair: tuple[BackgroundRuntime, Ba
 
 def test_timeouts_and_non_blocking(pair: tuple[BackgroundRuntime, BackgroundRuntime]) -> None:
     a, b = pair
-    listening, echoes = echo_server(a, 7)
+    echo = echo_server(a, 7)
     with b.create_connection((A_IP, 7)) as s:
         s.settimeout(0.1)
         with pytest.raises(TimeoutError, match="timed out"):
@@ -118,7 +129,7 @@ def test_timeouts_and_non_blocking(pair: tuple[BackgroundRuntime, BackgroundRunt
         assert s.recv(10) == b"late"
         with pytest.raises(ValueError):
             s.settimeout(-1)
-    stop_echo(listening, echoes)
+    echo.stop()
     with a.socket() as quiet:
         quiet.bind(("", 8))
         quiet.listen()
@@ -146,7 +157,7 @@ def test_refused_and_wrong_use_raise_what_the_kernel_would(
     with pytest.raises(OSError) as info:
         fresh.bind(("198.18.0.99", 1))
     assert info.value.errno == errno.EADDRNOTAVAIL
-    listening, echoes = echo_server(a, 7)
+    echo = echo_server(a, 7)
     s = b.create_connection((A_IP, 7))
     with pytest.raises(OSError) as info:
         s.connect((A_IP, 7))
@@ -160,7 +171,7 @@ def test_refused_and_wrong_use_raise_what_the_kernel_would(
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EBADF
-    stop_echo(listening, echoes)
+    echo.stop()
 
 
 def test_reset_reaches_a_blocked_recv(pair: tuple[BackgroundRuntime, BackgroundRuntime]) -> None:

@@ -318,7 +318,8 @@ def test_receive_completion_beyond_the_posted_buffer_is_not_delivered() -> None:
 
 
 def test_enabling_offload_sends_every_waiting_connection_in_one_initiate() -> None:
-    net = make_offload_net(12, policy=OffloadPolicy(mode="disabled"), capacity=4, tamper=True)
+    net = make_offload_net(12, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    net.target.table.capacity = 4  # it announced 64: the host offers all six, the target refuses two
     tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
     pairs = [net.connect(PORT + i) for i in range(6)]
     recorder = _Recording(net, tamperer)
@@ -347,3 +348,24 @@ def test_offload_now_waiting_for_its_path_still_goes_under_mode_disabled() -> No
     assert a2.offload_state is OffloadState.IN_HOST  # parked until the path is on the target
     net.run_until(lambda: a1.offload_state is a2.offload_state is OffloadState.OFFLOADED)
     assert a2.offload_reason is None and len(net.events(OffloadRefused)) == before
+
+
+def test_a_connection_whose_state_the_target_lost_resets_an_idle_peer() -> None:
+    """Spec 3.2: the target aborts a connection whose state it lost and fails its terminate. The host's engine
+    holds the sequence numbers of the offload, long passed: its RST alone would be out of the peer's window.
+    The host's probe makes the idle peer answer, and the exact RST follows."""
+    net = make_offload_net(9)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    exchange(net, [Stream(a, b, payload(100_000, 9))])  # the target moved far past the offload's numbers
+    net.run_for(1.0)  # every delayed ACK is out: the peer sends nothing by itself any more
+    assert a.offload is not None
+    net.target.fail_hardware(lost={a.offload.handle})
+    net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
+    assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)] == [
+        ConnectionReset,
+        Closed,
+    ]
+    (fault,) = net.events(OffloadFault)
+    assert fault.sock is a and fault.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+    assert not net.events(Uploaded), "nothing came back to upload"

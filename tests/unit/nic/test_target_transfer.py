@@ -4,20 +4,30 @@ host engine continues from byte-exact."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 from nic_kit import Bench, read_all
 
 from tcpchimney.chimney import (
+    BlockList,
+    Layer,
     PostReceive,
+    QueryOffload,
     ReceiveCompletion,
     ReceiveIndication,
     ReturnReceive,
+    Role,
     Send,
+    SendBacklogChanged,
     SendCompletion,
     Status,
+    TcpSnapshot,
+    walk,
 )
+from tcpchimney.link.sim import Impairments
+from tcpchimney.nic.target import send_backlog
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.frame import DeviceFeatures
 
@@ -181,3 +191,39 @@ def test_upload_mid_transfer_continues_byte_exact(seed: int) -> None:
     assert bytes(at_peer) == up
     assert bytes(at_host) == down
     bench.target.close()
+
+
+def test_send_backlog_changes_are_indicated_throttled_and_match_the_query() -> None:
+    """Spec 4.3 TcpIndicateSendBacklogChange: the estimate (nic.target.send_backlog) is indicated as the
+    connection's window grows, each value more than a quarter away from the previous one; a query returns
+    the same rule's current value (spec 2.4 SendBacklogSize)."""
+    bench = Bench()
+    sock, server = bench.connect()
+    off = bench.offload(sock)
+    for name in ("nic", "peer"):
+        bench.set_impairments(name, Impairments(delay=0.005))  # a 10 ms RTT: the window grows over time
+    data = random.Random(7).randbytes(1_000_000)
+    for i in range(0, len(data), 100_000):
+        bench.submit(Send(bench.rid(), off.ctx, data[i : i + 100_000]))
+    got = bytearray()
+    bench.run_until(lambda: (got.extend(read_all(server)), len(got) == len(data))[1])
+    changes = bench.take(SendBacklogChanged)
+    values = [c.backlog for c in changes]
+    assert len(values) >= 3 and {c.host_handle for c in changes} == {off.host_handle}
+    assert all(abs(new - old) * 4 > old for old, new in itertools.pairwise(values)), values
+    entry = bench.target.table.conns[off.ctx]
+    assert values[-1] == entry.backlog_indicated
+    assert abs(send_backlog(entry.conn) - values[-1]) * 4 <= values[-1], "the last change was indicated"
+    rid = bench.rid()
+    tcp = BlockList(Layer.TCP, Role.LINKER, None, off.ctx)
+    path = BlockList(Layer.PATH, Role.LINKER, None, off.path, dependents=(tcp,))
+    bench.submit(
+        QueryOffload(rid, (BlockList(Layer.NEIGHBOR, Role.LINKER, None, off.neighbor, dependents=(path,)),))
+    )
+    state = next(b for b in walk(bench.completion(rid).tree) if b.layer is Layer.TCP).state
+    assert isinstance(state, TcpSnapshot)
+    assert (
+        state.delegated.send_backlog_size
+        == send_backlog(entry.conn)
+        == 2 * min(entry.conn.cwnd, entry.conn.max_snd_wnd)
+    )
