@@ -202,3 +202,23 @@ def test_policy_exclusion_and_a_rule_added_later_uploads() -> None:
     assert a7.offload_state is OffloadState.IN_HOST and a7.offload_reason is Reason.POLICY_CHANGE
     exchange(net, [Stream(a, b, payload(30_000, p)) for p, (a, b) in socks.items()])
     assert net.events(Offloaded)
+
+
+def test_shutdown_while_the_peer_fin_waits_behind_undelivered_data_still_ends_in_closed() -> None:
+    """The target has the peer's FIN but holds it behind data the host could not take (spec 4.3); the
+    application shuts down: on the target that is CLOSE-WAIT -> LAST-ACK -> CLOSED, while the host, told of
+    the FIN only later, tracks FIN-WAIT-1 -> CLOSING -> TIME-WAIT and uploads. The returned connection is
+    CLOSED: the application must still see every byte, EOF, then Closed, and the host must forget it."""
+    net, a, b = _offloaded_pair(42, config=TcpConfig(rcv_buf=16 * 1024), config_b=TcpConfig())
+    data = payload(24_000, 42)
+    assert b.send(data) == len(data)
+    b.shutdown()
+    net.run_until(lambda: next(iter(net.nic.table.conns.values())).peer_fin, 5.0)
+    assert not net.has_event(a, PeerClosed)
+    a.shutdown()
+    got = bytearray()
+    net.run_until(lambda: (got.extend(read_all(a)), net.has_event(a, Closed))[1], 120.0)
+    got += read_all(a)
+    assert bytes(got) == data
+    assert net.has_event(a, PeerClosed) and a.state is TcpState.CLOSED
+    assert a not in net.a.connections() and len(net.nic.table) == 0
