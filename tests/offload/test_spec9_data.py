@@ -194,3 +194,22 @@ def test_zero_window_persist_with_an_upload_mid_round() -> None:
     )
     exchange(net, [stream], timeout=60.0)
     assert net.events(Offloaded)
+
+
+def test_upload_sends_the_targets_pending_delayed_ack_first() -> None:
+    """Spec 3.5 step 1: the delayed-ACK timer is not part of the handed-over state, so a target giving a
+    connection up sends its pending ACK at once (as the host does at offload). Without it the peer, whose
+    Nagle-held tail waits for that ACK, stalls until its RTO."""
+    net = make_net(28)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    b.send(b"x" * 100)
+    net.run_for(0.005)
+    (entry,) = net.nic.table.conns.values()
+    assert entry.conn.delack_deadline is not None, "one small segment: its ACK is delayed"
+    mark = len(net.wire.segments())
+    assert net.a.upload(a, Reason.ADMIN)
+    net.run_for(0.005)
+    acks = [s for _, d, s in net.wire.segments()[mark:] if d == "a>b" and not s.payload]
+    assert [int(s.ack) for s in acks] == [int(b.conn.snd_nxt)], "the pending ACK left at the upload"
+    assert all(i >= 0x8000 for i in net.wire.ip_ids()[-len(acks) :]), "sent by the target"
