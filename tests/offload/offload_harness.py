@@ -25,11 +25,11 @@ from stack_pair import StackPair
 
 from tcpchimney.chimney import build_tree
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.chimney.requests import InvalidateOffload
+from tcpchimney.chimney.requests import InvalidateOffload, TerminateOffload
 from tcpchimney.chimney.tree import LinkedObject
 from tcpchimney.host.events import HostEvent
 from tcpchimney.host.interface import InterfaceConfig
-from tcpchimney.host.offload import OffloadState, _Pending
+from tcpchimney.host.offload import OffloadState, SharedObject, _Pending
 from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
@@ -312,10 +312,11 @@ class App:
             yield
 
     def read_exact(self, n: int):  # type: ignore[no-untyped-def]
+        """Read ``n`` bytes, or until the connection ended (a reset: no more bytes will come)."""
         want = len(self.got) + n
         while True:
             self._read()
-            if len(self.got) >= want:
+            if len(self.got) >= want or ended(self.net, self.sock):
                 return
             yield
 
@@ -447,15 +448,32 @@ def arp_announce(mac: str) -> bytes:
     return bytes(pkt)
 
 
-def invalidate_neighbor(net: Net) -> None:
-    """Spec 3.4 router change, target half: the host has no route-change entry point (the interface's
+def invalidate_neighbor(net: Net) -> SharedObject:
+    """Spec 3.4 router change, first step: the host has no route-change entry point (the interface's
     gateway is fixed), so the InvalidateOffload of the offloaded neighbor is submitted through the contract
-    as the host's manager would. Its connections stop and ask for the upload (INVALID_STATE)."""
+    as the host's manager would, and the manager forgets the neighbor (new offloads get a fresh one). Its
+    connections stop and ask for the upload (INVALID_STATE). Returns the old neighbor for
+    ``retire_neighbor``."""
     mgr = net.a._offload
     assert mgr is not None
     (neighbor,) = [o for o in mgr._neighbors.values() if o.target_handle is not None]
     tree = build_tree([(LinkedObject(neighbor.target_handle, neighbor.handle), None, None)])
     mgr._submit(InvalidateOffload(mgr._rid(), tree), _Pending("data", None))
+    mgr._drop_shared(neighbor)
+    return neighbor
+
+
+def retire_neighbor(net: Net, neighbor: SharedObject) -> bool:
+    """Spec 3.4 router change, last step: terminate the invalidated neighbor once no path hangs on it and its
+    invalidate completed (False until then)."""
+    mgr = net.a._offload
+    assert mgr is not None and neighbor.target_handle is not None
+    rec = mgr.registry.record(neighbor.handle)
+    if rec.dependents or rec.pending_calls:
+        return False
+    tree = build_tree([(LinkedObject(neighbor.target_handle, neighbor.handle), None, None)])
+    mgr._submit(TerminateOffload(mgr._rid(), tree), _Pending("terminate", None, (neighbor,)))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -548,6 +566,20 @@ class Outcome:
     def trace(self) -> list[WireSeg]:
         return self.net.wire.trace()
 
+    def traces(self) -> list[list[WireSeg]]:
+        """The wire trace of each connection."""
+        return [
+            [WireSeg(d, s.flags, int(s.seq), int(s.ack), len(s.payload)) for d, s in self.segments(a)]
+            for a, _ in self.pairs
+        ]
+
+    def segments(self, a: TcpSocket) -> list[tuple[str, TcpSegment]]:
+        """(direction, segment) of the connection of ``a``'s socket, in wire order."""
+        ports = {(a.local_port, a.remote_port): "a>b", (a.remote_port, a.local_port): "b>a"}
+        return [
+            (ports[k], s) for _, _, s in self.net.wire.segments() if (k := (s.src_port, s.dst_port)) in ports
+        ]
+
 
 def run_session(
     session: Session, seed: int, mode: str, profile: str = "clean", toggles: tuple[float, ...] = ()
@@ -612,13 +644,8 @@ def check_streams(o: Outcome, reset: bool = False) -> None:
 def check_wire_consistent(o: Outcome, resets: bool = False) -> None:
     """Per connection: every payload byte on the wire is the stream's byte at that sequence number; FINs end
     the streams; resets only after the sender's FIN (``resets``: anywhere, the scenario aborts)."""
-    segments = o.net.wire.segments()
     for (x, y), (a, _) in zip(o.apps, o.pairs, strict=True):
-        ports = {(a.local_port, a.remote_port): "a>b", (a.remote_port, a.local_port): "b>a"}
-        mine = [
-            (ports[s.src_port, s.dst_port], s) for _, _, s in segments if (s.src_port, s.dst_port) in ports
-        ]
-        _check_connection_wire(mine, {"a>b": bytes(x.out), "b>a": bytes(y.out)}, resets)
+        _check_connection_wire(o.segments(a), {"a>b": bytes(x.out), "b>a": bytes(y.out)}, resets)
 
 
 def _check_connection_wire(
