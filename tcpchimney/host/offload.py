@@ -570,7 +570,9 @@ class OffloadManager:
         conn = sock.conn
         if not sock.offload_allowed:
             return Reason.SOCKET_OPT_OUT
-        if conn.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
+        # sock.state, not conn.state: a connection that ended while away (a peer reset) keeps the engine
+        # copy frozen at its offload, which still says ESTABLISHED.
+        if sock.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
             return Reason.STATE_NOT_OFFLOADABLE
         if self.paused:
             return Reason.TARGET_PAUSED

@@ -222,3 +222,16 @@ def test_shutdown_while_the_peer_fin_waits_behind_undelivered_data_still_ends_in
     assert bytes(got) == data
     assert net.has_event(a, PeerClosed) and a.state is TcpState.CLOSED
     assert a not in net.a.connections() and len(net.nic.table) == 0
+
+
+def test_a_connection_that_was_reset_is_not_offloaded_again() -> None:
+    """After a peer reset the connection is finished and uploaded; its host engine is the stale copy frozen
+    at the offload (ESTABLISHED). offload_now must judge the connection, not that copy: a refusal, and no
+    entry left on the target that nobody would ever terminate."""
+    net, a, b = _offloaded_pair(43)
+    b.abort()
+    net.run_until(lambda: net.has_event(a, Closed) and a.offload_state is OffloadState.IN_HOST, 5.0)
+    assert a.state is TcpState.CLOSED
+    assert net.a.offload_now(a) is Reason.STATE_NOT_OFFLOADABLE
+    net.run_for(0.1)
+    assert len(net.nic.table) == 0 and a.offload_state is OffloadState.IN_HOST
