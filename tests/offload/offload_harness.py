@@ -131,6 +131,7 @@ class Net(StackPair):
     target: SoftwareTarget | None
     injector: Injector
     log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
+    signals: set[str] = field(default_factory=set)  # raised by a session's events, awaited by its programs
 
     @property
     def now(self) -> float:
@@ -325,6 +326,11 @@ class App:
             self._read()
             if saw_eof(self.net, self.sock) or ended(self.net, self.sock):
                 return
+            yield
+
+    def wait_for(self, signal: str):  # type: ignore[no-untyped-def]
+        """Wait until a session event raised ``signal`` (the scenario is ready for what comes next)."""
+        while signal not in self.net.signals:
             yield
 
     def sleep(self, seconds: float):  # type: ignore[no-untyped-def]
