@@ -533,7 +533,7 @@ def _reset_programs(seed: int) -> list[tuple[Program, Program]]:
     def b(app: App) -> Generator[None, None, None]:
         yield from app.read_exact(len(request))
         yield from app.send_all(response)
-        while app.sock.conn.snd_una != app.sock.conn.snd_max:  # a has it all: what it reads is certain
+        while len(app.sock.conn.sndbuf):  # a acknowledged it all: what it reads does not depend on timing
             yield
         yield from app.wait_for(PINNED)
         yield from app.sleep(0.05)
@@ -1084,7 +1084,7 @@ def run_all_modes(sc: Scenario, seed: int, profile: str, points: list[float]) ->
 @pytest.mark.parametrize("name", list(SCENARIOS))
 # No shrinking: an example is three whole runs, and hypothesis prints the failing seed and points anyway.
 @settings(
-    max_examples=2,
+    max_examples=5,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
