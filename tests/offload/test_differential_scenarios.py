@@ -12,9 +12,11 @@ automatic thresholds, a policy rule). Each runs in the three modes of ``test_dif
 - "handoff": as "offload", plus uploads and re-offloads at hypothesis-chosen points of a window the scenario
   names (its ``window``). Around the moment the scenario is about (the update, the urgent segment, the reset,
   the pause...) the connections are *pinned*: re-offloaded if a hand-off point left them on the host, and
-  left alone until the event happened, so that the offload-specific thing is really exercised. Scenarios
-  whose point is a hand-off at a given moment (three send regions, buffered data, FIN with undelivered data,
-  zero-window persist) make that upload themselves at that moment.
+  left alone until the event happened, so that the offload-specific thing is really exercised (programs
+  whose next step needs the connection offloaded, e.g. a shutdown, wait for the pin's PINNED signal; in the
+  other modes it is raised at the same time without moving anything). Scenarios whose point is a hand-off
+  at a given moment (three send regions, buffered data, FIN with undelivered data, zero-window persist)
+  make that upload themselves at that moment.
 
 Over the clean and the lossy profile and hypothesis-chosen seeds, every run must show: the bytes each
 application read equal what the other wrote (after a reset: a prefix of it) and equal the host-only run's;
@@ -22,6 +24,10 @@ the same end each application saw (EOF, closed, reset, or the error its call got
 no internal error; a consistent wire (``check_wire_consistent``: each payload byte is the stream's byte at its
 sequence number; resets are allowed anywhere only in the abort scenario). In the offload modes each scenario
 also checks that its offload-specific thing happened (``check``), so that no comparison is vacuous.
+
+``test_hand_off_points_land_outside_the_pinned_moments`` checks that each scenario's window leaves room for
+hand-offs. Hypothesis does not shrink here: an example is three whole runs; it prints the failing seed and
+points.
 
 Exact wire, host vs offload on the clean link: identical (direction, flags, seq, ack, length) for every
 scenario except those naming why not in ``exact_wire`` (a hand-off in mid-connection sends its pending
