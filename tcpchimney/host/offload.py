@@ -608,7 +608,9 @@ class OffloadManager:
         conn = sock.conn
         if not sock.offload_allowed:
             return Reason.SOCKET_OPT_OUT
-        if conn.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
+        # sock.state, not conn.state: a connection that ended while away (a peer reset) keeps the engine
+        # copy frozen at its offload, which still says ESTABLISHED.
+        if sock.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
             return Reason.STATE_NOT_OFFLOADABLE
         if self.paused:
             return Reason.TARGET_PAUSED
@@ -1473,7 +1475,24 @@ class OffloadManager:
         if conn.state in PEER_FIN_RECEIVED and not off.peer_fin:
             off.peer_fin = True  # the target had not indicated it yet
             self._emit(sock, PeerClosed())
+        if conn.state is TcpState.CLOSED:
+            self._closed_on_target(sock)
+            return
         self._resume_engine(sock)
+
+    def _closed_on_target(self, sock: TcpSocket) -> None:
+        """The target returned a connection that ended gracefully there (LAST-ACK -> CLOSED) before the
+        host's model knew: the peer's FIN was held behind undelivered data (spec 4.3) when the application
+        shut down, so the host tracked FIN-WAIT-1 -> CLOSING -> TIME-WAIT and uploaded. A rebuilt engine
+        born CLOSED reports nothing: the application gets the rest of the bytes, EOF and Closed here."""
+        off = sock.offload
+        assert off is not None
+        if sock.conn.readable:
+            off.rcvq.append(sock.conn.receive(-1))  # read from the socket's queue once finished
+        if not off.peer_fin:
+            off.peer_fin = True
+            self._emit(sock, PeerClosed())
+        self._finish(sock)
 
     def _resume_engine(self, sock: TcpSocket) -> None:
         """Feed the host engine what waited for it: held segments, queued sends, a FIN or abort."""

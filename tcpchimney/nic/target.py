@@ -886,6 +886,8 @@ class SoftwareTarget(TargetMethods):
             return block.with_result(Status.FAILURE)
         self._abort_calls(entry, Status.UPLOAD_IN_PROGRESS)  # spec 3.5 step 8
         if not entry.stopped and not self._stalled:
+            if entry.conn.delack_deadline is not None:
+                entry.conn.ack_now = True  # the delayed-ACK timer is not handed over: its ACK leaves now
             self._output(entry, now, self._tx)  # step 1: pending ACKs leave before the state does
         delegated = self._export(entry, now).delegated
         self.table.remove(handle)

@@ -14,29 +14,40 @@ test folder on ``sys.path``; there is no package).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
 from stack_pair import StackPair
 
+from tcpchimney.chimney import build_tree
+from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.requests import InvalidateOffload, TerminateOffload
+from tcpchimney.chimney.tree import LinkedObject
 from tcpchimney.host.arp import ArpParams
 from tcpchimney.host.events import HostEvent
 from tcpchimney.host.interface import InterfaceConfig
-from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.offload import OffloadState, SharedObject, _Pending
 from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
+from tcpchimney.nic.table import TcpEntry
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.connection import TcpConnection
+from tcpchimney.tcp.errors import ConnectionClosedError
 from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import ethernet
 from tcpchimney.wire import ipv4 as ipv4_wire
 from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.frame import Frame
-from tcpchimney.wire.tcp import TcpSegment
+from tcpchimney.wire.seq import SeqNum
+from tcpchimney.wire.tcp import ACK, FIN, RST, SYN, TcpSegment
 
 A_MAC, A_IP = "02:00:00:00:00:01", "198.18.0.1"
 B_MAC, B_IP = "02:00:00:00:00:02", "198.18.0.2"
@@ -66,9 +77,14 @@ class Wire:
     def __init__(self, node: HostStack) -> None:
         self.node = node
         self.frames: list[tuple[float, bytes]] = []
+        self.injected: list[bytes] = []  # frames an Injector put on the link: not the peer's, not recorded
+        # What the medium does to the peer's frames before they leave (e.g. set URG on one segment).
+        self.rewrite: Callable[[Frame], Frame] | None = None
 
     def handle_frame(self, frame: Frame, now: float) -> None:
-        self.frames.append((now, frame.tobytes()))
+        data = frame.tobytes()
+        if not any(data.startswith(x) for x in self.injected):  # padded to the Ethernet minimum on the link
+            self.frames.append((now, data))
         self.node.handle_frame(frame, now)
 
     def handle_timer(self, now: float) -> None:
@@ -76,6 +92,8 @@ class Wire:
 
     def frames_to_send(self, now: float) -> list[Frame]:
         out = self.node.frames_to_send(now)
+        if self.rewrite is not None:
+            out = [self.rewrite(f) for f in out]
         self.frames.extend((now, f.tobytes()) for f in out)
         return out
 
@@ -116,9 +134,11 @@ class Net(StackPair):
     b: HostStack
     wire: Wire
     target: SoftwareTarget | None
+    injector: Injector
     log: dict[str, list[HostEvent]] = field(default_factory=lambda: {"a": [], "b": []})
     b_ip: str = B_IP
     routers: dict[str, Router] = field(default_factory=dict)
+    signals: set[str] = field(default_factory=set)  # raised by a session's events, awaited by its programs
 
     @property
     def now(self) -> float:
@@ -193,7 +213,9 @@ def make_net(
     else:
         link.attach(a, "a", imp_a)
     link.attach(wire, "b", imp_b)
-    net = Net(link, a, b, wire, target if offload else None, b_ip=b_ip)
+    injector = Injector(wire)
+    link.attach(injector, "injector")
+    net = Net(link, a, b, wire, target if offload else None, injector, b_ip=b_ip)
     if routed:
         hosts = {A_IP: A_MAC, b_ip: B_MAC}
         net.routers = {
@@ -283,6 +305,7 @@ class App:
         self.got = bytearray()  # every byte read, in order
         self.out = bytearray()  # every byte the socket accepted, in order
         self.done = False
+        self.error: str | None = None  # the error that ended the program (a reset connection), if any
         self._gen = program(self)  # type: ignore[assignment]
 
     def step(self) -> None:
@@ -290,6 +313,9 @@ class App:
             try:
                 next(self._gen)  # type: ignore[call-overload]
             except StopIteration:
+                self.done = True
+            except ConnectionClosedError as e:  # what an application sees of a reset: its call fails
+                self.error = type(e).__name__
                 self.done = True
 
     def _read(self) -> None:
@@ -311,10 +337,11 @@ class App:
             yield
 
     def read_exact(self, n: int):  # type: ignore[no-untyped-def]
+        """Read ``n`` bytes, or until the connection ended (a reset: no more bytes will come)."""
         want = len(self.got) + n
         while True:
             self._read()
-            if len(self.got) >= want:
+            if len(self.got) >= want or ended(self.net, self.sock):
                 return
             yield
 
@@ -323,6 +350,18 @@ class App:
             self._read()
             if saw_eof(self.net, self.sock) or ended(self.net, self.sock):
                 return
+            yield
+
+    def wait_for(self, signal: str):  # type: ignore[no-untyped-def]
+        """Wait until a session event raised ``signal`` (the scenario is ready for what comes next)."""
+        while signal not in self.net.signals:
+            yield
+
+    def sleep(self, seconds: float):  # type: ignore[no-untyped-def]
+        """Do nothing (read nothing: the receive window closes) for ``seconds`` of virtual time."""
+        until = self.net.now + seconds
+        self.net.injector.wake(until)
+        while self.net.now < until:
             yield
 
 
@@ -390,26 +429,34 @@ class Router:
 
 
 class Injector:
-    """A node on the link that puts hand-built frames on it (an attacker, a router's ICMP, a peer's URG)."""
+    """A node on the link that puts hand-built frames on it (an attacker, a router's ICMP, a peer's URG), and
+    the applications' alarm clock: a sleeping application or a timed event must wake the link up even when
+    no stack has anything scheduled."""
 
-    def __init__(self) -> None:
+    def __init__(self, wire: Wire) -> None:
         self.outbox: list[Frame] = []
+        self.wire = wire
+        self.alarms: list[float] = []
 
     def handle_frame(self, frame: Frame, now: float) -> None:
         pass
 
     def handle_timer(self, now: float) -> None:
-        pass
+        self.alarms = [t for t in self.alarms if t > now]
 
     def frames_to_send(self, now: float) -> list[Frame]:
         out, self.outbox = self.outbox, []
         return out
 
     def next_deadline(self) -> float | None:
-        return None
+        return min(self.alarms, default=None)
 
     def send(self, frame: bytes) -> None:
+        self.wire.injected.append(frame)
         self.outbox.append(Frame(frame))
+
+    def wake(self, at: float) -> None:
+        self.alarms.append(at)
 
 
 def inject(net: Net, inj: Injector, frame: bytes, settle: float = 0.01) -> None:
@@ -421,9 +468,7 @@ def inject(net: Net, inj: Injector, frame: bytes, settle: float = 0.01) -> None:
 
 
 def add_injector(net: Net) -> Injector:
-    inj = Injector()
-    net.link.attach(inj, "injector")
-    return inj
+    return net.injector
 
 
 def tcp_frame(
@@ -462,3 +507,256 @@ def from_b(
         TcpOptions(),
         urgent,
     )
+
+
+def frag_needed(a_sock: TcpSocket, seq: int, mtu: int) -> bytes:
+    """A router's ICMP fragmentation-needed for a segment ``a_sock`` sent at ``seq`` (RFC 1191)."""
+    quoted = bytes(IP(src=A_IP, dst=B_IP, flags="DF") / TCP(sport=a_sock.local_port, dport=a_sock.remote_port,
+                                                             seq=seq))[:28]  # fmt: skip
+    icmp = ICMP(type=3, code=4, nexthopmtu=mtu) / Raw(quoted)
+    return bytes(Ether(src=B_MAC, dst=A_MAC) / IP(src="198.18.0.254", dst=A_IP) / icmp)
+
+
+def arp_announce(mac: str) -> bytes:
+    """A gratuitous ARP: the peer's address is now at ``mac``."""
+    pkt = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=mac, psrc=B_IP, hwdst="00:00:00:00:00:00", pdst=B_IP
+    )
+    return bytes(pkt)
+
+
+def invalidate_neighbor(net: Net) -> SharedObject:
+    """Spec 3.4 router change, first step: the host has no route-change entry point (the interface's
+    gateway is fixed), so the InvalidateOffload of the offloaded neighbor is submitted through the contract
+    as the host's manager would, and the manager forgets the neighbor (new offloads get a fresh one). Its
+    connections stop and ask for the upload (INVALID_STATE). Returns the old neighbor for
+    ``retire_neighbor``."""
+    mgr = net.a._offload
+    assert mgr is not None
+    (neighbor,) = [o for o in mgr._neighbors.values() if o.target_handle is not None]
+    tree = build_tree([(LinkedObject(neighbor.target_handle, neighbor.handle), None, None)])
+    mgr._submit(InvalidateOffload(mgr._rid(), tree), _Pending("data", None))
+    mgr._drop_shared(neighbor)
+    return neighbor
+
+
+def retire_neighbor(net: Net, neighbor: SharedObject) -> bool:
+    """Spec 3.4 router change, last step: terminate the invalidated neighbor once no path hangs on it and its
+    invalidate completed (False until then)."""
+    mgr = net.a._offload
+    assert mgr is not None and neighbor.target_handle is not None
+    rec = mgr.registry.record(neighbor.handle)
+    if rec.dependents or rec.pending_calls:
+        return False
+    tree = build_tree([(LinkedObject(neighbor.target_handle, neighbor.handle), None, None)])
+    mgr._submit(TerminateOffload(mgr._rid(), tree), _Pending("terminate", None, (neighbor,)))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+# A session: application programs for each side of one or more connections, timed network/administrative
+# events, run host-only ("host": no target), offloaded from establishment ("offload") or with uploads and
+# re-offloads at given points ("handoff"). The differential tests compare what the applications saw.
+
+Program = Callable[[App], Generator[None, None, None]]
+
+CLEAN = Impairments(delay=0.002, bandwidth=10e6)
+LOSSY = Impairments(loss=0.02, reorder=0.03, duplicate=0.02, delay=0.002, bandwidth=10e6)
+PROFILES = {"clean": CLEAN, "lossy": LOSSY}
+BIG = TcpConfig()  # 1 MiB buffers
+MODES = ("host", "offload", "handoff")
+
+
+@dataclass
+class Ctx:
+    """What a session's events act on."""
+
+    net: Net
+    mode: str
+    profile: str
+    pairs: list[tuple[TcpSocket, TcpSocket]]  # (a's socket, b's socket) per connection
+    start: float
+    notes: dict[str, Any] = field(default_factory=dict)  # what events saw, for the scenario's checks
+    pinned: bool = False  # hand-off points wait: the scenario needs the connections where they are
+
+    @property
+    def offload(self) -> bool:
+        return self.mode != "host"
+
+    def entry(self, i: int = 0) -> TcpEntry | None:
+        """The target's entry of connection ``i``, if it holds it."""
+        off = self.pairs[i][0].offload
+        if self.net.target is None or off is None or off.ctx is None:
+            return None
+        return self.net.target.table.conns.get(off.ctx)
+
+    def engine(self, i: int = 0) -> TcpConnection:
+        """The engine that runs connection ``i`` now: the target's or the host's."""
+        entry = self.entry(i)
+        return entry.conn if entry is not None else self.pairs[i][0].conn
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float  # seconds after the connections were established
+    act: Callable[[Ctx], bool | None]  # False: not yet (asked again at each step; later events wait)
+
+
+@dataclass(frozen=True)
+class Session:
+    programs: Callable[[int], list[tuple[Program, Program]]]  # from the seed: (a's, b's) per connection
+    events: tuple[Event, ...] = ()
+    a_client: bool = True
+    config: TcpConfig = BIG
+    config_b: TcpConfig | None = None
+    capacity: int = 64  # entries the target has; it announces 64 (so the host offers, the target refuses)
+    policy: OffloadPolicy = ENABLED  # the offload modes' policy
+
+
+@dataclass
+class Outcome:
+    mode: str
+    net: Net
+    apps: list[tuple[App, App]]
+    pairs: list[tuple[TcpSocket, TcpSocket]]
+    notes: dict[str, Any]
+    handoffs: int
+
+    def streams(self) -> list[tuple[bytes, bytes]]:
+        """What a and b read, per connection."""
+        return [(bytes(x.got), bytes(y.got)) for x, y in self.apps]
+
+    def ends(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """The end each application saw, per connection: PeerClosed / ConnectionReset / Closed events, then
+        the error that stopped its program, if any."""
+        return [(self._ends(x), self._ends(y)) for x, y in self.apps]
+
+    def _ends(self, app: App) -> tuple[str, ...]:
+        kinds = (PeerClosed, ConnectionReset, Closed)
+        seen = tuple(type(e).__name__ for e in self.net.tcp_events(app.sock) if isinstance(e, kinds))
+        return seen + ((app.error,) if app.error else ())
+
+    def states(self) -> list[tuple[TcpState, TcpState]]:
+        return [(a.state, b.state) for a, b in self.pairs]
+
+    @property
+    def trace(self) -> list[WireSeg]:
+        return self.net.wire.trace()
+
+    def traces(self) -> list[list[WireSeg]]:
+        """The wire trace of each connection."""
+        return [
+            [WireSeg(d, s.flags, int(s.seq), int(s.ack), len(s.payload)) for d, s in self.segments(a)]
+            for a, _ in self.pairs
+        ]
+
+    def segments(self, a: TcpSocket) -> list[tuple[str, TcpSegment]]:
+        """(direction, segment) of the connection of ``a``'s socket, in wire order."""
+        ports = {(a.local_port, a.remote_port): "a>b", (a.remote_port, a.local_port): "b>a"}
+        return [
+            (ports[k], s) for _, _, s in self.net.wire.segments() if (k := (s.src_port, s.dst_port)) in ports
+        ]
+
+
+def run_session(
+    session: Session, seed: int, mode: str, profile: str = "clean", toggles: tuple[float, ...] = ()
+) -> Outcome:
+    """``toggles`` (mode "handoff" only): at each of these times (seconds after establishment) every
+    connection of ``a`` that is offloaded is uploaded, every one on the host is offloaded."""
+    assert mode in MODES and (mode == "handoff" or not toggles)
+    imp = PROFILES[profile]
+    offload = mode != "host"
+    net = make_net(seed, session.policy if offload else DISABLED, offload=offload, imp_a=imp, imp_b=imp,
+                   config=session.config, config_b=session.config_b)  # fmt: skip
+    if net.target is not None:
+        net.target.table.capacity = session.capacity
+    programs = session.programs(seed)
+    pairs = [net.connect(session.a_client, port=PORT + i) for i in range(len(programs))]
+    ctx = Ctx(net, mode, profile, pairs, net.now)
+    apps = [(App(net, a, pa), App(net, b, pb)) for (a, b), (pa, pb) in zip(pairs, programs, strict=True)]
+    events = sorted(session.events, key=lambda e: e.at)
+    points = sorted(toggles)
+    for t in [e.at for e in events] + points:
+        net.injector.wake(ctx.start + t)
+    handoffs = [0]
+
+    def during() -> None:
+        while events and net.now - ctx.start >= events[0].at and events[0].act(ctx) is not False:
+            events.pop(0)
+        while points and net.now - ctx.start >= points[0]:
+            points.pop(0)
+            if not ctx.pinned:
+                handoffs[0] += sum(_toggle(net, a) for a, _ in pairs)
+
+    flat = [app for pair in apps for app in pair]
+    run_apps(net, flat, timeout=300.0, during=during)
+    net.run_until(lambda: (during(), all(ended(net, app.sock) for app in flat))[1], 300.0)
+    assert not events, f"events that never happened: {events}"
+    if net.target is not None:
+        net.run_until(lambda: len(net.nic.table) == 0, 10.0)  # nothing stays behind on the target
+    return Outcome(mode, net, apps, pairs, ctx.notes, handoffs[0])
+
+
+def _toggle(net: Net, a: TcpSocket) -> int:
+    if a.offload_state is OffloadState.OFFLOADED:
+        return int(net.a.upload(a, Reason.ADMIN))
+    if a.offload_state is OffloadState.IN_HOST and a.state is not TcpState.CLOSED:
+        return int(net.a.offload_now(a) is None)
+    return 0
+
+
+def check_streams(o: Outcome, reset: bool = False) -> None:
+    """Each side read what the other wrote (``reset``: a prefix of it: a reset discards the rest), every
+    connection is CLOSED and ended as it should, and neither stack counted an internal error."""
+    for (x, y), ends in zip(o.apps, o.ends(), strict=True):
+        if reset:
+            assert bytes(y.got) == bytes(x.out[: len(y.got)]) and bytes(x.got) == bytes(y.out[: len(x.got)])
+        else:
+            assert y.got == x.out, f"b read {len(y.got)} bytes, a wrote {len(x.out)}"
+            assert x.got == y.out, f"a read {len(x.got)} bytes, b wrote {len(y.out)}"
+            assert ends[0][-1] == "Closed" and ends[1][-1] == "Closed", ends
+            assert "ConnectionReset" not in ends[0] + ends[1]
+    assert all(s == (TcpState.CLOSED, TcpState.CLOSED) for s in o.states()), o.states()
+    assert o.net.a.internal_errors == [] and o.net.b.internal_errors == []
+
+
+def check_wire_consistent(o: Outcome, resets: bool = False) -> None:
+    """Per connection: every payload byte on the wire is the stream's byte at that sequence number; FINs end
+    the streams; resets only after the sender's FIN (``resets``: anywhere, the scenario aborts)."""
+    for (x, y), (a, _) in zip(o.apps, o.pairs, strict=True):
+        _check_connection_wire(o.segments(a), {"a>b": bytes(x.out), "b>a": bytes(y.out)}, resets)
+
+
+def _check_connection_wire(
+    segments: list[tuple[str, TcpSegment]], streams: dict[str, bytes], resets: bool
+) -> None:
+    isn: dict[str, SeqNum] = {}
+    fin_acked: set[str] = set()  # directions whose FIN the other side has acknowledged
+    for direction, seg in segments:
+        if seg.flags & SYN:
+            isn[direction] = seg.seq
+            continue
+        data = streams[direction]
+        offset = seg.seq.dist(isn[direction] + 1)
+        back = "b>a" if direction == "a>b" else "a>b"
+        if seg.flags & ACK and back in isn and seg.ack.dist(isn[back] + 1) == len(streams[back]) + 1:
+            fin_acked.add(back)
+        if seg.flags & RST:
+            # Without an abort, only a closed connection answering a late duplicate or reordered segment,
+            # after its whole stream and FIN were acknowledged. Its SEQ is the late segment's ACK (RFC 9293
+            # 3.10.7.1), which may lie anywhere in the stream when the segment was reordered.
+            assert resets or direction in fin_acked, (
+                f"{direction} reset the connection at {offset} of {len(data)}"
+            )
+            assert 0 <= offset <= len(data) + 1, (direction, offset)
+            continue
+        if not seg.payload and not seg.flags & FIN:
+            # An ACK (past our FIN once it is sent), or a zero-window probe at SND.UNA - 1.
+            assert -1 <= offset <= len(data) + 1, (direction, offset)
+            continue
+        assert offset >= 0 and offset + len(seg.payload) <= len(data), (direction, offset, len(seg.payload))
+        assert seg.payload == data[offset : offset + len(seg.payload)], (
+            f"{direction} bytes differ at {offset}"
+        )
+        if seg.flags & FIN:
+            assert offset + len(seg.payload) == len(data), f"{direction} FIN at {offset + len(seg.payload)}"

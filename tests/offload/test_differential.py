@@ -30,28 +30,27 @@ What is compared, and why not more:
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from offload_harness import DISABLED, ENABLED, App, Net, make_net, payload, run_apps
+from offload_harness import (
+    BIG,
+    PROFILES,
+    App,
+    Outcome,
+    Program,
+    Session,
+    check_streams,
+    check_wire_consistent,
+    payload,
+    run_session,
+)
 
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import Offloaded, Uploaded
-from tcpchimney.host.offload import OffloadState
-from tcpchimney.link.sim import Impairments
 from tcpchimney.tcp.config import TcpConfig
-from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
-from tcpchimney.tcp.state import TcpState
-from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import ACK, FIN, RST, SYN
+from tcpchimney.wire.tcp import ACK
 
-Program = Callable[[App], Generator[None, None, None]]
-
-CLEAN = Impairments(delay=0.002, bandwidth=10e6)
-LOSSY = Impairments(loss=0.02, reorder=0.03, duplicate=0.02, delay=0.002, bandwidth=10e6)
-PROFILES = {"clean": CLEAN, "lossy": LOSSY}
-BIG = TcpConfig()  # 1 MiB buffers: the scripts below never fill them
 SMALL = TcpConfig(snd_buf=32 * 1024, rcv_buf=32 * 1024)
 
 
@@ -155,19 +154,6 @@ SCRIPTS: dict[str, Callable[[int], tuple[Program, Program]]] = {
 # ---------------------------------------------------------------------------------------------- runner
 
 
-@dataclass
-class Outcome:
-    a_got: bytes
-    b_got: bytes
-    a_out: bytes
-    b_out: bytes
-    states: tuple[TcpState, TcpState]
-    ends: tuple[tuple[str, ...], tuple[str, ...]]
-    trace: list[object]
-    net: Net
-    handoffs: int
-
-
 def run_script(
     script: str,
     seed: int,
@@ -179,91 +165,12 @@ def run_script(
 ) -> Outcome:
     """``mode``: "host" (no target), "offload" (enabled policy), "handoff" (enabled, then at each time in
     ``toggles`` (seconds after establishment) upload an offloaded connection or offload one on the host)."""
-    imp = PROFILES[profile]
-    policy = ENABLED if mode != "host" else DISABLED
-    net = make_net(seed, policy, offload=mode != "host", imp_a=imp, imp_b=imp,
-                   config=config)  # fmt: skip
-    a, b = net.connect(a_client)
-    client, server = SCRIPTS[script](seed)
-    apps = [App(net, a, client if a_client else server), App(net, b, server if a_client else client)]
-    start = net.now
-    pending = sorted(toggles)
-    done = [0]
 
-    def during() -> None:
-        while pending and net.now - start >= pending[0]:
-            pending.pop(0)
-            if a.offload_state is OffloadState.OFFLOADED:
-                done[0] += net.a.upload(a, Reason.ADMIN)
-            elif a.offload_state is OffloadState.IN_HOST and a.state is not TcpState.CLOSED:
-                done[0] += net.a.offload_now(a) is None
+    def programs(seed: int) -> list[tuple[Program, Program]]:
+        client, server = SCRIPTS[script](seed)
+        return [(client, server) if a_client else (server, client)]
 
-    run_apps(net, apps, timeout=300.0, during=during if mode == "handoff" else None)
-    net.run_until(lambda: _ended(net, a) and _ended(net, b), 300.0)
-    if net.target is not None:
-        net.run_until(lambda: len(net.nic.table) == 0, 10.0)  # nothing stays behind on the target
-    return Outcome(
-        bytes(apps[0].got),
-        bytes(apps[1].got),
-        bytes(apps[0].out),
-        bytes(apps[1].out),
-        (a.state, b.state),
-        (_ends(net, a), _ends(net, b)),
-        list(net.wire.trace()),
-        net,
-        done[0],
-    )
-
-
-def _ended(net: Net, sock: object) -> bool:
-    return net.has_event(sock, Closed) or net.has_event(sock, ConnectionReset)  # type: ignore[arg-type]
-
-
-def _ends(net: Net, sock: object) -> tuple[str, ...]:
-    kinds = (PeerClosed, ConnectionReset, Closed)
-    return tuple(type(e).__name__ for e in net.tcp_events(sock) if isinstance(e, kinds))  # type: ignore[arg-type]
-
-
-def check_streams(o: Outcome) -> None:
-    assert o.b_got == o.a_out, f"b read {len(o.b_got)} bytes, a wrote {len(o.a_out)}"
-    assert o.a_got == o.b_out, f"a read {len(o.a_got)} bytes, b wrote {len(o.b_out)}"
-    assert o.states == (TcpState.CLOSED, TcpState.CLOSED)
-    assert o.ends[0][-1] == "Closed" and o.ends[1][-1] == "Closed", o.ends
-    assert "ConnectionReset" not in o.ends[0] + o.ends[1]
-    assert o.net.a.internal_errors == [] and o.net.b.internal_errors == []
-
-
-def check_wire_consistent(o: Outcome) -> None:
-    """Every payload byte on the wire is the stream's byte at that sequence number; FINs end the streams;
-    resets only after the sender's FIN."""
-    isn: dict[str, SeqNum] = {}
-    streams = {"a>b": o.a_out, "b>a": o.b_out}
-    fin_acked: set[str] = set()  # directions whose FIN the other side has acknowledged
-    for _, direction, seg in o.net.wire.segments():
-        if seg.flags & SYN:
-            isn[direction] = seg.seq
-            continue
-        data = streams[direction]
-        offset = seg.seq.dist(isn[direction] + 1)
-        back = "b>a" if direction == "a>b" else "a>b"
-        if seg.flags & ACK and back in isn and seg.ack.dist(isn[back] + 1) == len(streams[back]) + 1:
-            fin_acked.add(back)
-        if seg.flags & RST:
-            # Only a closed connection answering a late duplicate or reordered segment, after its whole
-            # stream and FIN were acknowledged (the scripts never abort). Its SEQ is the late segment's ACK
-            # (RFC 9293 3.10.7.1), which may lie anywhere in the stream when the segment was reordered.
-            assert direction in fin_acked, f"{direction} reset the connection at {offset} of {len(data)}"
-            assert 0 <= offset <= len(data) + 1, (direction, offset)
-            continue
-        if not seg.payload and not seg.flags & FIN:
-            assert 0 <= offset <= len(data) + 1, (direction, offset)  # an ACK; past our FIN once it is sent
-            continue
-        assert offset >= 0 and offset + len(seg.payload) <= len(data), (direction, offset, len(seg.payload))
-        assert seg.payload == data[offset : offset + len(seg.payload)], (
-            f"{direction} bytes differ at {offset}"
-        )
-        if seg.flags & FIN:
-            assert offset + len(seg.payload) == len(data), f"{direction} FIN at {offset + len(seg.payload)}"
+    return run_session(Session(programs, a_client=a_client, config=config), seed, mode, profile, toggles)
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -283,8 +190,8 @@ def test_offloaded_from_establishment_is_wire_identical_to_host_only(
     check_streams(host)
     check_streams(off)
     assert off.net.events(Offloaded), "the connection was never offloaded: nothing was compared"
-    assert (off.a_got, off.b_got) == (host.a_got, host.b_got)
-    assert off.ends == host.ends
+    assert off.streams() == host.streams()
+    assert off.ends() == host.ends()
     if a_client:
         assert off.trace == host.trace, _first_difference(host.trace, off.trace)
     else:
@@ -312,8 +219,8 @@ def test_uploads_and_reoffloads_at_random_points_change_nothing_the_application_
     check_streams(host)
     check_streams(moved)
     check_wire_consistent(moved)
-    assert (moved.a_got, moved.b_got) == (host.a_got, host.b_got)
-    assert moved.ends == host.ends
+    assert moved.streams() == host.streams()
+    assert moved.ends() == host.ends()
 
 
 def test_handoffs_happen_mid_exchange_and_the_wire_stays_consistent() -> None:
@@ -325,7 +232,7 @@ def test_handoffs_happen_mid_exchange_and_the_wire_stays_consistent() -> None:
         check_streams(moved)
         check_wire_consistent(moved)
         check_wire_consistent(host)
-        assert (moved.a_got, moved.b_got) == (host.a_got, host.b_got)
+        assert moved.streams() == host.streams()
         uploads = [e for e in moved.net.events(Uploaded) if e.reason is Reason.ADMIN]  # type: ignore[attr-defined]
         assert len(uploads) >= 3 and len(moved.net.events(Offloaded)) >= 4, moved.handoffs
 
@@ -338,7 +245,7 @@ def test_full_send_buffer_changes_segmentation_not_bytes() -> None:
     check_streams(host)
     check_streams(off)
     check_wire_consistent(off)
-    assert (off.a_got, off.b_got) == (host.a_got, host.b_got)
+    assert off.streams() == host.streams()
     assert off.trace != host.trace
 
 
@@ -352,7 +259,7 @@ def test_handoffs_with_small_buffers_under_impairments(seed: int, toggles: list[
     check_streams(host)
     check_streams(moved)
     check_wire_consistent(moved)
-    assert (moved.a_got, moved.b_got) == (host.a_got, host.b_got)
+    assert moved.streams() == host.streams()
 
 
 def _without_pure_acks(trace: list[object]) -> list[object]:

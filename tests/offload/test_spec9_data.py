@@ -7,7 +7,6 @@ from __future__ import annotations
 from offload_harness import (
     A_IP,
     A_MAC,
-    B_IP,
     B_MAC,
     DISABLED,
     R1_IP,
@@ -16,7 +15,9 @@ from offload_harness import (
     R2_MAC,
     Stream,
     add_injector,
+    arp_announce,
     exchange,
+    frag_needed,
     from_b,
     inject,
     make_net,
@@ -24,9 +25,6 @@ from offload_harness import (
     read_all,
     tcp_frame,
 )
-from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Raw
 
 from tcpchimney.chimney.reason import Reason, ReasonGroup
 from tcpchimney.host.events import Offloaded, Uploaded
@@ -76,13 +74,6 @@ def test_send_data_in_all_three_regions_is_sent_in_order_after_offload() -> None
     assert net.nic.counters.snapshot()["tcp"]["retransmitted_segments"] >= 1
 
 
-def _frag_needed(a_sock, seq: int, mtu: int) -> bytes:  # type: ignore[no-untyped-def]
-    quoted = bytes(IP(src=A_IP, dst=B_IP, flags="DF") / TCP(sport=a_sock.local_port, dport=a_sock.remote_port,
-                                                             seq=seq))[:28]  # fmt: skip
-    icmp = ICMP(type=3, code=4, nexthopmtu=mtu) / Raw(quoted)
-    return bytes(Ether(src=B_MAC, dst=A_MAC) / IP(src="198.18.0.254", dst=A_IP) / icmp)
-
-
 def test_pmtu_update_shrinks_the_target_segments_on_the_wire() -> None:
     net = make_net(22)
     a, b = net.connect()
@@ -90,20 +81,13 @@ def test_pmtu_update_shrinks_the_target_segments_on_the_wire() -> None:
     inj = add_injector(net)
     exchange(net, [Stream(a, b, payload(50_000, 1))])
     assert max(len(s.payload) for _, d, s in net.wire.segments() if d == "a>b") == 1448
-    inject(net, inj, _frag_needed(a, int(a.conn.snd_una), 1200))
+    inject(net, inj, frag_needed(a, int(a.conn.snd_una), 1200))
     mark = len(net.wire.segments())
     exchange(net, [Stream(a, b, payload(200_000, 2))])
     sizes = [len(s.payload) for _, d, s in net.wire.segments()[mark:] if d == "a>b" and s.payload]
     assert sizes and max(sizes) <= 1200 - 40 - 12, max(sizes)  # IPv4 + TCP headers, timestamps
     assert a.offload_state is OffloadState.OFFLOADED, "a PMTU change is an update, not an upload"
     assert all(p["path_mtu"] == 1200 for p in net.nic.dump_state()["paths"].values())
-
-
-def _arp(mac: str) -> bytes:
-    pkt = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=1, hwsrc=mac, psrc=B_IP, hwdst="00:00:00:00:00:00", pdst=B_IP
-    )
-    return bytes(pkt)
 
 
 def test_mac_change_is_an_update_the_target_frames_follow() -> None:
@@ -113,13 +97,13 @@ def test_mac_change_is_an_update_the_target_frames_follow() -> None:
     a, b = net.connect()
     net.wait_offloaded(a)
     inj = add_injector(net)
-    inject(net, inj, _arp("02:00:00:00:00:99"))
+    inject(net, inj, arp_announce("02:00:00:00:00:99"))
     a.send(b"to the new mac")
     net.run_for(0.05)
     frames = [f for _, f in net.wire.frames if f[6:12] == bytes.fromhex("020000000001")]
     assert frames[-1][:6] == bytes.fromhex("020000000099")
     assert a.offload_state is OffloadState.OFFLOADED and not net.events(Uploaded)
-    inj.send(_arp(B_MAC))  # the peer answers at its own MAC again: the retransmission reaches it
+    inj.send(arp_announce(B_MAC))  # the peer answers at its own MAC again: the retransmission reaches it
     net.run_until(lambda: b.readable == 14, 10.0)
     assert b.receive(100) == b"to the new mac"
 
@@ -300,3 +284,22 @@ def test_zero_window_persist_with_an_upload_mid_round() -> None:
     )
     exchange(net, [stream], timeout=60.0)
     assert net.events(Offloaded)
+
+
+def test_upload_sends_the_targets_pending_delayed_ack_first() -> None:
+    """Spec 3.5 step 1: the delayed-ACK timer is not part of the handed-over state, so a target giving a
+    connection up sends its pending ACK at once (as the host does at offload). Without it the peer, whose
+    Nagle-held tail waits for that ACK, stalls until its RTO."""
+    net = make_net(28)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    b.send(b"x" * 100)
+    net.run_for(0.005)
+    (entry,) = net.nic.table.conns.values()
+    assert entry.conn.delack_deadline is not None, "one small segment: its ACK is delayed"
+    mark = len(net.wire.segments())
+    assert net.a.upload(a, Reason.ADMIN)
+    net.run_for(0.005)
+    acks = [s for _, d, s in net.wire.segments()[mark:] if d == "a>b" and not s.payload]
+    assert [int(s.ack) for s in acks] == [int(b.conn.snd_nxt)], "the pending ACK left at the upload"
+    assert all(i >= 0x8000 for i in net.wire.ip_ids()[-len(acks) :]), "sent by the target"

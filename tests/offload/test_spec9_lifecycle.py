@@ -291,3 +291,36 @@ def test_policy_exclusion_and_a_rule_added_later_uploads() -> None:
     assert a7.offload_state is OffloadState.IN_HOST and a7.offload_reason is Reason.POLICY_CHANGE
     exchange(net, [Stream(a, b, payload(30_000, p)) for p, (a, b) in socks.items()])
     assert net.events(Offloaded)
+
+
+def test_shutdown_while_the_peer_fin_waits_behind_undelivered_data_still_ends_in_closed() -> None:
+    """The target has the peer's FIN but holds it behind data the host could not take (spec 4.3); the
+    application shuts down: on the target that is CLOSE-WAIT -> LAST-ACK -> CLOSED, while the host, told of
+    the FIN only later, tracks FIN-WAIT-1 -> CLOSING -> TIME-WAIT and uploads. The returned connection is
+    CLOSED: the application must still see every byte, EOF, then Closed, and the host must forget it."""
+    net, a, b = _offloaded_pair(42, config=TcpConfig(rcv_buf=16 * 1024), config_b=TcpConfig())
+    data = payload(24_000, 42)
+    assert b.send(data) == len(data)
+    b.shutdown()
+    net.run_until(lambda: next(iter(net.nic.table.conns.values())).peer_fin, 5.0)
+    assert not net.has_event(a, PeerClosed)
+    a.shutdown()
+    got = bytearray()
+    net.run_until(lambda: (got.extend(read_all(a)), net.has_event(a, Closed))[1], 120.0)
+    got += read_all(a)
+    assert bytes(got) == data
+    assert net.has_event(a, PeerClosed) and a.state is TcpState.CLOSED
+    assert a not in net.a.connections() and len(net.nic.table) == 0
+
+
+def test_a_connection_that_was_reset_is_not_offloaded_again() -> None:
+    """After a peer reset the connection is finished and uploaded; its host engine is the stale copy frozen
+    at the offload (ESTABLISHED). offload_now must judge the connection, not that copy: a refusal, and no
+    entry left on the target that nobody would ever terminate."""
+    net, a, b = _offloaded_pair(43)
+    b.abort()
+    net.run_until(lambda: net.has_event(a, Closed) and a.offload_state is OffloadState.IN_HOST, 5.0)
+    assert a.state is TcpState.CLOSED
+    assert net.a.offload_now(a) is Reason.STATE_NOT_OFFLOADABLE
+    net.run_for(0.1)
+    assert len(net.nic.table) == 0 and a.offload_state is OffloadState.IN_HOST
