@@ -526,10 +526,10 @@ def arp_announce(mac: str) -> bytes:
 
 
 def invalidate_neighbor(net: Net) -> SharedObject:
-    """Spec 3.4 router change, first step: the host has no route-change entry point (the interface's
-    gateway is fixed), so the InvalidateOffload of the offloaded neighbor is submitted through the contract
-    as the host's manager would, and the manager forgets the neighbor (new offloads get a fresh one). Its
-    connections stop and ask for the upload (INVALID_STATE). Returns the old neighbor for
+    """Spec 3.4 router change with the optional invalidate first (the host's own ``set_gateway`` relinks
+    without it, see test_spec9_data): the InvalidateOffload of the offloaded neighbor is submitted through
+    the contract as the host's manager would, and the manager forgets the neighbor (new offloads get a
+    fresh one). Its connections stop and ask for the upload (INVALID_STATE). Returns the old neighbor for
     ``retire_neighbor``."""
     mgr = net.a._offload
     assert mgr is not None

@@ -447,10 +447,10 @@ MAC_CHANGE = Scenario(
 )
 
 
-# Next-hop change (spec 3.4: invalidate the old neighbor, offload the new one, terminate the old). The host
-# has no route-change entry point (the interface's gateway is fixed), so the host half is driven through the
-# contract as test_spec9_data does (``invalidate_neighbor`` / ``retire_neighbor``): the invalidated
-# neighbor's connections ask for their upload (INVALID_STATE); a later offload gets a fresh neighbor.
+# Next-hop change (spec 3.4: invalidate the old neighbor, offload the new one, terminate the old). This is the
+# variant with the optional invalidate, driven through the contract (``invalidate_neighbor`` /
+# ``retire_neighbor``): the invalidated neighbor's connections ask for their upload (INVALID_STATE); a later
+# offload gets a fresh neighbor.
 # Host-only: no event at all.
 
 
