@@ -365,6 +365,31 @@ class App:
             yield
 
 
+def request_rounds(seed: int, sizes: list[tuple[int, int]], gap: float = 0.0) -> tuple[Program, Program]:
+    """(client, server) programs: per (request, response) size pair the client sends a request and reads
+    the response, ``gap`` seconds apart; then the client half-closes and both close after EOF."""
+
+    def client(app: App) -> Generator[None, None, None]:
+        for i, (req, resp) in enumerate(sizes):
+            yield from app.send_all(payload(req, seed * 100 + i))
+            yield from app.read_exact(resp)
+            if gap:
+                yield from app.sleep(gap)
+        app.sock.shutdown()
+        yield from app.read_eof()
+        app.sock.close()
+
+    def server(app: App) -> Generator[None, None, None]:
+        for i, (req, resp) in enumerate(sizes):
+            yield from app.read_exact(req)
+            yield from app.send_all(payload(resp, seed * 100 + 50 + i))
+        yield from app.read_eof()
+        app.sock.shutdown()
+        app.sock.close()
+
+    return client, server
+
+
 def run_apps(
     net: Net, apps: list[App], timeout: float = 120.0, during: Callable[[], None] | None = None
 ) -> None:

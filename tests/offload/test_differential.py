@@ -43,6 +43,7 @@ from offload_harness import (
     check_streams,
     check_wire_consistent,
     payload,
+    request_rounds,
     run_session,
 )
 
@@ -74,25 +75,7 @@ def bulk_both(seed: int) -> tuple[Program, Program]:
 
 
 def request_response(seed: int) -> tuple[Program, Program]:
-    sizes = [(200 + 97 * i + seed % 300, 5000 + 3001 * i) for i in range(8)]
-
-    def client(app: App) -> Generator[None, None, None]:
-        for i, (req, resp) in enumerate(sizes):
-            yield from app.send_all(payload(req, seed * 100 + i))
-            yield from app.read_exact(resp)
-        app.sock.shutdown()
-        yield from app.read_eof()
-        app.sock.close()
-
-    def server(app: App) -> Generator[None, None, None]:
-        for i, (req, resp) in enumerate(sizes):
-            yield from app.read_exact(req)
-            yield from app.send_all(payload(resp, seed * 100 + 50 + i))
-        yield from app.read_eof()
-        app.sock.shutdown()
-        app.sock.close()
-
-    return client, server
+    return request_rounds(seed, [(200 + 97 * i + seed % 300, 5000 + 3001 * i) for i in range(8)])
 
 
 def half_close(seed: int) -> tuple[Program, Program]:

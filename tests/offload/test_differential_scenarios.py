@@ -60,6 +60,7 @@ from offload_harness import (
     from_b,
     invalidate_neighbor,
     payload,
+    request_rounds,
     retire_neighbor,
     run_session,
     tcp_frame,
@@ -130,24 +131,7 @@ def sink(stall: float = 0.0) -> Program:
 def rounds(seed: int, n: int = 8, gap: float = 0.04) -> tuple[Program, Program]:
     """``n`` request / response rounds ``gap`` apart: a connection that lives through the events."""
     sizes = [(1000 + 37 * i + seed % 200, 15_000 + 1001 * i) for i in range(n)]
-
-    def client(app: App) -> Generator[None, None, None]:
-        for i, (req, resp) in enumerate(sizes):
-            yield from app.send_all(payload(req, seed * 100 + i))
-            yield from app.read_exact(resp)
-            yield from app.sleep(gap)
-        app.sock.shutdown()
-        yield from app.read_eof()
-        app.sock.close()
-
-    def server(app: App) -> Generator[None, None, None]:
-        for i, (req, resp) in enumerate(sizes):
-            yield from app.read_exact(req)
-            yield from app.send_all(payload(resp, seed * 100 + 50 + i))
-        yield from app.read_eof()
-        app.sock.close()
-
-    return client, server
+    return request_rounds(seed, sizes, gap)
 
 
 def one(a: Callable[[int], Program], b: Callable[[int], Program]) -> Programs:
