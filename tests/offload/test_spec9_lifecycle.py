@@ -18,6 +18,7 @@ from tcpchimney.chimney.tree import walk
 from tcpchimney.host.events import Offloaded, OffloadFault, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy, OffloadRule
+from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.link.sim import Impairments
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.errors import ConnectionResetByPeerError
@@ -183,8 +184,9 @@ def test_partial_offload_when_the_target_has_fewer_entries_than_connections() ->
     assert net.nic.counters.snapshot()["refusals"]["target_full"] == 3
 
 
-def test_hardware_failure_brings_every_connection_back_and_transfers_continue() -> None:
-    net = make_net(38)
+def _transfers_under_way(net: Net) -> tuple[list[tuple[TcpSocket, TcpSocket]], list[Stream], list[object]]:
+    """Three offloaded connections moving data both ways for 2 ms; the list records every request the host
+    submits from now on."""
     pairs = [net.connect(port=7 + i) for i in range(3)]
     for a, _ in pairs:
         net.wait_offloaded(a)
@@ -193,9 +195,15 @@ def test_hardware_failure_brings_every_connection_back_and_transfers_continue() 
     net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
     streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
     streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
-    for s in streams:
-        s.step()
+    for stream in streams:
+        stream.step()
     net.run_for(0.002)
+    return pairs, streams, requests
+
+
+def test_hardware_failure_brings_every_connection_back_and_transfers_continue() -> None:
+    net = make_net(38)
+    pairs, streams, _ = _transfers_under_way(net)
     net.nic.fail_hardware()
     exchange(net, streams)
     assert all(a.offload_state is OffloadState.IN_HOST for a, _ in pairs)
@@ -214,17 +222,7 @@ def test_corrupt_hardware_sequence_aborts_what_was_lost_and_the_rest_continues()
     uploaded with its state and finishes byte-exact."""
     slow = Impairments(delay=0.002)
     net = make_net(43, imp_a=slow, imp_b=slow)
-    pairs = [net.connect(port=7 + i) for i in range(3)]
-    for a, _ in pairs:
-        net.wait_offloaded(a)
-    requests: list[object] = []
-    submit = net.nic.submit
-    net.nic.submit = lambda r, now: (requests.append(r), submit(r, now))[1]  # type: ignore[method-assign]
-    streams = [Stream(a, b, payload(300_000, i)) for i, (a, b) in enumerate(pairs)]
-    streams += [Stream(b, a, payload(200_000, 10 + i)) for i, (a, b) in enumerate(pairs)]
-    for s in streams:
-        s.step()
-    net.run_for(0.002)
+    pairs, streams, requests = _transfers_under_way(net)
     outputs: list[object] = []
     for name in ("indicate", "complete"):
         original = getattr(net.nic, name)
