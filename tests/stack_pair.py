@@ -10,6 +10,7 @@ from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import SimLink
 from tcpchimney.tcp.events import TcpEvent
+from tcpchimney.wire.frame import Frame
 
 
 class StackPair:
@@ -52,3 +53,27 @@ class StackPair:
 
     def has_event(self, sock: TcpSocket, kind: type) -> bool:
         return any(isinstance(ev, kind) for ev in self.tcp_events(sock))
+
+
+class OutboxNode:
+    """A link node that only puts frames on the link (``send``): an attacker, a router, an injector. It
+    ignores what it receives and has no timers unless a subclass says otherwise."""
+
+    def __init__(self) -> None:
+        self.outbox: list[Frame] = []
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        pass
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def send(self, frame: bytes) -> None:
+        self.outbox.append(Frame(frame))

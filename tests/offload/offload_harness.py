@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
-from stack_pair import StackPair
+from stack_pair import OutboxNode, StackPair
 
 from tcpchimney.chimney import build_tree
 from tcpchimney.chimney.reason import Reason
@@ -406,7 +406,7 @@ def run_apps(
 # ---------------------------------------------------------------------------------------------- routers
 
 
-class Router:
+class Router(OutboxNode):
     """A next hop on the link: answers ARP for its addresses and forwards every IPv4 frame sent to its MAC
     to the destination host's MAC (``hosts``), unchanged above Ethernet. ``drop_from``: source MACs whose
     frames it no longer forwards (a route that stopped working); ``forwarded`` counts per source MAC."""
@@ -414,12 +414,12 @@ class Router:
     def __init__(self, mac: str, ips: tuple[str, ...], hosts: dict[str, str]) -> None:
         from tcpchimney.host.interface import ip_bytes, mac_bytes
 
+        super().__init__()
         self.mac = mac_bytes(mac)
         self.ips = {ip_bytes(ip) for ip in ips}
         self.hosts = {ip_bytes(ip): mac_bytes(m) for ip, m in hosts.items()}
         self.drop_from: set[bytes] = set()
         self.forwarded: dict[bytes, int] = {}
-        self.outbox: list[Frame] = []
 
     def handle_frame(self, frame: Frame, now: float) -> None:
         from tcpchimney.wire import arp as arp_wire
@@ -439,46 +439,29 @@ class Router:
             self.forwarded[src] = self.forwarded.get(src, 0) + 1
             self.outbox.append(Frame(host + self.mac + data[12:]))
 
-    def handle_timer(self, now: float) -> None:
-        pass
-
-    def frames_to_send(self, now: float) -> list[Frame]:
-        out, self.outbox = self.outbox, []
-        return out
-
-    def next_deadline(self) -> float | None:
-        return None
-
 
 # ---------------------------------------------------------------------------------------------- injection
 
 
-class Injector:
+class Injector(OutboxNode):
     """A node on the link that puts hand-built frames on it (an attacker, a router's ICMP, a peer's URG), and
     the applications' alarm clock: a sleeping application or a timed event must wake the link up even when
     no stack has anything scheduled."""
 
     def __init__(self, wire: Wire) -> None:
-        self.outbox: list[Frame] = []
+        super().__init__()
         self.wire = wire
         self.alarms: list[float] = []
 
-    def handle_frame(self, frame: Frame, now: float) -> None:
-        pass
-
     def handle_timer(self, now: float) -> None:
         self.alarms = [t for t in self.alarms if t > now]
-
-    def frames_to_send(self, now: float) -> list[Frame]:
-        out, self.outbox = self.outbox, []
-        return out
 
     def next_deadline(self) -> float | None:
         return min(self.alarms, default=None)
 
     def send(self, frame: bytes) -> None:
         self.wire.injected.append(frame)
-        self.outbox.append(Frame(frame))
+        super().send(frame)
 
     def wake(self, at: float) -> None:
         self.alarms.append(at)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack_pair import StackPair
+from stack_pair import OutboxNode, StackPair
 
 from tcpchimney.host.events import HostEvent, IncomingConnection
 from tcpchimney.host.interface import InterfaceConfig, ip_bytes, mac_bytes
@@ -155,29 +155,16 @@ def _first_diff(a: bytes | bytearray, b: bytes | bytearray) -> int:
 # ---------------------------------------------------------------------------------------------- attacker
 
 
-class Attacker:
+class Attacker(OutboxNode):
     """A node that sends what the test tells it to and records everything it sees (it is on the segment,
     so it sees all frames; an off-path attacker in the tests only uses what it could guess)."""
 
     def __init__(self) -> None:
-        self.outbox: list[Frame] = []
+        super().__init__()
         self.seen: list[tuple[float, bytes]] = []
 
     def handle_frame(self, frame: Frame, now: float) -> None:
         self.seen.append((now, frame.tobytes()))
-
-    def handle_timer(self, now: float) -> None:
-        pass
-
-    def frames_to_send(self, now: float) -> list[Frame]:
-        out, self.outbox = self.outbox, []
-        return out
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def send(self, frame: bytes) -> None:
-        self.outbox.append(Frame(frame))
 
 
 def tcp_frame(
