@@ -28,6 +28,7 @@ affected connection is uploaded, or aborted when its state cannot be trusted.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -303,7 +304,12 @@ class _Pending:
     kind: str  # "initiate", "terminate", "update", "send", "data", "neighbor", "relink"
     sock: TcpSocket | None
     objects: tuple[SharedObject, ...] = ()
-    batch: tuple[TcpSocket, ...] = ()  # a terminate of many connections (upload_all): one tree for all
+    batch: tuple[TcpSocket, ...] = ()  # an initiate or terminate of many connections: one tree for all
+
+    @property
+    def socks(self) -> tuple[TcpSocket, ...]:
+        """The connections the call is about (none for a neighbor or path alone)."""
+        return self.batch or ((self.sock,) if self.sock is not None else ())
 
 
 class OffloadManager:
@@ -324,6 +330,14 @@ class OffloadManager:
         self._paths: dict[bytes, SharedObject] = {}
         self._neighbor_of: dict[int, SharedObject] = {}
         self._candidates: dict[TcpSocket, None] = {}
+        # What answers a state call's completion, by the kind of call (the rest are data calls).
+        self._state_done: dict[str, Callable[[_Pending, StateCompletion], None]] = {
+            "initiate": self._on_initiate_done,
+            "terminate": self._on_terminate_done,
+            "update": self._on_update_done,
+            "neighbor": self._on_neighbor_done,
+            "relink": self._on_relink_done,
+        }
         self._arp_generation = -1
         self._next_check: float | None = None
         self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
@@ -799,7 +813,7 @@ class OffloadManager:
                 obj.target_handle = block.target_handle
             else:
                 self._drop_shared(obj)
-        for sock in pending.batch or ((pending.sock,) if pending.sock is not None else ()):
+        for sock in pending.socks:
             self._initiated(sock, blocks, completion.tree)
 
     def _initiated(
@@ -1342,7 +1356,7 @@ class OffloadManager:
         )
 
     def _on_terminate_done(self, pending: _Pending, completion: StateCompletion) -> None:
-        socks = pending.batch or ((pending.sock,) if pending.sock is not None else ())
+        socks = pending.socks
         if not socks:
             return  # a neighbor / path nobody uses any more: gone from the target
         blocks = {b.host_handle: b for b in walk(completion.tree) if b.layer is Layer.TCP}
@@ -1585,21 +1599,10 @@ class OffloadManager:
             return
         if pending is None:
             return
-        if pending.kind == "initiate":
+        state_done = self._state_done.get(pending.kind)
+        if state_done is not None:
             assert isinstance(completion, StateCompletion)
-            self._on_initiate_done(pending, completion)
-        elif pending.kind == "terminate":
-            assert isinstance(completion, StateCompletion)
-            self._on_terminate_done(pending, completion)
-        elif pending.kind == "update":
-            assert isinstance(completion, StateCompletion)
-            self._on_update_done(pending, completion)
-        elif pending.kind == "neighbor":
-            assert isinstance(completion, StateCompletion)
-            self._on_neighbor_done(pending, completion)
-        elif pending.kind == "relink":
-            assert isinstance(completion, StateCompletion)
-            self._on_relink_done(pending, completion)
+            state_done(pending, completion)
         elif pending.sock is not None:
             self._on_data_done(pending.sock, completion)
 
@@ -1615,7 +1618,7 @@ class OffloadManager:
             self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
 
     def _violation(self, pending: _Pending | None, detail: str) -> None:
-        socks = () if pending is None else pending.batch or (() if pending.sock is None else (pending.sock,))
+        socks = () if pending is None else pending.socks
         if pending is None or not socks:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
             return
