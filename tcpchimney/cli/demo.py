@@ -31,13 +31,23 @@ from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, determin
 from tcpchimney.cli.common import CommandError, network_unavailable_reason, stop_on_signals
 from tcpchimney.cli.nsutil import in_netns
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions, timeline_lines
-from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer, summary, timeline_table
-from tcpchimney.cli.wiring import Session, connection_rows, open_session
+from tcpchimney.cli.report import (
+    ConnectionRow,
+    DemoResult,
+    Transfer,
+    add_new_rows,
+    connection_row,
+    summary,
+    timeline_table,
+    with_final_states,
+)
+from tcpchimney.cli.wiring import Session, open_session
 
 MB = 1_000_000
 STACK_ADDR = ipaddress.IPv4Interface("198.18.0.2/24")
 PEER_ADDR = ipaddress.IPv4Interface("198.18.0.1/24")
 HTTP_PORT = 80
+LOG_WIDTH = 10_000  # columns when the output is not a terminal: wide enough that no line is ever wrapped
 LINUX_HTTP_PORT = 8080
 SEED_DOWN = 1
 SEED_UP = 2
@@ -55,7 +65,7 @@ _SHA256_STDIN = (
 
 
 class Meter:
-    """Live progress of one transfer, plus the busiest connection table seen while it ran."""
+    """Live progress of one transfer, and the connection table taken when half of its bytes moved."""
 
     def __init__(self, progress: Progress, name: str, total: int, sample: Callable[[], int]) -> None:
         self.progress = progress
@@ -64,18 +74,20 @@ class Meter:
         self.sample = sample
         self.rows: list[ConnectionRow] = []
 
-    async def midway(self, action: Callable[[], object]) -> None:
-        """``action()`` once half the bytes moved (polled often: a transfer may last well under a second)."""
+    async def midway(
+        self, rows: Callable[[], list[ConnectionRow]], action: Callable[[], object] | None
+    ) -> None:
+        """Once half the bytes moved (polled often: a transfer may last well under a second), the table as
+        the transfer runs, then ``action()``: the table shows the state the data moved in, not a later one."""
         while self.sample() * 2 < self.total:
             await asyncio.sleep(0.002)
-        action()
+        self.rows = rows()
+        if action is not None:
+            action()
 
-    async def run(self, rows: Callable[[], list[ConnectionRow]]) -> None:
+    async def run(self) -> None:
         while True:
             self.progress.update(self.task, completed=self.sample())
-            current = rows()
-            if len(current) >= len(self.rows):
-                self.rows = current
             await asyncio.sleep(0.1)
 
     def finish(self) -> None:
@@ -92,9 +104,7 @@ async def metered(
     midway: Callable[[], object] | None = None,
 ) -> AsyncIterator[Meter]:
     meter = Meter(progress, name, total, sample)
-    tasks = [asyncio.create_task(meter.run(rows))]
-    if midway is not None:
-        tasks.append(asyncio.create_task(meter.midway(midway)))
+    tasks = [asyncio.create_task(meter.run()), asyncio.create_task(meter.midway(rows, midway))]
     try:
         yield meter
     finally:
@@ -166,7 +176,7 @@ def write_payload(path: str, n: int, seed: int) -> None:
 
 
 class TapExchanges:
-    """The demo's three transfers over one session; remembers the busiest connection table it saw."""
+    """The demo's three transfers over one session; remembers each connection as it was mid-transfer."""
 
     def __init__(self, session: Session, progress: Progress, stats: AppStats, n: int, tmp: str) -> None:
         self.session = session
@@ -174,10 +184,10 @@ class TapExchanges:
         self.stats = stats
         self.n = n
         self.tmp = tmp
-        self.busiest: list[ConnectionRow] = []
+        self.rows: list[ConnectionRow] = []
 
     def _rows(self) -> list[ConnectionRow]:
-        return connection_rows(self.session.stack)
+        return [connection_row(sock) for sock in self.session.stack.connections()]
 
     def _upload_midway(self) -> None:
         """An administrator's upload halfway through: the connection comes back to the host mid-transfer
@@ -190,8 +200,7 @@ class TapExchanges:
         midway = self._upload_midway if self.session.control is not None else None
         async with metered(self.progress, name, self.n, sample, self._rows, midway) as meter:
             yield
-        if len(meter.rows) > len(self.busiest):
-            self.busiest = meter.rows
+        add_new_rows(self.rows, meter.rows)
 
     async def curl_download(self) -> Transfer:
         n, stats = self.n, self.stats
@@ -298,7 +307,8 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
                     await run.stack_download(),
                 ]
             server.close()
-            result = DemoResult("tap", transfers, run.busiest, session.stack.counters)
+            rows = with_final_states(run.rows, session.stack.connections())
+            result = DemoResult("tap", transfers, rows, session.stack.counters)
             _add_offload(result, session.control, session.offload_counters())
             return result
     finally:
@@ -333,8 +343,17 @@ def _progress(console: Console) -> Progress:
 # ====================================================================== entry point
 
 
-def run(args: argparse.Namespace) -> int:
+def _console() -> Console:
+    """A terminal's width on a terminal; elsewhere (a pipe, a log file) no width at all: rich would wrap at
+    80 columns and split table cells over several lines, which a log reader or a grep cannot put together."""
     console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=LOG_WIDTH)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = _console()
     reason = "--sim was given" if args.sim else network_unavailable_reason()
     if reason is None:
         result = asyncio.run(_until_signal(tap_demo(args, console)))

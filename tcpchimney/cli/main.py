@@ -1,4 +1,4 @@
-"""``chimney``: serve, nc and demo on the user-space stack.
+"""The ``chimney`` command: serve, nc and demo on the user-space stack.
 
 Every long-running command prints one JSON line ``{"event": "ready", ...}`` on stdout once it is usable and
 ``{"event": "done", ...}`` with its counters when it ends (SIGINT/SIGTERM end it cleanly).
@@ -7,6 +7,7 @@ Every long-running command prints one JSON line ``{"event": "ready", ...}`` on s
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,9 @@ from tcpchimney.cli.offload import DEFAULT_MODE, MODES
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
+# What --help says to whoever reads it first (plain text: argparse shows it as written).
+DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
+ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 
 
 def _interface(text: str) -> ipaddress.IPv4Interface:
@@ -85,13 +89,13 @@ def _add_link_options(parser: argparse.ArgumentParser) -> None:
         "--addr",
         type=_interface,
         default=_interface(DEFAULT_ADDR),
-        help=f"the stack's address/prefix (default {DEFAULT_ADDR})",
+        help=f"the stack's address/prefix, in 198.18.0.0/15 (default {DEFAULT_ADDR})",
     )
     parser.add_argument(
         "--peer",
         type=_interface,
         default=_interface(DEFAULT_PEER),
-        help=f"the kernel side's address/prefix in the namespace (default {DEFAULT_PEER})",
+        help=f"the kernel side's address/prefix in the namespace, in 198.18.0.0/15 (default {DEFAULT_PEER})",
     )
     parser.add_argument("--pcap", metavar="FILE", help="capture every frame of the TAP device to FILE")
     parser.add_argument(
@@ -101,11 +105,24 @@ def _add_link_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tcpchimney")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chimney", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="chimney", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run echo, discard or http on the stack over a TAP device")
+    serve = sub.add_parser(
+        "serve",
+        help="run echo, discard or http on the stack over a TAP device",
+        description="Run echo, discard or http on the stack over a TAP device, with the Linux kernel as the "
+        f"peer in a network namespace; {ADDRESS_RULE}.",
+    )
     serve.add_argument("app", choices=sorted(APPS), help="the application")
     serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
     _add_link_options(serve)
@@ -114,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     nc = sub.add_parser(
         "nc",
         help="netcat on the stack: stdin to the connection, the connection to stdout",
+        description="Netcat on the stack over a TAP device: stdin to the connection, the connection to "
+        f"stdout; {ADDRESS_RULE}.",
         usage="chimney nc [-h] HOST PORT --netns NAME ...\n       chimney nc -l PORT --netns NAME ...",
     )
     nc.add_argument("-l", "--listen", action="store_true", help="accept one connection instead of connecting")
@@ -123,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_options(nc)
     _add_offload_options(nc)
 
-    demo = sub.add_parser("demo", help="curl against the stack and the stack against Linux, SHA-256 checked")
+    demo = sub.add_parser(
+        "demo",
+        help="curl against the stack and the stack against Linux, SHA-256 checked",
+        description="curl against the stack and the stack against Linux, SHA-256 checked. As root with "
+        f"/dev/net/tun the stack is at {DEFAULT_ADDR} and Linux at {DEFAULT_PEER} in a fresh namespace; "
+        f"elsewhere two stacks run over the simulated link. As in serve and nc, {ADDRESS_RULE}.",
+    )
     demo.add_argument(
         "--size",
         type=int,

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from tcpchimney.host.interface import ip_str
+from tcpchimney.host.offload import OffloadState
+
+if TYPE_CHECKING:
+    from tcpchimney.host.sockets import TcpSocket
 
 MB = 1_000_000
 
@@ -45,19 +51,59 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionRow:
-    """One line of the connection table (taken from ``HostStack.connections()`` while traffic flows)."""
+    """One connection as the demo saw it half-way through its transfer, and the state it ended in."""
 
     local: str
     remote: str
-    state: str
+    state: str  # the TCP state half-way through the transfer
+    offload: str = ""  # where it ran then: "offloaded", "host: <reason>", ... (see offload_text)
     detail: str = ""
+    final: str = ""  # its TCP state when the demo ended; CLOSED once the stack had forgotten it
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.local, self.remote
+
+
+def offload_text(sock: TcpSocket) -> str:
+    """Where the connection runs and, on the host, the reason of the last decision that kept it there."""
+    state = sock.offload_state
+    if state is None:
+        return "host (no offload target)"
+    if state is not OffloadState.IN_HOST:
+        return str(state.value).replace("_", " ")
+    reason = sock.offload_reason
+    return "host" if reason is None else f"host: {reason.value.replace('_', ' ')}"
+
+
+def connection_row(sock: TcpSocket) -> ConnectionRow:
+    detail = ""
+    if sock.offload_state in (None, OffloadState.IN_HOST):  # the host's engine is stale while offloaded
+        conn = sock.conn
+        detail = f"cwnd={conn.cwnd} srtt={conn.srtt * 1000:.2f}ms" if conn.srtt else f"cwnd={conn.cwnd}"
+    local = f"{ip_str(sock.local_ip)}:{sock.local_port}"
+    remote = f"{ip_str(sock.remote_ip)}:{sock.remote_port}"
+    return ConnectionRow(local, remote, sock.state.name, offload_text(sock), detail)
+
+
+def add_new_rows(seen: list[ConnectionRow], sample: Iterable[ConnectionRow]) -> None:
+    """Append the connections of ``sample`` not in ``seen``: each keeps the row of its own transfer's
+    midpoint, not a later one taken while it was closing."""
+    known = {row.key for row in seen}
+    seen.extend(row for row in sample if row.key not in known)
+
+
+def with_final_states(rows: Iterable[ConnectionRow], still_open: Iterable[TcpSocket]) -> list[ConnectionRow]:
+    """``rows`` with the state each connection was in when the demo ended (CLOSED: no longer known)."""
+    final = {connection_row(sock).key: sock.state.name for sock in still_open}
+    return [replace(row, final=final.get(row.key, "CLOSED")) for row in rows]
 
 
 @dataclass(slots=True)
 class DemoResult:
     link: str  # "tap" or "sim"
     transfers: list[Transfer]
-    rows: list[ConnectionRow]  # the busiest connection table seen while data flowed
+    rows: list[ConnectionRow]  # each connection at its transfer's midpoint, with its final state
     counters: dict[str, dict[str, int]]
     timeline: list[str] = field(default_factory=list)  # offload events, cli.offload.timeline_lines
     offload: dict[str, Any] = field(default_factory=dict)  # offload counters (mode, cycles, host, nic)
@@ -87,18 +133,22 @@ def transfers_table(transfers: Iterable[Transfer]) -> Table:
     return table
 
 
-def connections_table(rows: Iterable[ConnectionRow], title: str = "Connections") -> Table:
+def connections_table(
+    rows: Iterable[ConnectionRow], title: str = "Connections, half-way through each transfer"
+) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("local")
     table.add_column("remote")
     table.add_column("state")
+    table.add_column("offload")
+    table.add_column("at the end")
     table.add_column("detail", style="dim")
     any_row = False
     for row in rows:
         any_row = True
-        table.add_row(row.local, row.remote, row.state, row.detail)
+        table.add_row(row.local, row.remote, row.state, row.offload, row.final, row.detail)
     if not any_row:
-        table.add_row("-", "-", "(none open)", "")
+        table.add_row("-", "-", "(none seen)", "", "", "")
     return table
 
 

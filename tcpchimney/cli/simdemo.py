@@ -26,9 +26,16 @@ from rich.progress import Progress
 
 from tcpchimney.cli.apps import deterministic_bytes, deterministic_sha256
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions, timeline_lines
-from tcpchimney.cli.report import ConnectionRow, DemoResult, Transfer
+from tcpchimney.cli.report import (
+    ConnectionRow,
+    DemoResult,
+    Transfer,
+    add_new_rows,
+    connection_row,
+    with_final_states,
+)
 from tcpchimney.host.events import ConnectionEvent, IncomingConnection
-from tcpchimney.host.interface import InterfaceConfig, ip_str
+from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments
@@ -130,7 +137,7 @@ class SimExchange:
         self.link.attach(self.client, impairments=SIM_LAN)
         self.listener = self.server.listen(PORT)
         self.peer_closed: set[TcpSocket] = set()
-        self.busiest: list[ConnectionRow] = []
+        self.rows: list[ConnectionRow] = []  # each connection as it was at its transfer's midpoint
         self.scheduler = VirtualScheduler(lambda: self.link.now)
         self.control: OffloadControl | None = None
         if self.target is not None:
@@ -169,20 +176,21 @@ class SimExchange:
         task = progress.add_task(name, total=n)
         wall, cpu = time.perf_counter(), time.process_time()
         last_tick = [wall]
-        midway = [self.control is None]
+        midway = [False]
 
         def done() -> bool:
             self._events()
             sender.step()
             receiver.step()
-            if not midway[0] and receiver.received * 2 >= n and self.control is not None:
+            if not midway[0] and receiver.received * 2 >= n:
                 midway[0] = True
-                self.control.upload_all()  # the administrator's upload, as in the TAP demo
+                add_new_rows(self.rows, self._rows())  # before the upload: the state the data moved in
+                if self.control is not None:
+                    self.control.upload_all()  # the administrator's upload, as in the TAP demo
             now = time.perf_counter()
             if now - last_tick[0] > 0.1:
                 last_tick[0] = now
                 progress.update(task, completed=receiver.received)
-                self._sample_rows()
             return dst in self.peer_closed and dst.readable == 0 and receiver.received >= n
 
         self.link.run_until(done, timeout=_STEP_TIMEOUT)
@@ -197,16 +205,11 @@ class SimExchange:
         self._events()
         return not self.server.connections()
 
-    def _sample_rows(self) -> None:
-        rows = [
-            ConnectionRow(
-                f"{ip_str(s.local_ip)}:{s.local_port}", f"{ip_str(s.remote_ip)}:{s.remote_port}", s.state.name
-            )
-            for stack in (self.server, self.client)
-            for s in stack.connections()
-        ]
-        if len(rows) >= len(self.busiest):
-            self.busiest = rows
+    def open_connections(self) -> list[TcpSocket]:
+        return [*self.server.connections(), *self.client.connections()]
+
+    def _rows(self) -> list[ConnectionRow]:
+        return [connection_row(sock) for sock in self.open_connections()]
 
 
 def _stack(address: str, mac: str, seed: int) -> HostStack:
@@ -247,7 +250,8 @@ def sim_demo(n: int, console: Console, options: OffloadOptions | None = None) ->
             run.transfer("GET  (server stack -> client stack)", n, SEED_DOWN, True, progress),
             run.transfer("POST (client stack -> server stack)", n, SEED_UP, False, progress),
         ]
-    result = DemoResult("sim", transfers, run.busiest, run.server.counters)
+    rows = with_final_states(run.rows, run.open_connections())
+    result = DemoResult("sim", transfers, rows, run.server.counters)
     if run.control is not None:
         run.control.close()
         result.timeline = timeline_lines(run.control.records)

@@ -18,8 +18,7 @@ from typing import Any
 
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions
-from tcpchimney.cli.report import ConnectionRow
-from tcpchimney.host.interface import InterfaceConfig, ip_str
+from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.stack import HostStack
 
 
@@ -151,21 +150,3 @@ def _control(runtime: Any, stack: HostStack, options: OffloadOptions) -> Offload
     control = OffloadControl(stack, options, loop, time.monotonic, wake=runtime.flush_soon)
     runtime.add_event_handler(control.on_event)
     return control
-
-
-def connection_rows(stack: HostStack) -> list[ConnectionRow]:
-    rows = []
-    for sock in stack.connections():
-        conn = sock.conn
-        detail = ""
-        with contextlib.suppress(AttributeError):
-            detail = f"cwnd={conn.cwnd} srtt={conn.srtt * 1000:.2f}ms" if conn.srtt else f"cwnd={conn.cwnd}"
-        rows.append(
-            ConnectionRow(
-                f"{ip_str(sock.local_ip)}:{sock.local_port}",
-                f"{ip_str(sock.remote_ip)}:{sock.remote_port}",
-                sock.state.name,
-                detail,
-            )
-        )
-    return rows

@@ -133,6 +133,6 @@ def test_transfer_verdict_and_rate() -> None:
 
 
 def test_connections_table_lists_rows_or_says_none() -> None:
-    assert "none open" in render(connections_table([]))
+    assert "none seen" in render(connections_table([]))
     text = render(connections_table([ConnectionRow("198.18.0.2:80", "198.18.0.1:40000", "ESTABLISHED")]))
     assert "198.18.0.1:40000" in text and "ESTABLISHED" in text
