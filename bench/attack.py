@@ -1,6 +1,7 @@
 """What a hostile peer can make the TCP engine spend per crafted segment, and hold in memory.
 
-Two attacks from the peer of one connection, each at 10 and at 10,000 attempted ranges:
+Two attacks from the peer of one connection, each at 10, 100 (within both bounds) and 10,000 attempted
+ranges:
 
 - ``attack_sack_ack_us``: CPU microseconds per crafted ACK once the peer has SACKed ``ranges`` separate
   one-byte ranges of our data in flight (CVE-2019-11478 class). The ranges are ``[3k+1, 3k+2)`` above
@@ -12,9 +13,9 @@ Two attacks from the peer of one connection, each at 10 and at 10,000 attempted 
   sent ``holes`` one-byte segments with holes between them (CVE-2018-5390, SegmentSmack). Each timed
   segment extends one of the highest runs by a byte (the hole count stays ``holes``); the engine answers
   each with a duplicate ACK carrying SACK blocks.
-- ``attack_ooo_memory_kb``: memory (tracemalloc) the receive buffer holds after 10,000 one-byte
-  out-of-order segments with holes between them, each arriving in its own frame-sized ``bytes`` (as from a
-  device).
+- ``attack_rcv_memory_kb``: memory (tracemalloc) the receive buffer holds after 10,000 one-byte segments,
+  each arriving in its own frame-sized ``bytes`` (as from a device): ``pattern`` ``holes`` (a hole before
+  each), ``run`` (one run behind a single hole), ``in_order`` (readable, never read).
 
 ``home``: ``engine`` drives a ``TcpConnection`` directly (the host stack and the software target run this
 same engine); ``host_stack`` sends the crafted segments as Ethernet frames into a ``HostStack``
@@ -46,7 +47,7 @@ from tcpchimney.wire.frame import Frame
 from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import ACK, SYN, TcpOptions, TcpSegment
 
-SIZES = (10, 10_000)
+SIZES = (10, 100, 10_000)  # 100: within both bounds (128 ranges, 100 runs), all held
 RUNS = 5
 WARMUP = 3
 TIMED = 40
@@ -154,16 +155,24 @@ def _timed(items: list[TcpSegment] | list[Frame], one: Callable[..., None]) -> f
     return (clock() - t0) / (len(items) - WARMUP)
 
 
-def ooo_memory(holes: int) -> tuple[int, int]:
-    """Bytes tracemalloc sees allocated by ``holes`` one-byte out-of-order segments (each in its own
-    66-byte frame, viewed as a device hands it over), and the runs held."""
+MEMORY_PATTERNS: dict[str, Callable[[int], int]] = {
+    "holes": lambda k: 2 * k + 1,  # a one-byte hole before each segment
+    "run": lambda k: k + 1,  # one run of one-byte segments behind a single hole
+    "in_order": lambda k: 0,  # readable data nobody reads, one byte per segment
+}
+
+
+def rcv_memory(pattern: str, count: int) -> tuple[int, int]:
+    """Bytes tracemalloc sees held by the receive buffer after ``count`` one-byte segments, each in its own
+    66-byte frame (viewed, as a device hands it over), placed by ``pattern``; and the runs held."""
     conn = _engine()
-    frames = [bytes(65) + b"x" for _ in range(holes)]
+    offsets = MEMORY_PATTERNS[pattern]
+    frames = [bytes(65) + b"x" for _ in range(count)]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for k, frame in enumerate(frames):
-        conn.rcvbuf.insert(3 * k + 1, memoryview(frame)[65:])
+        conn.rcvbuf.insert(offsets(k), memoryview(frame)[65:])
     del frames
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -280,15 +289,18 @@ def run() -> Iterator[dict[str, object]]:
             yield _line("attack_sack_ack_us", "ranges", size, home, sack)
         for size in SIZES:
             yield _line("attack_ooo_segment_us", "holes", size, home, ooo)
-    held, runs = ooo_memory(SIZES[-1])
-    yield {
-        "bench": "attack_ooo_memory_kb",
-        "value": round(held / 1024, 1),
-        "unit": "KiB",
-        "holes": SIZES[-1],
-        "held": runs,
-        "bytes_per_attempted_hole": round(held / SIZES[-1], 1),
-    }
+    count = SIZES[-1]
+    for pattern in MEMORY_PATTERNS:
+        held, runs = rcv_memory(pattern, count)
+        yield {
+            "bench": "attack_rcv_memory_kb",
+            "value": round(held / 1024, 1),
+            "unit": "KiB",
+            "pattern": pattern,
+            "segments": count,
+            "held_runs": runs,
+            "bytes_per_segment": round(held / count, 1),
+        }
 
 
 if __name__ == "__main__":
