@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
+from itertools import islice
 from typing import TypeAlias
 
 Bytes: TypeAlias = bytes | bytearray | memoryview
@@ -134,30 +135,68 @@ class SendBuffer:
             self._open = bytearray()
 
 
+# Bounds of the out-of-order queue (TcpConfig.ooo_max_blocks / ooo_max_bytes document them).
+DEFAULT_OOO_MAX_BLOCKS = 100  # FreeBSD net.inet.tcp.reass.maxqueuelen
+# Pieces below this size are joined with a small neighbour (copying under 2 * _SMALL_PIECE bytes), so that
+# a peer sending 1-byte segments cannot make each byte cost a Python object (about 200 bytes); and a piece
+# viewing less than half of the buffer it came in is copied, so that it cannot keep a whole frame alive.
+_SMALL_PIECE = 1024
+
+REFUSED_QUEUE_FULL = "ooo_queue_full"  # would start a run beyond ``max_blocks``
+REFUSED_BYTES_FULL = "ooo_bytes_full"  # would hold more than ``max_ooo_bytes`` out of order
+
+
 class _Block:
     """One contiguous out-of-order run: absolute ``[start, end)`` held as consecutive pieces."""
 
-    __slots__ = ("end", "pieces", "stamp", "start")
+    __slots__ = ("end", "pieces", "start")
 
-    def __init__(self, start: int, end: int, pieces: list[Piece], stamp: int) -> None:
+    def __init__(self, start: int, end: int, pieces: list[Piece]) -> None:
         self.start = start
         self.end = end
         self.pieces = pieces
-        self.stamp = stamp  # larger = changed more recently (RFC 2018 section 4 block order)
+
+
+def _end_of(block: _Block) -> int:
+    return block.end
+
+
+def _start_of(block: _Block) -> int:
+    return block.start
 
 
 def _keep(mv: memoryview) -> Piece:
-    """Hold a slice of received data: a view when the source is immutable ``bytes``, else a copy."""
-    return mv if isinstance(mv.obj, bytes) else mv.tobytes()
+    """Hold a slice of received data: a view when the source is immutable ``bytes`` and the slice is most
+    of it, else a copy (a small slice must not pin a large frame)."""
+    obj = mv.obj
+    if isinstance(obj, bytes) and 2 * len(mv) >= len(obj):
+        return mv
+    return mv.tobytes()
+
+
+def _push(pieces: list[Piece] | deque[Piece], piece: Piece) -> None:
+    """Append ``piece``, joined to the last piece when both are small (bounded copy, fewer objects)."""
+    if pieces and len(piece) < _SMALL_PIECE and len(pieces[-1]) < _SMALL_PIECE:
+        pieces[-1] = b"".join((pieces[-1], piece))
+    else:
+        pieces.append(piece)
+
+
+def _push_run(pieces: list[Piece] | deque[Piece], run: list[Piece]) -> None:
+    """Append a run of pieces, joining only at the seam."""
+    if run:
+        _push(pieces, run[0])
+        pieces.extend(islice(run, 1, None))
 
 
 def _trim_front(pieces: list[Piece], n: int) -> list[Piece]:
-    """Drop the first ``n`` bytes of a run of pieces (touching only the pieces that go)."""
+    """Drop the first ``n`` bytes of a run of pieces (touching only the pieces that go); the run given may
+    be changed (its block is gone)."""
     i = 0
     while n > 0 and n >= len(pieces[i]):
         n -= len(pieces[i])
         i += 1
-    rest = pieces[i:]
+    rest = pieces[i:] if i else pieces
     if n:
         rest[0] = memoryview(rest[0])[n:]
     return rest
@@ -170,20 +209,46 @@ class ReceiveBuffer:
     (``_nxt`` is RCV.NXT), so blocks never need renumbering. The right edge of the window,
     ``_nxt + capacity - readable``, does not move when data becomes in order, only when it is read: that is
     why out-of-order data stays inside the window without being subtracted from it (RFC 9293 3.8.6.2.2).
+
+    The out-of-order queue is bounded (the SegmentSmack class, CVE-2018-5390): at most ``max_blocks`` runs
+    and ``max_ooo_bytes`` bytes (0: ``capacity``). A segment that would pass a bound is dropped whole and
+    ``refused`` names the bound; data at RCV.NXT is always taken, so the stream still completes. Every step
+    is a bisection plus work on the runs the segment touches; the runs' recency (RFC 2018 section 4 order of
+    SACK blocks) is kept in insertion order of a dict, so reading the newest few costs no sort.
     """
 
-    __slots__ = ("_blocks", "_nxt", "_read_off", "_readable", "_ready", "_stamp", "capacity")
+    __slots__ = (
+        "_blocks",
+        "_nxt",
+        "_ooo_bytes",
+        "_read_off",
+        "_readable",
+        "_ready",
+        "_recent",
+        "capacity",
+        "max_blocks",
+        "max_ooo_bytes",
+        "refused",
+    )
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
+    def __init__(
+        self, capacity: int, max_blocks: int = DEFAULT_OOO_MAX_BLOCKS, max_ooo_bytes: int = 0
+    ) -> None:
+        if capacity < 0 or max_blocks < 0 or max_ooo_bytes < 0:
+            raise ValueError(
+                f"bad capacity={capacity}, max_blocks={max_blocks} or max_ooo_bytes={max_ooo_bytes}"
+            )
         self.capacity = capacity  # SO_RCVBUF; shrinking it keeps what was accepted (window reads 0 instead)
+        self.max_blocks = max_blocks  # most out-of-order runs (holes after RCV.NXT) held
+        self.max_ooo_bytes = max_ooo_bytes  # most bytes held out of order; 0: capacity (the window's bound)
+        self.refused: str | None = None  # why the last insert dropped its segment (None: it did not)
         self._ready: deque[Piece] = deque()  # in-order bytes, _ready[0][_read_off:] first
         self._read_off = 0
         self._readable = 0
         self._nxt = 0  # absolute offset of RCV.NXT
         self._blocks: list[_Block] = []  # out-of-order runs: sorted, disjoint, never touching
-        self._stamp = 0
+        self._recent: dict[_Block, None] = {}  # the same runs, least recently changed first
+        self._ooo_bytes = 0
 
     @property
     def readable(self) -> int:
@@ -200,16 +265,23 @@ class ReceiveBuffer:
         return bool(self._blocks)
 
     @property
+    def ooo_blocks(self) -> int:
+        """Out-of-order runs held (each has a hole before it)."""
+        return len(self._blocks)
+
+    @property
     def ooo_bytes(self) -> int:
         """Bytes held out of order."""
-        return sum(b.end - b.start for b in self._blocks)
+        return self._ooo_bytes
 
     def insert(self, offset: int, data: Bytes) -> int:
         """Accept ``data`` starting ``offset`` bytes after RCV.NXT; return how far RCV.NXT advances.
 
         The part before RCV.NXT (negative offset) and the part beyond the window are trimmed; overlaps with
-        data already held keep the bytes already held (duplicates are idempotent).
+        data already held keep the bytes already held (duplicates are idempotent). Out-of-order data beyond
+        the queue's bounds is dropped (``refused`` says which bound).
         """
+        self.refused = None
         mv = _byte_view(data)
         start = self._nxt + offset
         end = min(start + len(mv), self._nxt + self.window)
@@ -239,19 +311,21 @@ class ReceiveBuffer:
         self._readable -= n
         return out
 
-    def ooo_ranges(self) -> list[tuple[int, int]]:
-        """Out-of-order ``[start, end)`` offsets relative to RCV.NXT, most recently changed first.
+    def ooo_ranges(self, limit: int | None = None) -> list[tuple[int, int]]:
+        """Out-of-order ``[start, end)`` offsets relative to RCV.NXT, most recently changed first (the
+        first ``limit`` only, when given: the cost is that of the ranges returned).
 
         RFC 2018 section 4: the first SACK block reports the block holding the most recent segment, then the
         other blocks in the order they were last reported.
         """
         nxt = self._nxt
-        ordered = sorted(self._blocks, key=lambda b: b.stamp, reverse=True)
-        return [(b.start - nxt, b.end - nxt) for b in ordered]
+        return [(b.start - nxt, b.end - nxt) for b in islice(reversed(self._recent), limit)]
 
     def drop_out_of_order(self) -> None:
         """Forget the out-of-order queue (RFC 2018 section 8 allows reneging; upload drops un-ACKed data)."""
         self._blocks.clear()
+        self._recent.clear()
+        self._ooo_bytes = 0
 
     def tobytes(self) -> bytes:
         """The readable bytes, without consuming them (for snapshots)."""
@@ -263,14 +337,16 @@ class ReceiveBuffer:
 
     def _append_in_order(self, piece: Piece) -> int:
         before = self._nxt
-        self._ready.append(piece)
+        _push(self._ready, piece)
         self._nxt += len(piece)
         blocks = self._blocks
         # Runs that the new data reached or overlapped are now in order too.
         while blocks and blocks[0].start <= self._nxt:
             block = blocks.pop(0)
+            del self._recent[block]
+            self._ooo_bytes -= block.end - block.start
             if block.end > self._nxt:
-                self._ready.extend(_trim_front(block.pieces, self._nxt - block.start))
+                _push_run(self._ready, _trim_front(block.pieces, self._nxt - block.start))
                 self._nxt = block.end
         advanced = self._nxt - before
         self._readable += advanced
@@ -278,27 +354,64 @@ class ReceiveBuffer:
 
     def _insert_out_of_order(self, start: int, end: int, mv: memoryview) -> None:
         blocks = self._blocks
-        i = bisect_left(blocks, start, key=lambda b: b.end)  # first run ending at or after start
-        j = bisect_right(blocks, end, lo=i, key=lambda b: b.start)  # runs i..j-1 touch [start, end)
-        self._stamp += 1
+        i = bisect_left(blocks, start, key=_end_of)  # first run ending at or after start
+        j = bisect_right(blocks, end, lo=i, key=_start_of)  # runs i..j-1 touch [start, end)
         if i == j:
-            blocks.insert(i, _Block(start, end, [_keep(mv)], self._stamp))
+            if not self._admits(end - start, new_run=True):
+                return
+            block = _Block(start, end, [_keep(mv)])
+            blocks.insert(i, block)
+            self._recent[block] = None
+            self._ooo_bytes += end - start
             return
         first = blocks[i]
         if j == i + 1 and first.start <= start and end <= first.end:  # a duplicate: only its recency changes
-            first.stamp = self._stamp
+            self._touch(first)
             return
-        pieces: list[Piece] = first.pieces if first.start <= start else [_keep(mv[: first.start - start])]
+        new_bytes = end - start - sum(min(end, b.end) - max(start, b.start) for b in blocks[i:j])
+        if not self._admits(new_bytes, new_run=False):
+            return
+        self._merge(i, j, start, end, mv)
+        self._ooo_bytes += new_bytes
+
+    def _admits(self, new_bytes: int, new_run: bool) -> bool:
+        """Whether the bounds leave room for a segment bringing ``new_bytes`` (and a new run)."""
+        if new_run and len(self._blocks) >= self.max_blocks:
+            self.refused = REFUSED_QUEUE_FULL
+            return False
+        if self._ooo_bytes + new_bytes > (self.max_ooo_bytes or self.capacity):
+            self.refused = REFUSED_BYTES_FULL
+            return False
+        return True
+
+    def _merge(self, i: int, j: int, start: int, end: int, mv: memoryview) -> None:
+        """``[start, end)`` touches runs i..j-1: they become one run (the first one, grown), the gaps
+        between them filled from ``mv``."""
+        blocks = self._blocks
+        first = blocks[i]
+        pieces = first.pieces
         if first.start > start:
-            pieces.extend(first.pieces)
+            head = _keep(mv[: first.start - start])
+            if len(head) < _SMALL_PIECE and len(pieces[0]) < _SMALL_PIECE:
+                pieces[0] = b"".join((head, pieces[0]))
+            else:
+                pieces.insert(0, head)
         cursor = first.end
         for block in blocks[i + 1 : j]:
-            pieces.append(_keep(mv[cursor - start : block.start - start]))  # the gap before this run
-            pieces.extend(block.pieces)
+            _push(pieces, _keep(mv[cursor - start : block.start - start]))  # the gap before this run
+            _push_run(pieces, block.pieces)
             cursor = block.end
+            del self._recent[block]
         if cursor < end:
-            pieces.append(_keep(mv[cursor - start :]))
-        blocks[i:j] = [_Block(min(start, first.start), max(end, cursor), pieces, self._stamp)]
+            _push(pieces, _keep(mv[cursor - start :]))
+        first.start, first.end = min(start, first.start), max(end, cursor)
+        del blocks[i + 1 : j]
+        self._touch(first)
+
+    def _touch(self, block: _Block) -> None:
+        """``block`` holds the most recent segment: its SACK block goes first (RFC 2018 section 4)."""
+        del self._recent[block]
+        self._recent[block] = None
 
     def _take(self, n: int) -> list[Piece]:
         """Remove ``n`` readable bytes from the front of the in-order queue, as pieces."""

@@ -15,6 +15,10 @@ class TcpConfig:
     window_scaling: bool = True  # RFC 7323 section 2
     timestamps: bool = True  # RFC 7323 section 3
     sack: bool = True  # RFC 2018
+    # Bounds against a hostile peer (docs/conformance.md "Resource bounds"); what passes them is counted.
+    sack_max_ranges: int = 128  # SACKed ranges the sender keeps (FreeBSD net.inet.tcp.sack.maxholes: 128)
+    ooo_max_blocks: int = 100  # out-of-order runs the receiver keeps (FreeBSD net.inet.tcp.reass.maxqueuelen)
+    ooo_max_bytes: int = 0  # bytes the receiver keeps out of order; 0: as many as the receive window allows
     nodelay: bool = False  # disables Nagle (RFC 9293 3.7.4)
     delayed_ack: float = 0.040  # delayed-ACK timer (RFC 9293 3.8.6.3 allows up to 0.5 s; Linux uses 40 ms)
     rto_initial: float = 1.0  # RFC 6298 (2.1)

@@ -56,7 +56,9 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class SegmentDropped:
-    """A received segment was discarded; ``reason`` is a stable counter key (e.g. 'paws', 'out_of_window')."""
+    """A received segment was discarded, or part of it: ``reason`` is a stable counter key (e.g. 'paws',
+    'out_of_window'; 'sack_scoreboard_full' when the ACK was processed but SACK ranges past the
+    scoreboard's bound were not)."""
 
     reason: str
 

@@ -229,6 +229,8 @@ class Input(Timers):
         blocks = seg.options.sack_blocks
         if self.sack_enabled and (blocks or acked > 0):
             newly_sacked = self.sack.update(ack if acked > 0 else self.snd_una, self.snd_max, blocks)
+            if self.sack.last_discarded:
+                self.drop("sack_scoreboard_full")  # the ACK is processed; SACK ranges past the bound are not
         if acked > 0:
             self._new_ack(seg, ack, acked, now)
         elif acked == 0 and self.snd_max != self.snd_una:
@@ -378,6 +380,8 @@ class Input(Timers):
         off = seg.seq.dist(self.rcv_nxt)
         had_holes = self.rcvbuf.has_holes
         advanced = self.rcvbuf.insert(off, payload)
+        if self.rcvbuf.refused is not None:
+            self.drop(self.rcvbuf.refused)  # out-of-order data past the queue's bounds (still ACKed below)
         if advanced:
             self.rcv_nxt = self.rcv_nxt + advanced
             self.events.append(DataReceived(self.rcvbuf.readable))

@@ -4,6 +4,14 @@ SACKed data is a sorted list of disjoint, non-touching ``[start, end)`` ranges f
 Positions are kept as unwrapped integers (``_base_abs`` + distance from ``_base``), so plain integer
 comparison works and the 32-bit wrap is handled once, at the boundary. No per-byte work.
 
+The list is bounded (``max_ranges``, as FreeBSD bounds its scoreboard at 128 holes): a peer that SACKs every
+other byte would otherwise make every ACK pay for a scoreboard as long as its window (CVE-2019-11478). When a
+new range would pass the bound, the highest range goes (or the new one, when it is the highest): SACK
+information is advisory (RFC 2018 section 8 lets the receiver renege), and the ranges nearest SND.UNA are the
+ones retransmission needs. Forgetting a range only makes the sender more cautious: its bytes count as in
+flight or lost again, and may be sent again. Every query costs O(log n) plus at most DupThresh ranges walked
+from the top (``pipe`` reads SACKed byte counts from a prefix sum rebuilt from the first range that changed).
+
 Conventions: ``high_rxt`` and ``rescue_rxt`` are *exclusive* ends (the sequence number just after the highest
 retransmitted byte); set ``high_rxt = snd_una`` when recovery starts. RFC 6675 names the inclusive octet.
 """
@@ -12,6 +20,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+from itertools import accumulate
+from operator import sub
 from typing import overload
 
 from tcpchimney.wire.seq import SeqNum
@@ -19,18 +29,39 @@ from tcpchimney.wire.seq import SeqNum
 Block = tuple[SeqNum, SeqNum]
 
 
-class SackScoreboard:
-    __slots__ = ("_base", "_base_abs", "_ends", "_starts", "dupthresh", "mss")
+DEFAULT_MAX_RANGES = 128  # FreeBSD net.inet.tcp.sack.maxholes
 
-    def __init__(self, mss: int, dupthresh: int = 3) -> None:
-        if mss <= 0 or dupthresh <= 0:
-            raise ValueError(f"bad mss={mss} or dupthresh={dupthresh}")
+
+class SackScoreboard:
+    __slots__ = (
+        "_base",
+        "_base_abs",
+        "_ends",
+        "_prefix",
+        "_prefix_valid",
+        "_starts",
+        "discarded",
+        "dupthresh",
+        "last_discarded",
+        "max_ranges",
+        "mss",
+    )
+
+    def __init__(self, mss: int, dupthresh: int = 3, max_ranges: int = DEFAULT_MAX_RANGES) -> None:
+        if mss <= 0 or dupthresh <= 0 or max_ranges <= 0:
+            raise ValueError(f"bad mss={mss}, dupthresh={dupthresh} or max_ranges={max_ranges}")
         self.mss = mss  # SMSS
         self.dupthresh = dupthresh  # DupThresh (RFC 6675 section 2)
+        self.max_ranges = max_ranges  # most SACKed ranges held; beyond it the highest are forgotten
+        self.discarded = 0  # ranges forgotten (or never taken) because of ``max_ranges``, in all
+        self.last_discarded = 0  # ... by the last ``update``
         self._base: SeqNum | None = None  # SND.UNA at the last update; None before the first one
         self._base_abs = 0
         self._starts: list[int] = []  # SACKed ranges, unwrapped, sorted and disjoint
         self._ends: list[int] = []
+        # _prefix[i]: SACKed bytes in ranges 0..i-1; entries from _prefix_valid on are stale
+        self._prefix: list[int] = [0]
+        self._prefix_valid = 1
 
     # -- updating ---------------------------------------------------------------------------------------
 
@@ -59,6 +90,7 @@ class SackScoreboard:
         limit = None if snd_max is None else self._abs(snd_max)
         una = self._base_abs
         newly = 0
+        self.last_discarded = 0
         for left, right in blocks:
             start, end = self._abs(left), self._abs(right)
             if end <= start or end <= una or (limit is not None and end > limit) or end - start >= 1 << 30:
@@ -70,6 +102,7 @@ class SackScoreboard:
         """Forget every SACK (after an RTO: RFC 6675 5.1; RFC 2018 section 8 lets receivers renege)."""
         self._starts.clear()
         self._ends.clear()
+        self._changed(0)
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -90,7 +123,7 @@ class SackScoreboard:
         return self._lost_above(bisect_right(self._starts, self._abs(seq)))
 
     def sacked_bytes(self) -> int:
-        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
+        return self._cumulative()[-1]
 
     def highest_sacked(self) -> SeqNum | None:
         """The sequence number just after the highest SACKed byte, or None when nothing is SACKed."""
@@ -139,23 +172,14 @@ class SackScoreboard:
 
     def pipe(self, snd_una: SeqNum, snd_max: SeqNum, high_rxt: SeqNum) -> int:
         """RFC 6675 SetPipe: un-SACKed bytes in [SND.UNA, SND.MAX) that are not lost, plus those below
-        ``high_rxt`` (retransmitted, so in flight again). Lost-ness is constant across each hole, so the
-        walk is per hole, not per byte."""
+        ``high_rxt`` (retransmitted, so in flight again). Lost-ness is constant across each hole and every
+        hole below a lost one is lost, so (a) is the un-SACKed bytes above the highest lost hole's range;
+        both parts are differences of SACKed-byte counts, not a walk over the holes."""
         self._advance(snd_una)
         una, top, rxt = self._abs(snd_una), self._abs(snd_max), self._abs(high_rxt)
-        starts, ends = self._starts, self._ends
         lost_index = self._lost_index()
-        pipe = 0
-        cursor = una
-        for i in range(len(starts) + 1):
-            hole_end = min(starts[i], top) if i < len(starts) else top
-            if hole_end > cursor:
-                if i > lost_index:
-                    pipe += hole_end - cursor  # (a)
-                pipe += max(0, min(hole_end, rxt) - cursor)  # (b)
-            if i < len(starts):
-                cursor = max(cursor, ends[i])
-        return pipe
+        lo = self._ends[lost_index] if lost_index >= 0 else una
+        return self._unsacked(lo, top) + self._unsacked(una, min(rxt, top))  # (a) + (b)
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -178,8 +202,10 @@ class SackScoreboard:
         k = bisect_right(ends, una)  # ranges ending at or below SND.UNA are gone
         if k:
             del starts[:k], ends[:k]
+            self._changed(0)
         if starts and starts[0] < una:
             starts[0] = una
+            self._changed(0)
 
     def _insert(self, start: int, end: int) -> int:
         """Merge ``[start, end)`` into the ranges; return how many of its bytes were not SACKed before."""
@@ -188,11 +214,47 @@ class SackScoreboard:
         j = bisect_right(starts, end, lo=i)  # ranges i..j-1 touch [start, end)
         covered = sum(max(0, min(end, ends[k]) - max(start, starts[k])) for k in range(i, j))
         newly = end - start - covered
+        if i == j and len(starts) >= self.max_ranges:
+            self.last_discarded += 1
+            self.discarded += 1
+            if i == len(starts):
+                return 0  # the new range would be the highest: it is the one forgotten
+            starts.pop()  # the highest range makes room for one nearer SND.UNA
+            ends.pop()
         if i < j:
             start, end = min(start, starts[i]), max(end, ends[j - 1])
         starts[i:j] = [start]
         ends[i:j] = [end]
+        self._changed(i)
         return newly
+
+    def _changed(self, i: int) -> None:
+        """Ranges from index ``i`` on changed (or moved): their prefix sums must be rebuilt."""
+        if i < self._prefix_valid:
+            self._prefix_valid = i + 1
+
+    def _cumulative(self) -> list[int]:
+        """The prefix sums of the range lengths, rebuilt from the first range that changed (at the top,
+        where a peer SACKing new data adds ranges, that is one or two entries)."""
+        prefix, valid = self._prefix, self._prefix_valid
+        if valid <= len(self._starts) or len(prefix) != len(self._starts) + 1:
+            first = valid - 1
+            lengths = map(sub, self._ends[first:], self._starts[first:])
+            prefix[first:] = accumulate(lengths, initial=prefix[first])
+            self._prefix_valid = len(prefix)
+        return prefix
+
+    def _unsacked(self, lo: int, hi: int) -> int:
+        """Bytes in ``[lo, hi)`` that no range covers."""
+        if hi <= lo:
+            return 0
+        return hi - lo - (self._sacked_below(hi) - self._sacked_below(lo))
+
+    def _sacked_below(self, pos: int) -> int:
+        k = bisect_left(self._starts, pos)  # ranges 0..k-1 start below pos
+        if not k:
+            return 0
+        return self._cumulative()[k] - max(0, self._ends[k - 1] - pos)
 
     def _first_hole(self, pos: int) -> tuple[int, int, int] | None:
         """The first un-SACKed position >= ``pos`` below the highest SACKed byte: (pos, next SACKed start,

@@ -84,7 +84,9 @@ class Tcb:
         self.last_ack_sent = SeqNum(0)  # Last.ACK.sent (RFC 7323 4.3)
         # --- data
         self.sndbuf = SendBuffer(config.snd_buf)  # offset 0 == SND.UNA
-        self.rcvbuf = ReceiveBuffer(config.rcv_buf)  # offset 0 == RCV.NXT
+        self.rcvbuf = ReceiveBuffer(
+            config.rcv_buf, config.ooo_max_blocks, config.ooo_max_bytes
+        )  # 0 == RCV.NXT
         self.fin_queued = False  # the application closed its sending side: our FIN follows the data
         self.our_fin_acked = False
         self.peer_fin_seq: SeqNum | None = None  # sequence number of a FIN received ahead of data
@@ -92,7 +94,7 @@ class Tcb:
         # --- congestion control, RTT, loss recovery
         self.cc = NewReno(config.mss, config.initial_cwnd_segments, iss, config.abc_limit)
         self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
-        self.sack = SackScoreboard(config.mss, config.dupack_threshold)
+        self.sack = SackScoreboard(config.mss, config.dupack_threshold, config.sack_max_ranges)
         self.dup_ack_count = 0
         self.high_rxt = iss  # RFC 6675 HighRxt (exclusive end)
         self.rescue_rxt: SeqNum | None = None  # RFC 6675 RescueRxt (exclusive end)
@@ -139,7 +141,7 @@ class Tcb:
         if not self.sack_enabled or not self.rcvbuf.has_holes:
             return 0
         limit = _SACK_BLOCKS_WITH_TS if self.ts_enabled else _SACK_BLOCKS_WITHOUT_TS
-        return 4 + 8 * min(limit, len(self.rcvbuf.ooo_ranges()))
+        return 4 + 8 * min(limit, self.rcvbuf.ooo_blocks)
 
     @property
     def wire_mss(self) -> int:
@@ -259,7 +261,7 @@ class Tcb:
         """RFC 2018 section 4: the newest block first, as many as fit next to the other options."""
         limit = _SACK_BLOCKS_WITH_TS if self.ts_enabled else _SACK_BLOCKS_WITHOUT_TS
         nxt = self.rcv_nxt
-        return tuple((nxt + lo, nxt + hi) for lo, hi in self.rcvbuf.ooo_ranges()[:limit])
+        return tuple((nxt + lo, nxt + hi) for lo, hi in self.rcvbuf.ooo_ranges(limit))
 
     def ts_now(self, now: float) -> int:
         return tsval(now, self.ts_offset)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -311,3 +313,119 @@ def test_property_random_order_and_duplicates_reassemble(
         # The window may have cut data off: the peer retransmits everything still unacknowledged.
         pending = [(a, b) for a, b in segments if b > nxt]
     assert bytes(received) == stream
+
+
+@settings(max_examples=200, deadline=None)
+@given(_stream_and_segments(), st.integers(0, 4), st.integers(0, 600))
+def test_property_bounded_queue_reassembles_and_never_passes_its_bounds(
+    case: tuple[bytes, list[tuple[int, int]], int], max_blocks: int, max_ooo_bytes: int
+) -> None:
+    """Whatever the bounds (0 runs: no out-of-order queue at all), data at RCV.NXT is always taken, so a
+    peer that retransmits what is unacknowledged completes the stream; the queue never passes either bound."""
+    stream, segments, capacity = case
+    buf = ReceiveBuffer(capacity, max_blocks=max_blocks, max_ooo_bytes=max_ooo_bytes)
+    byte_bound = max_ooo_bytes or capacity
+    nxt = 0
+    received = bytearray()
+    pending = list(segments)
+    while nxt < len(stream):
+        before = nxt
+        for a, b in pending:
+            nxt += buf.insert(a - nxt, memoryview(stream)[a:b])
+            ranges = buf.ooo_ranges()
+            assert len(ranges) == buf.ooo_blocks <= max_blocks
+            assert buf.ooo_bytes == sum(e - s for s, e in ranges) <= byte_bound
+        assert nxt > before  # every round makes progress
+        received += buf.read()
+        pending = [(a, b) for a, b in segments if b > nxt]
+    assert bytes(received) == stream
+
+
+# --- the bounds on the out-of-order queue (SegmentSmack, CVE-2018-5390) -------------------------------
+
+
+def _one_byte_holes(buf: ReceiveBuffer, count: int) -> list[str | None]:
+    """A peer sending ``count`` one-byte segments with a one-byte hole before each; what ``refused`` said."""
+    refusals = []
+    for k in range(count):
+        assert buf.insert(2 * k + 1, b"%c" % (k % 256)) == 0
+        refusals.append(buf.refused)
+    return refusals
+
+
+def test_queue_never_exceeds_its_bound_under_a_flood_of_one_byte_holes() -> None:
+    buf = ReceiveBuffer(1 << 20)
+    refusals = _one_byte_holes(buf, 100_000)
+    assert buf.ooo_blocks == 100  # the default bound (FreeBSD's 100 segments)
+    assert buf.ooo_bytes == 100
+    assert refusals[:100] == [None] * 100 and set(refusals[100:]) == {"ooo_queue_full"}
+    assert buf.ooo_ranges(3) == [(199, 200), (197, 198), (195, 196)]  # the newest held first
+
+
+def test_next_in_order_segment_is_always_admitted_and_the_stream_completes() -> None:
+    stream = bytes(k % 251 for k in range(50_000))
+    buf = ReceiveBuffer(1 << 20, max_blocks=10)
+    for k in range(1000):  # the peer's real bytes, every other one first
+        buf.insert(2 * k + 1, stream[2 * k + 1 : 2 * k + 2])
+    assert buf.ooo_blocks == 10
+    got = bytearray()
+    nxt = 0
+    for start in range(0, len(stream), 1000):  # then the whole stream, in order
+        nxt += buf.insert(start - nxt, stream[start : start + 1000])
+        assert buf.refused is None
+        got += buf.read()
+    assert bytes(got) == stream and buf.ooo_blocks == 0
+
+
+def test_segments_that_grow_or_join_runs_are_taken_at_the_bound() -> None:
+    buf = ReceiveBuffer(1000, max_blocks=2)
+    buf.insert(10, b"b" * 10)
+    buf.insert(30, b"d" * 10)
+    buf.insert(50, b"f" * 10)
+    assert buf.refused == "ooo_queue_full" and buf.ooo_ranges() == [(30, 40), (10, 20)]
+    buf.insert(40, b"e" * 5)  # grows a run
+    buf.insert(20, b"c" * 10)  # joins the two
+    assert buf.refused is None and buf.ooo_ranges() == [(10, 45)]
+    buf.insert(60, b"g")
+    assert buf.ooo_ranges() == [(60, 61), (10, 45)]
+    assert buf.insert(0, b"a" * 10) == 45
+    assert buf.read() == b"a" * 10 + b"b" * 10 + b"c" * 10 + b"d" * 10 + b"e" * 5
+
+
+def test_queue_byte_bound_drops_what_would_pass_it() -> None:
+    buf = ReceiveBuffer(1000, max_ooo_bytes=20)
+    buf.insert(10, b"x" * 15)
+    buf.insert(100, b"y" * 10)
+    assert buf.refused == "ooo_bytes_full" and buf.ooo_bytes == 15
+    buf.insert(12, b"x" * 16)  # 3 new bytes: fits
+    assert buf.refused is None and buf.ooo_bytes == 18
+
+
+def _held_memory(buf: ReceiveBuffer, offsets: Callable[[int], int], count: int = 20_000) -> int:
+    """Memory (tracemalloc) held after ``count`` one-byte segments, each in its own 66-byte frame as a
+    device hands them over, are inserted at ``offsets(k)``."""
+    payloads = [memoryview(bytes(65) + b"z")[65:] for _ in range(count)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k, payload in enumerate(payloads):
+            buf.insert(offsets(k), payload)
+        del payloads, payload
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_of_a_flood_of_one_byte_holes_is_bounded() -> None:
+    held = _held_memory(ReceiveBuffer(1 << 20), lambda k: 2 * k + 1)
+    assert held < 64 * 1024, held  # 100 runs held, about 220 bytes each; the frames are not kept
+
+
+def test_memory_of_one_byte_segments_is_a_small_multiple_of_the_bytes() -> None:
+    """A run (or readable data) made of 20,000 one-byte segments does not cost an object per byte."""
+    behind_a_hole = ReceiveBuffer(1 << 20)
+    assert _held_memory(behind_a_hole, lambda k: k + 1) < 3 * 20_000
+    assert behind_a_hole.ooo_ranges() == [(1, 20_001)]
+    in_order = ReceiveBuffer(1 << 20)  # nobody reads
+    assert _held_memory(in_order, lambda k: 0) < 3 * 20_000
+    assert in_order.read() == b"z" * 20_000

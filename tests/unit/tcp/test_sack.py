@@ -217,3 +217,83 @@ def test_property_scoreboard_matches_per_byte_model(
             hole = holes[0]
             expected = (base + hole, min(MSS, min(b for b in sacked if b > hole) - hole))
         assert board.next_seg(base + una, base + top, base + high_rxt) == expected
+
+
+# --- the bound on the scoreboard (CVE-2019-11478 class) ------------------------------------------------
+
+
+def _every_other_byte(board: SackScoreboard, count: int, per_ack: int = 4) -> None:
+    """A peer that SACKs ``count`` one-byte ranges, every other byte, ``per_ack`` blocks per ACK."""
+    blocks = [(S(2 * k + 1), S(2 * k + 2)) for k in range(count)]
+    for i in range(0, count, per_ack):
+        board.update(S(0), S(3 * count), blocks[i : i + per_ack])
+
+
+def test_scoreboard_holds_at_most_its_bound_under_a_peer_sacking_every_other_byte() -> None:
+    board = SackScoreboard(MSS)
+    _every_other_byte(board, 10_000)
+    held = board.blocks()
+    assert len(held) == 128  # the default bound (FreeBSD's 128 holes)
+    assert held == [(S(2 * k + 1), S(2 * k + 2)) for k in range(128)]  # the ranges nearest SND.UNA stay
+    assert board.discarded == 10_000 - 128
+    assert board.sacked_bytes() == 128 and board.highest_sacked() == S(256)
+
+
+def test_scoreboard_bound_forgets_the_highest_range_for_a_lower_one() -> None:
+    board = SackScoreboard(MSS, max_ranges=3)
+    assert board.update(S(0), S(10_000), [(S(100), S(110)), (S(300), S(310)), (S(500), S(510))]) == 30
+    assert board.last_discarded == 0
+    assert board.update(S(0), S(10_000), [(S(200), S(220))]) == 20  # nearer SND.UNA: (500, 510) goes
+    assert board.blocks() == [(S(100), S(110)), (S(200), S(220)), (S(300), S(310))]
+    assert board.last_discarded == 1
+    assert board.update(S(0), S(10_000), [(S(700), S(710))]) == 0  # the highest itself: not taken
+    assert board.blocks() == [(S(100), S(110)), (S(200), S(220)), (S(300), S(310))]
+    assert (board.last_discarded, board.discarded) == (1, 2)
+    assert board.sacked_bytes() == 40
+
+
+def test_scoreboard_bound_still_takes_blocks_that_grow_or_join_ranges() -> None:
+    board = SackScoreboard(MSS, max_ranges=2)
+    board.update(S(0), S(10_000), [(S(100), S(110)), (S(300), S(310))])
+    assert board.update(S(0), S(10_000), [(S(110), S(120)), (S(250), S(300))]) == 60
+    assert board.update(S(0), S(10_000), [(S(120), S(250))]) == 130  # joins the two ranges
+    assert board.blocks() == [(S(100), S(310))] and board.discarded == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 300), st.lists(st.tuples(st.integers(0, 1300), st.integers(1, 60)), max_size=4)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 4),
+)
+def test_property_bounded_scoreboard_answers_from_what_it_holds(
+    acks: list[tuple[int, list[tuple[int, int]]]], bound: int
+) -> None:
+    """Under any bound, the scoreboard holds at most ``bound`` ranges, never claims a byte the peer did
+    not SACK, and its O(log n) SetPipe / IsLost agree with a per-byte model of the ranges it holds."""
+    top = 1200
+    board = SackScoreboard(MSS, max_ranges=bound)
+    reported: set[int] = set()
+    una = 0
+    for ack_step, blocks in acks:
+        una = min(top, una + ack_step // 4)
+        board.update(S(una), S(top), [(S(a), S(a + n)) for a, n in blocks])
+        reported = {b for b in reported if b >= una}
+        reported.update(b for a, n in blocks if a + n <= top for b in range(max(a, una), a + n))
+        held = board.blocks()
+        assert len(held) <= bound
+        sacked = {b for lo, hi in held for b in range(lo.dist(S(0)), hi.dist(S(0)))}
+        assert sacked <= reported
+        assert board.sacked_bytes() == len(sacked)
+        high_rxt = una + (ack_step % 200)
+        expected_pipe = sum(
+            (not _model_is_lost(sacked, s)) + (s < high_rxt) for s in range(una, top) if s not in sacked
+        )
+        assert board.pipe(S(una), S(top), S(high_rxt)) == expected_pipe
+        for probe in range(una, top, 53):
+            assert board.is_lost(S(probe)) == _model_is_lost(sacked, probe)
