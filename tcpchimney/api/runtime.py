@@ -23,7 +23,13 @@ from typing import Protocol
 
 from tcpchimney.api import gctune
 from tcpchimney.api.options import SocketOptions
-from tcpchimney.api.streams import SocketInfo, TcpTransport, reset_error, timed_out_error
+from tcpchimney.api.streams import (
+    SocketInfo,
+    TcpTransport,
+    reset_error,
+    timed_out_error,
+    unreachable_error,
+)
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
 from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
 from tcpchimney.host.interface import ip_str
@@ -31,7 +37,13 @@ from tcpchimney.host.listener import Listener
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Node
-from tcpchimney.tcp.events import Closed, Connected, ConnectionReset, ConnectionTimedOut
+from tcpchimney.tcp.events import (
+    Closed,
+    Connected,
+    ConnectionReset,
+    ConnectionTimedOut,
+    ConnectionUnreachable,
+)
 from tcpchimney.wire.frame import Frame
 
 DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
@@ -337,6 +349,8 @@ class Runtime:
             self._fail_connect(pending, reset_error(ev.refused))
         elif isinstance(ev, ConnectionTimedOut):
             self._fail_connect(pending, timed_out_error())
+        elif isinstance(ev, ConnectionUnreachable):
+            self._fail_connect(pending, unreachable_error())
         elif isinstance(ev, Closed):
             self._connecting.pop(sock, None)
             self._fail_connect(pending, ConnectionAbortedError(errno.ECONNABORTED, "connection closed"))
@@ -376,8 +390,9 @@ class Runtime:
         ``options`` (socket options set before the connection existed) reach the engine before the SYN leaves;
         the transport's ``get_extra_info('socket')`` then shares them.
 
-        Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted)
-        and OSError for addresses the stack cannot use (EADDRNOTAVAIL, ENETUNREACH, EADDRINUSE).
+        Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted),
+        OSError EHOSTUNREACH (the next hop did not answer ARP: about 3 s, as Linux) and OSError for addresses
+        the stack cannot use (EADDRNOTAVAIL, ENETUNREACH, EADDRINUSE).
         """
         self._check_running()
         try:
