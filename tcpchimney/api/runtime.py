@@ -82,7 +82,17 @@ class _PendingConnect:
 
 
 class Runtime:
-    """``Runtime(stack, device)``; ``start()`` on the loop (or ``async with``), ``close()`` when done."""
+    """``Runtime(stack, device)``; ``start()`` on the loop (or ``async with``), ``close()`` when done.
+
+    With offload, the target is the device's node and the stack sits behind it::
+
+        target = SoftwareTarget(device.features, mac=iface.mac)
+        stack = HostStack(iface, ..., target=target, offload=OffloadPolicy("enabled"))
+        target.attach_host(stack)
+        runtime = Runtime(stack, device, node=target)
+
+    A stack with a target but no ``node`` keeps every connection on the host (Reason.NO_TARGET).
+    """
 
     def __init__(
         self,
@@ -99,6 +109,8 @@ class Runtime:
         # What the device talks to: the stack itself, or an offload target in front of it (nic.SoftwareTarget
         # with the stack attached), which takes the frames of the connections it holds.
         self.node: Node = node if node is not None else stack
+        if stack.offload_target is not None:
+            stack.set_target_attached(node is not None)  # without a node the target never sees a frame
         self.device = device
         self._clock = clock
         self._read_batch = read_batch

@@ -73,6 +73,8 @@ class Reason(Enum):
     HARDWARE_FAILURE = "hardware_failure"
     SHUTDOWN = "shutdown"
     ORPHANED_FIN_WAIT_2 = "orphaned_fin_wait_2"
+    # -- refusals added since (appended: the wire encoding is the definition order)
+    NO_TARGET = "no_target"
 
     @property
     def group(self) -> ReasonGroup:
@@ -154,6 +156,7 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
         _H,
         "the application closed a FIN-WAIT-2 connection: the host runs its time limit",
     ),
+    Reason.NO_TARGET: (_R, "no offload target is attached: the device talks to the host stack directly"),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

@@ -321,6 +321,7 @@ class OffloadManager:
         self.counters: dict[str, int] = {}
         self.now = 0.0
         self.paused = False
+        self.attached = True  # the target is between the device and the stack (a runtime may say it is not)
         self.capabilities: TargetCapabilities = target.capabilities
         self._next_handle = 0
         self._next_request = 0
@@ -447,6 +448,13 @@ class OffloadManager:
                     self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
         self._reconsider()
         self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def set_attached(self, attached: bool) -> None:
+        """Whether the target sits between the device and the stack: one that sees no frame cannot run a
+        connection (nor learn the interface's MAC), so nothing is offered to it while it is not."""
+        self.attached = attached
+        if attached:
+            self._reconsider()
 
     def _reconsider(self) -> None:
         """Every connection on the host becomes a candidate again (refusals may no longer hold)."""
@@ -626,6 +634,8 @@ class OffloadManager:
         # copy frozen at its offload, which still says ESTABLISHED.
         if sock.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
             return Reason.STATE_NOT_OFFLOADABLE
+        if not self.attached:
+            return Reason.NO_TARGET
         if self.paused:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:

@@ -282,6 +282,16 @@ class HostStack:
         """Upload every offloaded connection; returns how many terminates were started."""
         return self._offload_manager().upload_all(reason)
 
+    @property
+    def offload_target(self) -> OffloadTarget | None:
+        return None if self._offload is None else self._offload.target
+
+    def set_target_attached(self, attached: bool) -> None:
+        """Say whether the offload target is in front of the device (the runtime knows: its node). While it
+        is not, connections stay on the host with Reason.NO_TARGET instead of being offered to a target
+        that never sees their frames."""
+        self._offload_manager().set_attached(attached)
+
     def _offload_manager(self) -> OffloadManager:
         if self._offload is None:
             raise RuntimeError("this stack has no offload target")

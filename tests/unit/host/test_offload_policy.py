@@ -101,6 +101,18 @@ def test_automatic_mode_keeps_long_rtt_connections_on_the_host() -> None:
     assert a.offload_state is OffloadState.IN_HOST and a.offload_reason is Reason.MODE_AUTOMATIC_THRESHOLD
 
 
+def test_a_target_not_in_front_of_the_device_refuses_with_no_target_until_it_is() -> None:
+    net = make_offload_net()
+    net.a.set_target_attached(False)  # what a runtime says when the device talks to the stack directly
+    a, _ = net.connect()
+    net.run_for(0.5)
+    assert a.offload_state is OffloadState.IN_HOST and a.offload_reason is Reason.NO_TARGET
+    assert [e.reason for e in net.events(OffloadRefused)] == [Reason.NO_TARGET]  # type: ignore[attr-defined]
+    assert net.target.counters.lifecycle["offload_refusals"] == 0  # nothing was offered to it
+    net.a.set_target_attached(True)
+    net.wait_offloaded(a)
+
+
 def test_socket_opt_out() -> None:
     net = make_offload_net(policy=OffloadPolicy())
     a, b = net.connect()
