@@ -23,7 +23,13 @@ from typing import Protocol
 
 from tcpchimney.api import gctune
 from tcpchimney.api.options import SocketOptions
-from tcpchimney.api.streams import SocketInfo, TcpTransport, reset_error, timed_out_error
+from tcpchimney.api.streams import (
+    SocketInfo,
+    TcpTransport,
+    reset_error,
+    timed_out_error,
+    unreachable_error,
+)
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
 from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection
 from tcpchimney.host.interface import ip_str
@@ -31,7 +37,13 @@ from tcpchimney.host.listener import Listener
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Node
-from tcpchimney.tcp.events import Closed, Connected, ConnectionReset, ConnectionTimedOut
+from tcpchimney.tcp.events import (
+    Closed,
+    Connected,
+    ConnectionReset,
+    ConnectionTimedOut,
+    ConnectionUnreachable,
+)
 from tcpchimney.wire.frame import Frame
 
 DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
@@ -70,7 +82,17 @@ class _PendingConnect:
 
 
 class Runtime:
-    """``Runtime(stack, device)``; ``start()`` on the loop (or ``async with``), ``close()`` when done."""
+    """``Runtime(stack, device)``; ``start()`` on the loop (or ``async with``), ``close()`` when done.
+
+    With offload, the target is the device's node and the stack sits behind it::
+
+        target = SoftwareTarget(device.features, mac=iface.mac)
+        stack = HostStack(iface, ..., target=target, offload=OffloadPolicy("enabled"))
+        target.attach_host(stack)
+        runtime = Runtime(stack, device, node=target)
+
+    A stack with a target but no ``node`` keeps every connection on the host (Reason.NO_TARGET).
+    """
 
     def __init__(
         self,
@@ -87,6 +109,8 @@ class Runtime:
         # What the device talks to: the stack itself, or an offload target in front of it (nic.SoftwareTarget
         # with the stack attached), which takes the frames of the connections it holds.
         self.node: Node = node if node is not None else stack
+        if stack.offload_target is not None:
+            stack.set_target_attached(node is not None)  # without a node the target never sees a frame
         self.device = device
         self._clock = clock
         self._read_batch = read_batch
@@ -337,6 +361,8 @@ class Runtime:
             self._fail_connect(pending, reset_error(ev.refused))
         elif isinstance(ev, ConnectionTimedOut):
             self._fail_connect(pending, timed_out_error())
+        elif isinstance(ev, ConnectionUnreachable):
+            self._fail_connect(pending, unreachable_error())
         elif isinstance(ev, Closed):
             self._connecting.pop(sock, None)
             self._fail_connect(pending, ConnectionAbortedError(errno.ECONNABORTED, "connection closed"))
@@ -376,8 +402,9 @@ class Runtime:
         ``options`` (socket options set before the connection existed) reach the engine before the SYN leaves;
         the transport's ``get_extra_info('socket')`` then shares them.
 
-        Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted)
-        and OSError for addresses the stack cannot use (EADDRNOTAVAIL, ENETUNREACH, EADDRINUSE).
+        Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted),
+        OSError EHOSTUNREACH (the next hop did not answer ARP: about 3 s, as Linux) and OSError for addresses
+        the stack cannot use (EADDRNOTAVAIL, ENETUNREACH, EADDRINUSE).
         """
         self._check_running()
         try:

@@ -1,8 +1,9 @@
 """A blocking, ``socket.socket``-like API for code that is not async.
 
-``BackgroundRuntime(stack, device)`` runs a ``Runtime`` on an event loop of its own thread; ``Socket``
-objects made from it (``bg.socket()``) are used from ordinary threads and block, with the timeouts and the
-exceptions of Python's sockets::
+``BackgroundRuntime(stack, device)`` runs a ``Runtime`` on an event loop of its own thread (with offload:
+``BackgroundRuntime(stack, device, node=target)``, wired as ``Runtime``); ``Socket`` objects made from it
+(``bg.socket()``) are used from ordinary threads and block, with the timeouts and the exceptions of Python's
+sockets::
 
     with BackgroundRuntime(stack, device) as bg, bg.socket() as s:
         s.settimeout(5)
@@ -14,7 +15,8 @@ exceptions of Python's sockets::
 ``recv`` and ``send`` work on the connection's engine directly, as the kernel's calls work on its socket
 buffers: unread data stays in the receive buffer (so SO_RCVBUF bounds the window the peer sees) and ``send``
 takes what the send buffer has room for (SO_SNDBUF). Errors are the kernel's, errno for errno: EBADF after
-``close``, ENOTCONN / EPIPE on an unconnected socket, EISCONN, EALREADY and EINPROGRESS around ``connect``;
+``close``, ENOTCONN / EPIPE on an unconnected socket, EISCONN, EALREADY and EINPROGRESS around ``connect``,
+EHOSTUNREACH from ``connect`` when the next hop does not answer ARP (about 3 s);
 a reset is reported once (ECONNRESET, or through SO_ERROR), after which ``recv`` reads EOF and ``send`` fails
 with EPIPE. A timeout is ``TimeoutError("timed out")`` (``socket.timeout``); with timeout 0 a call that would
 wait raises ``BlockingIOError`` (EAGAIN), and ``connect`` EINPROGRESS while the handshake goes on.
@@ -38,10 +40,11 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from tcpchimney.api.options import SocketOptions, Value, invalid_argument
-from tcpchimney.api.runtime import Device, Runtime, Server
+from tcpchimney.api.runtime import READ_BATCH, Device, Runtime, Server
 from tcpchimney.api.streams import TcpTransport
 from tcpchimney.host.interface import ip_str
 from tcpchimney.host.stack import HostStack
+from tcpchimney.link.sim import Node
 from tcpchimney.tcp.errors import TcpError
 from tcpchimney.tcp.state import TcpState
 
@@ -53,12 +56,23 @@ _FIN_ACKED = frozenset({TcpState.FIN_WAIT_2, TcpState.TIME_WAIT, TcpState.CLOSED
 
 
 class BackgroundRuntime:
-    """A ``Runtime`` on a private event loop thread. ``start()``/``close()`` or ``with``; ``call(coro)``."""
+    """A ``Runtime`` on a private event loop thread. ``start()``/``close()`` or ``with``; ``call(coro)``.
+
+    Takes what ``Runtime`` takes: ``node`` is what the device talks to, the offload target in front of the
+    stack when there is one (``BackgroundRuntime(stack, device, node=target)``); without it a stack's
+    connections stay on the host (Reason.NO_TARGET)."""
 
     def __init__(
-        self, stack: HostStack, device: Device, *, clock: Callable[[], float] = time.monotonic
+        self,
+        stack: HostStack,
+        device: Device,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        node: Node | None = None,
+        read_batch: int = READ_BATCH,
+        tune_gc: bool = True,
     ) -> None:
-        self.runtime = Runtime(stack, device, clock=clock)
+        self.runtime = Runtime(stack, device, clock=clock, node=node, read_batch=read_batch, tune_gc=tune_gc)
         self.loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._closed = False

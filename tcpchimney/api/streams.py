@@ -61,6 +61,11 @@ def timed_out_error() -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, "Connection timed out")
 
 
+def unreachable_error() -> OSError:
+    """What CPython raises for a connect the kernel fails with EHOSTUNREACH (no ARP answer)."""
+    return OSError(errno.EHOSTUNREACH, "No route to host")
+
+
 class SocketInfo:
     """What ``get_extra_info('socket')`` and ``Server.sockets`` hold: addresses and options of a stack socket.
 

@@ -11,6 +11,7 @@ from enum import Enum
 
 class ReasonGroup(Enum):
     REFUSAL = "refusal"  # the connection stayed on (or went back to) the host without an offload
+    DEFERRAL = "deferral"  # not eligible yet: examined again, and offloaded once it qualifies
     TARGET_UPLOAD = "target_upload"  # the target asked for an upload (TcpIndicateRetrieve, spec 4.3)
     HOST_UPLOAD = "host_upload"  # the host decided to upload (spec 3.5)
 
@@ -73,6 +74,10 @@ class Reason(Enum):
     HARDWARE_FAILURE = "hardware_failure"
     SHUTDOWN = "shutdown"
     ORPHANED_FIN_WAIT_2 = "orphaned_fin_wait_2"
+    # -- added since (appended: the wire encoding is the definition order)
+    NO_TARGET = "no_target"  # a refusal
+    CLOSED = "closed"  # host uploads: the connection ended while offloaded, its entry comes back to be freed
+    ABORTED = "aborted"
 
     @property
     def group(self) -> ReasonGroup:
@@ -81,6 +86,11 @@ class Reason(Enum):
     @property
     def description(self) -> str:
         return _DETAILS[self][1]
+
+    @property
+    def deferral(self) -> bool:
+        """Not a refusal: the connection is not eligible yet and is examined again (automatic mode)."""
+        return _DETAILS[self][0] is ReasonGroup.DEFERRAL
 
     @property
     def mandatory(self) -> bool:
@@ -93,12 +103,13 @@ class Reason(Enum):
 
 
 _R = ReasonGroup.REFUSAL
+_D = ReasonGroup.DEFERRAL
 _T = ReasonGroup.TARGET_UPLOAD
 _H = ReasonGroup.HOST_UPLOAD
 
 _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
     Reason.MODE_DISABLED: (_R, "offload mode is disabled"),
-    Reason.MODE_AUTOMATIC_THRESHOLD: (_R, "automatic mode: not enough bytes moved or RTT too high yet"),
+    Reason.MODE_AUTOMATIC_THRESHOLD: (_D, "automatic mode: not enough bytes moved or RTT too high yet"),
     Reason.SOCKET_OPT_OUT: (_R, "the application opted this socket out of offload"),
     Reason.POLICY_RULE: (_R, "an offload policy rule excludes the connection"),
     Reason.FIREWALL_RULE: (_R, "a firewall rule must see the connection's packets"),
@@ -154,6 +165,9 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
         _H,
         "the application closed a FIN-WAIT-2 connection: the host runs its time limit",
     ),
+    Reason.NO_TARGET: (_R, "no offload target is attached: the device talks to the host stack directly"),
+    Reason.CLOSED: (_H, "the connection closed on the target: its entry is handed back and freed"),
+    Reason.ABORTED: (_H, "the application aborted the connection (RST): its entry is handed back and freed"),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

@@ -1,8 +1,8 @@
 """What the commands do with the offload path: the options, an event log, churn and the demo's timeline.
 
-``OffloadControl`` watches the host's offload events (``Offloaded``, ``OffloadRefused``, ``Uploaded``,
-``OffloadFault``), writes each as one JSON line when asked (``--events FILE``), keeps them for the demo's
-timeline, and drives two deliberate moves:
+``OffloadControl`` watches the host's offload events (``Offloaded``, ``OffloadRefused``, ``OffloadDeferred``,
+``Uploaded``, ``OffloadFault``), writes each as one JSON line when asked (``--events FILE``), keeps them for
+the demo's timeline, and drives two deliberate moves:
 
 - **churn** (``--churn SECONDS``): every offloaded connection is uploaded (``Reason.CHURN``) after an
   exponentially distributed time of mean SECONDS (a Poisson process: uploads land at any point of a
@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import HostEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
+from tcpchimney.host.events import (
+    HostEvent,
+    OffloadDeferred,
+    Offloaded,
+    OffloadFault,
+    OffloadRefused,
+    Uploaded,
+)
 from tcpchimney.host.interface import ip_str
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.sockets import TcpSocket
@@ -75,7 +82,7 @@ class OffloadRecord:
     """One offload event as the log and the timeline show it."""
 
     t: float  # seconds since the control started (the clock it was given)
-    event: str  # offloaded | refused | uploaded | fault
+    event: str  # offloaded | refused | deferred | uploaded | fault
     local: tuple[str, int]
     remote: tuple[str, int]
     reason: str | None = None  # Reason.value
@@ -153,6 +160,7 @@ class _Stats:
     offloads: int = 0
     uploads: int = 0
     refusals: int = 0
+    deferrals: int = 0  # not eligible yet (automatic threshold): waited, not refused
     faults: int = 0
     churn_uploads: int = 0  # churn uploads asked for
     admin_uploads: int = 0
@@ -192,7 +200,7 @@ class OffloadControl:
 
     def on_event(self, ev: HostEvent) -> None:
         """Give every host event here (``Runtime.add_event_handler`` or a simulation's event loop)."""
-        if not isinstance(ev, Offloaded | Uploaded | OffloadRefused | OffloadFault):
+        if not isinstance(ev, Offloaded | Uploaded | OffloadRefused | OffloadDeferred | OffloadFault):
             return
         if ev.sock is not None:
             self._moved.update(ev.sock)
@@ -206,6 +214,9 @@ class OffloadControl:
             self.stats.refusals += 1
             self._asked.pop(ev.sock, None)
             self._record("refused", ev.sock, reason=ev.reason)
+        elif isinstance(ev, OffloadDeferred):
+            self.stats.deferrals += 1
+            self._record("deferred", ev.sock, reason=ev.reason)
         elif isinstance(ev, OffloadFault):
             self.stats.faults += 1
             if ev.sock is not None:
@@ -324,6 +335,7 @@ class OffloadControl:
             "offloads": s.offloads,
             "uploads": s.uploads,
             "refusals": s.refusals,
+            "deferrals": s.deferrals,
             "faults": s.faults,
             "churn_uploads": s.churn_uploads,
             "admin_uploads": s.admin_uploads,

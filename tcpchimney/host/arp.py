@@ -2,13 +2,15 @@
 
 States: INCOMPLETE (a request is out; packets wait in a bounded per-neighbor queue), REACHABLE (confirmed by
 a reply within ``reachable_time``), STALE (the MAC is still used, but the next use starts a probe), PROBE
-(unicast requests to the known MAC while it keeps being used). A failed resolution drops the queue and counts
-each packet; a failed probe forgets the entry.
+(unicast requests to the known MAC while it keeps being used). A failed resolution (``max_probes`` requests
+``retrans_time`` apart, about 3 s as Linux's) drops the queue, counts each packet and tells the owner, which
+fails the handshakes waiting on it (EHOSTUNREACH); a failed probe forgets the entry.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -60,8 +62,12 @@ class ArpCache:
         tx: list[Frame],
         events: deque[HostEvent],
         params: ArpParams | None = None,
+        on_failed: Callable[[bytes], None] | None = None,
     ) -> None:
         self._iface = iface
+        # Told the address whose resolution failed, after its queue was dropped: the owner fails what waits
+        # on it (a connection's handshake) as Linux's neigh error_report does.
+        self._on_failed = on_failed
         self._counters = counters
         self._tx = tx
         self._events = events
@@ -219,6 +225,8 @@ class ArpCache:
             if dropped:
                 bump(self._counters, "drop_unresolved", dropped)
             self._events.append(NeighborUnreachable(n.ip, dropped))
+            if self._on_failed is not None:
+                self._on_failed(n.ip)
         else:
             bump(self._counters, "probe_failed")
 

@@ -81,8 +81,19 @@ class OffloadRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class OffloadDeferred:
+    """The connection is not eligible yet (``reason``: automatic mode's threshold) and stays on the host
+    for now; it is examined again and offloaded once it qualifies. Not a refusal."""
+
+    sock: TcpSocket
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
 class Uploaded:
-    """The connection is back on the host; ``duration`` from the terminate to its completion (seconds)."""
+    """The connection is back on the host; ``duration`` from the terminate to its completion (seconds).
+    Every terminate of a connection reports one, also the one that frees the target's entry of a connection
+    that ended there (Reason.CLOSED, Reason.ABORTED)."""
 
     sock: TcpSocket
     reason: Reason
@@ -99,7 +110,7 @@ class OffloadFault:
     detail: str
 
 
-OffloadEvent = Offloaded | OffloadRefused | Uploaded | OffloadFault
+OffloadEvent = Offloaded | OffloadRefused | OffloadDeferred | Uploaded | OffloadFault
 
 HostEvent = (
     ConnectionEvent

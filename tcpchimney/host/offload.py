@@ -87,7 +87,14 @@ from tcpchimney.chimney.tree import (
     walk,
 )
 from tcpchimney.host.counters import bump
-from tcpchimney.host.events import ConnectionEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
+from tcpchimney.host.events import (
+    ConnectionEvent,
+    OffloadDeferred,
+    Offloaded,
+    OffloadFault,
+    OffloadRefused,
+    Uploaded,
+)
 from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
 from tcpchimney.tcp import snapshot as tcp_snapshot
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
@@ -321,6 +328,7 @@ class OffloadManager:
         self.counters: dict[str, int] = {}
         self.now = 0.0
         self.paused = False
+        self.attached = True  # the target is between the device and the stack (a runtime may say it is not)
         self.capabilities: TargetCapabilities = target.capabilities
         self._next_handle = 0
         self._next_request = 0
@@ -447,6 +455,13 @@ class OffloadManager:
                     self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
         self._reconsider()
         self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def set_attached(self, attached: bool) -> None:
+        """Whether the target sits between the device and the stack: one that sees no frame cannot run a
+        connection (nor learn the interface's MAC), so nothing is offered to it while it is not."""
+        self.attached = attached
+        if attached:
+            self._reconsider()
 
     def _reconsider(self) -> None:
         """Every connection on the host becomes a candidate again (refusals may no longer hold)."""
@@ -592,7 +607,7 @@ class OffloadManager:
             self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
         self._finish(sock)
         if off.state is OffloadState.OFFLOADED:
-            self._terminate(sock, None)
+            self._terminate(sock, Reason.ABORTED)
 
     def configure(self, sock: TcpSocket) -> None:
         off = self._record(sock)
@@ -626,6 +641,8 @@ class OffloadManager:
         # copy frozen at its offload, which still says ESTABLISHED.
         if sock.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
             return Reason.STATE_NOT_OFFLOADABLE
+        if not self.attached:
+            return Reason.NO_TARGET
         if self.paused:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:
@@ -653,7 +670,8 @@ class OffloadManager:
             reason = self._check(sock, forced=off.forced, joining=len(ready))
             if reason is None:
                 ready.append(sock)
-            elif not (quiet and reason is off.reason):
+            elif not (quiet and (reason is off.reason or reason is Reason.STATE_NOT_OFFLOADABLE)):
+                # Re-examined (quiet): one that is closing merely stops waiting; nothing refused it.
                 self._refuse(sock, reason)
         refused = self._initiate_many(ready) if ready else {}
         for sock in ready:
@@ -665,9 +683,15 @@ class OffloadManager:
                 self._refuse(sock, reason)
 
     def _refuse(self, sock: TcpSocket, reason: Reason) -> None:
+        """Report why ``sock`` stays on the host: a refusal, or a deferral (not eligible yet: counted and
+        reported once per wait, never as a refusal)."""
         off = sock.offload
         assert off is not None
-        if reason is off.reason and reason is Reason.MODE_AUTOMATIC_THRESHOLD:
+        if reason.deferral:
+            if reason is not off.reason:
+                off.reason = reason
+                bump(self.counters, f"deferred_{reason.value}")
+                self.stack._events.append(OffloadDeferred(sock, reason))
             return
         off.reason = reason
         bump(self.counters, f"refused_{reason.value}")
@@ -847,7 +871,7 @@ class OffloadManager:
         if off.aborted:
             off.rst_sent = True
             self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
-            self._terminate(sock, None)
+            self._terminate(sock, Reason.ABORTED)
             return
         if off.held:
             held, off.held = tuple(off.held), []
@@ -1007,7 +1031,7 @@ class OffloadManager:
         if off.tcp_state is TcpState.CLOSED:
             self._finish(sock)  # LAST-ACK done: only the target's entry remains, freed without an event
             if off.state is OffloadState.OFFLOADED and not off.updating:
-                self._terminate(sock, None)
+                self._terminate(sock, Reason.CLOSED)
             else:
                 self.upload(sock, Reason.SHUTDOWN)
         elif off.tcp_state is TcpState.TIME_WAIT:
@@ -1265,7 +1289,7 @@ class OffloadManager:
 
     # ================================================================== upload
 
-    def _terminate(self, sock: TcpSocket, reason: Reason | None) -> bool:
+    def _terminate(self, sock: TcpSocket, reason: Reason) -> bool:
         off = sock.offload
         assert off is not None and off.ctx is not None
         path = off.path
@@ -1554,7 +1578,8 @@ class OffloadManager:
     def _report_upload(self, sock: TcpSocket) -> None:
         off = sock.offload
         assert off is not None
-        if off.reason is not None:
+        if off.reason is not None:  # every terminate sets one: each upload is counted and reported
+            bump(self.counters, "uploaded")
             bump(self.counters, f"uploaded_{off.reason.value}")
             self.stack._events.append(Uploaded(sock, off.reason, self.now - off.started))
 

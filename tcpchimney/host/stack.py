@@ -103,7 +103,9 @@ class HostStack:
         self._internal_errors = 0
         self._tx: list[Frame] = []
         self._events: deque[HostEvent] = deque()
-        self.arp = ArpCache(iface, self._counters.arp, self._tx, self._events, arp_params)
+        self.arp = ArpCache(
+            iface, self._counters.arp, self._tx, self._events, arp_params, self._neighbor_failed
+        )
         self.reassembler = Reassembler(self._counters.ipv4)
         self._icmp = Icmp(self._counters.icmp, self._events, self._send_ip, self._on_frag_needed)
         self._ip_id = IpIdCounter(rng.randrange(1 << 16))
@@ -279,6 +281,16 @@ class HostStack:
     def upload_all(self, reason: Reason) -> int:
         """Upload every offloaded connection; returns how many terminates were started."""
         return self._offload_manager().upload_all(reason)
+
+    @property
+    def offload_target(self) -> OffloadTarget | None:
+        return None if self._offload is None else self._offload.target
+
+    def set_target_attached(self, attached: bool) -> None:
+        """Say whether the offload target is in front of the device (the runtime knows: its node). While it
+        is not, connections stay on the host with Reason.NO_TARGET instead of being offered to a target
+        that never sees their frames."""
+        self._offload_manager().set_attached(attached)
 
     def _offload_manager(self) -> OffloadManager:
         if self._offload is None:
@@ -710,6 +722,18 @@ class HostStack:
             if isinstance(ev, Closed):
                 sock.listener = None
                 self._forget(sock)
+
+    def _neighbor_failed(self, hop: bytes) -> None:
+        """Resolution of ``hop`` failed (its queued frames are dropped): the handshakes that wait on it fail
+        with EHOSTUNREACH, as Linux's do (ipv4_link_failure's host unreachable reaches tcp_v4_err), instead
+        of retrying their SYN for minutes; synchronized connections retransmit on (a soft error)."""
+        for sock in list(self._conns.values()):
+            if sock.state is TcpState.SYN_SENT and self.iface.next_hop(sock.remote_ip) == hop:
+                try:
+                    if sock.conn.destination_unreachable():
+                        self._dirty[sock] = None
+                except Exception as exc:
+                    self._engine_failed(sock, exc)
 
     def _forget(self, sock: TcpSocket) -> None:
         if self._conns.get(sock.key) is sock:

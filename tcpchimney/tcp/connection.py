@@ -22,6 +22,7 @@ from tcpchimney.tcp.errors import (
     ConnectionTimedOutError,
     InvalidStateError,
 )
+from tcpchimney.tcp.events import ConnectionUnreachable
 from tcpchimney.tcp.input import Input
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.tcp.tcb import MAX_WINDOW_FIELD, Payload
@@ -176,6 +177,18 @@ class TcpConnection(Input):
             )
         self.orphaned = True
         self.set_state(TcpState.CLOSED)
+
+    def destination_unreachable(self) -> bool:
+        """A hard error from below the connection: the destination cannot be reached. During the handshake
+        (SYN-SENT) the open fails with it and nothing more is sent, as Linux's tcp_v4_err does for a host
+        unreachable; a synchronized connection takes it as a soft error (RFC 1122 4.2.3.9) and keeps
+        retransmitting. True when the connection ended."""
+        if self.state is not TcpState.SYN_SENT:
+            return False
+        self.pending.clear()
+        self.events.append(ConnectionUnreachable())
+        self.set_state(TcpState.CLOSED)
+        return True
 
     def configure(
         self,

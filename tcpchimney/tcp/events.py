@@ -50,6 +50,12 @@ class ConnectionTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionUnreachable:
+    """The handshake failed because the destination cannot be reached (EHOSTUNREACH): the next hop did not
+    answer neighbor resolution while SYN-SENT."""
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The connection reached CLOSED; the owner may forget it."""
 
@@ -71,6 +77,7 @@ TcpEvent = (
     | PeerClosed
     | ConnectionReset
     | ConnectionTimedOut
+    | ConnectionUnreachable
     | Closed
     | SegmentDropped
 )

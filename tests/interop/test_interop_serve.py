@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -103,6 +105,42 @@ def test_curl_against_serve_http(netns_name: str, commands: list[Command]) -> No
     assert done["app_counters"]["requests"] >= 5
     assert done["counters"]["tcp"]["rx"] > 0 and done["counters"]["tcp"]["tx"] > 0
     assert not os.path.exists(netns_path(netns_name)), "serve created the namespace and must remove it"
+
+
+def test_offload_events_and_counters_agree_on_a_real_run(
+    netns_name: str, commands: list[Command], tmp_path: Any
+) -> None:
+    """Every offload and every upload (also the one that frees the target's entry once a connection ended
+    there) is an event of --events, and the host, the target and the event log count the same."""
+    events = tmp_path / "events.jsonl"
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--events", str(events))
+    commands.append(server)
+    for seed in range(3):
+        sh(netns_name, f"curl -sS --fail -o /dev/null http://{STACK}/bytes/1000000?seed={seed}")
+    sh(
+        netns_name,
+        f"curl -sS --fail -o /dev/null http://{STACK}/bytes/10 -o /dev/null http://{STACK}/bytes/300000",
+    )
+
+    def log() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in events.read_text().splitlines()]
+
+    # Each connection ends with its upload: wait until every offloaded one has been handed back.
+    deadline = time.monotonic() + 20
+    while (c := Counter(x["event"] for x in log()))["uploaded"] < c["offloaded"]:
+        assert time.monotonic() < deadline, c
+        time.sleep(0.05)
+    status, done = server.stop()
+    assert status == 0
+    lines = log()
+    offload = done["offload"]
+    host, nic = offload["host"], offload["nic"]["lifecycle"]
+    count = Counter(x["event"] for x in lines)
+    assert count["offloaded"] == 4 == offload["offloads"] == host["offloaded"] == nic["offloads"]
+    assert count["uploaded"] == 4 == offload["uploads"] == host["uploaded"] == nic["uploads"]
+    assert sum(v for k, v in host.items() if k.startswith("uploaded_")) == host["uploaded"]
+    assert count["refused"] == offload["refusals"] == 0 and not [k for k in host if k.startswith("refused_")]
+    assert {x["reason"] for x in lines if x["event"] == "uploaded"} <= {"closed", "host_time_wait"}
 
 
 def test_200_mb_each_way_sha256(netns_name: str, commands: list[Command], tmp_path: Any) -> None:

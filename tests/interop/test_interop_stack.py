@@ -8,9 +8,11 @@ end, also when the test fails.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import ipaddress
 import os
+import random
 import socket
 import struct
 import time
@@ -20,9 +22,13 @@ from typing import Any
 
 import pytest
 
+from tcpchimney.api.socket import BackgroundRuntime
 from tcpchimney.cli.apps import AppStats, deterministic_bytes, echo_app
 from tcpchimney.cli.nsutil import netns_path, socket_in_netns
 from tcpchimney.cli.wiring import Session, open_session
+from tcpchimney.host.interface import InterfaceConfig
+from tcpchimney.host.stack import HostStack
+from tcpchimney.link.netns import TapTopology
 from tcpchimney.tcp.state import TcpState
 
 STACK_IF = ipaddress.IPv4Interface("198.18.0.2/24")
@@ -236,6 +242,52 @@ def test_closed_port_refuses_both_ways() -> None:
         assert counters.get("tx_rst", 0) >= 1  # the stack answered Linux's SYN with RST
 
     run(body)
+
+
+# On the namespace's subnet and nobody's: the kernel gets the ARP requests and does not answer them.
+UNUSED = "198.18.0.77"
+
+
+def _assert_arp_retry_time(elapsed: float) -> None:
+    """Linux gives up after 3 probes 1 s apart (mcast_solicit, retrans_time_ms): about 3 s, not minutes."""
+    assert 2.5 <= elapsed < 5.0, f"EHOSTUNREACH after {elapsed:.2f} s"
+
+
+def test_connect_to_an_unused_address_is_ehostunreach_in_three_seconds() -> None:
+    async def body(session: Session) -> None:
+        start = time.monotonic()
+        with pytest.raises(OSError) as info:
+            await session.runtime.open_connection(UNUSED, 80)
+        _assert_arp_retry_time(time.monotonic() - start)
+        assert type(info.value) is OSError and info.value.errno == errno.EHOSTUNREACH
+        arp = session.stack.counters["arp"]
+        assert arp["resolution_failed"] == 1 and arp["drop_unresolved"] >= 1
+        assert arp["tx_request"] == session.stack.arp.params.max_probes
+        assert not session.stack.connections()
+        # Linux, asked the same from the namespace, fails the same way: the reference for the figures above.
+        kernel = socket_in_netns(session.netns)
+        kernel.setblocking(False)
+        with kernel, pytest.raises(OSError) as linux:
+            await asyncio.get_running_loop().sock_connect(kernel, ("198.18.0.78", 80))
+        assert linux.value.errno == errno.EHOSTUNREACH
+
+    run(body)
+
+
+def test_blocking_connect_to_an_unused_address_is_ehostunreach(tap_topology: TapTopology) -> None:
+    topo, device = tap_topology, tap_topology.device
+    iface = InterfaceConfig.parse(
+        topo.stack_mac, f"{topo.stack_ip}/{topo.prefixlen}", mtu=device.mtu, features=device.features
+    )
+    stack = HostStack(iface, secret=os.urandom(16), rng=random.Random())
+    with BackgroundRuntime(stack, device) as bg, bg.socket() as s:
+        s.settimeout(30)
+        start = time.monotonic()
+        with pytest.raises(OSError) as info:
+            s.connect((UNUSED, 80))
+        _assert_arp_retry_time(time.monotonic() - start)
+        assert type(info.value) is OSError and info.value.errno == errno.EHOSTUNREACH
+        assert str(info.value) == "[Errno 113] No route to host"
 
 
 def test_listen_backlog_overflow_drops_syns_until_accepted() -> None:

@@ -7,6 +7,7 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap
 from scenario_kit import B_IP, MB, Attacker, Net, Pipe, make_net, parse_tcp_frames
@@ -15,7 +16,7 @@ from tcpchimney.host.events import EchoReply
 from tcpchimney.host.interface import ip_bytes
 from tcpchimney.link.sim import Impairments
 from tcpchimney.tcp.config import TcpConfig
-from tcpchimney.tcp.events import ConnectionTimedOut, PeerClosed
+from tcpchimney.tcp.events import Closed, ConnectionTimedOut, ConnectionUnreachable, PeerClosed
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.tcp import ACK, FIN, RST, SYN
 
@@ -124,6 +125,27 @@ def test_keepalive_times_out_a_peer_that_disappeared() -> None:
     assert client.conn.state is TcpState.CLOSED and client not in net.a.connections()
     # idle, then keepalive_probes unanswered probes at keepalive_interval: about 1 + 3 * 0.5 s
     assert net.link.now - gone <= KEEPALIVE.keepalive_idle + (KEEPALIVE.keepalive_probes + 1) * 0.5 + 0.01
+
+
+def test_connect_to_a_silent_on_link_address_fails_host_unreachable_in_three_seconds() -> None:
+    """Nobody on the segment has 198.18.0.99: a's ARP requests (broadcast, seen by b, which ignores them)
+    go unanswered; after Linux's 3 probes 1 s apart the handshake fails with ConnectionUnreachable
+    (EHOSTUNREACH at the API), the SYNs queued on the neighbor are dropped and counted, and a's
+    connection to b, which answers, is untouched."""
+    net = make_net(5, DELAY, DELAY)
+    client, _ = net.connect()
+    start = net.link.now
+    silent = net.a.connect("198.18.0.99", 80, start)
+    net.run_until(lambda: net.has_event(silent, ConnectionUnreachable), timeout=5.0)
+    elapsed = net.link.now - start
+    params = net.a.arp.params
+    assert elapsed == pytest.approx(params.max_probes * params.retrans_time, abs=0.01)
+    assert net.has_event(silent, Closed) and not net.has_event(silent, ConnectionTimedOut)
+    assert silent not in net.a.connections() and client.state is TcpState.ESTABLISHED
+    arp = net.a.counters["arp"]
+    assert arp["resolution_failed"] == 1 and arp["drop_unresolved"] == 2  # the SYN and its retry at 1 s
+    net.run_for(1.0)
+    assert net.a.counters["arp"]["tx_request"] == arp["tx_request"]  # nothing retries after the failure
 
 
 # ---------------------------------------------------------------------------------------------- ICMP

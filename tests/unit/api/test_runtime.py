@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -14,6 +15,7 @@ import pytest
 
 from tcpchimney.api.memdev import MemoryDevice, MemoryDevicePair
 from tcpchimney.api.runtime import Runtime
+from tcpchimney.host.arp import ArpParams
 from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.stack import HostStack
 from tcpchimney.tcp.config import TcpConfig
@@ -25,9 +27,11 @@ TIMEOUT = 20.0
 Body = Callable[[Runtime, Runtime], Awaitable[Any]]
 
 
-def make_stack(device: MemoryDevice, mac: str, address: str, config: TcpConfig | None = None) -> HostStack:
+def make_stack(
+    device: MemoryDevice, mac: str, address: str, config: TcpConfig | None = None, **kwargs: Any
+) -> HostStack:
     iface = InterfaceConfig.parse(mac, address + "/24", mtu=device.mtu, features=device.features)
-    return HostStack(iface, config, secret=b"secret " + mac.encode(), rng=random.Random(mac))
+    return HostStack(iface, config, secret=b"secret " + mac.encode(), rng=random.Random(mac), **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -249,6 +253,36 @@ def test_unusable_addresses_raise_os_errors() -> None:
             await a.start_server(echo, host="198.18.0.99", port=8)
 
     run(body)
+
+
+# The ARP retries shortened tenfold (3 probes 0.1 s apart): the behaviour, not Linux's 3 s, is under test
+# here; tests/interop checks the real timing against a Linux namespace.
+FAST_ARP = ArpParams(retrans_time=0.1)
+SILENT_IP = "198.18.0.99"  # on-link, and nobody has it
+
+
+def test_connect_to_a_silent_on_link_address_is_ehostunreach() -> None:
+    pair = MemoryDevicePair()
+
+    async def main() -> None:
+        stack = make_stack(pair.a, "02:00:00:00:00:0a", A_IP, arp_params=FAST_ARP)
+        async with Runtime(stack, pair.a) as a:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(OSError) as info:
+                await asyncio.wait_for(a.open_connection(SILENT_IP, 80), TIMEOUT)
+            elapsed = loop.time() - start
+            assert type(info.value) is OSError and info.value.errno == errno.EHOSTUNREACH
+            assert info.value.strerror == "No route to host"
+            limit = FAST_ARP.max_probes * FAST_ARP.retrans_time
+            assert limit * 0.9 <= elapsed < limit + 1.0  # the ARP retries, not the SYN retries
+            assert stack.connections() == []
+            assert stack.counters["arp"]["drop_unresolved"] >= 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        pair.close()
 
 
 def test_server_close_refuses_new_connections_and_keeps_accepted_ones() -> None:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_runtime import A_IP
+from test_runtime import A_IP, FAST_ARP, SILENT_IP, TIMEOUT, make_stack
 
+from tcpchimney.api.memdev import MemoryDevicePair
 from tcpchimney.api.socket import BackgroundRuntime, Socket
 
 pytestmark = pytest.mark.timeout(60)
@@ -310,6 +311,32 @@ def test_refused_connect_can_be_retried(pair: Pair) -> None:
         assert outcome(lambda: s.connect((A_IP, 1))) == ("ConnectionRefusedError", errno.ECONNREFUSED)
         assert outcome(lambda: s.connect((A_IP, 1))) == ("ConnectionRefusedError", errno.ECONNREFUSED)
     assert b.socket().connect_ex((A_IP, 1)) == errno.ECONNREFUSED
+
+
+def test_connect_to_a_silent_on_link_address_is_ehostunreach() -> None:
+    # Linux: connect() to an on-link address nobody answers ARP for fails after the ARP retries with
+    # OSError(EHOSTUNREACH, 'No route to host'); connect_ex returns the errno, and SO_ERROR after a
+    # non-blocking attempt.
+    devices = MemoryDevicePair()
+    stack = make_stack(devices.a, "02:00:00:00:00:0a", A_IP, arp_params=FAST_ARP)
+    try:
+        with BackgroundRuntime(stack, devices.a) as bg:
+            with bg.socket() as s:
+                s.settimeout(TIMEOUT)
+                start = time.monotonic()
+                assert outcome(lambda: s.connect((SILENT_IP, 80))) == ("OSError", errno.EHOSTUNREACH)
+                assert time.monotonic() - start < FAST_ARP.max_probes * FAST_ARP.retrans_time + 1.0
+            assert bg.socket().connect_ex((SILENT_IP, 80)) == errno.EHOSTUNREACH
+            with bg.socket() as s:
+                s.setblocking(False)
+                assert outcome(lambda: s.connect((SILENT_IP, 80))) == ("BlockingIOError", errno.EINPROGRESS)
+                deadline = time.monotonic() + TIMEOUT
+                while (err := s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)) == 0:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                assert err == errno.EHOSTUNREACH
+    finally:
+        devices.close()
 
 
 def test_non_blocking_connect(pair: Pair) -> None:

@@ -7,7 +7,9 @@ link's virtual clock (no network, no sleeping).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.progress import Progress
@@ -157,3 +159,37 @@ def test_close_stops_the_moves() -> None:
     with Progress(disable=True) as progress:
         assert run.transfer("GET", 500_000, SEED_DOWN, True, progress).ok
     assert control.stats.churn_uploads == 0 and control.stats.offloads >= 1
+
+
+def _agreement(lines: list[dict[str, Any]], host: dict[str, int], nic: dict[str, int]) -> None:
+    """One story: every upload and offload is an event, the host counts what the events say, the target
+    counts the same, and waiting for the automatic threshold is never a refusal."""
+    events = Counter(x["event"] for x in lines)
+    assert events["uploaded"] == host.get("uploaded", 0) == nic["uploads"]
+    assert sum(v for k, v in host.items() if k.startswith("uploaded_")) == host.get("uploaded", 0)
+    assert events["offloaded"] == host.get("offloaded", 0) == nic["offloads"]
+    assert events["refused"] == sum(v for k, v in host.items() if k.startswith("refused_"))
+    assert events["deferred"] == sum(v for k, v in host.items() if k.startswith("deferred_"))
+    offloaded = {tuple(x["connection"]) for x in lines if x["event"] == "offloaded"}
+    refused = [x for x in lines if x["event"] == "refused" and tuple(x["connection"]) in offloaded]
+    assert refused == [], "a connection that offloaded later was counted as refused"
+
+
+@pytest.mark.parametrize("mode", ["enabled", "automatic"])
+def test_events_host_and_target_counters_agree_on_a_simulated_run(mode: str, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    # Automatic mode looks every 0.1 s: the transfers must last longer than that on the 10 Gb/s link.
+    run = _run(OffloadOptions(mode, events=str(events)), n=3_000_000 if mode == "enabled" else 20_000_000)
+    control, target = run.control, run.target
+    assert control is not None and target is not None
+    assert len(target.table) == 0  # every connection ended and was handed back
+    control.close()
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    host = run.server.counters["offload"]
+    _agreement(lines, host, target.counters.lifecycle)
+    # Each connection: offloaded once established (automatic: after waiting), up and back at the midway
+    # admin upload, and handed back once more when it ends: two uploads, at least one after its close.
+    assert host["offloaded"] == 4 and host["uploaded_admin"] == 2 and host["uploaded"] == 4
+    if mode == "automatic":
+        assert host.get("deferred_below_automatic_threshold") == 2
+    assert not [k for k in host if k.startswith("refused_")]

@@ -10,19 +10,22 @@ from conftest import (
     PEER_IP,
     PEER_MAC,
     arp_reply,
+    eth_to_us,
     events,
     frame,
     learn_peer,
     make_stack,
     sent,
 )
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import ARP, Ether
 
 from tcpchimney.host.arp import NeighborState
-from tcpchimney.host.events import NeighborChanged, NeighborUnreachable
+from tcpchimney.host.events import ConnectionEvent, NeighborChanged, NeighborUnreachable
 from tcpchimney.host.interface import ip_bytes, mac_bytes
 from tcpchimney.host.stack import HostStack
+from tcpchimney.tcp.events import Closed, ConnectionUnreachable, StateChanged
+from tcpchimney.tcp.state import TcpState
 
 
 def _request(psrc: str = PEER_IP, pdst: str = OUR_IP, hwsrc: str = PEER_MAC) -> Ether:
@@ -155,3 +158,70 @@ def test_malformed_arp_is_counted(stack: HostStack) -> None:
     stack.handle_frame(frame(bad_hw), 0.0)
     c = stack.counters["arp"]
     assert c["drop_truncated"] == 1 and c["drop_unsupported_format"] == 1
+
+
+def _run_timers(stack: HostStack, until: float) -> None:
+    """Fire every deadline up to ``until`` (virtual time), sending what each produces."""
+    while (deadline := stack.next_deadline()) is not None and deadline <= until:
+        stack.handle_timer(deadline)
+        sent(stack, deadline)
+
+
+def test_connect_to_a_silent_neighbor_fails_host_unreachable_after_the_arp_retries(stack: HostStack) -> None:
+    # Linux: neighbor resolution gives up after mcast_solicit (3) probes retrans_time (1 s) apart; the SYN
+    # queued on it is dropped and connect() fails with EHOSTUNREACH (tcp_v4_err on the local ICMP host
+    # unreachable of ipv4_link_failure), not after the SYN retries (~2 minutes).
+    sock = stack.connect(PEER_IP, 80, 0.0)
+    (request,) = sent(stack)
+    assert ARP in request
+    _run_timers(stack, 10.0)
+    got = [e for e in events(stack) if isinstance(e, ConnectionEvent) and e.sock is sock]
+    kinds = [type(e.tcp_event) for e in got if not isinstance(e.tcp_event, StateChanged)]
+    assert kinds == [ConnectionUnreachable, Closed]
+    assert sock.state is TcpState.CLOSED and stack.connections() == []
+    c = stack.counters["arp"]
+    assert c["resolution_failed"] == 1 and c["drop_unresolved"] >= 1  # the SYN (and its retry) dropped
+    assert c["tx_request"] == stack.arp.params.max_probes
+
+
+def test_neighbor_failure_fails_the_handshake_at_the_third_probe_timeout(stack: HostStack) -> None:
+    sock = stack.connect(PEER_IP, 80, 0.0)
+    sent(stack)
+    limit = stack.arp.params.max_probes * stack.arp.params.retrans_time
+    _run_timers(stack, limit - 0.001)
+    assert sock.state is TcpState.SYN_SENT
+    _run_timers(stack, limit)
+    assert sock.state is TcpState.CLOSED
+
+
+def test_neighbor_failure_leaves_connections_through_other_neighbors(stack: HostStack) -> None:
+    learn_peer(stack, GATEWAY_IP, GATEWAY_MAC)
+    other = stack.connect("203.0.113.9", 80, 0.0)  # through the gateway, which answers
+    silent = stack.connect(PEER_IP, 80, 0.0)
+    sent(stack)
+    _run_timers(stack, 4.0)
+    assert silent.state is TcpState.CLOSED and other.state is TcpState.SYN_SENT
+
+
+def test_an_established_connection_survives_its_neighbor_failing(stack: HostStack) -> None:
+    # RFC 1122 4.2.3.9: host unreachable is a soft error for a synchronized connection (Linux keeps
+    # retransmitting); only the handshake fails with it.
+    learn_peer(stack)
+    sock = stack.connect(PEER_IP, 80, 0.0)
+    (syn,) = sent(stack)
+    synack = eth_to_us(
+        IP(src=PEER_IP, dst=OUR_IP)
+        / TCP(sport=80, dport=syn[TCP].sport, flags="SA", seq=1000, ack=syn[TCP].seq + 1)
+    )
+    stack.handle_frame(frame(synack), 0.01)
+    sent(stack, 0.01)
+    assert sock.state is TcpState.ESTABLISHED
+    params = stack.arp.params
+    forgotten = params.reachable_time + params.stale_time  # unused: REACHABLE -> STALE -> forgotten
+    _run_timers(stack, forgotten)
+    assert stack.arp.entry(ip_bytes(PEER_IP)) is None
+    sock.send(b"x")  # resolves again, and nobody answers any more
+    sent(stack, forgotten)
+    _run_timers(stack, forgotten + 5.0)
+    assert stack.counters["arp"]["resolution_failed"] == 1
+    assert sock.state is TcpState.ESTABLISHED

@@ -45,7 +45,11 @@ def test_peer_fin_while_offloaded_then_close() -> None:
     states = [e.new for e in net.tcp_events(a) if isinstance(e, StateChanged)]
     assert states[-3:] == [TcpState.CLOSE_WAIT, TcpState.LAST_ACK, TcpState.CLOSED]
     net.run_until(lambda: len(net.target.table) == 0)
-    assert a not in net.a.connections() and net.events(Uploaded) == []  # clean-up, not an upload
+    assert a not in net.a.connections()
+    # Freeing the target's entry is an upload like any other: reported and counted, as the target counts it.
+    (up,) = net.events(Uploaded)
+    assert up.sock is a and up.reason is Reason.CLOSED  # type: ignore[attr-defined]
+    assert net.a.counters["offload"]["uploaded"] == net.target.counters.lifecycle["uploads"] == 1
 
 
 def test_active_close_while_offloaded_ends_in_host_time_wait() -> None:
@@ -80,6 +84,9 @@ def test_abort_while_offloaded_resets_the_peer() -> None:
     assert a.state is TcpState.CLOSED
     net.run_until(lambda: net.has_event(b, ConnectionReset) and len(net.target.table) == 0)
     assert net.has_event(a, Closed)
+    (up,) = net.events(Uploaded)  # the target's entry, handed back to be freed, is an upload too
+    assert up.sock is a and up.reason is Reason.ABORTED  # type: ignore[attr-defined]
+    assert net.a.counters["offload"]["uploaded_aborted"] == net.target.counters.lifecycle["uploads"] == 1
 
 
 def test_close_with_unread_data_resets() -> None:

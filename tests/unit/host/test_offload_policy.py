@@ -7,7 +7,7 @@ import pytest
 from offload_kit import B_IP, PORT, Stream, exchange, make_offload_net, payload
 
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import Offloaded, OffloadRefused, Uploaded
+from tcpchimney.host.events import OffloadDeferred, Offloaded, OffloadRefused, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import (
     DEFAULT_MAX_RTT,
@@ -19,6 +19,7 @@ from tcpchimney.host.policy import (
     RuleKind,
 )
 from tcpchimney.link.sim import Impairments
+from tcpchimney.tcp.events import PeerClosed
 from tcpchimney.tcp.state import TcpState
 
 PEER = bytes([198, 18, 0, 2])
@@ -88,7 +89,24 @@ def test_automatic_mode_waits_for_the_threshold() -> None:
     rest = Stream(a, b, payload(300_000, 2))
     exchange(net, [rest])
     net.run_until(lambda: a.offload_state is OffloadState.OFFLOADED, 2.0)
-    assert len(net.events(OffloadRefused)) == 1  # the threshold refusal is reported once, not every check
+    # Waiting for the threshold is not a refusal: one OffloadDeferred (not one per check), then the offload.
+    assert net.events(OffloadRefused) == []
+    (deferred,) = net.events(OffloadDeferred)
+    assert deferred.sock is a and deferred.reason is Reason.MODE_AUTOMATIC_THRESHOLD  # type: ignore[attr-defined]
+    counters = net.a.counters["offload"]
+    assert counters == {"deferred_below_automatic_threshold": 1, "offloaded": 1}
+
+
+def test_a_connection_that_closes_while_waiting_for_the_threshold_is_not_refused() -> None:
+    net = make_offload_net(policy=OffloadPolicy(mode="automatic", min_bytes=200_000))
+    a, b = net.connect()
+    exchange(net, [Stream(a, b, payload(20_000, 1))])
+    a.close()  # a short exchange: over before it qualified
+    net.run_until(lambda: net.has_event(b, PeerClosed))
+    b.close()
+    net.run_for(1.0)  # several automatic checks while a closes
+    assert net.events(OffloadRefused) == []
+    assert net.a.counters["offload"] == {"deferred_below_automatic_threshold": 1}
 
 
 def test_automatic_mode_keeps_long_rtt_connections_on_the_host() -> None:
@@ -99,6 +117,18 @@ def test_automatic_mode_keeps_long_rtt_connections_on_the_host() -> None:
     net.run_for(1.0)
     assert a.conn.srtt is not None and a.conn.srtt > 0.05
     assert a.offload_state is OffloadState.IN_HOST and a.offload_reason is Reason.MODE_AUTOMATIC_THRESHOLD
+
+
+def test_a_target_not_in_front_of_the_device_refuses_with_no_target_until_it_is() -> None:
+    net = make_offload_net()
+    net.a.set_target_attached(False)  # what a runtime says when the device talks to the stack directly
+    a, _ = net.connect()
+    net.run_for(0.5)
+    assert a.offload_state is OffloadState.IN_HOST and a.offload_reason is Reason.NO_TARGET
+    assert [e.reason for e in net.events(OffloadRefused)] == [Reason.NO_TARGET]  # type: ignore[attr-defined]
+    assert net.target.counters.lifecycle["offload_refusals"] == 0  # nothing was offered to it
+    net.a.set_target_attached(True)
+    net.wait_offloaded(a)
 
 
 def test_socket_opt_out() -> None:
