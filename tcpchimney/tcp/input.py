@@ -206,7 +206,11 @@ class Input(Timers):
     def _ack(self, seg: TcpSegment, now: float) -> bool:
         """Process SEG.ACK; False when the segment must be dropped."""
         ack = seg.ack
-        if self.state is TcpState.SYN_RECEIVED:
+        # Our SYN is unacknowledged only in SYN-RECEIVED (SYN-SENT takes its ACK in _syn_sent): the ACK that
+        # completes the handshake covers it, no later one does. SND.UNA == ISS says nothing once 2^32 bytes
+        # have been sent (RFC 9293 3.4), nor after a rebuild from a snapshot, which takes ISS = SND.UNA - 1.
+        covers_syn = self.state is TcpState.SYN_RECEIVED
+        if covers_syn:
             if not (self.snd_una < ack <= self.snd_max):
                 self.pending.append(self._reset_answer(seg))
                 self.drop("bad_ack_syn_received")
@@ -230,7 +234,7 @@ class Input(Timers):
         if self.sack_enabled and (blocks or acked > 0):
             newly_sacked = self.sack.update(ack if acked > 0 else self.snd_una, self.snd_max, blocks)
         if acked > 0:
-            self._new_ack(seg, ack, acked, now)
+            self._new_ack(seg, ack, acked, now, 1 if covers_syn else 0)
         elif acked == 0 and self.snd_max != self.snd_una:
             # RFC 5681 section 2 duplicate ACK; with SACK, any ACK that SACKs new data (RFC 6675 section 2)
             plain = not seg.payload and not seg.flags & (SYN | FIN) and not window_changed
@@ -259,10 +263,10 @@ class Input(Timers):
             return changed
         return False
 
-    def _new_ack(self, seg: TcpSegment, ack: SeqNum, acked: int, now: float) -> None:
+    def _new_ack(self, seg: TcpSegment, ack: SeqNum, acked: int, now: float, syn: int) -> None:
+        """``acked`` sequence numbers newly acknowledged, ``syn`` (0 or 1) of them our SYN's."""
         flight = self.flight_size
         held = len(self.sndbuf)
-        syn = 1 if self.snd_una == self.iss else 0  # the handshake's ACK also covers our SYN
         data = min(acked - syn, held)
         if acked - syn > held and self.fin_queued:
             self.our_fin_acked = True  # the ACK covers the sequence number of our FIN

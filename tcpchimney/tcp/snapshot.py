@@ -105,6 +105,9 @@ def rebuild(snapshot: TcpSnapshot, config: TcpConfig, now: float) -> TcpConnecti
         keepalive_probes=cached.keepalive_probes,
     )
     ts_offset = (d.ts_time - int(now * _MS)) & _MASK32
+    # The snapshot carries no ISS (only states past the handshake are handed off, spec 1.2): SND.UNA - 1
+    # stands in for it. Nothing past the handshake may compare with the ISS, as 2^32 bytes later SND.UNA
+    # comes back to it.
     conn = TcpConnection(config, const.local_port, const.remote_port, d.snd_una + -1, ts_offset)
     _restore_options(conn, const, d, now)
     _restore_sequence_space(conn, d)
