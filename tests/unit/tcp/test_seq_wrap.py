@@ -2,12 +2,12 @@
 byte-exact (RFC 9293 3.4: all sequence arithmetic is modulo 2^32; nothing may compare a live sequence number
 with the ISS or IRS once the handshake is over).
 
-Two engines back to back with 64 KB segments (TSO-sized emits of a few MB) and windows of tens of MB move
-4 GiB in seconds. The application writes messages of irregular sizes and waits for each to be acknowledged
-(an RPC channel or a tunnel does this), so every message boundary is an ACK point; one boundary is placed at
-exactly 2^32 - 1 bytes after the first data byte from where the count starts (the handshake, or a rebuild
-from a snapshot, whose ISS is SND.UNA - 1), so that an ACK lands exactly on the ISS. The received stream is
-compared piecewise with the generator that produced it; nothing of the 4 GiB is stored.
+Two engines back to back with 64 KB segments (TSO-sized emits of a few hundred KB) and windows of tens of MB
+move 4 GiB in seconds. The application writes messages of irregular sizes and waits for each to be
+acknowledged (an RPC channel or a tunnel does this), so every message boundary is an ACK point; one boundary
+is placed at exactly 2^32 - 1 bytes after the first data byte from where the count starts (the handshake, or a
+rebuild from a snapshot, whose ISS is SND.UNA - 1), so that an ACK lands exactly on the ISS. The received
+stream is compared piecewise with the generator that produced it; nothing of the 4 GiB is stored.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from wrap_stream import PERIOD, WRAP, PeriodicStream, message_sizes
 
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.connection import TcpConnection
@@ -22,8 +23,6 @@ from tcpchimney.tcp.snapshot import export_snapshot, rebuild
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.seq import SeqNum
 
-_PERIOD = 1_000_003  # the stream repeats with a prime period: no message or segment boundary aligns with it
-_WRAP = (1 << 32) - 1  # data bytes after which SND.UNA == ISS again (the SYN took one sequence number)
 _PAST = 3_000_000  # bytes to move after the wrap point
 _CONFIG = TcpConfig(
     mss=65000,
@@ -32,19 +31,6 @@ _CONFIG = TcpConfig(
     snd_buf=32 << 20,
     delayed_ack=0.001,
 )
-
-
-class _Stream:
-    """A deterministic byte stream with period ``_PERIOD``: byte i is ``pattern[i % _PERIOD]``."""
-
-    def __init__(self, seed: int) -> None:
-        pattern = random.Random(seed).randbytes(_PERIOD)
-        self._doubled = pattern + pattern  # any slice up to _PERIOD long is contiguous
-
-    def at(self, pos: int, n: int) -> bytes:
-        assert n <= _PERIOD
-        start = pos % _PERIOD
-        return self._doubled[start : start + n]
 
 
 class _Pair:
@@ -74,35 +60,18 @@ class _Pair:
                 c.handle_timer(self.now)
 
 
-def _message_sizes(rng: random.Random, total: int, boundary: int) -> list[int]:
-    """Irregular sizes (1 byte .. ~1 MB) summing to ``total``, with a message ending at ``boundary``."""
-    sizes: list[int] = []
-    pos = 0
-    while pos < total:
-        n = rng.choice((rng.randint(1, 3000), rng.randint(100_000, _PERIOD)))
-        limit = boundary if pos < boundary else total
-        n = min(n, limit - pos)
-        sizes.append(n)
-        pos += n
-    return sizes
-
-
-def _transfer(pair: _Pair, stream: _Stream, sizes: list[int], sent: int, received: int) -> tuple[int, int]:
-    """Write each message, wait until it is acknowledged, check every byte read against ``stream``."""
+def _transfer(pair: _Pair, stream: PeriodicStream, sizes: list[int]) -> None:
+    """Write each message, wait until it is acknowledged, check every byte read."""
     a, b = pair.a, pair.b
     for n in sizes:
-        assert a.send(stream.at(sent, n)) == n
-        sent += n
+        assert a.send(stream.next_message(n)) == n
         while a.snd_una != a.snd_max or a.unsent:
             pair.step()
-            while data := b.receive(_PERIOD):
-                assert data == stream.at(received, len(data)), f"stream differs after byte {received}"
-                received += len(data)
+            while data := b.receive(PERIOD):
+                stream.check(data)
         assert a.state is TcpState.ESTABLISHED and b.state is TcpState.ESTABLISHED
-    while data := b.receive(_PERIOD):
-        assert data == stream.at(received, len(data)), f"stream differs after byte {received}"
-        received += len(data)
-    return sent, received
+    while data := b.receive(PERIOD):
+        stream.check(data)
 
 
 @pytest.mark.slow
@@ -111,17 +80,15 @@ def test_snd_una_back_at_iss_after_2_32_bytes(rebuilt: bool) -> None:
     """Fresh: the count starts at the handshake. Rebuilt: after 5 MB the sender is exported and rebuilt
     (the offload hand-off), which takes ISS = SND.UNA - 1, and the count starts again from there."""
     rng = random.Random(8)
-    stream = _Stream(seed=8)
+    stream = PeriodicStream(seed=8)
     pair = _Pair(iss_a=0xFFFF_F000)
     while pair.a.state is not TcpState.ESTABLISHED or pair.b.state is not TcpState.ESTABLISHED:
         pair.step()
-    sent = received = 0
     if rebuilt:
-        sent, received = _transfer(pair, stream, _message_sizes(rng, 5_000_000, 5_000_000), sent, received)
+        _transfer(pair, stream, message_sizes(rng, 5_000_000, 5_000_000))
         pair.a = rebuild(export_snapshot(pair.a, pair.now), _CONFIG, pair.now)
         assert pair.a.iss == pair.a.snd_una + -1
-    start = sent
-    sizes = _message_sizes(rng, _WRAP + _PAST, _WRAP)
-    sent, received = _transfer(pair, stream, sizes, sent, received)
-    assert sent - start == _WRAP + _PAST
-    assert received == sent
+    start = stream.written
+    _transfer(pair, stream, message_sizes(rng, WRAP + _PAST, WRAP))
+    assert stream.written - start == WRAP + _PAST
+    assert stream.checked == stream.written
