@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit long bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ unit: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q -ra
+
+# Runs too long for every commit (minutes); `make test` has a bounded form of each.
+long: $(STAMP)
+	TCPCHIMNEY_LONG=1 $(BIN)/pytest -q -ra -m long
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -33,6 +33,10 @@ class TcpConfig:
     keepalive_interval: float = 75.0
     keepalive_probes: int = 9
     challenge_ack_limit: int = 1000  # RFC 5961 section 7: challenge ACKs per second (Linux default)
+    # At most one ACK per interval in answer to unacceptable segments (out of window, PAWS, an ACK of data
+    # never sent, challenge ACKs): two stacks that disagree about the sequence space would otherwise answer
+    # each other's answers for ever. Linux net.ipv4.tcp_invalid_ratelimit (500 ms); RFC 5961 section 7.
+    invalid_ack_interval: float = 0.5
     initial_cwnd_segments: int = 10  # RFC 6928
     abc_limit: int = 0  # RFC 3465 L (segments counted per ACK in slow start); 0 = no limit, as Linux
     dupack_threshold: int = 3  # RFC 5681 / RFC 6675 DupThresh

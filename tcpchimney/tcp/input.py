@@ -100,7 +100,7 @@ class Input(Timers):
             return
         if not self._acceptable(seg):
             if not flags & RST:
-                self.ack_now = True  # RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+                self.answer_invalid(seg, now)  # RFC 9293 3.10.7.4 first: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
                 if state is TcpState.TIME_WAIT and flags & FIN:
                     self.close_deadline = now + 2 * self.config.msl  # the peer's FIN again: restart 2*MSL
             self.drop("out_of_window")
@@ -109,7 +109,7 @@ class Input(Timers):
             self._rst(seg, now)
             return
         if flags & SYN:
-            self.challenge_ack(now)  # RFC 5961 4.2: any SYN here, in window or not
+            self.challenge_ack(seg, now)  # RFC 5961 4.2: any SYN here, in window or not
             self.drop("syn_in_window")
             return
         if not flags & ACK:
@@ -136,7 +136,7 @@ class Input(Timers):
         if now - self.ts_recent_time > TS_RECENT_MAX_AGE:
             self.ts_recent_time = None  # RFC 7323 5.5: TS.Recent is stale, no longer a reference
             return False
-        self.ack_now = True
+        self.answer_invalid(seg, now)
         self.drop("paws")
         return True
 
@@ -169,7 +169,7 @@ class Input(Timers):
 
     def _rst(self, seg: TcpSegment, now: float) -> None:
         if seg.seq != self.rcv_nxt:
-            self.challenge_ack(now)  # in window but not exact: maybe blind, make the peer prove it
+            self.challenge_ack(seg, now)  # in window but not exact: maybe blind, make the peer prove it
             self.drop("rst_challenge")
             return
         state = self.state
@@ -187,8 +187,32 @@ class Input(Timers):
             self.refused = refused
         self.set_state(TcpState.CLOSED)
 
-    def challenge_ack(self, now: float) -> None:
-        """RFC 5961 section 7: at most ``challenge_ack_limit`` challenge ACKs per second."""
+    def answer_invalid(self, seg: TcpSegment, now: float) -> None:
+        """Acknowledge an unacceptable segment (RFC 9293 3.10.7.4, RFC 7323 5.3, RFC 5961 5.2), unless
+        ``invalid_ack_limited`` holds the ACK back."""
+        if not self.invalid_ack_limited(seg, now):
+            self.ack_now = True
+
+    def invalid_ack_limited(self, seg: TcpSegment, now: float) -> bool:
+        """At most one ACK per ``invalid_ack_interval`` in answer to unacceptable segments (RFC 5961
+        section 7; as Linux's tcp_oow_rate_limited). One forged segment leaves two stacks disagreeing about
+        the sequence space, and each would answer the other's ACK with another one for ever. As Linux, a
+        segment with data or a FIN (and no SYN) is always answered: it is not part of such a loop, and its
+        sender may be retransmitting and need the ACK."""
+        if seg.seg_len and not seg.flags & SYN:
+            return False
+        last = self.last_invalid_ack_time
+        if last is not None and now - last < self.config.invalid_ack_interval:
+            self.drop("ack_rate_limited")
+            return True
+        self.last_invalid_ack_time = now
+        return False
+
+    def challenge_ack(self, seg: TcpSegment, now: float) -> None:
+        """RFC 5961 section 7: at most ``challenge_ack_limit`` challenge ACKs per second, and no more than
+        the per-connection limit of ACKs to unacceptable segments allows."""
+        if self.invalid_ack_limited(seg, now):
+            return
         if now - self.challenge_window_start >= 1.0:
             self.challenge_window_start = now
             self.challenge_count = 0
@@ -206,7 +230,11 @@ class Input(Timers):
     def _ack(self, seg: TcpSegment, now: float) -> bool:
         """Process SEG.ACK; False when the segment must be dropped."""
         ack = seg.ack
-        if self.state is TcpState.SYN_RECEIVED:
+        # Our SYN is unacknowledged only in SYN-RECEIVED (SYN-SENT takes its ACK in _syn_sent): the ACK that
+        # completes the handshake covers it, no later one does. SND.UNA == ISS says nothing once 2^32 bytes
+        # have been sent (RFC 9293 3.4), nor after a rebuild from a snapshot, which takes ISS = SND.UNA - 1.
+        covers_syn = self.state is TcpState.SYN_RECEIVED
+        if covers_syn:
             if not (self.snd_una < ack <= self.snd_max):
                 self.pending.append(self._reset_answer(seg))
                 self.drop("bad_ack_syn_received")
@@ -216,11 +244,11 @@ class Input(Timers):
             self._handshake_rtt(seg.options, now)
             self.established(now)
         if ack > self.snd_max:
-            self.ack_now = True  # RFC 5961 5.2: acknowledges data never sent
+            self.answer_invalid(seg, now)  # RFC 5961 5.2: acknowledges data never sent
             self.drop("ack_unsent")
             return False
         if ack < self.snd_una - self.max_snd_wnd:
-            self.challenge_ack(now)  # RFC 5961 5.2: too old to be a real duplicate
+            self.challenge_ack(seg, now)  # RFC 5961 5.2: too old to be a real duplicate
             self.drop("ack_too_old")
             return False
         acked = ack.dist(self.snd_una)
@@ -232,7 +260,7 @@ class Input(Timers):
             if self.sack.last_discarded:
                 self.drop("sack_scoreboard_full")  # the ACK is processed; SACK ranges past the bound are not
         if acked > 0:
-            self._new_ack(seg, ack, acked, now)
+            self._new_ack(seg, ack, acked, now, 1 if covers_syn else 0)
         elif acked == 0 and self.snd_max != self.snd_una:
             # RFC 5681 section 2 duplicate ACK; with SACK, any ACK that SACKs new data (RFC 6675 section 2)
             plain = not seg.payload and not seg.flags & (SYN | FIN) and not window_changed
@@ -261,10 +289,10 @@ class Input(Timers):
             return changed
         return False
 
-    def _new_ack(self, seg: TcpSegment, ack: SeqNum, acked: int, now: float) -> None:
+    def _new_ack(self, seg: TcpSegment, ack: SeqNum, acked: int, now: float, syn: int) -> None:
+        """``acked`` sequence numbers newly acknowledged, ``syn`` (0 or 1) of them our SYN's."""
         flight = self.flight_size
         held = len(self.sndbuf)
-        syn = 1 if self.snd_una == self.iss else 0  # the handshake's ACK also covers our SYN
         data = min(acked - syn, held)
         if acked - syn > held and self.fin_queued:
             self.our_fin_acked = True  # the ACK covers the sequence number of our FIN

@@ -81,7 +81,12 @@ class Output(Tcb):
             elif n < avail and n < mss:
                 # Sender SWS avoidance (RFC 9293 3.8.6.2.1): no runt while the window is the limit, unless it
                 # is at least half the largest window the peer offered, or the persist timer forces it.
-                if not force and n < self.max_snd_wnd // 2:
+                # The rule is for new data: data already sent (go-back-N after a timeout) fitted the window
+                # when it left, and holding it back could stall the connection for good (the peer may hold
+                # it already and be waiting for nothing but our retransmission to resend its lost ACK).
+                if nxt < self.snd_max:
+                    n = min(n, self.snd_max.dist(nxt))  # resend what was sent; new data waits for the rule
+                elif not force and n < self.max_snd_wnd // 2:
                     break
             elif n < mss and not nodelay and not fin and nxt >= self.snd_max and outstanding > 0:
                 break  # Nagle (RFC 9293 3.7.4): one small segment in flight at a time

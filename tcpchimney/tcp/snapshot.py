@@ -4,8 +4,9 @@ This is the hand-off at the heart of the architecture: the host exports, the tar
 the other way round (upload). The split and the field names are the contract's (chimney/tcp_state.py, spec
 2.4). Deliberately not carried, as in the original: the SACK scoreboard and the out-of-order queue (the peer
 retransmits what was dropped), the delayed-ACK timer (call ``segments_to_send`` before exporting so nothing
-owed is lost; the rebuilt side acknowledges with its next segment), and the recovery episode (the rebuilt
-engine starts outside fast recovery with the exported cwnd/ssthresh and duplicate-ACK count).
+owed is lost; the rebuilt side acknowledges with its next segment), the recovery episode (the rebuilt
+engine starts outside fast recovery with the exported cwnd/ssthresh and duplicate-ACK count), and the clocks
+of the rate limits on challenge ACKs and ACKs to unacceptable segments (they start afresh).
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def rebuild(snapshot: TcpSnapshot, config: TcpConfig, now: float) -> TcpConnecti
         keepalive_probes=cached.keepalive_probes,
     )
     ts_offset = (d.ts_time - int(now * _MS)) & _MASK32
+    # The snapshot carries no ISS (only states past the handshake are handed off, spec 1.2): SND.UNA - 1
+    # stands in for it. Nothing past the handshake may compare with the ISS, as 2^32 bytes later SND.UNA
+    # comes back to it.
     conn = TcpConnection(config, const.local_port, const.remote_port, d.snd_una + -1, ts_offset)
     _restore_options(conn, const, d, now)
     _restore_sequence_space(conn, d)

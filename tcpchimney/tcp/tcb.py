@@ -124,6 +124,7 @@ class Tcb:
         self.send_blocked = False  # send() took less than offered: report SendSpace when space frees
         self.challenge_window_start = 0.0
         self.challenge_count = 0
+        self.last_invalid_ack_time: float | None = None  # the last ACK sent to an unacceptable segment
         self.events: deque[TcpEvent] = deque()
 
     # ------------------------------------------------------------------ derived values

@@ -122,7 +122,7 @@ def test_rfc5961_5_2_ack_older_than_max_window_is_dropped_and_acked() -> None:
 
 
 def test_rfc5961_7_challenge_ack_rate_limit() -> None:
-    c = established(cfg(challenge_ack_limit=2))
+    c = established(cfg(challenge_ack_limit=2, invalid_ack_interval=0.0))  # the per-second count alone
     for _ in range(3):
         arrive(c, seg("R", seq=R0 + 5), at=0.1)
     expect(c, seg("A", ack=R0), seg("A", ack=R0), at=0.1)
@@ -138,6 +138,39 @@ def test_rfc9293_3_10_7_4_unacceptable_segment_is_acked() -> None:
     arrive(c, seg("A", seq=R0 - 10, data=b"old"), at=0.2)
     expect(c, seg("A", seq=S0, ack=R0), at=0.2)
     assert c.readable == 0
+
+
+def test_rfc5961_7_acks_to_unacceptable_segments_are_rate_limited() -> None:
+    """One ACK per ``invalid_ack_interval`` (500 ms, Linux's tcp_invalid_ratelimit) to unacceptable segments
+    without data, whatever made them unacceptable: out of the window, PAWS, an ACK of data never sent, a SYN
+    or RST that earns a challenge ACK. The rest are dropped unanswered and counted."""
+    c = established(ts=True)
+    arrive(c, seg("A", seq=R0 + 70000), at=0.1)  # out of window
+    expect(c, seg("A", seq=S0, ack=R0), at=0.1)
+    limited = [
+        seg("A", seq=R0 - 1),  # out of window
+        seg("A", ack=S0 + 5000),  # acknowledges data never sent
+        seg("A", ts=(1, None)),  # PAWS: a TSval older than TS.Recent
+        seg("S", seq=R0 + 10),  # a SYN: challenge ACK
+        seg("R", seq=R0 + 10),  # in window but not exact: challenge ACK
+    ]
+    for i, spec in enumerate(limited):
+        arrive(c, spec, at=0.2 + i * 0.05)
+        expect_nothing(c, at=0.2 + i * 0.05)
+    assert events(c).count(SegmentDropped("ack_rate_limited")) == len(limited)
+    arrive(c, seg("A", ack=S0 + 5000), at=0.6)  # 500 ms after the last ACK sent: answered again
+    expect(c, seg("A", seq=S0, ack=R0), at=0.6)
+    assert state(c) is TcpState.ESTABLISHED
+
+
+def test_rfc5961_7_unacceptable_data_is_always_acknowledged() -> None:
+    """As Linux: a segment with data (and no SYN) is not part of an ACK loop, and its sender may be
+    retransmitting what already arrived: it is acknowledged however often it comes."""
+    c = established()
+    for t in (0.1, 0.2, 0.3):
+        arrive(c, seg("PA", seq=R0 - 10, data=b"old"), at=t)
+        expect(c, seg("A", seq=S0, ack=R0), at=t)
+    assert SegmentDropped("ack_rate_limited") not in events(c)
 
 
 def test_rfc9293_3_10_7_4_unacceptable_rst_is_not_answered() -> None:

@@ -245,3 +245,22 @@ def test_rfc6298_5_1_timer_not_restarted_by_further_sends() -> None:
     c.send(b"b")
     expect(c, seg("PA", seq=S0 + 1), at=0.1)
     assert c.next_deadline() == pytest.approx(0.2)
+
+
+def test_rfc6298_5_4_timeout_retransmission_into_a_small_window_is_not_held_back() -> None:
+    """376 bytes in flight fill a 376-byte window (the largest offered was 64 KB), more data waits, and the
+    ACK of the 376 is lost. The timeout resends them: sender SWS avoidance and Nagle (RFC 9293 3.8.6.2.1,
+    3.7.4) are rules for new data; data already sent fitted the window when it left, and holding it back
+    would stall the connection until it times out."""
+    c = established(cfg(snd_buf=64 * 1024, rcv_buf=64 * 1024))
+    c.send(b"x" * 4376)
+    expect(c, *[seg("A", length=1000)] * 4, at=0.0)  # Nagle holds the 376-byte tail
+    arrive(c, seg("A", ack=S0 + 4000, win=376), at=0.05)
+    expect(c, seg("PA", seq=S0 + 4000, length=376), at=0.05)  # the whole tail: it fits the window exactly
+    c.send(b"y" * 20_000)
+    expect_nothing(c, at=0.06)  # the window is full; the ACK of these 376 bytes is lost
+    for t in (0.25, 0.65, 1.45):
+        advance(c, to=t)
+        expect(c, seg("A", seq=S0 + 4000, length=376), at=t)
+    arrive(c, seg("A", ack=S0 + 4376, win=8000), at=1.5)
+    expect(c, seg("A", seq=S0 + 4376, length=1000), at=1.5)  # new data again, one segment (cwnd after RTO)
