@@ -242,6 +242,10 @@ def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace
         args.host = None if args.listen else ipaddress.IPv4Address(target[0])
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
+    if args.host is not None and args.host == args.addr.ip:
+        parser.error(f"{args.host} is the stack's own address: connect to the peer or another host there")
+    if args.host is not None and args.host not in args.addr.network:
+        parser.error(f"{args.host} is not on the stack's subnet {args.addr.network} (it has no gateway)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
