@@ -542,6 +542,15 @@ class TapTopology(_Topology):
         if self._device is not None:
             device, self._device = self._device, None
             device.close()
+        if not self.created_netns and netns_exists(self.netns):
+            # The run that created this namespace may have ended meanwhile, leaving it to us (it keeps a
+            # namespace other live runs use): the last one out removes it, after its TAP.
+            from tcpchimney.link import leftovers
+
+            with locked():
+                if leftovers.adopt_dead_claim(self.netns):
+                    self.created_netns = True
+                    self._made.insert(0, Resource(NETNS, self.netns))
 
 
 # ---------------------------------------------------------------------------------------- veth topology

@@ -341,3 +341,25 @@ def test_the_readme_asyncio_program_cleans_up_on_signals(netns_name: str, run_di
         assert "KeyboardInterrupt" in err
     else:
         assert proc.returncode == 128 + signum and "Traceback" not in err
+
+
+def test_the_namespace_outlives_its_creator_while_another_stack_uses_it(
+    netns_name: str, run_dir: str
+) -> None:
+    first = start("serve", "echo", "--netns", netns_name)
+    stop_at(first, "ready", 0, netns_name, run_dir)
+    other_subnet = ["--addr", "198.18.5.2/24", "--peer", "198.18.5.1/24"]
+    second = start("serve", "echo", "--netns", netns_name, "--port", "7", *other_subnet)
+    try:
+        stop_at(second, "ready", 0, netns_name, run_dir)
+        first.send_signal(signal.SIGTERM)
+        finish(first)
+        assert netns_exists(netns_name)  # its creator ended, but a live stack still uses it
+        with socket_in_netns(netns_name) as s:
+            s.settimeout(10)
+            s.connect(("198.18.5.2", 7))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        finish(second)
+    assert first.returncode == 0 and second.returncode == 0
+    assert left_behind(netns_name, run_dir) == []  # the last one out removed it
