@@ -29,7 +29,6 @@ NETNS = "netns"  # a namespace this run created (removed with everything in it)
 LINK = "link"  # a link this run created, in ``netns`` (None: the initial namespace)
 PATH = "path"  # a file or directory this run created (a temporary directory, a control socket)
 KINDS = (NETNS, LINK, PATH)
-LOCK_NAME = ".lock"
 
 
 def run_dir() -> str:
@@ -159,7 +158,7 @@ def locked(directory: str | None = None) -> Iterator[None]:
     record is edited, so two processes starting at once see each other."""
     directory = directory or run_dir()
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the directory is the lock
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
