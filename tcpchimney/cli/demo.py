@@ -4,7 +4,8 @@ As root with /dev/net/tun: a fresh namespace with the kernel at 198.18.0.1 and t
 TAP device; the stack serves http; from the namespace ``curl`` downloads and uploads N MB; then the stack
 downloads N MB from ``python3 -m http.server`` in the namespace. Elsewhere the same exchanges run between two
 stacks over the simulated link. Every namespace, link, process and temporary file is removed on the way out,
-also on Ctrl-C or failure.
+also on any termination signal (at any moment: a set-up under way is finished, then taken down) or failure;
+each is in the run record before it exists, so ``chimney cleanup`` finds them after a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from tcpchimney.cli.apps import AppStats, HttpApp, deterministic_bytes, deterministic_sha256
-from tcpchimney.cli.common import CommandError, network_unavailable_reason, stop_on_signals
+from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason, stop_on_signals
 from tcpchimney.cli.nsutil import in_netns
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions, timeline_lines
 from tcpchimney.cli.report import (
@@ -41,7 +45,9 @@ from tcpchimney.cli.report import (
     timeline_table,
     with_final_states,
 )
-from tcpchimney.cli.wiring import Session, open_session
+from tcpchimney.cli.wiring import Session, finish_in_thread, open_session
+from tcpchimney.link.runs import PATH, Resource, register, registered, unregister
+from tcpchimney.link.signals import signal_name
 
 MB = 1_000_000
 STACK_ADDR = ipaddress.IPv4Interface("198.18.0.2/24")
@@ -132,14 +138,16 @@ class Clock:
 async def run_in_netns(netns: str, shell: str) -> str:
     """Run a shell pipeline in the namespace; its stdout, or CommandError with its stderr."""
     proc = await asyncio.create_subprocess_exec(
-        *in_netns(netns, "sh", "-c", shell), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *in_netns(netns, "sh", "-c", shell),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # the pipeline is one process group: killed whole on the way out
     )
     try:
         out, err = await proc.communicate()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        _kill_group(proc)
+        await proc.wait()
     if proc.returncode != 0:
         raise CommandError(f"`{shell}` in {netns} failed ({proc.returncode}): {err.decode().strip()}")
     return out.decode()
@@ -153,6 +161,7 @@ async def linux_http_server(netns: str, directory: str, addr: str, port: int) ->
         cwd=directory,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
@@ -161,15 +170,37 @@ async def linux_http_server(netns: str, directory: str, addr: str, port: int) ->
             raise CommandError(f"the Linux HTTP server did not start: {line.decode().strip()!r}")
         yield
     finally:
-        if proc.returncode is None:
-            proc.kill()
+        _kill_group(proc)
         await proc.wait()
 
 
-def write_payload(path: str, n: int, seed: int) -> None:
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """The process and whatever it started (a shell's pipeline), unless all of it has ended."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def write_payload(path: str, n: int, seed: int, abort: threading.Event | None = None) -> None:
     with open(path, "wb") as f:
         for block in deterministic_bytes(n, seed):
+            if abort is not None and abort.is_set():
+                return
             f.write(block)
+
+
+@contextlib.contextmanager
+def temporary_directory() -> Iterator[str]:
+    """A fresh directory in /tmp, in the run record before it exists, removed on the way out."""
+    path = os.path.join(tempfile.gettempdir(), f"chimney-demo-{os.getpid()}-{secrets.token_hex(4)}")
+    resource = Resource(PATH, path)
+    register(resource)
+    try:
+        os.mkdir(path, 0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            unregister(resource)
 
 
 # ====================================================================== the three exchanges over TAP
@@ -289,10 +320,10 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
     n = args.size * MB
     netns = args.netns or f"chimney-demo-{os.getpid()}"
     stats = AppStats()
-    tmp = tempfile.mkdtemp(prefix="chimney-demo-", dir="/tmp")
-    try:
+    with temporary_directory() as tmp:
         payload = os.path.join(tmp, "payload")  # uploaded by curl, then served by Linux to the stack
-        write_payload(payload, n, SEED_UP)
+        abort = threading.Event()
+        await finish_in_thread(write_payload, payload, n, SEED_UP, abort, on_cancel=abort.set)
         options = OffloadOptions.from_args(args)
         async with open_session(netns, STACK_ADDR, PEER_ADDR, offload=options) as session:
             server = await session.runtime.start_server(HttpApp(stats), port=HTTP_PORT)
@@ -311,12 +342,11 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
             result = DemoResult("tap", transfers, rows, session.stack.counters)
             _add_offload(result, session.control, session.offload_counters())
             return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _until_signal(work: Coroutine[Any, Any, DemoResult]) -> DemoResult | None:
-    """``work``'s result, or None after SIGINT/SIGTERM cancelled it (its clean-up has run by then)."""
+async def _until_signal(work: Coroutine[Any, Any, DemoResult]) -> DemoResult | int:
+    """``work``'s result, or the number of the termination signal that cancelled it (its clean-up has run
+    to its end by then: the set-up steps finish before they are undone)."""
     stop = stop_on_signals(asyncio.get_running_loop())
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
@@ -327,7 +357,35 @@ async def _until_signal(work: Coroutine[Any, Any, DemoResult]) -> DemoResult | N
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return None
+    return stop.signum or signal.SIGINT
+
+
+def _interrupted(console: Console, signum: int) -> int:
+    """Says what is left, from this run's record (what was removed is no longer in it), then the exit
+    status of a program ended by ``signum``."""
+    left = registered()
+    if left:
+        what = ", ".join(r.describe() for r in left)
+        console.print(
+            f"[red]Interrupted by {signal_name(signum)}: could not remove {what}; `chimney cleanup` will.[/]"
+        )
+    else:
+        console.print(
+            f"[yellow]Interrupted by {signal_name(signum)}: nothing the demo set up is left "
+            "(namespace, TAP device, processes and temporary files removed).[/]"
+        )
+    return 128 + signum
+
+
+def _check_programs() -> None:
+    """The demo runs Linux programs in the namespace: missing ones are one sentence before anything exists."""
+    missing = [f"`{name}`" for name in ("ip", "curl") if shutil.which(name) is None]
+    if missing:
+        raise CommandError(
+            f"chimney demo needs {' and '.join(missing)} on PATH to run Linux programs in its namespace: "
+            "install iproute2 and curl, or run `chimney demo --sim`.",
+            EXIT_UNAVAILABLE,
+        )
 
 
 def _progress(console: Console) -> Progress:
@@ -356,12 +414,10 @@ def run(args: argparse.Namespace) -> int:
     console = _console()
     reason = "--sim was given" if args.sim else network_unavailable_reason()
     if reason is None:
+        _check_programs()
         result = asyncio.run(_until_signal(tap_demo(args, console)))
-        if result is None:
-            console.print(
-                "[yellow]Interrupted: the namespace, the TAP device and the temporary files are gone.[/]"
-            )
-            return 130
+        if isinstance(result, int):
+            return _interrupted(console, result)
     else:
         console.print(
             f"[yellow]No TAP device ({reason}): running the same exchanges over the simulated link.[/]"

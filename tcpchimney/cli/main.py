@@ -1,7 +1,9 @@
 """The ``chimney`` command: serve, nc and demo on the user-space stack.
 
 Every long-running command prints one JSON line ``{"event": "ready", ...}`` on stdout once it is usable and
-``{"event": "done", ...}`` with its counters when it ends (SIGINT/SIGTERM end it cleanly).
+``{"event": "done", ...}`` with its counters when it ends. Any termination signal (SIGINT, SIGTERM, SIGHUP,
+SIGQUIT, SIGUSR1, ...) ends it cleanly, removing what it made; ``chimney cleanup`` removes what runs ended by
+``kill -9`` left. Bad input is one sentence on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -9,25 +11,41 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tcpchimney.cli.apps import APPS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
 from tcpchimney.cli.offload import DEFAULT_MODE, MODES
+from tcpchimney.link.netns import check_address, check_netns_name, check_pair
+from tcpchimney.link.signals import terminate_on_signals
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
 # What --help says to whoever reads it first (plain text: argparse shows it as written).
 DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
 ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
+EPILOG = (
+    "Addresses: the stack and its Linux peer get two addresses of one subnet inside 198.18.0.0/15, the only "
+    "range these commands use. Any termination signal ends a command cleanly (its namespace, TAP and files "
+    "are removed); after a kill -9, `chimney cleanup` removes what the run left."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (exit status 2), not the usage text plus the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _interface(text: str) -> ipaddress.IPv4Interface:
     try:
-        return ipaddress.IPv4Interface(text)
+        return check_address(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an IPv4 address/prefix: {text!r}") from exc
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _port(text: str) -> int:
@@ -41,10 +59,27 @@ def _port(text: str) -> int:
 
 
 def _netns_name(text: str) -> str:
-    # iproute2 keeps namespaces as files under /var/run/netns: a name is one path component.
-    if not text or "/" in text or text in (".", "..") or len(text) > 64:
-        raise argparse.ArgumentTypeError(f"not a namespace name: {text!r}")
-    return text
+    try:
+        return check_netns_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _output_file(text: str) -> str:
+    """A file this command can create or overwrite; checked before anything is set up."""
+    path = os.path.abspath(text) if text else ""
+    parent = os.path.dirname(path)
+    if not text:
+        problem = "the path is empty"
+    elif os.path.isdir(path):
+        problem = "it is a directory"
+    elif not os.path.isdir(parent):
+        problem = f"directory {parent} does not exist"
+    elif not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        problem = "permission denied"
+    else:
+        return text
+    raise argparse.ArgumentTypeError(f"cannot write {text!r}: {problem}")
 
 
 def _seconds(text: str) -> float:
@@ -73,7 +108,10 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         "then offload it again",
     )
     parser.add_argument(
-        "--events", metavar="FILE", help="write every offload event to FILE, one JSON line each"
+        "--events",
+        type=_output_file,
+        metavar="FILE",
+        help="write every offload event to FILE, one JSON line each",
     )
 
 
@@ -89,15 +127,18 @@ def _add_link_options(parser: argparse.ArgumentParser) -> None:
         "--addr",
         type=_interface,
         default=_interface(DEFAULT_ADDR),
-        help=f"the stack's address/prefix, in 198.18.0.0/15 (default {DEFAULT_ADDR})",
+        help=f"the stack's address/prefix; {ADDRESS_RULE} (default {DEFAULT_ADDR})",
     )
     parser.add_argument(
         "--peer",
         type=_interface,
         default=_interface(DEFAULT_PEER),
-        help=f"the kernel side's address/prefix in the namespace, in 198.18.0.0/15 (default {DEFAULT_PEER})",
+        help=f"the kernel side's address/prefix in the namespace, on the stack's subnet "
+        f"(default {DEFAULT_PEER})",
     )
-    parser.add_argument("--pcap", metavar="FILE", help="capture every frame of the TAP device to FILE")
+    parser.add_argument(
+        "--pcap", type=_output_file, metavar="FILE", help="capture every frame of the TAP device to FILE"
+    )
     parser.add_argument(
         "--plain",
         action="store_true",
@@ -113,7 +154,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chimney", description=DESCRIPTION)
+    parser = _Parser(prog="chimney", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -122,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run echo, discard or http on the stack over a TAP device",
         description="Run echo, discard or http on the stack over a TAP device, with the Linux kernel as the "
         f"peer in a network namespace; {ADDRESS_RULE}.",
+        epilog="Refuses to start where another running stack has the subnet in the namespace; removes the "
+        "TAP a dead run left there first (saying so on stderr). " + EPILOG,
     )
     serve.add_argument("app", choices=sorted(APPS), help="the application")
     serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
@@ -134,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Netcat on the stack over a TAP device: stdin to the connection, the connection to "
         f"stdout; {ADDRESS_RULE}.",
         usage="chimney nc [-h] HOST PORT --netns NAME ...\n       chimney nc -l PORT --netns NAME ...",
+        epilog=EPILOG,
     )
     nc.add_argument("-l", "--listen", action="store_true", help="accept one connection instead of connecting")
     nc.add_argument(
@@ -148,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="curl against the stack and the stack against Linux, SHA-256 checked. As root with "
         f"/dev/net/tun the stack is at {DEFAULT_ADDR} and Linux at {DEFAULT_PEER} in a fresh namespace; "
         f"elsewhere two stacks run over the simulated link. As in serve and nc, {ADDRESS_RULE}.",
+        epilog="As root it needs `ip` (iproute2) and `curl`. " + EPILOG,
     )
     demo.add_argument(
         "--size",
@@ -174,23 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace name (default: a fresh unique one)",
     )
     _add_offload_options(demo)
+
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove what runs that died without cleaning up (kill -9) left: namespaces, TAPs, files",
+        description="Every run notes what it makes in /run/tcpchimney/PID.json ($TCPCHIMNEY_RUN_DIR) before "
+        "making it. This removes what the records of runs no longer alive name (TAPs in kept namespaces, "
+        "the namespaces those runs created with the processes still in them, temporary files); live runs "
+        "are left alone.",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "nc") and (
-        args.addr.network != args.peer.network or args.addr.ip == args.peer.ip
-    ):
-        parser.error("--addr and --peer must be two different addresses of one subnet")
+    if args.command in ("serve", "nc"):
+        try:
+            check_pair(args.addr, args.peer)
+        except ValueError as exc:
+            parser.error(f"--addr {args.addr} and --peer {args.peer}: {exc}")
     if args.command == "serve" and args.port is None:
         args.port = APPS[args.app][0]
     if args.command == "nc":
         _resolve_nc_target(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
         parser.error("--size and --sim-size must be positive")
-    if args.offload == "disabled" and args.churn is not None:
+    if getattr(args, "offload", None) == "disabled" and args.churn is not None:
         parser.error("--churn moves offloaded connections: it needs --offload enabled or automatic")
     return args
 
@@ -205,20 +261,34 @@ def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace
         args.host = None if args.listen else ipaddress.IPv4Address(target[0])
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
+    if args.host is not None and args.host == args.addr.ip:
+        parser.error(f"{args.host} is the stack's own address: connect to the peer or another host there")
+    if args.host is not None and args.host not in args.addr.network:
+        parser.error(f"{args.host} is not on the stack's subnet {args.addr.network} (it has no gateway)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return _run(args)
-    except CommandError as exc:
-        print(f"chimney: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
+    # From the first line on, a termination signal unwinds (Terminated, exit 128 + N) instead of killing the
+    # process where it stands; the commands' event loops then take the signals over for a graceful end.
+    with terminate_on_signals():
+        args = parse_args(argv)
+        try:
+            return _run(args)
+        except CommandError as exc:
+            print(f"chimney: {exc}", file=sys.stderr)
+            return exc.code
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # whoever read our output went away; everything was cleaned up on the way
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "cleanup":
+        from tcpchimney.cli.cleanup import run as run_cleanup
+
+        return run_cleanup(args)
     if args.command == "demo":
         from tcpchimney.cli.demo import run as run_demo
 

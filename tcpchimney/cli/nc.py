@@ -58,14 +58,15 @@ async def netcat(args: argparse.Namespace) -> int:
 
 
 async def _first(awaitable: Any, stop: asyncio.Event) -> Any:
-    """The awaitable's result, or KeyboardInterrupt-like exit when a signal comes first."""
+    """The awaitable's result, or an exit with 128 + N (the connection's set-up abandoned; the session's
+    clean-up runs on the way out) when signal N comes first."""
     task = asyncio.ensure_future(awaitable)
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     if task not in done:
         task.cancel()
-        raise SystemExit(130)
+        raise SystemExit(128 + (getattr(stop, "signum", None) or 2))  # as a shell reports the signal
     return task.result()
 
 

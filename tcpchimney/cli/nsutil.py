@@ -12,17 +12,15 @@ import os
 import socket
 import threading
 
-NETNS_RUN_DIR = "/var/run/netns"  # where iproute2 and pyroute2 keep named namespaces
+from tcpchimney.link.netns import netns_exec, netns_path
+
 CLONE_NEWNET = 0x40000000
-
-
-def netns_path(netns: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, netns)
+__all__ = ["in_netns", "netns_path", "socket_in_netns"]
 
 
 def in_netns(netns: str, *argv: str) -> list[str]:
-    """The argv that runs a program inside ``netns``."""
-    return ["ip", "netns", "exec", netns, *argv]
+    """The argv that runs a program inside ``netns`` (ValueError for a name that is not a namespace's)."""
+    return netns_exec(netns, *argv)
 
 
 def _setns(path: str) -> None:
@@ -40,11 +38,12 @@ def socket_in_netns(
     netns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
 ) -> socket.socket:
     """A kernel socket of ``netns``; raises OSError if the namespace cannot be entered."""
+    path = netns_path(netns)  # checked here, on the caller's thread
     result: list[socket.socket | BaseException] = []
 
     def create() -> None:
         try:
-            _setns(netns_path(netns))
+            _setns(path)
             result.append(socket.socket(family, type, proto))
         except BaseException as exc:  # handed to the caller's thread
             result.append(exc)

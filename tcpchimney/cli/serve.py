@@ -1,4 +1,4 @@
-"""``chimney serve {echo,discard,http}``: one application on the stack until SIGINT/SIGTERM."""
+"""``chimney serve {echo,discard,http}``: one application on the stack until a termination signal."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ async def serve(args: argparse.Namespace) -> int:
     options = OffloadOptions.from_args(args)
     async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
         server = await session.runtime.start_server(handler, port=args.port)
-        emit(
-            "ready",
-            command="serve",
-            app=args.app,
-            port=args.port,
-            offload=options.mode,
-            **session.ready_fields(),
-        )
+        if not stop.is_set():  # a signal during the set-up: no ready line, straight to the clean-up
+            emit(
+                "ready",
+                command="serve",
+                app=args.app,
+                port=args.port,
+                offload=options.mode,
+                **session.ready_fields(),
+            )
         try:
             await stop.wait()
         finally:
@@ -40,6 +41,7 @@ async def serve(args: argparse.Namespace) -> int:
         "done",
         command="serve",
         app=args.app,
+        signal=stop.name,
         app_counters=stats.as_dict(),
         counters=counters,
         offload=offload,

@@ -11,15 +11,18 @@ import contextlib
 import ipaddress
 import os
 import random
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions
 from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.stack import HostStack
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -61,24 +64,82 @@ def local_mac(seed: int) -> str:
     return "02:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(5))
 
 
+async def finish_in_thread(
+    fn: Callable[..., T], *args: Any, on_cancel: Callable[[], object] | None = None
+) -> T:
+    """``fn(*args)`` on a worker thread, waited for to its end even when the caller is cancelled meanwhile
+    (CancelledError is raised once it ended; ``on_cancel()`` may ask it to end early): a namespace's set-up
+    or tear-down abandoned half-way would go on unwatched and leave what it made."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(work)
+            break
+        except asyncio.CancelledError:
+            if work.done():
+                raise
+            if not cancelled and on_cancel is not None:
+                on_cancel()
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _setup_error(netns: str, exc: BaseException) -> CommandError | None:
+    """The one sentence for a failed namespace/TAP set-up, or None for a failure that is a bug."""
+    from tcpchimney.link.netns import NamespaceBusy, NetworkUnavailable
+
+    if isinstance(exc, NetworkUnavailable):
+        return CommandError(f"the network set-up is not possible here: {exc}", EXIT_UNAVAILABLE)
+    if isinstance(exc, NamespaceBusy):
+        return CommandError(f"{exc}.")
+    if isinstance(exc, OSError):
+        detail = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return CommandError(f"cannot set up namespace {netns} and its TAP device: {detail}{where}.")
+    return None
+
+
 @contextlib.asynccontextmanager
 async def _topology(
     netns: str, addr: ipaddress.IPv4Interface, peer: ipaddress.IPv4Interface
 ) -> AsyncIterator[Any]:
-    """The namespace and TAP, built and torn down on a worker thread: pyroute2's synchronous sockets run
-    their own event loop and refuse to start inside a running one."""
-    from tcpchimney.link.netns import NetworkUnavailable, TapTopology
+    """The namespace and TAP, built and torn down on a worker thread (pyroute2's synchronous sockets run
+    their own event loop and refuse to start inside a running one), never abandoned half-way: a signal that
+    comes meanwhile lets the set-up finish, then takes it down."""
+    from tcpchimney.link.netns import TapTopology
 
-    topo = TapTopology(netns=netns, peer=str(peer), stack=str(addr))
     try:
-        entered = await asyncio.to_thread(topo.__enter__)
-    except NetworkUnavailable as exc:
-        raise CommandError(f"the network set-up is not possible here: {exc}", EXIT_UNAVAILABLE) from exc
+        topo = TapTopology(netns=netns, peer=str(peer), stack=str(addr))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    try:
+        entered = await finish_in_thread(topo.__enter__)
+    except asyncio.CancelledError:
+        await finish_in_thread(topo.__exit__, None, None, None)  # it was made: the signal came meanwhile
+        raise
+    except Exception as exc:  # the topology removed what it had made before raising
+        error = _setup_error(netns, exc)
+        if error is None:
+            raise
+        raise error from exc
+    for line in topo.removed:
+        print(f"chimney: {line}", file=sys.stderr, flush=True)
     try:
         yield entered
     finally:
-        # Shielded: a Ctrl-C arriving now must not leave the namespace or the link behind.
-        await asyncio.shield(asyncio.to_thread(topo.__exit__, None, None, None))
+        await finish_in_thread(topo.__exit__, None, None, None)
+
+
+def _open_capture(path: str) -> Any:
+    from tcpchimney.link.pcap import PcapWriter
+
+    try:
+        return PcapWriter(path)
+    except OSError as exc:
+        raise CommandError(f"cannot write the capture file {path}: {exc.strerror or exc}.") from exc
 
 
 @contextlib.asynccontextmanager
@@ -91,41 +152,58 @@ async def open_session(
     offload: OffloadOptions | None = None,
 ) -> AsyncIterator[Session]:
     """Namespace (created if absent, removed on exit only if created here), TAP, stack and runtime; with
-    offload not disabled, the software target owns the device and the stack sits behind it."""
+    offload not disabled, the software target owns the device and the stack sits behind it. The capture file
+    is opened first: a path that cannot be written fails before anything exists."""
+    options = offload or OffloadOptions("disabled")
+    capture = _open_capture(pcap) if pcap else None
+    try:
+        async with (
+            _topology(netns, addr, peer) as topo,
+            _running(topo, netns, addr, peer, capture, plain, options) as session,
+        ):
+            yield session
+    finally:
+        if capture is not None:
+            capture.close()  # flushes the buffered records: the file is complete when the session ends
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    topo: Any,
+    netns: str,
+    addr: ipaddress.IPv4Interface,
+    peer: ipaddress.IPv4Interface,
+    capture: Any,
+    plain: bool,
+    options: OffloadOptions,
+) -> AsyncIterator[Session]:
     from tcpchimney.api.runtime import Runtime
     from tcpchimney.link.tap import TapDevice
 
-    options = offload or OffloadOptions("disabled")
-    async with _topology(netns, addr, peer) as topo:
+    try:
         device = TapDevice(topo.tap_name, vnet_hdr=not plain)
-        target = None
-        capture = None
-        try:
-            mac = local_mac(os.getpid())
-            iface = InterfaceConfig.parse(mac, str(addr), mtu=device.mtu, features=device.features)
-            stack, target = _stack(iface, options)
-            if pcap:
-                from tcpchimney.link.pcap import PcapWriter
-
-                device.capture = capture = PcapWriter(pcap)
-            runtime = Runtime(stack, device, node=target)
-            async with runtime:
-                session = Session(
-                    runtime, stack, netns, addr, peer, topo.tap_name, topo.created_netns, target
-                )
-                if target is not None:
-                    session.control = _control(runtime, stack, options)
-                try:
-                    yield session
-                finally:
-                    if session.control is not None:
-                        session.control.close()
-        finally:
-            device.close()
-            if capture is not None:
-                capture.close()  # flushes the buffered records: the file is complete when the session ends
+    except OSError as exc:
+        raise CommandError(f"cannot open TAP device {topo.tap_name}: {exc.strerror or exc}.") from exc
+    target = None
+    try:
+        mac = local_mac(os.getpid())
+        iface = InterfaceConfig.parse(mac, str(addr), mtu=device.mtu, features=device.features)
+        stack, target = _stack(iface, options)
+        device.capture = capture
+        runtime = Runtime(stack, device, node=target)
+        async with runtime:
+            session = Session(runtime, stack, netns, addr, peer, topo.tap_name, topo.created_netns, target)
             if target is not None:
-                target.close()  # warns (stderr) when connection state was left on the target
+                session.control = _control(runtime, stack, options)
+            try:
+                yield session
+            finally:
+                if session.control is not None:
+                    session.control.close()
+    finally:
+        device.close()
+        if target is not None:
+            target.close()  # warns (stderr) when connection state was left on the target
 
 
 def _stack(iface: InterfaceConfig, options: OffloadOptions) -> tuple[HostStack, Any]:
@@ -147,6 +225,9 @@ def _stack(iface: InterfaceConfig, options: OffloadOptions) -> tuple[HostStack, 
 
 def _control(runtime: Any, stack: HostStack, options: OffloadOptions) -> OffloadControl:
     loop = asyncio.get_running_loop()
-    control = OffloadControl(stack, options, loop, time.monotonic, wake=runtime.flush_soon)
+    try:
+        control = OffloadControl(stack, options, loop, time.monotonic, wake=runtime.flush_soon)
+    except OSError as exc:
+        raise CommandError(f"cannot write the events file {options.events}: {exc.strerror or exc}.") from exc
     runtime.add_event_handler(control.on_event)
     return control

@@ -24,6 +24,24 @@ def ip_bytes(address: str | bytes) -> bytes:
     return ipaddress.IPv4Address(address).packed
 
 
+def parse_interface(text: str) -> ipaddress.IPv4Interface:
+    """``198.18.0.2/24``: an IPv4 address and its prefix length. Without a prefix the subnet (and so which
+    destinations are on-link) would be a guess, so it is refused, as is anything that is not an address."""
+    address, slash, _ = text.partition("/") if isinstance(text, str) else ("", "", "")
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IPv4 address with a prefix length (like 198.18.0.2/24)"
+        ) from None
+    if not slash:
+        raise ValueError(f"{text} has no prefix length: write it as {text}/PREFIX (like {text}/24)")
+    try:
+        return ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise ValueError(f"{text!r} has no valid prefix length after its '/' (0-32, like /24)") from None
+
+
 def ip_str(address: bytes) -> str:
     return str(ipaddress.IPv4Address(address))
 
@@ -74,7 +92,9 @@ class InterfaceConfig:
         features: DeviceFeatures | None = None,
     ) -> InterfaceConfig:
         """``InterfaceConfig.parse("02:00:00:00:00:01", "198.18.0.1/24", gateway="198.18.0.254")``."""
-        iface = ipaddress.IPv4Interface(address)
+        iface = parse_interface(address)
+        if gateway is not None and ip_bytes(gateway) == iface.ip.packed:
+            raise ValueError(f"the gateway {gateway} is the interface's own address {iface.ip}")
         return cls(
             mac=mac_bytes(mac),
             ip=iface.ip.packed,

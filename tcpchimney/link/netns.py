@@ -22,6 +22,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tcpchimney.host.interface import parse_interface
+from tcpchimney.link.runs import LINK, NETNS, Resource, locked, register, unregister
+from tcpchimney.link.signals import deferred_signals, terminate_on_signals
+
 if TYPE_CHECKING:
     from tcpchimney.link.tap import TapDevice
 
@@ -58,25 +62,96 @@ def check_network() -> None:
 
 def unique_name(kind: str = "") -> str:
     """``chim`` + kind + 8 hex digits; at most 15 characters (IFNAMSIZ - 1) for kinds up to 3 letters."""
-    name = f"{NAME_PREFIX}{kind}{uuid.uuid4().hex[:8]}"
-    if len(name) > 15:
-        raise ValueError(f"interface names are at most 15 characters: {name!r}")
+    return check_ifname(f"{NAME_PREFIX}{kind}{uuid.uuid4().hex[:8]}")
+
+
+# ---------------------------------------------------------------------------------------- names
+
+NETNS_NAME_MAX = 255  # NAME_MAX: a namespace is one file in NETNS_RUN_DIR (iproute2 checks the same)
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+def _name_problem(name: object, max_bytes: int, kind: str) -> str | None:
+    """Why ``name`` cannot be one file name / interface name, or None."""
+    if not isinstance(name, str):
+        return f"it is a {type(name).__name__}, not a string"
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a directory, not a file"
+    if "/" in name:
+        return "it contains '/'"
+    if "\0" in name:
+        return "it contains a NUL character"
+    if not name.isprintable():
+        return "it contains a control character"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > max_bytes:
+        return f"it is {size} bytes long, and a {kind} name is at most {max_bytes}"
+    return None
+
+
+def check_netns_name(name: str) -> str:
+    """``name`` if it can name a namespace, else ValueError saying why. A namespace name is one file name in
+    /var/run/netns: with anything else a bind mount would land outside that directory."""
+    problem = _name_problem(name, NETNS_NAME_MAX, "namespace")
+    if problem is not None:
+        raise ValueError(
+            f"{name!r} is not a namespace name: {problem} "
+            f"(a namespace name is one file name in {NETNS_RUN_DIR})"
+        )
     return name
 
 
+def check_ifname(name: str) -> str:
+    """``name`` if Linux accepts it as an interface name as given, else ValueError saying why: at most 15
+    bytes, not ``.``/``..``, no '/', ':', white space or '%' (the kernel would fill a '%d' template in)."""
+    problem = _name_problem(name, IFNAME_MAX, "link")
+    if problem is None and isinstance(name, str):
+        bad = next((c for c in name if c in ":%" or c.isspace()), None)
+        if bad is not None:
+            problem = f"it contains {bad!r}"
+    if problem is not None:
+        raise ValueError(f"{name!r} is not a link name: {problem} (Linux link names are 1-15 bytes)")
+    return name
+
+
+# ---------------------------------------------------------------------------------------- addresses
+
+
 def check_address(text: str) -> ipaddress.IPv4Interface:
-    """An address with prefix (``198.18.0.1/24``), refused outside 198.18.0.0/15."""
-    iface = ipaddress.IPv4Interface(text if "/" in text else f"{text}/24")
+    """An address with its prefix (``198.18.0.1/24``), refused outside 198.18.0.0/15 and when it is its
+    network's network or broadcast address."""
+    iface = parse_interface(text)
     if iface.ip not in ALLOWED_NET:
-        raise ValueError(f"{iface.ip} is outside 198.18.0.0/15, the only range test topologies may use")
+        raise ValueError(
+            f"{iface.ip} is outside 198.18.0.0/15: test topologies use only the benchmarking range (RFC 2544)"
+        )
+    if iface.network.prefixlen <= 30 and iface.ip in (
+        iface.network.network_address,
+        iface.network.broadcast_address,
+    ):
+        which = "network" if iface.ip == iface.network.network_address else "broadcast"
+        raise ValueError(f"{iface.ip} is the {which} address of {iface.network}, not a host address")
     return iface
+
+
+def check_pair(stack: ipaddress.IPv4Interface, peer: ipaddress.IPv4Interface) -> None:
+    """The stack and its Linux peer: two different addresses of one subnet (ValueError otherwise)."""
+    if stack.ip == peer.ip:
+        raise ValueError(f"the stack's address {stack.ip} is the peer's: they need two different addresses")
+    if stack.network != peer.network:
+        raise ValueError(
+            f"the stack's {stack} and the peer's {peer} are not one subnet: give both the same prefix"
+        )
 
 
 # ---------------------------------------------------------------------------------------- entering a netns
 
 
 def netns_path(netns: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, netns)
+    """The namespace's file: always directly in NETNS_RUN_DIR (the name is checked first)."""
+    return os.path.join(NETNS_RUN_DIR, check_netns_name(netns))
 
 
 def netns_exists(netns: str) -> bool:
@@ -115,6 +190,7 @@ def run_in_netns(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` inside ``netns`` on a short-lived thread (the caller's namespace is untouched)."""
     if netns is None:
         return fn(*args)
+    check_netns_name(netns)
 
     def inside() -> T:
         with setns(netns):
@@ -144,7 +220,7 @@ def _on_thread(fn: Callable[[], T], name: str) -> T:
 
 def netns_exec(netns: str, *argv: str) -> list[str]:
     """The argv that runs a Linux program inside ``netns``."""
-    return ["ip", "netns", "exec", netns, *argv]
+    return ["ip", "netns", "exec", check_netns_name(netns), *argv]
 
 
 def run(
@@ -169,6 +245,7 @@ def create_netns(name: str) -> None:
     stops it with would reach the loop as if sent to us (a command then ends right after starting)."""
     from pyroute2 import netns as pr_netns
 
+    path = netns_path(name)  # absolute: pyroute2 takes a name with a '/' in it as a path of its own
     check_network()
 
     def unshare_and_attach() -> None:
@@ -176,17 +253,18 @@ def create_netns(name: str) -> None:
         if libc.unshare(CLONE_NEWNET) != 0:  # this thread only: Linux keeps the network namespace per thread
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
-        pr_netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net on /run/netns/NAME
+        pr_netns.attach(path, "thread-self")  # bind-mounts /proc/thread-self/ns/net on the new file there
 
     _on_thread(unshare_and_attach, f"netns-create-{name}")
 
 
 def remove_netns(name: str) -> None:
     """Remove a namespace by name (its interfaces go with it); absent is fine."""
-    if netns_exists(name):
+    path = netns_path(name)
+    if os.path.exists(path):
         from pyroute2 import netns as pr_netns
 
-        pr_netns.remove(name)
+        pr_netns.remove(path)
 
 
 def _write_sysctl(path: str, value: str) -> None:
@@ -213,10 +291,11 @@ def _ipr(netns: str | None) -> Any:
     install their signal handlers only after the set-up (see ``cli.common.stop_on_signals``)."""
     from pyroute2 import IPRoute
 
-    return IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    return IPRoute(netns=netns_path(netns), flags=0) if netns is not None else IPRoute()
 
 
 def link_index(netns: str | None, ifname: str) -> int | None:
+    check_ifname(ifname)
     if netns is not None and not netns_exists(netns):
         return None
     with _ipr(netns) as ipr:
@@ -255,6 +334,7 @@ def delete_link(netns: str | None, ifname: str) -> None:
 
 def move_link(ifname: str, netns: str, from_netns: str | None = None) -> None:
     """Move a link (set down first: a TAP is moved while down) into ``netns``."""
+    check_netns_name(netns)
     with _ipr(from_netns) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
         ipr.link("set", index=index, state="down")
@@ -275,7 +355,7 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-# ---------------------------------------------------------------------------------------- TAP topology
+# ---------------------------------------------------------------------------------------- topologies
 
 # TAP name -> namespace, for the TAPs that live topologies of this process have put into a namespace, so
 # that ``TapDevice(name)`` finds a TAP whose kernel side is no longer in the caller's namespace.
@@ -286,7 +366,82 @@ def netns_of_tap(tap_name: str) -> str | None:
     return _LIVE_TAPS.get(tap_name)
 
 
-class TapTopology:
+class NamespaceBusy(RuntimeError):
+    """The namespace already has a live stack (or a foreign TAP) on the subnet a topology was asked for."""
+
+
+class _Topology:
+    """What both topologies share, so that nothing they make outlives the process however it ends.
+
+    Every resource is noted in the process's run record (``link.runs``) before it is made and dropped once it
+    is gone. While the topology lives, a termination signal left at its default raises ``Terminated`` (SIGINT
+    ``KeyboardInterrupt``) in the main thread, so ``with`` unwinds and removes everything; while it is being
+    built or taken down, the signal waits for that to finish. Building is idempotent to undo: a failure or a
+    signal at any step removes what the steps before made.
+    """
+
+    def __init__(self) -> None:
+        self._made: list[Resource] = []  # registered, in creation order; removed in reverse
+        self._pid = os.getpid()  # a forked child's copy of the topology removes nothing
+        self._signals: contextlib.ExitStack | None = None
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _before_teardown(self) -> None:
+        """Hook: what must happen before the links go (a TAP's device is closed)."""
+
+    def __enter__(self) -> Any:
+        check_network()
+        self._pid = os.getpid()
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(terminate_on_signals())
+        try:
+            with deferred_signals():
+                self._build()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if os.getpid() != self._pid:
+            return
+        try:
+            with deferred_signals():
+                self._teardown()
+        finally:
+            if self._signals is not None:
+                signals, self._signals = self._signals, None
+                signals.close()
+
+    def _make(self, resource: Resource, create: Callable[[], object]) -> None:
+        """Note ``resource``, then create it; noted first, so an end in between cannot leak it."""
+        register(resource)
+        self._made.append(resource)
+        try:
+            create()
+        except FileExistsError:  # someone else's: not ours to remove
+            self._made.remove(resource)
+            unregister(resource)
+            raise
+
+    def _teardown(self) -> None:
+        from tcpchimney.link.leftovers import remove_resource
+
+        try:
+            self._before_teardown()
+        finally:
+            for resource in reversed(list(self._made)):
+                if remove_resource(resource):  # False: kept (in use by another live run) or not removable
+                    unregister(resource)
+                self._made.remove(resource)
+
+
+class TapTopology(_Topology):
     """A namespace holding the Linux kernel as the peer, and a TAP whose kernel side lives there.
 
     ``with TapTopology(peer="198.18.0.1/24", stack="198.18.0.2/24") as topo:`` gives ``topo.netns``,
@@ -295,8 +450,13 @@ class TapTopology:
     ``topo.device``: the stack's ``TapDevice``, opened on first use (or open one yourself with
     ``TapDevice(topo.tap_name, netns=topo.netns)``; only one may be open at a time).
 
-    The TAP is made persistent inside the namespace (IPv6 already off there), so it outlives a closed device;
-    on exit it is deleted by name, and the namespace is removed if this topology created it.
+    Names and addresses are checked here, before anything exists: ``ValueError`` says what is wrong. The TAP
+    is made persistent inside the namespace (IPv6 already off there), so it outlives a closed device; on exit
+    it is deleted by name, and the namespace is removed if this topology created it (or took it over from a
+    run that died without removing it). In an existing namespace, TAPs left by dead runs are removed first
+    (listed in ``topo.removed``), and a live stack on the same subnet there makes ``__enter__`` raise
+    ``NamespaceBusy``.
+    Termination signals end the program through ``__exit__`` (see ``_Topology``).
     """
 
     def __init__(
@@ -311,12 +471,12 @@ class TapTopology:
         offloads: bool = True,
         stack_mac: str | None = None,
     ) -> None:
+        super().__init__()
         self.peer_if = check_address(peer)
         self.stack_if = check_address(stack)
-        if self.stack_if.ip not in self.peer_if.network:
-            raise ValueError(f"{self.stack_if.ip} is not on the peer's subnet {self.peer_if.network}")
-        self.netns = netns or unique_name("ns")
-        self.tap_name = tap_name or unique_name("tap")
+        check_pair(self.stack_if, self.peer_if)
+        self.netns = check_netns_name(netns) if netns is not None else unique_name("ns")
+        self.tap_name = check_ifname(tap_name) if tap_name is not None else unique_name("tap")
         self.mtu = mtu
         self.txqueuelen = txqueuelen
         self.vnet_hdr = vnet_hdr
@@ -324,6 +484,7 @@ class TapTopology:
         self.stack_mac = stack_mac or random_mac()
         self.peer_mac = ""
         self.created_netns = False
+        self.removed: list[str] = []  # what was left in the namespace by dead runs and removed first
         self._device: TapDevice | None = None
 
     @property
@@ -349,42 +510,57 @@ class TapTopology:
         return self._device
 
     def __enter__(self) -> TapTopology:
-        check_network()
-        try:
+        return super().__enter__()  # type: ignore[no-any-return]
+
+    def _build(self) -> None:
+        from tcpchimney.link import leftovers
+        from tcpchimney.link.tap import create_persistent_tap
+
+        with locked():  # a second topology starting at once sees this one's TAP once it looks
             if not netns_exists(self.netns):
-                create_netns(self.netns)
+                self._make(Resource(NETNS, self.netns), lambda: create_netns(self.netns))
                 self.created_netns = True
+            else:
+                self.removed = leftovers.prepare_namespace(self.netns, self.peer_if, self.tap_name)
+                self.created_netns = leftovers.adopt_dead_claim(self.netns)
+                if self.created_netns:
+                    self._made.append(Resource(NETNS, self.netns))
             harden_netns(self.netns)  # before the TAP exists there
-            from tcpchimney.link.tap import create_persistent_tap
-
+            if link_index(self.netns, self.tap_name) is not None:
+                raise FileExistsError(
+                    f"a link named {self.tap_name} already exists in namespace {self.netns}"
+                )
             _LIVE_TAPS[self.tap_name] = self.netns
-            create_persistent_tap(self.tap_name, self.netns)
+            self._make(
+                Resource(LINK, self.tap_name, self.netns),
+                lambda: create_persistent_tap(self.tap_name, self.netns),
+            )
             self.peer_mac = configure_link(self.netns, self.tap_name, self.peer_if, self.mtu, self.txqueuelen)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._device is not None:
-                self._device.close()
-                self._device = None
-            delete_link(self.netns, self.tap_name)
-        finally:
-            _LIVE_TAPS.pop(self.tap_name, None)
-            if self.created_netns:
-                remove_netns(self.netns)
+    def _before_teardown(self) -> None:
+        _LIVE_TAPS.pop(self.tap_name, None)
+        if self._device is not None:
+            device, self._device = self._device, None
+            device.close()
+        if not self.created_netns and netns_exists(self.netns):
+            # The run that created this namespace may have ended meanwhile, leaving it to us (it keeps a
+            # namespace other live runs use): the last one out removes it, after its TAP.
+            from tcpchimney.link import leftovers
+
+            with locked():
+                if leftovers.adopt_dead_claim(self.netns):
+                    self.created_netns = True
+                    self._made.insert(0, Resource(NETNS, self.netns))
 
 
 # ---------------------------------------------------------------------------------------- veth topology
 
 
-class VethTopology:
+class VethTopology(_Topology):
     """Two namespaces joined by a veth pair: kernel <-> kernel, or an AF_PACKET device on one end.
 
     ``topo.ns_a``/``topo.ns_b``, ``topo.if_a``/``topo.if_b``, ``topo.ip_a``/``topo.ip_b``; both namespaces and
-    the pair are removed by name on exit.
+    the pair are removed by name on exit (also after a termination signal: see ``_Topology``).
     """
 
     def __init__(
@@ -394,8 +570,11 @@ class VethTopology:
         mtu: int | None = None,
         txqueuelen: int = DEFAULT_TXQUEUELEN,
     ) -> None:
+        super().__init__()
         self.addr_a = check_address(ip_a)
         self.addr_b = check_address(ip_b) if ip_b else None  # None: end b left to a user-space stack
+        if self.addr_b is not None:
+            check_pair(self.addr_b, self.addr_a)
         self.mtu = mtu
         self.txqueuelen = txqueuelen
         self.ns_a = unique_name("ns")
@@ -414,25 +593,20 @@ class VethTopology:
         return str(self.addr_b.ip) if self.addr_b else None
 
     def __enter__(self) -> VethTopology:
-        check_network()
-        try:
-            for ns in (self.ns_a, self.ns_b):
-                create_netns(ns)
-                harden_netns(ns)
+        return super().__enter__()  # type: ignore[no-any-return]
+
+    def _build(self) -> None:
+        for ns in (self.ns_a, self.ns_b):
+            self._make(Resource(NETNS, ns), lambda ns=ns: create_netns(ns))  # type: ignore[misc]
+            harden_netns(ns)
+
+        def add_pair() -> None:
             with _ipr(None) as ipr:
                 ipr.link("add", ifname=self.if_a, kind="veth", peer=self.if_b)
-            move_link(self.if_a, self.ns_a)
-            move_link(self.if_b, self.ns_b)
-            self.mac_a = configure_link(self.ns_a, self.if_a, self.addr_a, self.mtu, self.txqueuelen)
-            self.mac_b = configure_link(self.ns_b, self.if_b, self.addr_b, self.mtu, self.txqueuelen)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            delete_link(None, self.if_a)  # still in the initial namespace if a move failed
-        finally:
-            remove_netns(self.ns_a)
-            remove_netns(self.ns_b)
+        # Noted in the initial namespace: once moved, the pair goes with the namespaces.
+        self._make(Resource(LINK, self.if_a, None), add_pair)
+        move_link(self.if_a, self.ns_a)
+        move_link(self.if_b, self.ns_b)
+        self.mac_a = configure_link(self.ns_a, self.if_a, self.addr_a, self.mtu, self.txqueuelen)
+        self.mac_b = configure_link(self.ns_b, self.if_b, self.addr_b, self.mtu, self.txqueuelen)

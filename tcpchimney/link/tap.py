@@ -20,7 +20,14 @@ import struct
 from typing import Any
 
 from tcpchimney.link.device import Capture, FrameDevice
-from tcpchimney.link.netns import DEFAULT_TXQUEUELEN, TUN_PATH, NetworkUnavailable, netns_of_tap, run_in_netns
+from tcpchimney.link.netns import (
+    DEFAULT_TXQUEUELEN,
+    TUN_PATH,
+    NetworkUnavailable,
+    check_ifname,
+    netns_of_tap,
+    run_in_netns,
+)
 from tcpchimney.link.vnet import VNET_HDR_LEN, VNET_HDR_MRG_LEN, tx_header
 from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
@@ -76,6 +83,7 @@ def configure_interface(name: str, mtu: int | None, txqueuelen: int | None) -> i
 
 def create_persistent_tap(name: str, netns: str | None = None) -> None:
     """A TAP that outlives its file descriptor, created inside ``netns``; delete it with netns.delete_link."""
+    check_ifname(name)
 
     def body() -> None:
         fd, _ = _open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
@@ -106,6 +114,7 @@ class TapDevice(FrameDevice):
         capture: Capture | None = None,
         vnet_hdr_size: int = VNET_HDR_LEN,
     ) -> None:
+        check_ifname(name)  # the kernel would cut a long name to 15 bytes, or fill a '%d' in
         if vnet_hdr_size not in (VNET_HDR_LEN, VNET_HDR_MRG_LEN):
             raise ValueError(f"a virtio-net header is 10 or 12 bytes, not {vnet_hdr_size}")
         if not os.path.exists(TUN_PATH):

@@ -40,3 +40,11 @@ def test_missing_namespace_raises() -> None:
 
 def test_in_netns_argv() -> None:
     assert in_netns("ns1", "curl", "-s") == ["ip", "netns", "exec", "ns1", "curl", "-s"]
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ""])
+def test_hostile_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="is not a namespace name"):
+        in_netns(name, "true")
+    with pytest.raises(ValueError, match="is not a namespace name"):
+        socket_in_netns(name)
