@@ -232,6 +232,15 @@ def test_hostile_records_are_errors_not_reads(header: tuple[int, int, int], head
     assert err.value.reason == reason
 
 
+def test_a_record_that_would_cross_the_end_of_the_ring_is_an_error() -> None:
+    mem = memoryview(bytearray(ring_bytes(1, BYTES)))
+    U64.pack_into(mem, RING_TAIL_OFF, 200)
+    RECORD_HEADER.pack_into(mem, RING_DATA_OFF + 200, 100, RecordKind.CONTROL, 0)  # 200 + 112 > 256
+    with pytest.raises(ArenaError) as err:
+        _published(mem, 200 + BYTES).take(limit=1)  # all published: only the end of the ring is crossed
+    assert err.value.reason == "ring_record"
+
+
 def test_a_pad_must_cover_exactly_the_rest_of_the_ring() -> None:
     mem, p, c = byte_ring()
     assert p.put(RecordKind.CONTROL, b"x" * 100)  # 112 bytes
