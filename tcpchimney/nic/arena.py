@@ -47,7 +47,6 @@ from tcpchimney.nic.descriptors import (
     RECORD_SLOT_OFF,
     RING_ENTRY,
     RING_TABLE_OFF,
-    U64,
     VERSION,
     ArenaError,
     Binding,
@@ -55,6 +54,7 @@ from tcpchimney.nic.descriptors import (
     RingId,
     RingKind,
     Side,
+    word_view,
 )
 from tcpchimney.nic.ring import (
     ByteConsumer,
@@ -205,6 +205,7 @@ class Arena:
         self.fd = fd
         self._mm = mm
         self.mem = memoryview(mm)
+        self.words = word_view(self.mem)  # the live words: one 8-byte access each (descriptors.py)
         self.layout = layout
         self.side = side
         self._bindings: dict[int, Binding] = {}  # host: what it wrote; NIC: what it validated
@@ -255,6 +256,7 @@ class Arena:
 
     def close(self) -> None:
         """Unmap and close the fd. Every ring endpoint of this arena is unusable afterwards."""
+        self.words.release()
         self.mem.release()
         self._mm.close()
         os.close(self.fd)
@@ -262,11 +264,11 @@ class Arena:
     # --- words ------------------------------------------------------------------------------------------
 
     def load(self, off: int) -> int:
-        value: int = U64.unpack_from(self.mem, off)[0]
+        value: int = self.words[off // 8]
         return value
 
     def store(self, off: int, value: int) -> None:
-        U64.pack_into(self.mem, off, value)
+        self.words[off // 8] = value
 
     @property
     def epoch(self) -> int:
@@ -298,7 +300,7 @@ class Arena:
 
     # --- rings ------------------------------------------------------------------------------------------
 
-    def _ring(self, ring_id: RingId, kind: RingKind, produce: bool) -> tuple[int, int, str]:
+    def _ring(self, ring_id: RingId, kind: RingKind, produce: bool) -> tuple[int, int, str, memoryview]:
         spec, off = self.layout.rings[ring_id]
         if spec.kind is not kind:
             raise ValueError(f"{ring_id.name} is a {spec.kind.name} ring")
@@ -306,7 +308,7 @@ class Arena:
             raise PermissionError(
                 f"the {self.side.name} does not {'produce' if produce else 'consume'} there"
             )
-        return off, spec.capacity, ring_id.name
+        return off, spec.capacity, ring_id.name, self.words
 
     def descriptor_producer(self, ring_id: RingId) -> DescriptorProducer:
         return DescriptorProducer(self.mem, *self._ring(ring_id, RingKind.DESCRIPTOR, True))
@@ -325,7 +327,7 @@ class Arena:
         before this are stale; make new ones."""
         self._require(Side.HOST)
         for _, off in self.layout.rings.values():
-            reset_ring(self.mem, off)
+            reset_ring(self.words, off)
 
     # --- bindings and buffers -----------------------------------------------------------------------------
 

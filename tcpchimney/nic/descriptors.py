@@ -2,10 +2,13 @@
 field for a NIC written in another language).
 
 All integers are little-endian. Every word that the other process reads while this one may be writing it is
-an aligned 8-byte word (u64), stored and loaded with one ``struct`` call: on x86-64 that is one 8-byte move,
-so it is never seen half-written (see doorbell.py for the ordering assumptions). Multi-field structures are
-never read while their writer may be writing them, except the connection record, which carries its own
-commit generation for exactly that reason.
+an aligned 8-byte word (u64), stored and loaded through ``word_view`` (a ``memoryview`` cast to ``"Q"``):
+item access is one 8-byte memcpy, which is one move on x86-64, so the word is never seen half-written (see
+doorbell.py for the ordering assumptions). Not through ``struct.pack_into``: it zeroes its destination before
+writing the fields, so a reader in the other process can see 0 in between (measured: a consumer saw the
+producer's head go to 0 about once per 100,000 publishes). Multi-field structures are written with
+``struct`` only where nobody reads them meanwhile: a slot before it is published, a record slot before its
+commit word names it.
 
 Nothing here does I/O. ``ArenaError`` is what any reader raises when a value written by the other side is out
 of range: the host turns it into "NIC broken" and never reads outside the arena because of it.
@@ -14,6 +17,7 @@ of range: the host turns it into "NIC broken" and never reads outside the arena 
 from __future__ import annotations
 
 import struct
+import sys
 from enum import IntEnum
 from typing import Final, NamedTuple
 
@@ -58,7 +62,15 @@ RING_ENTRY: Final = struct.Struct("<HBBIQQ8x")  # ring_id, kind, producer, slot_
 assert RING_ENTRY.size == 32
 assert RING_TABLE_OFF + MAX_RINGS * RING_ENTRY.size <= HEADER_SIZE
 
-U64: Final = struct.Struct("<Q")
+U64: Final = struct.Struct("<Q")  # for fields of structures; never for a live word (see above)
+
+
+def word_view(mem: memoryview) -> memoryview:
+    """The arena as u64 words: ``words[off // 8]`` loads or stores the aligned word at byte ``off`` in one
+    8-byte access. Native order, so little-endian machines only (as are the formats)."""
+    if sys.byteorder != "little":
+        raise RuntimeError("the arena formats are little-endian and its words are accessed natively")
+    return mem.cast("B").cast("Q")
 
 
 class Side(IntEnum):

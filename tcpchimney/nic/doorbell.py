@@ -17,9 +17,10 @@ Producer (``Doorbell``), after publishing a batch: fences, loads the sleep word,
 if the word is odd and is not a sleep it already rang for. An awake or spinning consumer costs the producer
 one fence and one load, no system call.
 
-Memory ordering (x86-64 only; not valid on ARM): the words are aligned 8-byte values stored and loaded with
-one ``struct`` call each, which CPython compiles to an 8-byte memcpy (``_struct.c`` swaps its native
-packers into the ``<`` table when sizes match) -- one move, never torn. x86-64 is TSO: stores become visible
+Memory ordering (x86-64 only; not valid on ARM): the words are aligned 8-byte values stored and loaded as
+items of a ``memoryview`` cast to ``"Q"``, which CPython does with one 8-byte memcpy (``PACK_SINGLE`` /
+``UNPACK_SINGLE`` in ``memoryobject.c``) -- one move, never torn. (Not ``struct.pack_into``: it zeroes the
+destination first, see descriptors.py.) x86-64 is TSO: stores become visible
 in program order and loads are not reordered with other loads, so "write the slot, then store head" and "load
 head, then read the slot" need no fence. The one reordering TSO allows is a later load passing an earlier
 store (the store buffer), which is exactly the Dekker pattern above (consumer: store sleep word, load head;
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from tcpchimney.nic.descriptors import H2N_SLEEP_OFF, N2H_SLEEP_OFF, U64
+from tcpchimney.nic.descriptors import H2N_SLEEP_OFF, N2H_SLEEP_OFF
 
 _FENCE = _thread.allocate_lock()
 
@@ -67,10 +68,10 @@ def make_eventfd() -> int:
 class Doorbell:
     """The producer's side of one direction."""
 
-    def __init__(self, mem: memoryview, efd: int, direction: Direction) -> None:
-        self._mem = mem
+    def __init__(self, words: memoryview, efd: int, direction: Direction) -> None:
+        self._words = words  # the arena's word view (Arena.words)
         self._efd = efd
-        self._word = SLEEP_WORD[direction]
+        self._word = SLEEP_WORD[direction] // 8
         self._rang_for = -1  # the sleep (odd word) this side already woke
         self.rung = 0  # eventfd writes
         self.suppressed = 0  # ring() calls that found the consumer awake, or already woken
@@ -78,7 +79,7 @@ class Doorbell:
     def ring(self) -> bool:
         """After publishing: wake the consumer if it sleeps. True if the eventfd was written."""
         fence()
-        word: int = U64.unpack_from(self._mem, self._word)[0]
+        word: int = self._words[self._word]
         if word & 1 and word != self._rang_for:
             self._rang_for = word
             self.kick()
@@ -100,18 +101,18 @@ class Waiter:
 
     def __init__(
         self,
-        mem: memoryview,
+        words: memoryview,
         efd: int,
         direction: Direction,
         spin_s: float = 75e-6,
         sleep_bound_s: float = 0.010,
     ) -> None:
-        self._mem = mem
+        self._words = words  # the arena's word view (Arena.words)
         self._efd = efd
-        self._word = SLEEP_WORD[direction]
+        self._word = SLEEP_WORD[direction] // 8
         # Continue the numbering of an earlier consumer of this direction (a NIC before a restart), so a
         # producer that remembers having rung sleep n never mistakes this process's sleep n for it.
-        previous: int = U64.unpack_from(mem, self._word)[0]
+        previous: int = words[self._word]
         self._seq = previous + 2 - (previous & 1)
         self._store()
         self._poll = select.poll()
@@ -130,7 +131,7 @@ class Waiter:
         return self._efd
 
     def _store(self) -> None:
-        U64.pack_into(self._mem, self._word, self._seq)
+        self._words[self._word] = self._seq
 
     def spin(self, has_work: Callable[[], bool]) -> bool:
         """Re-check for ``spin_s``; True as soon as there is work."""

@@ -9,6 +9,7 @@ every read: a value that moves backwards or jumps beyond the ring is an ``ArenaE
 
 Publishing: the producer writes the slot (or record), then stores ``head``. On x86-64 stores become visible in
 program order, so a consumer that sees the new ``head`` sees the slot (doorbell.py states the assumptions).
+The counters are items of a ``"Q"`` word view (one 8-byte access), never ``struct`` calls (descriptors.py).
 
 Two kinds:
 
@@ -35,11 +36,11 @@ from tcpchimney.nic.descriptors import (
     RING_DATA_OFF,
     RING_HEAD_OFF,
     RING_TAIL_OFF,
-    U64,
     ArenaError,
     Descriptor,
     RecordKind,
     record_span,
+    word_view,
 )
 
 _SLOT = DESCRIPTOR.size
@@ -53,10 +54,10 @@ def ring_bytes(kind_slot: int, capacity: int) -> int:
     return RING_DATA_OFF + kind_slot * capacity
 
 
-def reset_ring(mem: memoryview, offset: int) -> None:
+def reset_ring(words: memoryview, offset: int) -> None:
     """Empty a ring by zeroing both counters. Only while no other process is attached (after a fence)."""
-    U64.pack_into(mem, offset + RING_HEAD_OFF, 0)
-    U64.pack_into(mem, offset + RING_TAIL_OFF, 0)
+    words[(offset + RING_HEAD_OFF) // 8] = 0
+    words[(offset + RING_TAIL_OFF) // 8] = 0
 
 
 def _check_counters(head: int, tail: int, capacity: int, ring: str) -> None:
@@ -65,36 +66,41 @@ def _check_counters(head: int, tail: int, capacity: int, ring: str) -> None:
 
 
 class _Endpoint:
-    __slots__ = ("_cap", "_data", "_head_off", "_mem", "_tail_off", "name")
+    __slots__ = ("_cap", "_data", "_head_i", "_mem", "_tail_i", "_words", "name")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, slot: int, name: str) -> None:
-        if capacity <= 0 or offset < 0 or offset + ring_bytes(slot, capacity) > len(mem):
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, slot: int, name: str, words: memoryview | None
+    ) -> None:
+        if capacity <= 0 or offset < 0 or offset % 8 or offset + ring_bytes(slot, capacity) > len(mem):
             raise ArenaError("ring_region", f"{name}: offset {offset}, capacity {capacity}")
         self._mem = mem
+        self._words = word_view(mem) if words is None else words  # the counters: one 8-byte access each
         self._cap = capacity
-        self._head_off = offset + RING_HEAD_OFF
-        self._tail_off = offset + RING_TAIL_OFF
+        self._head_i = (offset + RING_HEAD_OFF) // 8
+        self._tail_i = (offset + RING_TAIL_OFF) // 8
         self._data = offset + RING_DATA_OFF
         self.name = name
 
-    def _load(self, off: int) -> int:
-        value: int = U64.unpack_from(self._mem, off)[0]
+    def _load(self, index: int) -> int:
+        value: int = self._words[index]
         return value
 
 
 class _Producer(_Endpoint):
     __slots__ = ("_head", "_published", "_tail", "stalls")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, slot: int, name: str) -> None:
-        super().__init__(mem, offset, capacity, slot, name)
-        self._head = self._load(self._head_off)
-        self._tail = self._load(self._tail_off)
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, slot: int, name: str, words: memoryview | None
+    ) -> None:
+        super().__init__(mem, offset, capacity, slot, name, words)
+        self._head = self._load(self._head_i)
+        self._tail = self._load(self._tail_i)
         _check_counters(self._head, self._tail, capacity, name)
         self._published = self._head
         self.stalls = 0  # puts refused because the ring was full
 
     def _refresh_tail(self) -> None:
-        tail = self._load(self._tail_off)
+        tail = self._load(self._tail_i)
         # The consumer can only consume what was published, and never gives anything back.
         if not self._tail <= tail <= self._published:
             raise ArenaError(
@@ -106,7 +112,7 @@ class _Producer(_Endpoint):
         """Make every put so far visible to the consumer; False if there was nothing new."""
         if self._head == self._published:
             return False
-        U64.pack_into(self._mem, self._head_off, self._head)
+        self._words[self._head_i] = self._head
         self._published = self._head
         return True
 
@@ -119,10 +125,12 @@ class _Producer(_Endpoint):
 class DescriptorProducer(_Producer):
     __slots__ = ("_mask",)
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
+    ) -> None:
         if capacity & (capacity - 1):
             raise ArenaError("ring_capacity", f"{name}: {capacity} slots is not a power of two")
-        super().__init__(mem, offset, capacity, _SLOT, name)
+        super().__init__(mem, offset, capacity, _SLOT, name, words)
         self._mask = capacity - 1
 
     def put(self, kind: int, flags: int, epoch: int, handle: int, a: int, b: int, c: int) -> bool:
@@ -142,17 +150,19 @@ class DescriptorProducer(_Producer):
 class DescriptorConsumer(_Endpoint):
     __slots__ = ("_mask", "_tail")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
+    ) -> None:
         if capacity & (capacity - 1):
             raise ArenaError("ring_capacity", f"{name}: {capacity} slots is not a power of two")
-        super().__init__(mem, offset, capacity, _SLOT, name)
+        super().__init__(mem, offset, capacity, _SLOT, name, words)
         self._mask = capacity - 1
-        self._tail = self._load(self._tail_off)
-        _check_counters(self._load(self._head_off), self._tail, capacity, name)
+        self._tail = self._load(self._tail_i)
+        _check_counters(self._load(self._head_i), self._tail, capacity, name)
 
     def available(self) -> int:
         """Descriptors published and not yet taken (one read of the producer's head, validated)."""
-        head = self._load(self._head_off)
+        head = self._load(self._head_i)
         _check_counters(head, self._tail, self._cap, self.name)
         return head - self._tail
 
@@ -176,7 +186,7 @@ class DescriptorConsumer(_Endpoint):
 
     def release(self) -> None:
         """Give the slots of everything taken back to the producer."""
-        U64.pack_into(self._mem, self._tail_off, self._tail)
+        self._words[self._tail_i] = self._tail
 
 
 class Record(NamedTuple):
@@ -188,10 +198,12 @@ class Record(NamedTuple):
 class ByteProducer(_Producer):
     __slots__ = ()
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
+    ) -> None:
         if capacity % RECORD_ALIGN or capacity < 4 * RECORD_ALIGN:
             raise ArenaError("ring_capacity", f"{name}: {capacity} bytes is not a multiple of {RECORD_ALIGN}")
-        super().__init__(mem, offset, capacity, 1, name)
+        super().__init__(mem, offset, capacity, 1, name, words)
 
     @property
     def max_payload(self) -> int:
@@ -227,16 +239,18 @@ class ByteProducer(_Producer):
 class ByteConsumer(_Endpoint):
     __slots__ = ("_tail",)
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
+    ) -> None:
         if capacity % RECORD_ALIGN or capacity < 4 * RECORD_ALIGN:
             raise ArenaError("ring_capacity", f"{name}: {capacity} bytes is not a multiple of {RECORD_ALIGN}")
-        super().__init__(mem, offset, capacity, 1, name)
-        self._tail = self._load(self._tail_off)
-        _check_counters(self._load(self._head_off), self._tail, capacity, name)
+        super().__init__(mem, offset, capacity, 1, name, words)
+        self._tail = self._load(self._tail_i)
+        _check_counters(self._load(self._head_i), self._tail, capacity, name)
 
     def available(self) -> int:
         """Bytes published and not yet taken (records and padding)."""
-        head = self._load(self._head_off)
+        head = self._load(self._head_i)
         _check_counters(head, self._tail, self._cap, self.name)
         if head % RECORD_ALIGN:
             raise ArenaError("ring_index", f"{self.name}: head {head} is not {RECORD_ALIGN}-aligned")
@@ -266,4 +280,4 @@ class ByteConsumer(_Endpoint):
 
     def release(self) -> None:
         """Give the space of everything taken back to the producer."""
-        U64.pack_into(self._mem, self._tail_off, self._tail)
+        self._words[self._tail_i] = self._tail

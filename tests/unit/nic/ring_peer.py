@@ -9,6 +9,7 @@ the two eventfds over that socket (``receive_arena``), writes one line ``ready``
 - ``hold K``: takes K descriptors and releases them, takes the rest without releasing, writes ``took N``
   and waits to be killed.
 - ``commit HANDLE N``: commits N records for HANDLE (rcv_nxt = 1..N), writes ``committed`` and waits.
+- ``beat N``: writes ``beating``, then N heartbeats as fast as it can, then waits.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def echo(arena: Arena, efd_h2n: int, efd_n2h: int, sock: socket.socket, bound: f
     ctl_in = arena.byte_consumer(RingId.H2N_CONTROL)
     data_out = arena.descriptor_producer(RingId.N2H_DATA)
     ctl_out = arena.byte_producer(RingId.N2H_CONTROL)
-    waiter = Waiter(arena.mem, efd_h2n, Direction.H2N, spin_s=50e-6, sleep_bound_s=bound)
-    bell = Doorbell(arena.mem, efd_n2h, Direction.N2H)
+    waiter = Waiter(arena.words, efd_h2n, Direction.H2N, spin_s=50e-6, sleep_bound_s=bound)
+    bell = Doorbell(arena.words, efd_n2h, Direction.N2H)
     epoch = arena.epoch & 0xFFFF
     done = False
     while not done:
@@ -70,6 +71,10 @@ def main() -> None:
         for i in range(1, n + 1):
             arena.commit(handle, ConnRecord(arena.binding(handle).conn_id, 0, i, i + 1000, i))
         sock.sendall(b"committed\n")
+    elif mode == "beat":
+        sock.sendall(b"beating\n")
+        for _ in range(int(sys.argv[3])):
+            arena.beat()
     signal.pause()  # until killed
 
 

@@ -22,6 +22,7 @@ from tcpchimney.nic.descriptors import (
     BINDING,
     H2N_KINDS,
     HEADER,
+    HEARTBEAT_OFF,
     N2H_KINDS,
     RECORD_SIZE,
     RECORD_SLOT,
@@ -299,6 +300,20 @@ def test_records_committed_by_a_process_killed_with_sigkill_stay_readable() -> N
             nic.proc.wait(timeout=30)
         assert host.read_record(4) == ConnRecord(31, 0, 50, 1050, 50)
         assert host.nic_words()[0] == nic.proc.pid
+
+
+def test_a_word_stored_by_another_process_is_never_seen_zeroed_or_torn() -> None:
+    beats = 1_500_000  # about 0.5 s: with struct.pack_into, a zero shows in nearly every run
+    with pair() as (host, _), peer(host, "beat", str(beats)) as nic:
+        assert nic.line() == "beating"
+        seen, reads = 0, 0
+        while seen < beats:
+            now = host.load(HEARTBEAT_OFF)
+            assert seen <= now <= beats, f"heartbeat {now} after {seen}"  # struct.pack_into zeroes first
+            seen = now
+            reads += 1
+            assert reads < 100_000_000
+        assert nic.proc.poll() is None  # it is still waiting, not dead
 
 
 def test_only_the_owner_writes_the_words_of_its_side() -> None:

@@ -39,8 +39,8 @@ def never() -> bool:
 
 def test_no_eventfd_write_while_the_consumer_is_awake(arenas: tuple[Arena, Arena, int]) -> None:
     host, nic, efd = arenas
-    Waiter(nic.mem, efd, Direction.H2N)
-    bell = Doorbell(host.mem, efd, Direction.H2N)
+    Waiter(nic.words, efd, Direction.H2N)
+    bell = Doorbell(host.words, efd, Direction.H2N)
     for _ in range(100):
         assert not bell.ring()
     assert not readable(efd)
@@ -49,8 +49,8 @@ def test_no_eventfd_write_while_the_consumer_is_awake(arenas: tuple[Arena, Arena
 
 def test_one_eventfd_write_per_sleep(arenas: tuple[Arena, Arena, int]) -> None:
     host, nic, efd = arenas
-    waiter = Waiter(nic.mem, efd, Direction.H2N)
-    bell = Doorbell(host.mem, efd, Direction.H2N)
+    waiter = Waiter(nic.words, efd, Direction.H2N)
+    bell = Doorbell(host.words, efd, Direction.H2N)
     for n in range(1, 4):
         assert waiter.begin_sleep(never)
         assert bell.ring()
@@ -65,8 +65,8 @@ def test_one_eventfd_write_per_sleep(arenas: tuple[Arena, Arena, int]) -> None:
 
 def test_work_seen_after_saying_asleep_cancels_the_sleep(arenas: tuple[Arena, Arena, int]) -> None:
     host, nic, efd = arenas
-    waiter = Waiter(nic.mem, efd, Direction.H2N)
-    bell = Doorbell(host.mem, efd, Direction.H2N)
+    waiter = Waiter(nic.words, efd, Direction.H2N)
+    bell = Doorbell(host.words, efd, Direction.H2N)
     assert not waiter.begin_sleep(lambda: True)  # the producer published just before "asleep"
     assert not bell.ring()  # the word says awake again
     assert waiter.counters()["sleeps_avoided"] == 1 and waiter.sleeps == 0
@@ -76,7 +76,7 @@ def test_a_spinning_consumer_picks_up_work_without_sleeping(arenas: tuple[Arena,
     host, nic, efd = arenas
     out = host.descriptor_producer(RingId.H2N_DATA)
     ring = nic.descriptor_consumer(RingId.H2N_DATA)
-    waiter = Waiter(nic.mem, efd, Direction.H2N, spin_s=1.0)
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=1.0)
     out.put(1, 0, 0, 0, 0, 0, 0)
     out.publish()
     assert waiter.wait(lambda: ring.available() > 0)
@@ -85,7 +85,7 @@ def test_a_spinning_consumer_picks_up_work_without_sleeping(arenas: tuple[Arena,
 
 def test_a_sleep_without_a_doorbell_ends_at_the_bound(arenas: tuple[Arena, Arena, int]) -> None:
     _, nic, efd = arenas
-    waiter = Waiter(nic.mem, efd, Direction.H2N, spin_s=0, sleep_bound_s=0.002)
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0, sleep_bound_s=0.002)
     assert not waiter.wait(never, timeout=3600)  # the bound wins over a longer timeout
     assert waiter.counters() == {
         "spins": 1,
@@ -101,7 +101,7 @@ def test_a_sleep_without_a_doorbell_ends_at_the_bound(arenas: tuple[Arena, Arena
 
 def test_work_published_without_a_doorbell_is_found_at_the_bound(arenas: tuple[Arena, Arena, int]) -> None:
     _, nic, efd = arenas
-    waiter = Waiter(nic.mem, efd, Direction.H2N, spin_s=0, sleep_bound_s=0.05)
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0, sleep_bound_s=0.05)
     work = threading.Event()
     threading.Timer(0.005, work.set).start()  # a producer that "forgets" to ring
     deadline = time.monotonic() + 30
@@ -114,8 +114,8 @@ def test_a_producer_thread_wakes_a_sleeping_consumer(arenas: tuple[Arena, Arena,
     host, nic, efd = arenas
     out = host.descriptor_producer(RingId.H2N_DATA)
     ring = nic.descriptor_consumer(RingId.H2N_DATA)
-    waiter = Waiter(nic.mem, efd, Direction.H2N, spin_s=0, sleep_bound_s=60)
-    bell = Doorbell(host.mem, efd, Direction.H2N)
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0, sleep_bound_s=60)
+    bell = Doorbell(host.words, efd, Direction.H2N)
 
     def produce() -> None:
         while not nic.load(H2N_SLEEP_OFF) & 1:
@@ -135,12 +135,12 @@ def test_a_producer_thread_wakes_a_sleeping_consumer(arenas: tuple[Arena, Arena,
 
 def test_a_restarted_consumer_continues_the_sleep_numbering(arenas: tuple[Arena, Arena, int]) -> None:
     host, nic, efd = arenas
-    bell = Doorbell(host.mem, efd, Direction.H2N)
-    first = Waiter(nic.mem, efd, Direction.H2N)
+    bell = Doorbell(host.words, efd, Direction.H2N)
+    first = Waiter(nic.words, efd, Direction.H2N)
     assert first.begin_sleep(never)
     assert bell.ring()
     # That consumer dies asleep; its successor maps the same arena.
-    second = Waiter(nic.mem, efd, Direction.H2N)
+    second = Waiter(nic.words, efd, Direction.H2N)
     assert not nic.load(H2N_SLEEP_OFF) & 1
     assert not bell.ring()
     os.eventfd_read(efd)

@@ -323,8 +323,8 @@ def test_a_second_process_attached_by_fd_echoes_descriptors_and_codec_messages()
         back = host.descriptor_consumer(RingId.N2H_DATA)
         ctl_out = host.byte_producer(RingId.H2N_CONTROL)
         ctl_back = host.byte_consumer(RingId.N2H_CONTROL)
-        bell = Doorbell(host.mem, nic.efds[0], Direction.H2N)
-        waiter = Waiter(host.mem, nic.efds[1], Direction.N2H)
+        bell = Doorbell(host.words, nic.efds[0], Direction.H2N)
+        waiter = Waiter(host.words, nic.efds[1], Direction.N2H)
         messages = [Disconnect(request_id=i, ctx=7, data=bytes(i * 10)) for i in range(20)]
         for m in messages:
             assert ctl_out.put(RecordKind.CONTROL, codec.encode(m))
@@ -374,9 +374,9 @@ def test_a_consumer_killed_mid_batch_leaves_the_ring_consistent_and_the_producer
 def test_a_peer_can_be_woken_while_it_sleeps() -> None:
     with pair() as (host, _), peer(host, "echo", "60") as nic:  # the peer sleeps up to 60 s at a time
         out = host.descriptor_producer(RingId.H2N_DATA)
-        bell = Doorbell(host.mem, nic.efds[0], Direction.H2N)
+        bell = Doorbell(host.words, nic.efds[0], Direction.H2N)
         back = host.descriptor_consumer(RingId.N2H_DATA)
-        waiter = Waiter(host.mem, nic.efds[1], Direction.N2H)
+        waiter = Waiter(host.words, nic.efds[1], Direction.N2H)
         for i in range(3):
             wait_until_asleep(host.mem)
             assert put(out, i) and out.publish()
