@@ -175,6 +175,9 @@ class DescriptorConsumer(_Endpoint):
         if n == 0:
             return []
         first = self._tail & self._mask
+        if n == 1:  # the common case of an unbatched exchange: no slice, no iterator
+            self._tail += 1
+            return [Descriptor._make(DESCRIPTOR.unpack_from(self._mem, self._data + first * _SLOT))]
         run = min(n, self._cap - first)  # up to the end of the data area, then from its start
         start = self._data + first * _SLOT
         out = list(map(Descriptor._make, DESCRIPTOR.iter_unpack(self._mem[start : start + run * _SLOT])))
