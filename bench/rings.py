@@ -17,8 +17,10 @@ Across processes (bench/rings_peer.py as the NIC, spawned; the two share the mac
   ``consumer_us_per_msg``: each side's CPU per descriptor.
 - ``rings_doorbell_rtt_us``: one descriptor there and back, median and p99 over 1,000 rounds; ``mode``
   sleep: both sides block on the eventfd between rounds (spin 0), spin: both spin up to 1 ms (never sleep).
+  ``late_wakeups``: sleeps, on either side, that ended at the bound with work waiting (a missed doorbell).
 - ``rings_idle_consumer_cpu_s``: a consumer with no work for 2 s (default 75 us spin, sleep bound
-  ``bound_ms``): its CPU seconds over those 2 s (getrusage), and ``wakeups_per_s`` (bound expiries).
+  ``bound_ms``; 50 is the default): its CPU seconds over those 2 s (getrusage), and ``wakeups_per_s``
+  (bound expiries).
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def ping_pong(mode: str, rounds: int = 1000) -> dict[str, object]:
             back.take()
             back.release()
             rtts.append((time.perf_counter() - start) * 1e6)
-        peer.report()
+        theirs = peer.report()
     finally:
         peer.close()
     rtts.sort()
@@ -247,6 +249,7 @@ def ping_pong(mode: str, rounds: int = 1000) -> dict[str, object]:
         "p99": round(rtts[int(len(rtts) * 0.99)], 1),
         "rounds": rounds,
         "doorbells_rung": bell.rung,
+        "late_wakeups": waiter.late_wakeups + int(theirs["late_wakeups"]),  # a missed doorbell, either side
     }
 
 
@@ -277,6 +280,7 @@ def run() -> Iterator[dict[str, object]]:
     yield cross_process(32)
     yield ping_pong("sleep")
     yield ping_pong("spin")
+    yield idle_cpu(50)  # the default bound
     yield idle_cpu(10)
     yield idle_cpu(1)
 

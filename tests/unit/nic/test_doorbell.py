@@ -148,3 +148,17 @@ def test_a_restarted_consumer_continues_the_sleep_numbering(arenas: tuple[Arena,
     assert bell.ring()  # a new sleep, not the one already rung for
     bell.kick()  # after a restart the host rings once whatever the word says
     assert bell.rung == 3
+
+
+def test_only_a_consumer_that_just_worked_spins(arenas: tuple[Arena, Arena, int]) -> None:
+    _, nic, efd = arenas
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0.001, sleep_bound_s=0.001)
+    for _ in range(3):
+        assert not waiter.wait(never)
+    assert (waiter.spins, waiter.sleeps) == (1, 3)  # an idle wake-up goes straight back to sleep
+    work = [False]
+    threading.Timer(0.0005, lambda: work.__setitem__(0, True)).start()
+    deadline = time.monotonic() + 30
+    while not waiter.wait(lambda: work[0]):
+        assert time.monotonic() < deadline
+    assert waiter.wait(lambda: True) and waiter.spins == 2  # after work, the spin is back
