@@ -34,7 +34,7 @@ glibc, not a language guarantee, so the sleep is also bounded: a wake-up missed 
 ``sleep_bound_s`` (50 ms by default), and ``late_wakeups`` counts timeouts that found work waiting. (Measured
 here: no late wake-up in 40,000 sleeping round trips, with the fence or without it, so the window is narrow;
 the fence costs 0.2 us per sleep and per ring.) The bound is also the idle cost: a wake-up of a sleeping
-process costs about 55 us of CPU on this VM, so an idle consumer spends about 0.1% of a CPU at 50 ms, 0.6%
+process costs about 45-100 us of CPU on this VM, so an idle consumer spends about 0.2% of a CPU at 50 ms, 0.4%
 at 10 ms and 3% at 1 ms (bench/rings.py). A wake-up that finds nothing goes back to sleep without spinning.
 """
 
