@@ -476,4 +476,9 @@ def receive_arena(sock: socket.socket, side: Side = Side.NIC, max_fds: int = 8) 
         for fd in fds:
             os.close(fd)
         raise ArenaError("handoff", f"{msg!r} with {len(fds)} fds")
-    return Arena.attach(fds[0], side), fds[1:]
+    try:
+        return Arena.attach(fds[0], side), fds[1:]  # attach owns fds[0], also when it fails
+    except (OSError, ArenaError):
+        for fd in fds[1:]:
+            os.close(fd)
+        raise

@@ -49,9 +49,10 @@ _PAD = int(RecordKind.PAD)
 _PAYLOAD_KINDS = frozenset(int(k) for k in RecordKind if k is not RecordKind.PAD)
 
 
-def ring_bytes(kind_slot: int, capacity: int) -> int:
-    """Bytes a ring's region takes: control block and data area (``kind_slot`` = slot size, 1 for bytes)."""
-    return RING_DATA_OFF + kind_slot * capacity
+def ring_bytes(slot: int, capacity: int) -> int:
+    """Bytes a ring's region takes: control block and data area (``slot``: 32 for descriptors, 1 for a byte
+    ring)."""
+    return RING_DATA_OFF + slot * capacity
 
 
 def reset_ring(words: memoryview, offset: int) -> None:

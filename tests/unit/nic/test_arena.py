@@ -385,3 +385,21 @@ def test_pool_buffers_never_overlap_and_all_space_comes_back(ops: list[tuple[boo
     for off in live:
         pool.free(off)
     assert pool.free_bytes() == 32 * 4096 and pool.alloc(32 * 4096) == 8192
+
+
+def test_a_refused_handoff_closes_every_fd_it_brought() -> None:
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 8192)
+    extra = os.eventfd(0)
+    a, b = socket.socketpair()
+    try:
+        socket.send_fds(a, [b"tcpchimney-arena-1"], [fd, extra])
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(ArenaError):
+            receive_arena(b)
+        assert set(os.listdir("/proc/self/fd")) <= before  # the two received copies are closed again
+    finally:
+        a.close()
+        b.close()
+        os.close(fd)
+        os.close(extra)
