@@ -13,7 +13,7 @@ import sys
 
 from tcpchimney.api.gctune import tune_gc
 
-MODULES = ["bench.core", "bench.tap_raw", "bench.tap", "bench.offload", "bench.attack"]
+MODULES = ["bench.core", "bench.tap_raw", "bench.tap", "bench.offload", "bench.attack", "bench.rings"]
 
 
 def main(argv: list[str]) -> int:
