@@ -73,6 +73,7 @@ class Reason(Enum):
     HARDWARE_FAILURE = "hardware_failure"
     SHUTDOWN = "shutdown"
     ORPHANED_FIN_WAIT_2 = "orphaned_fin_wait_2"
+    TARGET_FAILED = "target_failed"  # appended: the codec numbers enum members in definition order
 
     @property
     def group(self) -> ReasonGroup:
@@ -154,6 +155,7 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
         _H,
         "the application closed a FIN-WAIT-2 connection: the host runs its time limit",
     ),
+    Reason.TARGET_FAILED: (_R, "the target broke the offload contract: no offloads until it resumes"),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

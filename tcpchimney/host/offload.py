@@ -88,6 +88,7 @@ from tcpchimney.chimney.tree import (
 )
 from tcpchimney.host.counters import bump
 from tcpchimney.host.events import ConnectionEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
+from tcpchimney.host.offload_faults import check_indication, check_returned, lost_peer_probe
 from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
 from tcpchimney.tcp import snapshot as tcp_snapshot
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
@@ -104,7 +105,6 @@ from tcpchimney.tcp.events import (
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
     from tcpchimney.host.sockets import TcpSocket
@@ -264,6 +264,7 @@ class ConnOffload:
     base_una: SeqNum = _SEQ0  # SND.UNA at offload
     base_end: SeqNum = _SEQ0  # end of the send data at offload
     rcv_end: SeqNum = _SEQ0  # sequence number of the next byte the host expects from the target
+    last_indication: int | None = None  # the ReceiveIndication the host answered last
     submitted: int = 0  # bytes given in Sends since the offload
     acked: int = 0  # bytes the target reported ACKed (completions)
     send_blocked: bool = False
@@ -321,6 +322,7 @@ class OffloadManager:
         self.counters: dict[str, int] = {}
         self.now = 0.0
         self.paused = False
+        self.failed = False  # the target broke the contract beyond one connection (_target_failed)
         self.capabilities: TargetCapabilities = target.capabilities
         self._next_handle = 0
         self._next_request = 0
@@ -588,11 +590,17 @@ class OffloadManager:
         off.rcvq.clear()
         off.queued.clear()
         if off.state is OffloadState.OFFLOADED and off.ctx is not None:
-            off.rst_sent = True
-            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+            self._submit_abort(sock)
         self._finish(sock)
         if off.state is OffloadState.OFFLOADED:
             self._terminate(sock, None)
+
+    def _submit_abort(self, sock: TcpSocket) -> None:
+        """The target sends the RST (an abortive Disconnect); if it never got the call, the host's engine
+        sends it once the connection is back (``_uploaded``)."""
+        off = sock.offload
+        assert off is not None and off.ctx is not None
+        off.rst_sent = self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
 
     def configure(self, sock: TcpSocket) -> None:
         off = self._record(sock)
@@ -626,6 +634,8 @@ class OffloadManager:
         # copy frozen at its offload, which still says ESTABLISHED.
         if sock.state not in _OFFLOADABLE_NOW or conn.fin_queued or conn.orphaned:
             return Reason.STATE_NOT_OFFLOADABLE
+        if self.failed:
+            return Reason.TARGET_FAILED
         if self.paused:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:
@@ -787,6 +797,7 @@ class OffloadManager:
         off.base_una, off.base_end = d.snd_una, d.snd_una + len(d.send_data)
         off.rcv_end = d.buffered_start + len(d.buffered_data)
         off.submitted = off.acked = off.outstanding = off.taken = off.trim = 0
+        off.last_indication = None
         off.inflight.clear()
         off.returned.clear()
         off.held.clear()
@@ -845,8 +856,7 @@ class OffloadManager:
         off = sock.offload
         assert off is not None and off.ctx is not None
         if off.aborted:
-            off.rst_sent = True
-            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+            self._submit_abort(sock)
             self._terminate(sock, None)
             return
         if off.held:
@@ -943,6 +953,13 @@ class OffloadManager:
         assert off is not None
         if off.state is not OffloadState.OFFLOADED or off.ctx is None:
             return  # uploading: take nothing, the terminate completion returns it as buffered data
+        try:
+            check_indication(off, ind)
+        except ProtocolViolationError as exc:
+            # Not answered: the upload takes back what the target holds, from the byte the host expects.
+            self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
+            return
+        off.last_indication = ind.indication_id
         take = len(ind.data) if off.closed or off.finished else min(len(ind.data), self._rcv_space(sock))
         self._submit(ReturnReceive(self._rid(), off.ctx, ind.indication_id, take), _Pending("data", sock))
         off.rcv_end = off.rcv_end + take
@@ -996,8 +1013,7 @@ class OffloadManager:
             # connection: its state is lost, the peer reset nothing. The terminate fails and the host
             # resets the peer (_lost).
             off.aborted = True
-        else:
-            off.reset = True
+        off.reset = True
         self._finish(sock)
         self.upload(sock, Reason.PEER_RESET)
 
@@ -1289,10 +1305,15 @@ class OffloadManager:
         except PreconditionError:  # the path or neighbor is busy: upload the connection alone
             alone = build_tree([(PLACEHOLDER, PLACEHOLDER, triples[2])])
             request, objects = TerminateOffload(request.request_id, alone), ()
-            if not self._submit(request, _Pending("terminate", sock)):
+            try:
+                self.registry.submit(request)
+            except PreconditionError as exc:
+                bump(self.counters, "precondition_refused")
+                self.stack._internal_error(exc)
                 return False
-        else:
-            self._send_checked(request, _Pending("terminate", sock, objects))
+        if not self._send_checked(request, _Pending("terminate", sock, objects)):
+            self._lost(sock, "the target did not take the terminate: the connection's state is lost")
+            return False
         for obj in objects:
             self._drop_shared(obj)
         off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
@@ -1313,11 +1334,14 @@ class OffloadManager:
             self.registry.submit(request)
         except PreconditionError:  # a path or neighbor is busy: each connection alone
             return sum(self._terminate(sock, reason) for sock in socks)
+        if not self._send_checked(request, _Pending("terminate", None, objects, tuple(socks))):
+            for sock in socks:
+                self._lost(sock, "the target did not take the terminate: the connection's state is lost")
+            return 0
         for sock in socks:
             off = sock.offload
             assert off is not None
             off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
-        self._send_checked(request, _Pending("terminate", None, objects, tuple(socks)))
         for obj in objects:
             self._drop_shared(obj)
         return len(socks)
@@ -1412,38 +1436,13 @@ class OffloadManager:
         delegated = state.delegated if isinstance(state, TcpSnapshot) else state
         assert isinstance(delegated, TcpDelegated)
         try:
-            tail = self._check_returned(off, delegated)
+            tail, off.trim = check_returned(off, delegated)
         except ProtocolViolationError as exc:
             self._lost(sock, str(exc))
             return
+        if off.trim:
+            self._fault(None, Reason.HARDWARE_FAILURE, f"{off.trim} returned bytes were delivered already")
         self._reinstate(sock, delegated, tail)
-
-    def _check_returned(self, off: ConnOffload, d: TcpDelegated) -> bytes:
-        """Check the returned sequence numbers against what the host gave and took; returns the send bytes
-        the target did not keep (to append), trims buffered data the host already has."""
-        fin_acked = 1 if d.state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT) else 0  # SND.UNA is past it
-        end = d.snd_una + (len(d.send_data) - fin_acked)
-        expected = off.base_end + off.submitted
-        gap = expected.dist(end)
-        if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
-            raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
-        retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
-        if d.state is TcpState.CLOSED:
-            return b""  # nothing will be sent again: only an abort's RST needs the numbers
-        if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
-            raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
-        start = d.buffered_start
-        overlap = off.rcv_end.dist(start)
-        if overlap < 0:
-            raise ProtocolViolationError(
-                f"returned receive data starts at {int(start)}, the host holds up to {int(off.rcv_end)}"
-            )
-        if overlap:
-            if overlap > len(d.buffered_data):
-                raise ProtocolViolationError("returned receive data lies before what the host took")
-            self._fault(None, Reason.HARDWARE_FAILURE, f"{overlap} returned bytes were delivered already")
-        off.trim = overlap
-        return retained[len(retained) - gap :] if gap else b""
 
     def _reinstate(self, sock: TcpSocket, d: TcpDelegated, tail: bytes) -> None:
         """Rebuild the host engine from the returned state: queued sends appended, reads from the socket's
@@ -1565,28 +1564,28 @@ class OffloadManager:
         self._by_handle.pop(off.handle, None)
         off.state, off.ctx = OffloadState.IN_HOST, None
         self._fault(sock, Reason.HARDWARE_FAILURE, detail, act=False)
-        if not off.finished:
-            self._emit(sock, ConnectionReset())
-            off.finished = True
-            self.stack._forget(sock)
-            self._emit(sock, Closed())
+        self._give_up(sock)
         sock.conn.abort()
         self._discard_engine_events(sock)
         self._probe_lost_peer(sock)
 
-    def _probe_lost_peer(self, sock: TcpSocket) -> None:
-        """The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
-        window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1,
-        the SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with
-        an ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK
-        with an RST the peer accepts exactly (3.10.7.1)."""
+    def _give_up(self, sock: TcpSocket) -> None:
+        """The host aborted the connection for a fault: for the application it was reset (ECONNRESET in
+        every later call, the state CLOSED, what it had not read discarded), as after the peer's RST."""
         off = sock.offload
         assert off is not None
-        seq = off.base_una + (off.acked - 1)
-        probe = TcpSegment(
-            sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
-        )
-        self.stack._send_segment_stateless(sock.remote_ip, probe)
+        off.aborted = off.reset = True
+        if not off.finished:
+            off.rcvq.clear()
+            off.queued.clear()
+            self._emit(sock, ConnectionReset())
+            self._finish(sock)
+
+    def _probe_lost_peer(self, sock: TcpSocket) -> None:
+        """Make the peer answer so that the host's RST reaches it exactly (``lost_peer_probe``)."""
+        off = sock.offload
+        assert off is not None
+        self.stack._send_segment_stateless(sock.remote_ip, lost_peer_probe(sock, off))
 
     # ================================================================== completions and indications
 
@@ -1595,7 +1594,7 @@ class OffloadManager:
         try:
             self.registry.complete(completion)
         except ProtocolViolationError as exc:
-            self._violation(pending, str(exc))
+            self._violation(pending, str(exc), completion)
             return
         if pending is None:
             return
@@ -1617,18 +1616,65 @@ class OffloadManager:
         except ProtocolViolationError as exc:
             self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
 
-    def _violation(self, pending: _Pending | None, detail: str) -> None:
+    def _violation(self, pending: _Pending | None, detail: str, completion: Completion) -> None:
         socks = () if pending is None else pending.socks
         if pending is None or not socks:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
             return
-        if pending.kind in ("initiate", "terminate"):
+        if pending.kind == "initiate" and isinstance(completion, StateCompletion):
+            self._bad_initiate(pending, detail, completion.tree)
+            return
+        if pending.kind == "terminate":
             for obj in pending.objects:
                 self._drop_shared(obj)
             for sock in socks:
                 self._lost(sock, detail)  # the target's view of the connection is unknown
             return
         self._fault(socks[0], Reason.HARDWARE_FAILURE, detail)
+
+    def _bad_initiate(self, pending: _Pending, detail: str, answer: tuple[BlockList, ...]) -> None:
+        """An initiate answer the registry rejected. What it counts as held by the target (an object with a
+        handle of its own) the host can name: such a connection is uploaded at once and comes back intact
+        when its state checks; the new paths and neighbors go once unused. The rest is reset. A connection
+        the answer claims offloaded under a handle the host cannot use (one in use, or none) leaves a copy
+        on the target that only the target can name: the target is failed (``_target_failed``), so that
+        every path is emptied and terminated, and the target drops what still hangs on one."""
+        claimed = False
+        said_offloaded = {b.host_handle for b in walk(answer) if b.layer is Layer.TCP and b.status.ok}
+        for obj in pending.objects:
+            held = obj.handle in self.registry
+            obj.target_handle = self.registry.record(obj.handle).target_handle if held else None
+            if not held:
+                self._drop_shared(obj)
+        for sock in pending.socks:
+            off = sock.offload
+            assert off is not None
+            if off.handle in self.registry:
+                off.ctx, off.state = self.registry.record(off.handle).target_handle, OffloadState.OFFLOADED
+                self._fault(sock, Reason.HARDWARE_FAILURE, detail)  # uploads it
+            else:
+                claimed = claimed or off.handle in said_offloaded
+                self._lost(sock, detail)
+        for obj in pending.objects:
+            if obj.layer is Layer.PATH:
+                self._release(obj)
+            elif obj.target_handle is not None:
+                self._release_neighbor(obj)
+        if claimed:
+            self._target_failed(f"an initiate answer left the target holding a connection: {detail}")
+
+    def _target_failed(self, detail: str) -> None:
+        """The target broke the contract beyond one connection (its ``submit`` raised; it gave a handle
+        that names another object, so the host cannot name what it made): like corrupt hardware (spec
+        3.2), every connection comes back, those it cannot hand back are reset, and each path and neighbor
+        is terminated as its last connection leaves (the target drops whatever still hangs on one). No
+        connection is offered to it again until it announces TargetResumed."""
+        self._fault(None, Reason.HARDWARE_FAILURE, detail)
+        if self.failed:
+            return
+        self.failed = True
+        bump(self.counters, "target_failed")
+        self.upload_all(Reason.HARDWARE_FAILURE)
 
     def _fault(self, sock: TcpSocket | None, reason: Reason, detail: str, act: bool = True) -> None:
         bump(self.counters, "target_faults")
@@ -1641,7 +1687,7 @@ class OffloadManager:
         if isinstance(ind, TargetPaused):
             self.paused = True
         elif isinstance(ind, TargetResumed):
-            self.paused = False
+            self.paused = self.failed = False
             self.capabilities = ind.capabilities
             self._reconsider()  # what the pause refused may go now, under the new capabilities
         elif isinstance(ind, UploadAllRequested):
@@ -1765,12 +1811,21 @@ class OffloadManager:
             bump(self.counters, "precondition_refused")
             self.stack._internal_error(exc)
             return False
-        self._send_checked(request, pending)
-        return True
+        return self._send_checked(request, pending)
 
-    def _send_checked(self, request: Request, pending: _Pending) -> None:
+    def _send_checked(self, request: Request, pending: _Pending) -> bool:
+        """Hand a checked request to the target. A target's ``submit`` never raises (the contract: it
+        completes what it cannot do with a status); one that does is a failed target, and its exception
+        stops here, whatever socket call led to it. False: the request is treated as never made."""
         self._pending[request.request_id] = pending
-        self.target.submit(request, self.now)
+        try:
+            self.target.submit(request, self.now)
+        except Exception as exc:
+            self._pending.pop(request.request_id, None)
+            self.registry.abandon(request.request_id)
+            self._target_failed(f"submit({type(request).__name__}) raised {type(exc).__name__}: {exc}")
+            return False
+        return True
 
 
 def _branch(tree: tuple[BlockList, ...], tcp_handle: int) -> tuple[BlockList, ...]:

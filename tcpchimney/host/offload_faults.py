@@ -1,0 +1,110 @@
+"""What the host checks of a target's answers against its own accounting (docs/offload-contract.md "What
+the host checks"). Pure functions over a connection's offload record: each raises ProtocolViolationError
+naming what the target got wrong; ``host.offload`` reports the fault and recovers or resets the connection.
+
+The host never takes the target's word for what it cannot check; what it can check is what it issued or
+counted itself:
+
+- the bytes it took from the target (``rcv_end``: every indication starts exactly there; the receive data an
+  upload returns starts at or before it);
+- the bytes it gave the target (SND.UNA at offload plus the send data then plus every Send since: an upload
+  returns the stream ending there, SND.UNA not behind what the completions acknowledged);
+- the calls it made (a graceful Disconnect, an abort) and the peer events it was told of (FIN, RST): a
+  returned TCP state must be one those could have led to.
+
+The contract registry (``chimney.registry``) checks the rest: the shape of every answer, the handles it
+issued and those the target gave, the byte counts of data completions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tcpchimney.chimney.errors import ProtocolViolationError
+from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.tcp_state import FIN_OUTSTANDING, PEER_FIN_RECEIVED, TcpDelegated
+from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire import tcp as tcp_wire
+from tcpchimney.wire.tcp import TcpOptions, TcpSegment
+
+if TYPE_CHECKING:
+    from tcpchimney.host.offload import ConnOffload
+    from tcpchimney.host.sockets import TcpSocket
+
+# States in which our FIN was sent: only after a graceful Disconnect (FIN-WAIT-2 / TIME-WAIT: acknowledged).
+_OUR_FIN_SENT = FIN_OUTSTANDING | {TcpState.FIN_WAIT_2, TcpState.TIME_WAIT}
+# States a connection the host offloaded can never come back in (the handshake is the host's).
+_NEVER_RETURNED = frozenset({TcpState.LISTEN, TcpState.SYN_SENT, TcpState.SYN_RECEIVED})
+
+
+def check_indication(off: ConnOffload, ind: ReceiveIndication) -> None:
+    """A ReceiveIndication must start at the next byte the host expects: before it, it repeats bytes the
+    host already has (a replay); after it, bytes the host never got are missing."""
+    if ind.indication_id == off.last_indication:
+        raise ProtocolViolationError(f"duplicate ReceiveIndication {ind.indication_id}")
+    ahead = ind.seq.dist(off.rcv_end)
+    if ahead < 0:
+        raise ProtocolViolationError(
+            f"duplicate receive data: indication {ind.indication_id} starts at {int(ind.seq)}, "
+            f"{-ahead} bytes before {int(off.rcv_end)}, the next byte the host expects"
+        )
+    if ahead > 0:
+        raise ProtocolViolationError(
+            f"gap in receive data: indication {ind.indication_id} starts at {int(ind.seq)}, "
+            f"{ahead} bytes after {int(off.rcv_end)}, the next byte the host expects"
+        )
+
+
+def check_returned_state(off: ConnOffload, d: TcpDelegated) -> None:
+    """The TCP state an upload returns must follow from what the host did and was told: the target may be
+    ahead of the host (a peer FIN held behind undelivered data, an acknowledgment of our FIN whose
+    completion is still on its way) but it never closes, sends a FIN or forgets the peer's FIN on its own."""
+    state = d.state
+    if state in _NEVER_RETURNED:
+        raise ProtocolViolationError(f"the target returned the connection in {state.value}")
+    if state is TcpState.CLOSED and not off.fin_sent:
+        raise ProtocolViolationError(
+            f"the target returned the connection CLOSED while the host had it {off.tcp_state.value}, "
+            "with no FIN of ours sent and no reset indicated"
+        )
+    if state in _OUR_FIN_SENT and not off.fin_sent:
+        raise ProtocolViolationError(f"the target returned {state.value}: the host never asked for a FIN")
+    if off.peer_fin and state not in PEER_FIN_RECEIVED and state is not TcpState.CLOSED:
+        raise ProtocolViolationError(f"the target returned {state.value} after it indicated the peer's FIN")
+
+
+def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
+    """Check the returned sequence numbers against what the host gave and took. Returns the send bytes the
+    target did not keep (to append) and how many returned buffered bytes the host already has (to trim)."""
+    check_returned_state(off, d)
+    fin_acked = 1 if d.state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT) else 0  # SND.UNA is past it
+    end = d.snd_una + (len(d.send_data) - fin_acked)
+    expected = off.base_end + off.submitted
+    gap = expected.dist(end)
+    if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
+        raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
+    retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
+    if d.state is TcpState.CLOSED:
+        return b"", 0  # nothing will be sent again: only an abort's RST needs the numbers
+    if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
+        raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
+    start = d.buffered_start
+    overlap = off.rcv_end.dist(start)
+    if overlap < 0:
+        raise ProtocolViolationError(
+            f"returned receive data starts at {int(start)}, the host holds up to {int(off.rcv_end)}"
+        )
+    if overlap > len(d.buffered_data):
+        raise ProtocolViolationError("returned receive data lies before what the host took")
+    return (retained[len(retained) - gap :] if gap else b""), overlap
+
+
+def lost_peer_probe(sock: TcpSocket, off: ConnOffload) -> TcpSegment:
+    """The segment that makes a peer answer when the host holds none of its connection's current numbers.
+    The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
+    window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1, the
+    SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with an
+    ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK with
+    an RST the peer accepts exactly (3.10.7.1)."""
+    seq = off.base_una + (off.acked - 1)
+    return TcpSegment(sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions())
