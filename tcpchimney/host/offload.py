@@ -65,6 +65,7 @@ from tcpchimney.chimney.requests import (
     InitiateOffload,
     InvalidateOffload,
     PostReceive,
+    QueryOffload,
     ReachabilityReply,
     Request,
     ReturnReceive,
@@ -88,7 +89,12 @@ from tcpchimney.chimney.tree import (
 )
 from tcpchimney.host.counters import bump
 from tcpchimney.host.events import ConnectionEvent, Offloaded, OffloadFault, OffloadRefused, Uploaded
-from tcpchimney.host.offload_faults import check_indication, check_returned, lost_peer_probe
+from tcpchimney.host.offload_faults import (
+    check_indication,
+    check_returned,
+    lost_peer_probe,
+    owed_by_target,
+)
 from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
 from tcpchimney.tcp import snapshot as tcp_snapshot
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
@@ -116,6 +122,12 @@ MAX_SEND_CHUNK = 256 * 1024  # bytes per Send request: one NBL each (contract), 
 # The most an offloaded socket accepts beyond SO_SNDBUF on the target's SendBacklogChanged (Linux's default
 # tcp_wmem maximum, the bound of its own send-buffer autotuning).
 MAX_SEND_BACKLOG = 4 << 20
+# The target's silence (docs/offload-contract.md "What the host checks"): a state call it has not answered
+# in STATE_CALL_TIMEOUT was lost; a connection it said nothing about for SILENCE is queried, and a state that
+# shows something owed (data never indicated, a completion never sent) twice in a row is a fault.
+STATE_CALL_TIMEOUT = 5.0
+SILENCE = 5.0
+WATCH_INTERVAL = 1.0
 _OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
@@ -288,6 +300,10 @@ class ConnOffload:
     moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
     una0: SeqNum = _SEQ0
     rcv0: SeqNum = _SEQ0
+    heard: float = 0.0  # when the target last said something about the connection
+    querying: bool = False  # a QueryOffload of it is in flight
+    suspect: str | None = None  # what its last query showed owed (a fault if the next one shows it too)
+    after_query: tuple[Reason | None] | None = None  # a terminate (with its reason) waits for the query
 
     @property
     def in_host(self) -> bool:
@@ -339,7 +355,10 @@ class OffloadManager:
             "update": self._on_update_done,
             "neighbor": self._on_neighbor_done,
             "relink": self._on_relink_done,
+            "query": self._on_query_done,
         }
+        self._state_calls: dict[int, float] = {}  # state calls in flight: request id -> when submitted
+        self._next_watch: float | None = None
         self._arp_generation = -1
         self._next_check: float | None = None
         self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
@@ -378,10 +397,14 @@ class OffloadManager:
             out = target.poll()
 
     def next_deadline(self) -> float | None:
-        return self._next_check if self.policy.mode is OffloadMode.AUTOMATIC else None
+        check = self._next_check if self.policy.mode is OffloadMode.AUTOMATIC else None
+        watch = self._next_watch
+        return watch if check is None or (watch is not None and watch < check) else check
 
     def handle_timer(self, now: float) -> None:
         self.service(now)
+        if self._next_watch is not None and now >= self._next_watch:
+            self._watch(now)
         if self.policy.mode is not OffloadMode.AUTOMATIC:
             self._next_check = None
             return
@@ -801,7 +824,8 @@ class OffloadManager:
         off.inflight.clear()
         off.returned.clear()
         off.held.clear()
-        off.update_pending = off.updating = off.target_holds = False
+        off.update_pending = off.updating = off.target_holds = off.querying = False
+        off.suspect = off.after_query = None
         off.backlog = 0  # the target indicates its own estimate
         off.upload_after = None
         # An application the engine refused waits for a SendSpace the frozen engine will never report.
@@ -842,6 +866,7 @@ class OffloadManager:
                 self._refuse(sock, reason)
             return
         off.ctx, off.state, off.reason = tcp.target_handle, OffloadState.OFFLOADED, None
+        off.heard = self.now
         off.moved_before += self._engine_moved(sock)  # its engine stays frozen: what it moved is settled
         bump(self.counters, "offloaded")
         self.stack._events.append(Offloaded(sock, self.now - off.started))
@@ -1284,6 +1309,9 @@ class OffloadManager:
     def _terminate(self, sock: TcpSocket, reason: Reason | None) -> bool:
         off = sock.offload
         assert off is not None and off.ctx is not None
+        if off.querying:  # the registry refuses a terminate while a query of the object is in flight
+            off.after_query = off.after_query or (reason,)
+            return True
         path = off.path
         triples: tuple[TreeNode, TreeNode, TreeNode] = (
             PLACEHOLDER,
@@ -1591,6 +1619,10 @@ class OffloadManager:
 
     def _on_completion(self, completion: Completion) -> None:
         pending = self._pending.pop(completion.request_id, None)
+        self._state_calls.pop(completion.request_id, None)
+        for sock in pending.socks if pending is not None else ():
+            if sock.offload is not None:
+                sock.offload.heard = self.now
         try:
             self.registry.complete(completion)
         except ProtocolViolationError as exc:
@@ -1706,6 +1738,7 @@ class OffloadManager:
         if sock is None or sock.offload is None:
             self._fault(None, Reason.HARDWARE_FAILURE, f"{type(ind).__name__} for unknown handle {handle}")
             return
+        sock.offload.heard = self.now
         if isinstance(ind, ReceiveIndication):
             self._on_receive(sock, ind)
         elif isinstance(ind, PeerDisconnect):
@@ -1825,7 +1858,71 @@ class OffloadManager:
             self.registry.abandon(request.request_id)
             self._target_failed(f"submit({type(request).__name__}) raised {type(exc).__name__}: {exc}")
             return False
+        if pending.kind in self._state_done and request.request_id in self._pending:
+            self._state_calls[request.request_id] = self.now
+            self._arm_watch()
         return True
+
+    # ================================================================== the target's silence
+
+    def _arm_watch(self) -> None:
+        if self._next_watch is None:
+            self._next_watch = self.now + WATCH_INTERVAL
+
+    def _watch(self, now: float) -> None:
+        """Every WATCH_INTERVAL while the target holds anything: lost state calls, silent connections."""
+        self._next_watch = None
+        for rid, at in list(self._state_calls.items()):
+            if now - at >= STATE_CALL_TIMEOUT and rid in self._state_calls:
+                self._call_lost(rid)
+        for sock in list(self._by_handle.values()):
+            off = sock.offload
+            if off is None or off.state is not OffloadState.OFFLOADED or off.ctx is None:
+                continue
+            if not (off.querying or off.updating) and now - off.heard >= SILENCE:
+                tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle))])
+                off.querying = self._submit(QueryOffload(self._rid(), tree), _Pending("query", sock))
+        if self._state_calls or self._by_handle:
+            self._arm_watch()
+
+    def _call_lost(self, rid: int) -> None:
+        """A state call the target never answered: what it named is in an unknown state on the target. The
+        connections it named are reset and the target failed (``_target_failed``)."""
+        del self._state_calls[rid]
+        pending = self._pending.pop(rid, None)
+        self.registry.abandon(rid)
+        kind = pending.kind if pending is not None else "state"
+        detail = f"the target never answered {kind} request {rid}"
+        for sock in pending.socks if pending is not None else ():
+            off = sock.offload
+            assert off is not None
+            off.updating = off.querying = False
+            if kind in ("initiate", "terminate"):
+                self._lost(sock, detail)
+        for obj in pending.objects if pending is not None else ():
+            self._drop_shared(obj)
+        self._target_failed(detail)
+
+    def _on_query_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        """A silent connection's state: what it shows owed twice in a row is a fault (once may be a race
+        with an indication still on its way); a failed query is corrupt hardware (spec 3.2)."""
+        sock = pending.sock
+        assert sock is not None and sock.offload is not None
+        off = sock.offload
+        off.querying = False
+        block = next((b for b in walk(completion.tree) if b.layer is Layer.TCP), None)
+        state = block.state if block is not None and block.status is Status.SUCCESS else None
+        if isinstance(state, TcpSnapshot | TcpDelegated):
+            d = state.delegated if isinstance(state, TcpSnapshot) else state
+            owed = owed_by_target(off, d)
+            if owed is not None and off.suspect is not None and off.after_query is None:
+                self._fault(sock, Reason.HARDWARE_FAILURE, f"{owed} (two queries apart)")
+            off.suspect = owed
+        elif not off.finished and off.after_query is None:
+            self._fault(sock, Reason.HARDWARE_FAILURE, "the target failed a query of the connection")
+        if off.after_query is not None and off.state is OffloadState.OFFLOADED:
+            (reason,), off.after_query = off.after_query, None
+            self._terminate(sock, reason)
 
 
 def _branch(tree: tuple[BlockList, ...], tcp_handle: int) -> tuple[BlockList, ...]:

@@ -25,6 +25,7 @@ from tcpchimney.chimney.indications import ReceiveIndication
 from tcpchimney.chimney.tcp_state import FIN_OUTSTANDING, PEER_FIN_RECEIVED, TcpDelegated
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
+from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 # States in which our FIN was sent: only after a graceful Disconnect (FIN-WAIT-2 / TIME-WAIT: acknowledged).
 _OUR_FIN_SENT = FIN_OUTSTANDING | {TcpState.FIN_WAIT_2, TcpState.TIME_WAIT}
+_OUR_FIN_ACKED = frozenset({TcpState.FIN_WAIT_2, TcpState.TIME_WAIT, TcpState.CLOSED})
 # States a connection the host offloaded can never come back in (the handshake is the host's).
 _NEVER_RETURNED = frozenset({TcpState.LISTEN, TcpState.SYN_SENT, TcpState.SYN_RECEIVED})
 
@@ -73,6 +75,13 @@ def check_returned_state(off: ConnOffload, d: TcpDelegated) -> None:
         raise ProtocolViolationError(f"the target returned {state.value} after it indicated the peer's FIN")
 
 
+def first_undelivered(d: TcpDelegated) -> SeqNum:
+    """The sequence number of the first buffered byte. ``buffered_start`` knows the peer's FIN only in the
+    states that show it; a connection that reached CLOSED by a graceful close (the only CLOSED the host
+    accepts, ``check_returned_state``) has RCV.NXT past the peer's FIN as well."""
+    return d.buffered_start + (-1 if d.state is TcpState.CLOSED else 0)
+
+
 def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
     """Check the returned sequence numbers against what the host gave and took. Returns the send bytes the
     target did not keep (to append) and how many returned buffered bytes the host already has (to trim)."""
@@ -84,11 +93,12 @@ def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
     if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
         raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
     retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
-    if d.state is TcpState.CLOSED:
-        return b"", 0  # nothing will be sent again: only an abort's RST needs the numbers
-    if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
+    closed = d.state is TcpState.CLOSED  # nothing will be sent again: the send numbers no longer matter
+    if not closed and (
+        gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1)
+    ):
         raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
-    start = d.buffered_start
+    start = first_undelivered(d)
     overlap = off.rcv_end.dist(start)
     if overlap < 0:
         raise ProtocolViolationError(
@@ -96,7 +106,7 @@ def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
         )
     if overlap > len(d.buffered_data):
         raise ProtocolViolationError("returned receive data lies before what the host took")
-    return (retained[len(retained) - gap :] if gap else b""), overlap
+    return (retained[len(retained) - gap :] if gap and not closed else b""), overlap
 
 
 def lost_peer_probe(sock: TcpSocket, off: ConnOffload) -> TcpSegment:
@@ -108,3 +118,31 @@ def lost_peer_probe(sock: TcpSocket, off: ConnOffload) -> TcpSegment:
     an RST the peer accepts exactly (3.10.7.1)."""
     seq = off.base_una + (off.acked - 1)
     return TcpSegment(sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions())
+
+
+def owed_by_target(off: ConnOffload, d: TcpDelegated) -> str | None:
+    """What a queried connection's state shows the target owes the host and never sent: received bytes it
+    neither indicated nor was refused, the peer's FIN or RST, a completion of a Send (or of the graceful
+    Disconnect) the peer acknowledged. None when its state agrees with what the host was told. Bytes the
+    host took after the target took its snapshot (an indication answered meanwhile) are not owed."""
+    taken_since = max(0, off.rcv_end.dist(first_undelivered(d)))
+    unindicated = len(d.buffered_data) - taken_since
+    if unindicated > 0 and not off.target_holds:
+        return f"the target holds {unindicated} received bytes it never indicated"
+    # CLOSED after our FIN was sent is the end of a graceful close: the peer's FIN came too.
+    peer_fin = d.state in PEER_FIN_RECEIVED or (d.state is TcpState.CLOSED and off.fin_sent)
+    if unindicated <= 0 and peer_fin and not off.peer_fin:
+        return "the target received the peer's FIN and never indicated it"
+    if d.state is TcpState.CLOSED and not off.fin_sent and not off.reset:
+        return "the target's connection is CLOSED and no reset was indicated"
+    if off.inflight:
+        # Stream bytes of the Sends the peer acknowledged: off.acked of them were completed.
+        acked = d.snd_una.dist(off.base_end) - (
+            1 if d.state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT) else 0
+        )
+        rid, first = off.inflight[0]
+        if acked - off.acked >= len(first):
+            return f"the peer acknowledged Send {rid} and the target never completed it"
+    if off.fin_sent and off.tcp_state in FIN_OUTSTANDING and d.state in _OUR_FIN_ACKED:
+        return "the peer acknowledged our FIN and the target never completed the Disconnect"
+    return None

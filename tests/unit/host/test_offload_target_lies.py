@@ -18,7 +18,7 @@ from offload_kit import (
     payload,
 )
 
-from tcpchimney.chimney.completions import StateCompletion
+from tcpchimney.chimney.completions import SendCompletion, StateCompletion
 from tcpchimney.chimney.indications import ReceiveIndication
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import Request, Send
@@ -26,7 +26,7 @@ from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
 from tcpchimney.host.events import OffloadFault, Uploaded
-from tcpchimney.host.offload import OffloadState
+from tcpchimney.host.offload import SILENCE, STATE_CALL_TIMEOUT, OffloadState
 from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.tcp.errors import ConnectionResetByPeerError
@@ -211,3 +211,97 @@ def test_a_target_whose_every_submit_raises_resets_its_connections_and_offloads_
     a2, _ = net.connect(PORT + 1)
     net.run_for(0.5)
     assert a2.offload_state is OffloadState.IN_HOST  # a failed target gets no more connections
+
+
+# ---------------------------------------------------------------------------------------------- silence
+
+
+def _drop_first(kind: type, dropped: list[Output]) -> object:
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, kind) and not dropped:
+            dropped.append(out)
+            return []
+        return [out]
+
+    return tamper
+
+
+def test_a_dropped_receive_indication_is_found_by_a_query_and_nothing_is_lost() -> None:
+    """The target waits for an answer to an indication the host never got: nothing moves on the
+    connection. The host queries it after SILENCE, sees bytes it was never offered, and uploads it."""
+    net, tamperer = _net(31)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(ReceiveIndication, dropped)  # type: ignore[assignment]
+    exchange(net, [Stream(b, a, payload(100_000, 31))])
+    assert dropped
+    (fault,) = _faults(net, a)
+    assert "never indicated" in fault.detail
+    assert a.offload_state is OffloadState.IN_HOST
+
+
+def test_a_dropped_send_completion_is_found_by_a_query_and_the_transfer_completes() -> None:
+    net, tamperer = _net(32)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(SendCompletion, dropped)  # type: ignore[assignment]
+    exchange(net, [Stream(a, b, payload(300_000, 32))])
+    assert dropped
+    # The Send the peer acknowledged still counts against the socket's send space: once the connection
+    # is quiet the host queries it and finds the completion owed.
+    net.run_until(lambda: bool(_faults(net, a)), 3 * SILENCE)
+    (fault,) = _faults(net, a)
+    assert "never completed" in fault.detail
+    net.wait_in_host(a)
+    exchange(net, [Stream(a, b, payload(100_000, 33))])
+
+
+def test_a_state_call_never_answered_resets_its_connection_and_fails_the_target() -> None:
+    net, tamperer = _net(33)
+    (a, b), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    net.wait_offloaded(a)
+    net.wait_offloaded(a2)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    net.a.upload(a, Reason.ADMIN)
+    net.run_until(lambda: net.has_event(a, Closed), STATE_CALL_TIMEOUT + 2.0)
+    _ends_with_reset(net, a)
+    assert any("never answered" in f.detail for f in _faults(net, a))
+    net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
+    # The target is failed: the other connection comes back intact, and nothing is offloaded any more.
+    net.wait_in_host(a2)
+    exchange(net, [Stream(a2, b2, payload(50_000, 33)), Stream(b2, a2, payload(50_000, 34))])
+    assert a2.offload_reason is Reason.HARDWARE_FAILURE
+    a3, _ = net.connect(PORT + 2)
+    net.run_for(0.5)
+    assert a3.offload_state is OffloadState.IN_HOST and a3.offload_reason is Reason.TARGET_FAILED
+
+
+def test_a_connection_closed_on_the_target_comes_back_without_bytes_the_host_already_has() -> None:
+    """The target rejects the answer to an indication whose bytes the host took (the liar renamed it), so
+    it keeps them as undelivered; both sides close, the target's copy ends CLOSED with those bytes still
+    buffered. The upload hands them back: the host has them already and must not deliver them twice."""
+    net, tamperer = _net(34)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    renamed: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, ReceiveIndication) and not renamed:
+            renamed.append(out.indication_id)
+            return [replace(out, indication_id=out.indication_id + 100_000)]
+        return [out]
+
+    tamperer.tamper = tamper
+    data = payload(5_000, 34)
+    assert b.send(data) == len(data)
+    b.shutdown()
+    net.run_for(0.1)
+    got = a.receive(1 << 20)
+    a.shutdown()
+    net.run_until(lambda: net.has_event(a, Closed), 3 * SILENCE)
+    got += a.receive(1 << 20)
+    assert renamed and got == data
+    assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | PeerClosed)] == [PeerClosed]

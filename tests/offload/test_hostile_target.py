@@ -1,0 +1,30 @@
+"""The hostile-target harness in its bounded form (``make hostile`` runs it for as long as asked): seeded
+sessions of transfers over the simulated link through ``LyingNic``, which replays, reorders, drops,
+duplicates and rewrites the real target's answers. What the host owes its applications holds in every
+one (hostile_target.py: exact prefixes, no escaped exception, no hang, every reset reported)."""
+
+from __future__ import annotations
+
+import pytest
+from hostile_target import describe, run_session
+
+SEEDS = range(1, 101)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_lying_target_never_corrupts_hangs_or_crashes_a_connection(seed: int) -> None:
+    session = run_session(seed)
+    assert not session.problems, describe(session)
+
+
+def test_the_liar_lies() -> None:
+    """The harness is not vacuous: across the bounded seeds the target lied in every way, and the host
+    caught faults."""
+    kinds: set[str] = set()
+    faults = 0
+    for seed in range(1, 11):
+        session = run_session(seed, rate=0.15)
+        kinds |= {lie.split()[0] for lie in session.lies}
+        faults += len(session.faults)
+    assert kinds >= {"drop", "duplicate", "replay", "reorder", "rewrite"}
+    assert faults > 0
