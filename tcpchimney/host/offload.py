@@ -1649,20 +1649,33 @@ class OffloadManager:
             self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
 
     def _violation(self, pending: _Pending | None, detail: str, completion: Completion) -> None:
-        socks = () if pending is None else pending.socks
-        if pending is None or not socks:
+        """An answer the registry rejected. A data call's stays unanswered (its real answer may follow);
+        a state call is settled as failed: left in flight, the objects it names could never be terminated
+        (the registry waits for it), so the connection would never leave the target."""
+        if pending is None:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
             return
         if pending.kind == "initiate" and isinstance(completion, StateCompletion):
             self._bad_initiate(pending, detail, completion.tree)
             return
-        if pending.kind == "terminate":
-            for obj in pending.objects:
-                self._drop_shared(obj)
-            for sock in socks:
-                self._lost(sock, detail)  # the target's view of the connection is unknown
+        socks = pending.socks
+        if pending.kind not in self._state_done:
+            self._fault(socks[0] if socks else None, Reason.HARDWARE_FAILURE, detail)
             return
-        self._fault(socks[0], Reason.HARDWARE_FAILURE, detail)
+        self.registry.abandon(completion.request_id)
+        for obj in pending.objects:
+            self._drop_shared(obj)
+        if not socks:
+            self._fault(None, Reason.HARDWARE_FAILURE, detail)
+        for sock in socks:
+            off = sock.offload
+            assert off is not None
+            off.updating = off.querying = False
+            off.after_query = None
+            if pending.kind == "terminate":
+                self._lost(sock, detail)  # the target's view of the connection is unknown
+            else:
+                self._fault(sock, Reason.HARDWARE_FAILURE, detail)  # uploads it
 
     def _bad_initiate(self, pending: _Pending, detail: str, answer: tuple[BlockList, ...]) -> None:
         """An initiate answer the registry rejected. What it counts as held by the target (an object with a

@@ -305,3 +305,25 @@ def test_a_connection_closed_on_the_target_comes_back_without_bytes_the_host_alr
     got += a.receive(1 << 20)
     assert renamed and got == data
     assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | PeerClosed)] == [PeerClosed]
+
+
+def test_a_rejected_answer_to_a_query_settles_it_and_the_connection_comes_back() -> None:
+    """Left in flight, a query the registry could not accept would block the connection's terminate for
+    ever (the registry waits for it): the host settles it as failed and uploads the connection."""
+    net, tamperer = _net(35)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    spoiled: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and not spoiled:
+            spoiled.append(out.request_id)
+            return [_map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=999))]
+        return [out]
+
+    tamperer.tamper = tamper
+    net.run_for(SILENCE + 2 * 1.0)  # quiet: the host queries the connection
+    assert spoiled, "no query was made"
+    net.wait_in_host(a, 5.0)
+    assert _faults(net, a)
+    exchange(net, [Stream(a, b, payload(50_000, 35)), Stream(b, a, payload(50_000, 36))])
