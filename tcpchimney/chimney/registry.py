@@ -253,13 +253,16 @@ class OffloadRegistry:
         tree = request.tree  # type: ignore[union-attr]
         if isinstance(request, InitiateOffload):
             verify_initiate_completion(tree, completion.tree)
+            given: set[int] = set()
             for block in walk(completion.tree):
-                if (
-                    block.role is Role.NEW
-                    and block.target_handle is not None
-                    and block.target_handle in (self._by_target)
-                ):
-                    raise ProtocolViolationError(f"target handle {block.target_handle} is already in use")
+                handle = block.target_handle
+                if block.role is not Role.NEW or handle is None:
+                    continue
+                if handle in self._by_target:
+                    raise ProtocolViolationError(f"target handle {handle} is already in use")
+                if handle in given:
+                    raise ProtocolViolationError(f"target handle {handle} is given to two objects")
+                given.add(handle)
             return
         verify_state_call_completion(tree, completion.tree)
         if isinstance(request, TerminateOffload):

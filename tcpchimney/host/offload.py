@@ -1546,8 +1546,12 @@ class OffloadManager:
                 sock.offload.heard = self.now
         try:
             self.registry.complete(completion)
-        except ProtocolViolationError as exc:
-            self._violation(pending, str(exc), completion)
+        except ContractError as exc:  # a violation, or an answer naming what the registry no longer holds
+            self._violation(
+                pending,
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProtocolViolationError) else str(exc),
+                completion,
+            )
             return
         if pending is None:
             return
