@@ -92,7 +92,7 @@ from tcpchimney.host.events import ConnectionEvent, Offloaded, OffloadFault, Off
 from tcpchimney.host.offload_faults import (
     check_indication,
     check_returned,
-    lost_peer_probe,
+    lost_peer_probes,
     owed_by_target,
 )
 from tcpchimney.host.piece_queue import PieceQueue
@@ -1531,10 +1531,11 @@ class OffloadManager:
             self._finish(sock)
 
     def _probe_lost_peer(self, sock: TcpSocket) -> None:
-        """Make the peer answer so that the host's RST reaches it exactly (``lost_peer_probe``)."""
+        """Make the peer answer so that the host's RST reaches it exactly (``lost_peer_probes``)."""
         off = sock.offload
         assert off is not None
-        self.stack._send_segment_stateless(sock.remote_ip, lost_peer_probe(sock, off))
+        for probe in lost_peer_probes(sock, off):
+            self.stack._send_segment_stateless(sock.remote_ip, probe)
 
     # ================================================================== completions and indications
 

@@ -109,15 +109,23 @@ def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
     return (retained[len(retained) - gap :] if gap and not closed else b""), overlap
 
 
-def lost_peer_probe(sock: TcpSocket, off: ConnOffload) -> TcpSegment:
-    """The segment that makes a peer answer when the host holds none of its connection's current numbers.
+def lost_peer_probes(sock: TcpSocket, off: ConnOffload) -> list[TcpSegment]:
+    """The segments that make a peer answer when the host holds none of its connection's current numbers.
     The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
     window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1, the
     SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with an
     ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK with
-    an RST the peer accepts exactly (3.10.7.1)."""
-    seq = off.base_una + (off.acked - 1)
-    return TcpSegment(sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions())
+    an RST the peer accepts exactly (3.10.7.1). The SND.UNA the completions told may be a lie (more
+    acknowledged than the peer did, so the probe would fall inside its window and get no answer): a second
+    probe just before SND.UNA at offload, which the peer had passed then, answers for it."""
+    out = []
+    for seq in (off.base_una + (off.acked - 1), off.base_una + -1):
+        out.append(
+            TcpSegment(
+                sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
+            )
+        )
+    return out
 
 
 def owed_by_target(off: ConnOffload, d: TcpDelegated) -> str | None:

@@ -390,7 +390,7 @@ def _check(a: HostStack, pairs: list[tuple[Side, Side]], faults: list[OffloadFau
     unexplained = counters["stack"]["internal_error"] - explained
     if unexplained:
         problems.append(
-            f"{unexplained} exception(s) caught by the stack's safety net: {a.internal_errors()[-3:]}"
+            f"{unexplained} exception(s) caught by the stack's safety net: {a.internal_errors[-3:]}"
         )
     return problems
 
@@ -423,7 +423,13 @@ def main() -> None:
     started = time.monotonic()
     seed, bad, lies, faults = first, 0, 0, 0
     while time.monotonic() - started < seconds and (count is None or seed - first < count):
-        session = run_session(seed)
+        try:
+            session = run_session(seed)
+        except Exception as exc:  # an exception that escaped the stack: the worst finding, keep going
+            bad += 1
+            print(json.dumps({"seed": seed, "raised": f"{type(exc).__name__}: {exc}"}), flush=True)
+            seed += 1
+            continue
         lies += len(session.lies)
         faults += len(session.faults)
         if session.problems:
