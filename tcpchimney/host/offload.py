@@ -198,6 +198,9 @@ class ConnOffload:
     base_end: SeqNum = _SEQ0  # end of the send data at offload
     rcv_end: SeqNum = _SEQ0  # sequence number of the next byte the host expects from the target
     last_indication: int | None = None  # the ReceiveIndication the host answered last
+    # Bytes the host took from indications, by ReturnReceive request id, until the target confirms it
+    # consumed them: an upload may hand them back (an overlap), and must hand back exactly these.
+    unconfirmed: deque[tuple[int, bytes]] = field(default_factory=deque)
     submitted: int = 0  # bytes given in Sends since the offload
     acked: int = 0  # bytes the target reported ACKed (completions)
     send_blocked: bool = False
@@ -742,6 +745,7 @@ class OffloadManager:
         off.rcv_end = d.buffered_start + len(d.buffered_data)
         off.submitted = off.acked = off.outstanding = off.taken = off.trim = 0
         off.last_indication = None
+        off.unconfirmed.clear()
         off.inflight.clear()
         off.returned.clear()
         off.held.clear()
@@ -907,7 +911,10 @@ class OffloadManager:
             return
         off.last_indication = ind.indication_id
         take = len(ind.data) if off.closed or off.finished else min(len(ind.data), self._rcv_space(sock))
-        self._submit(ReturnReceive(self._rid(), off.ctx, ind.indication_id, take), _Pending("data", sock))
+        rid = self._rid()
+        self._submit(ReturnReceive(rid, off.ctx, ind.indication_id, take), _Pending("return", sock))
+        if take:  # kept until the target confirms it consumed them (check_returned compares them)
+            off.unconfirmed.append((rid, ind.data[:take]))
         off.rcv_end = off.rcv_end + take
         off.taken += take
         if take < len(ind.data):
@@ -1560,6 +1567,11 @@ class OffloadManager:
         if state_done is not None:
             assert isinstance(completion, StateCompletion)
             state_done(pending, completion)
+        elif pending.kind == "return" and pending.sock is not None and pending.sock.offload is not None:
+            if completion.status is Status.SUCCESS:  # the target consumed them: they are its no more
+                unconfirmed = pending.sock.offload.unconfirmed
+                while unconfirmed and unconfirmed[0][0] <= completion.request_id:
+                    unconfirmed.popleft()
         elif pending.sock is not None:
             self._on_data_done(pending.sock, completion)
 
@@ -1584,24 +1596,33 @@ class OffloadManager:
         if pending.kind == "initiate" and isinstance(completion, StateCompletion):
             self._bad_initiate(pending, detail, completion.tree)
             return
-        socks = pending.socks
         if pending.kind not in self._state_done:
-            self._fault(socks[0] if socks else None, Reason.HARDWARE_FAILURE, detail)
+            self._fault(pending.sock, Reason.HARDWARE_FAILURE, detail)
             return
-        self.registry.abandon(completion.request_id)
+        # An initiate answered with no tree says nothing of what the target made: as if never answered.
+        made = pending.kind in ("initiate", "neighbor")
+        self._state_call_failed(completion.request_id, pending, detail, target_failed=made)
+
+    def _state_call_failed(self, rid: int, pending: _Pending, detail: str, target_failed: bool) -> None:
+        """Settle a state call the target answered wrongly or not at all: the registry forgets it, the
+        connections of an initiate or terminate are reset (their state on the target is unknown), those of
+        an update or query uploaded."""
+        self.registry.abandon(rid)
         for obj in pending.objects:
             self._drop_shared(obj)
-        if not socks:
+        if not pending.socks:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
-        for sock in socks:
+        for sock in pending.socks:
             off = sock.offload
             assert off is not None
             off.updating = off.querying = False
             off.after_query = None
-            if pending.kind == "terminate":
-                self._lost(sock, detail)  # the target's view of the connection is unknown
+            if pending.kind in ("initiate", "terminate"):
+                self._lost(sock, detail)
             else:
                 self._fault(sock, Reason.HARDWARE_FAILURE, detail)  # uploads it
+        if target_failed:
+            self._target_failed(detail)
 
     def _bad_initiate(self, pending: _Pending, detail: str, answer: tuple[BlockList, ...]) -> None:
         """An initiate answer the registry rejected. What it counts as held by the target (an object with a
@@ -1829,18 +1850,13 @@ class OffloadManager:
         connections it named are reset and the target failed (``_target_failed``)."""
         del self._state_calls[rid]
         pending = self._pending.pop(rid, None)
-        self.registry.abandon(rid)
         kind = pending.kind if pending is not None else "state"
         detail = f"the target never answered {kind} request {rid}"
-        for sock in pending.socks if pending is not None else ():
-            off = sock.offload
-            assert off is not None
-            off.updating = off.querying = False
-            if kind in ("initiate", "terminate"):
-                self._lost(sock, detail)
-        for obj in pending.objects if pending is not None else ():
-            self._drop_shared(obj)
-        self._target_failed(detail)
+        if pending is None:
+            self.registry.abandon(rid)
+            self._target_failed(detail)
+            return
+        self._state_call_failed(rid, pending, detail, target_failed=True)
 
     def _on_query_done(self, pending: _Pending, completion: StateCompletion) -> None:
         """A silent connection's state: what it shows owed twice in a row is a fault (once may be a race

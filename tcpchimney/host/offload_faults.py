@@ -106,6 +106,14 @@ def check_returned(off: ConnOffload, d: TcpDelegated) -> tuple[bytes, int]:
         )
     if overlap > len(d.buffered_data):
         raise ProtocolViolationError("returned receive data lies before what the host took")
+    if overlap:
+        # Only bytes whose consumption the target never confirmed may come back, and exactly those: a
+        # target whose RCV.NXT is off would have the host trim the wrong amount and skip or repeat bytes.
+        held = b"".join(data for _, data in off.unconfirmed)
+        if overlap > len(held) or d.buffered_data[:overlap] != held[len(held) - overlap :]:
+            raise ProtocolViolationError(
+                f"returned receive data overlaps {overlap} bytes the host took, and they differ from them"
+            )
     return (retained[len(retained) - gap :] if gap and not closed else b""), overlap
 
 
