@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit long bench clean
+.PHONY: demo test lint typecheck unit long bench hostile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ long: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The hostile-target harness for as long as asked: HOSTILE_SECONDS of sessions (default 900) from seed
+# HOSTILE_SEED (default 1000), or HOSTILE_SEEDS sessions; prints each session with a problem, then a summary.
+hostile: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python tests/offload/hostile_target.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ from tcpchimney.chimney._check import U32, U64, is_bytes, seconds
 from tcpchimney.chimney._check import int_range as _int
 from tcpchimney.chimney.errors import FieldRangeError
 from tcpchimney.chimney.reason import Reason, ReasonGroup
+from tcpchimney.wire.seq import SeqNum
 
 
 def _handle(owner: object, *names: str) -> None:
@@ -22,17 +23,25 @@ def _handle(owner: object, *names: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ReceiveIndication:
-    """In-order data with no posted buffer to put it in (NdisTcpOffloadReceiveHandler, spec 4.1)."""
+    """In-order data with no posted buffer to put it in (NdisTcpOffloadReceiveHandler, spec 4.1).
+
+    ``seq`` is the sequence number of its first byte (added beyond NDIS): every byte the host took so far
+    ends just before it, so the host checks each indication against its own count of what it received and
+    a replayed, reordered or skipping indication is a target fault, never bytes handed to the application
+    twice or out of place."""
 
     host_handle: int
     indication_id: int
     data: bytes
+    seq: SeqNum
 
     def __post_init__(self) -> None:
         _handle(self, "host_handle", "indication_id")
         is_bytes(self, "data", self.data)
         if not self.data:
             raise FieldRangeError("ReceiveIndication.data must not be empty")
+        if not isinstance(self.seq, SeqNum):
+            raise FieldRangeError(f"ReceiveIndication.seq must be a SeqNum, got {self.seq!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,7 @@ class Reason(Enum):
     NO_TARGET = "no_target"  # a refusal
     CLOSED = "closed"  # host uploads: the connection ended while offloaded, its entry comes back to be freed
     ABORTED = "aborted"
+    TARGET_FAILED = "target_failed"
 
     @property
     def group(self) -> ReasonGroup:
@@ -168,6 +169,7 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
     Reason.NO_TARGET: (_R, "no offload target is attached: the device talks to the host stack directly"),
     Reason.CLOSED: (_H, "the connection closed on the target: its entry is handed back and freed"),
     Reason.ABORTED: (_H, "the application aborted the connection (RST): its entry is handed back and freed"),
+    Reason.TARGET_FAILED: (_R, "the target broke the offload contract: no offloads until it resumes"),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

@@ -228,7 +228,13 @@ class OffloadRegistry:
                 f"{type(request).__name__} answered with {type(completion).__name__}"
             )
         if isinstance(completion, StateCompletion):
-            self._check_tree_answer(request, completion)
+            try:
+                self._check_tree_answer(request, completion)
+            except ProtocolViolationError:
+                if isinstance(request, InitiateOffload):
+                    del self._in_flight[completion.request_id]
+                    self._salvage_initiate(request, completion)
+                raise
         else:
             _check_data_answer(request, completion)
         del self._in_flight[completion.request_id]
@@ -247,13 +253,16 @@ class OffloadRegistry:
         tree = request.tree  # type: ignore[union-attr]
         if isinstance(request, InitiateOffload):
             verify_initiate_completion(tree, completion.tree)
+            given: set[int] = set()
             for block in walk(completion.tree):
-                if (
-                    block.role is Role.NEW
-                    and block.target_handle is not None
-                    and block.target_handle in (self._by_target)
-                ):
-                    raise ProtocolViolationError(f"target handle {block.target_handle} is already in use")
+                handle = block.target_handle
+                if block.role is not Role.NEW or handle is None:
+                    continue
+                if handle in self._by_target:
+                    raise ProtocolViolationError(f"target handle {handle} is already in use")
+                if handle in given:
+                    raise ProtocolViolationError(f"target handle {handle} is given to two objects")
+                given.add(handle)
             return
         verify_state_call_completion(tree, completion.tree)
         if isinstance(request, TerminateOffload):
@@ -261,6 +270,59 @@ class OffloadRegistry:
                 uploaded = block.layer is Layer.TCP and block.role is Role.LINKER and block.status.ok
                 if uploaded and not isinstance(block.state, TcpDelegated | TcpSnapshot):
                     raise ProtocolViolationError("a terminated TCP block must carry its delegated state")
+
+    def _salvage_initiate(self, request: InitiateOffload, completion: StateCompletion) -> None:
+        """A faulty initiate answer settles its request all the same (left in flight, its objects would stay
+        OFFLOADING for ever): an object counts as held by the target when the answer has a successful block
+        for it with a handle of its own (none in use, none given twice) under a parent that counts as held
+        too, so that the host can terminate it; every other object of the request is forgotten."""
+        answered: dict[int, BlockList] = {}
+        handles: Counter[int] = Counter()
+        for block in walk(completion.tree):
+            if block.role is Role.NEW and block.host_handle is not None:
+                answered.setdefault(block.host_handle, block)
+                if block.target_handle is not None:
+                    handles[block.target_handle] += 1
+        for block in walk(request.tree):  # parents before their dependents
+            if block.role is not Role.NEW or block.host_handle is None:
+                continue
+            rec = self._objects[block.host_handle]
+            got = answered.get(block.host_handle)
+            held = (
+                got is not None
+                and got.layer is block.layer
+                and got.status.ok
+                and got.target_handle is not None
+                and got.target_handle not in self._by_target
+                and handles[got.target_handle] == 1
+                and self._parent_held(rec)
+            )
+            if held and got is not None and got.target_handle is not None:
+                rec.phase = Phase.OFFLOADED
+                rec.target_handle = got.target_handle
+                self._by_target[got.target_handle] = rec.host_handle
+            else:
+                self._forget(rec)
+
+    def _parent_held(self, rec: ObjectRecord) -> bool:
+        parent = self._objects.get(rec.parent) if rec.parent is not None else None
+        return rec.parent is None or (parent is not None and parent.phase is not Phase.OFFLOADING)
+
+    def abandon(self, request_id: int) -> None:
+        """The request never reached the target (its ``submit`` raised): undo what ``submit`` recorded.
+        The objects a terminate named are forgotten: the host will not get them back from this target."""
+        request = self._in_flight.pop(request_id, None)
+        if isinstance(request, InitiateOffload):
+            for block in walk(request.tree):
+                if block.role is Role.NEW and block.host_handle in self._objects:
+                    self._forget(self._objects[block.host_handle])
+        elif isinstance(request, UpdateOffload | InvalidateOffload | QueryOffload | TerminateOffload):
+            for rec in reversed(self._named(request)):  # dependents before the objects they hang on
+                rec.updating = rec.updating and not isinstance(request, UpdateOffload)
+                if isinstance(request, InvalidateOffload | QueryOffload):
+                    rec.pending_calls -= 1
+                elif isinstance(request, TerminateOffload):
+                    self._forget(rec)
 
     def _apply_initiate(self, completion: StateCompletion) -> None:
         for block in walk(completion.tree):

@@ -65,6 +65,7 @@ from tcpchimney.chimney.requests import (
     InitiateOffload,
     InvalidateOffload,
     PostReceive,
+    QueryOffload,
     ReachabilityReply,
     Request,
     ReturnReceive,
@@ -95,6 +96,13 @@ from tcpchimney.host.events import (
     OffloadRefused,
     Uploaded,
 )
+from tcpchimney.host.offload_faults import (
+    check_indication,
+    check_returned,
+    lost_peer_probes,
+    owed_by_target,
+)
+from tcpchimney.host.piece_queue import PieceQueue
 from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
 from tcpchimney.tcp import snapshot as tcp_snapshot
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
@@ -111,7 +119,6 @@ from tcpchimney.tcp.events import (
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
     from tcpchimney.host.sockets import TcpSocket
@@ -123,6 +130,12 @@ MAX_SEND_CHUNK = 256 * 1024  # bytes per Send request: one NBL each (contract), 
 # The most an offloaded socket accepts beyond SO_SNDBUF on the target's SendBacklogChanged (Linux's default
 # tcp_wmem maximum, the bound of its own send-buffer autotuning).
 MAX_SEND_BACKLOG = 4 << 20
+# The target's silence (docs/offload-contract.md "What the host checks"): a state call it has not answered
+# in STATE_CALL_TIMEOUT was lost; a connection it said nothing about for SILENCE is queried, and a state that
+# shows something owed (data never indicated, a completion never sent) twice in a row is a fault.
+STATE_CALL_TIMEOUT = 5.0
+SILENCE = 5.0
+WATCH_INTERVAL = 1.0
 _OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 _OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
@@ -147,86 +160,6 @@ _REFUSAL_FOR_STATUS = {
     Status.VLAN_ENTRIES: Reason.VLAN_UNSUPPORTED,
     Status.VLAN_MISMATCH: Reason.VLAN_UNSUPPORTED,
 }
-
-
-class PieceQueue:
-    """Bytes in FIFO order as a deque of immutable pieces (``bytes``, or a ``memoryview`` of one), as
-    tcp/buffers.py keeps them: appending stores the piece itself, taking a whole piece hands it back as it
-    is, and only a piece split or pieces joined for one answer are copied (once). No byte is ever shifted."""
-
-    __slots__ = ("_len", "_pieces")
-
-    def __init__(self) -> None:
-        self._pieces: deque[bytes | memoryview] = deque()
-        self._len = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __bool__(self) -> bool:
-        return self._len > 0
-
-    def clear(self) -> None:
-        self._pieces.clear()
-        self._len = 0
-
-    def append(self, piece: bytes | memoryview) -> None:
-        """``piece`` must not change afterwards (bytes, or a view of bytes)."""
-        if len(piece):
-            self._pieces.append(piece)
-            self._len += len(piece)
-
-    def push_front(self, piece: bytes) -> None:
-        """Give back what ``take`` returned (its consumer could not take it)."""
-        if piece:
-            self._pieces.appendleft(piece)
-            self._len += len(piece)
-
-    def take(self, n: int) -> bytes:
-        """The first ``min(n, len)`` bytes (all when ``n`` < 0) as one bytes object."""
-        want = self._len if n < 0 else min(n, self._len)
-        pieces = self._pieces
-        if want == 0:
-            return b""
-        if len(pieces[0]) == want:
-            head = pieces.popleft()
-            self._len -= want
-            return head if type(head) is bytes else bytes(head)
-        parts: list[bytes | memoryview] = []
-        left = want
-        while left:
-            head = pieces[0]
-            if len(head) <= left:
-                parts.append(pieces.popleft())
-                left -= len(head)
-            else:
-                view = memoryview(head)
-                parts.append(view[:left])
-                pieces[0] = view[left:]
-                left = 0
-        self._len -= want
-        return b"".join(parts)
-
-    def take_chunk(self, limit: int) -> bytes:
-        """Whole pieces from the front, as many as fit ``limit`` together (at least one; a piece longer than
-        ``limit`` is split): a large piece leaves as it is, small ones are joined."""
-        pieces = self._pieces
-        if not pieces:
-            return b""
-        if len(pieces) == 1 or len(pieces[0]) + len(pieces[1]) > limit:
-            return self.take(min(limit, len(pieces[0])))
-        size = 0
-        for piece in pieces:
-            if size + len(piece) > limit:
-                break
-            size += len(piece)
-        return self.take(size)
-
-    def drain(self) -> list[bytes | memoryview]:
-        """Every piece, in order; the queue is empty afterwards."""
-        out = list(self._pieces)
-        self.clear()
-        return out
 
 
 class OffloadState(Enum):
@@ -271,6 +204,10 @@ class ConnOffload:
     base_una: SeqNum = _SEQ0  # SND.UNA at offload
     base_end: SeqNum = _SEQ0  # end of the send data at offload
     rcv_end: SeqNum = _SEQ0  # sequence number of the next byte the host expects from the target
+    last_indication: int | None = None  # the ReceiveIndication the host answered last
+    # Bytes the host took from indications, by ReturnReceive request id, until the target confirms it
+    # consumed them: an upload may hand them back (an overlap), and must hand back exactly these.
+    unconfirmed: deque[tuple[int, bytes]] = field(default_factory=deque)
     submitted: int = 0  # bytes given in Sends since the offload
     acked: int = 0  # bytes the target reported ACKed (completions)
     send_blocked: bool = False
@@ -294,6 +231,10 @@ class ConnOffload:
     moved_before: int = 0  # automatic mode: bytes moved by earlier engines of this connection
     una0: SeqNum = _SEQ0
     rcv0: SeqNum = _SEQ0
+    heard: float = 0.0  # when the target last said something about the connection
+    querying: bool = False  # a QueryOffload of it is in flight
+    suspect: str | None = None  # what its last query showed owed (a fault if the next one shows it too)
+    after_query: tuple[Reason] | None = None  # a terminate (with its reason) waits for the query
 
     @property
     def in_host(self) -> bool:
@@ -329,6 +270,7 @@ class OffloadManager:
         self.now = 0.0
         self.paused = False
         self.attached = True  # the target is between the device and the stack (a runtime may say it is not)
+        self.failed = False  # the target broke the contract beyond one connection (_target_failed)
         self.capabilities: TargetCapabilities = target.capabilities
         self._next_handle = 0
         self._next_request = 0
@@ -345,7 +287,10 @@ class OffloadManager:
             "update": self._on_update_done,
             "neighbor": self._on_neighbor_done,
             "relink": self._on_relink_done,
+            "query": self._on_query_done,
         }
+        self._state_calls: dict[int, float] = {}  # state calls in flight: request id -> when submitted
+        self._next_watch: float | None = None
         self._arp_generation = -1
         self._next_check: float | None = None
         self._route_dirty = False  # a next-hop change waits for a resolution, an offload or an update
@@ -384,10 +329,14 @@ class OffloadManager:
             out = target.poll()
 
     def next_deadline(self) -> float | None:
-        return self._next_check if self.policy.mode is OffloadMode.AUTOMATIC else None
+        check = self._next_check if self.policy.mode is OffloadMode.AUTOMATIC else None
+        watch = self._next_watch
+        return watch if check is None or (watch is not None and watch < check) else check
 
     def handle_timer(self, now: float) -> None:
         self.service(now)
+        if self._next_watch is not None and now >= self._next_watch:
+            self._watch(now)
         if self.policy.mode is not OffloadMode.AUTOMATIC:
             self._next_check = None
             return
@@ -603,11 +552,17 @@ class OffloadManager:
         off.rcvq.clear()
         off.queued.clear()
         if off.state is OffloadState.OFFLOADED and off.ctx is not None:
-            off.rst_sent = True
-            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+            self._submit_abort(sock)
         self._finish(sock)
         if off.state is OffloadState.OFFLOADED:
             self._terminate(sock, Reason.ABORTED)
+
+    def _submit_abort(self, sock: TcpSocket) -> None:
+        """The target sends the RST (an abortive Disconnect); if it never got the call, the host's engine
+        sends it once the connection is back (``_uploaded``)."""
+        off = sock.offload
+        assert off is not None and off.ctx is not None
+        off.rst_sent = self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
 
     def configure(self, sock: TcpSocket) -> None:
         off = self._record(sock)
@@ -643,6 +598,8 @@ class OffloadManager:
             return Reason.STATE_NOT_OFFLOADABLE
         if not self.attached:
             return Reason.NO_TARGET
+        if self.failed:
+            return Reason.TARGET_FAILED
         if self.paused:
             return Reason.TARGET_PAUSED
         if self.capabilities.capacity == 0:
@@ -811,10 +768,13 @@ class OffloadManager:
         off.base_una, off.base_end = d.snd_una, d.snd_una + len(d.send_data)
         off.rcv_end = d.buffered_start + len(d.buffered_data)
         off.submitted = off.acked = off.outstanding = off.taken = off.trim = 0
+        off.last_indication = None
+        off.unconfirmed.clear()
         off.inflight.clear()
         off.returned.clear()
         off.held.clear()
-        off.update_pending = off.updating = off.target_holds = False
+        off.update_pending = off.updating = off.target_holds = off.querying = False
+        off.suspect = off.after_query = None
         off.backlog = 0  # the target indicates its own estimate
         off.upload_after = None
         # An application the engine refused waits for a SendSpace the frozen engine will never report.
@@ -855,6 +815,7 @@ class OffloadManager:
                 self._refuse(sock, reason)
             return
         off.ctx, off.state, off.reason = tcp.target_handle, OffloadState.OFFLOADED, None
+        off.heard = self.now
         off.moved_before += self._engine_moved(sock)  # its engine stays frozen: what it moved is settled
         bump(self.counters, "offloaded")
         self.stack._events.append(Offloaded(sock, self.now - off.started))
@@ -869,8 +830,7 @@ class OffloadManager:
         off = sock.offload
         assert off is not None and off.ctx is not None
         if off.aborted:
-            off.rst_sent = True
-            self._submit(Disconnect(self._rid(), off.ctx, abortive=True), _Pending("data", sock))
+            self._submit_abort(sock)
             self._terminate(sock, Reason.ABORTED)
             return
         if off.held:
@@ -967,8 +927,18 @@ class OffloadManager:
         assert off is not None
         if off.state is not OffloadState.OFFLOADED or off.ctx is None:
             return  # uploading: take nothing, the terminate completion returns it as buffered data
+        try:
+            check_indication(off, ind)
+        except ProtocolViolationError as exc:
+            # Not answered: the upload takes back what the target holds, from the byte the host expects.
+            self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
+            return
+        off.last_indication = ind.indication_id
         take = len(ind.data) if off.closed or off.finished else min(len(ind.data), self._rcv_space(sock))
-        self._submit(ReturnReceive(self._rid(), off.ctx, ind.indication_id, take), _Pending("data", sock))
+        rid = self._rid()
+        self._submit(ReturnReceive(rid, off.ctx, ind.indication_id, take), _Pending("return", sock))
+        if take:  # kept until the target confirms it consumed them (check_returned compares them)
+            off.unconfirmed.append((rid, ind.data[:take]))
         off.rcv_end = off.rcv_end + take
         off.taken += take
         if take < len(ind.data):
@@ -1020,8 +990,7 @@ class OffloadManager:
             # connection: its state is lost, the peer reset nothing. The terminate fails and the host
             # resets the peer (_lost).
             off.aborted = True
-        else:
-            off.reset = True
+        off.reset = True
         self._finish(sock)
         self.upload(sock, Reason.PEER_RESET)
 
@@ -1292,6 +1261,9 @@ class OffloadManager:
     def _terminate(self, sock: TcpSocket, reason: Reason) -> bool:
         off = sock.offload
         assert off is not None and off.ctx is not None
+        if off.querying:  # the registry refuses a terminate while a query of the object is in flight
+            off.after_query = off.after_query or (reason,)
+            return True
         path = off.path
         triples: tuple[TreeNode, TreeNode, TreeNode] = (
             PLACEHOLDER,
@@ -1313,10 +1285,15 @@ class OffloadManager:
         except PreconditionError:  # the path or neighbor is busy: upload the connection alone
             alone = build_tree([(PLACEHOLDER, PLACEHOLDER, triples[2])])
             request, objects = TerminateOffload(request.request_id, alone), ()
-            if not self._submit(request, _Pending("terminate", sock)):
+            try:
+                self.registry.submit(request)
+            except PreconditionError as exc:
+                bump(self.counters, "precondition_refused")
+                self.stack._internal_error(exc)
                 return False
-        else:
-            self._send_checked(request, _Pending("terminate", sock, objects))
+        if not self._send_checked(request, _Pending("terminate", sock, objects)):
+            self._lost(sock, "the target did not take the terminate: the connection's state is lost")
+            return False
         for obj in objects:
             self._drop_shared(obj)
         off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
@@ -1337,11 +1314,14 @@ class OffloadManager:
             self.registry.submit(request)
         except PreconditionError:  # a path or neighbor is busy: each connection alone
             return sum(self._terminate(sock, reason) for sock in socks)
+        if not self._send_checked(request, _Pending("terminate", None, objects, tuple(socks))):
+            for sock in socks:
+                self._lost(sock, "the target did not take the terminate: the connection's state is lost")
+            return 0
         for sock in socks:
             off = sock.offload
             assert off is not None
             off.state, off.reason, off.started = OffloadState.UPLOADING, reason, self.now
-        self._send_checked(request, _Pending("terminate", None, objects, tuple(socks)))
         for obj in objects:
             self._drop_shared(obj)
         return len(socks)
@@ -1436,38 +1416,13 @@ class OffloadManager:
         delegated = state.delegated if isinstance(state, TcpSnapshot) else state
         assert isinstance(delegated, TcpDelegated)
         try:
-            tail = self._check_returned(off, delegated)
+            tail, off.trim = check_returned(off, delegated)
         except ProtocolViolationError as exc:
             self._lost(sock, str(exc))
             return
+        if off.trim:
+            self._fault(None, Reason.HARDWARE_FAILURE, f"{off.trim} returned bytes were delivered already")
         self._reinstate(sock, delegated, tail)
-
-    def _check_returned(self, off: ConnOffload, d: TcpDelegated) -> bytes:
-        """Check the returned sequence numbers against what the host gave and took; returns the send bytes
-        the target did not keep (to append), trims buffered data the host already has."""
-        fin_acked = 1 if d.state in (TcpState.FIN_WAIT_2, TcpState.TIME_WAIT) else 0  # SND.UNA is past it
-        end = d.snd_una + (len(d.send_data) - fin_acked)
-        expected = off.base_end + off.submitted
-        gap = expected.dist(end)
-        if not off.base_una <= d.snd_una or d.snd_una.dist(off.base_una) < off.acked:
-            raise ProtocolViolationError(f"returned SND.UNA {int(d.snd_una)} is behind what was ACKed")
-        retained = b"".join(data for _, data in off.inflight) + bytes(off.returned)
-        if d.state is TcpState.CLOSED:
-            return b""  # nothing will be sent again: only an abort's RST needs the numbers
-        if gap < 0 or gap > len(retained) or (gap and d.fin_outstanding and d.snd_max == end + 1):
-            raise ProtocolViolationError(f"returned send data ends at {int(end)}, expected {int(expected)}")
-        start = d.buffered_start
-        overlap = off.rcv_end.dist(start)
-        if overlap < 0:
-            raise ProtocolViolationError(
-                f"returned receive data starts at {int(start)}, the host holds up to {int(off.rcv_end)}"
-            )
-        if overlap:
-            if overlap > len(d.buffered_data):
-                raise ProtocolViolationError("returned receive data lies before what the host took")
-            self._fault(None, Reason.HARDWARE_FAILURE, f"{overlap} returned bytes were delivered already")
-        off.trim = overlap
-        return retained[len(retained) - gap :] if gap else b""
 
     def _reinstate(self, sock: TcpSocket, d: TcpDelegated, tail: bytes) -> None:
         """Rebuild the host engine from the returned state: queued sends appended, reads from the socket's
@@ -1590,37 +1545,46 @@ class OffloadManager:
         self._by_handle.pop(off.handle, None)
         off.state, off.ctx = OffloadState.IN_HOST, None
         self._fault(sock, Reason.HARDWARE_FAILURE, detail, act=False)
-        if not off.finished:
-            self._emit(sock, ConnectionReset())
-            off.finished = True
-            self.stack._forget(sock)
-            self._emit(sock, Closed())
+        self._give_up(sock)
         sock.conn.abort()
         self._discard_engine_events(sock)
         self._probe_lost_peer(sock)
 
-    def _probe_lost_peer(self, sock: TcpSocket) -> None:
-        """The host engine's RST carries the sequence numbers of the offload, which the peer drops as out of
-        window (RFC 5961 3.2) once the target moved on. A keepalive-shaped segment (SEG.SEQ = SND.UNA - 1,
-        the SND.UNA the host knows, which the peer has passed) is unacceptable to the peer, so it answers with
-        an ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK
-        with an RST the peer accepts exactly (3.10.7.1)."""
+    def _give_up(self, sock: TcpSocket) -> None:
+        """The host aborted the connection for a fault: for the application it was reset (ECONNRESET in
+        every later call, the state CLOSED, what it had not read discarded), as after the peer's RST."""
         off = sock.offload
         assert off is not None
-        seq = off.base_una + (off.acked - 1)
-        probe = TcpSegment(
-            sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
-        )
-        self.stack._send_segment_stateless(sock.remote_ip, probe)
+        off.aborted = off.reset = True
+        if not off.finished:
+            off.rcvq.clear()
+            off.queued.clear()
+            self._emit(sock, ConnectionReset())
+            self._finish(sock)
+
+    def _probe_lost_peer(self, sock: TcpSocket) -> None:
+        """Make the peer answer so that the host's RST reaches it exactly (``lost_peer_probes``)."""
+        off = sock.offload
+        assert off is not None
+        for probe in lost_peer_probes(sock, off):
+            self.stack._send_segment_stateless(sock.remote_ip, probe)
 
     # ================================================================== completions and indications
 
     def _on_completion(self, completion: Completion) -> None:
         pending = self._pending.pop(completion.request_id, None)
+        self._state_calls.pop(completion.request_id, None)
+        for sock in pending.socks if pending is not None else ():
+            if sock.offload is not None:
+                sock.offload.heard = self.now
         try:
             self.registry.complete(completion)
-        except ProtocolViolationError as exc:
-            self._violation(pending, str(exc))
+        except ContractError as exc:  # a violation, or an answer naming what the registry no longer holds
+            self._violation(
+                pending,
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProtocolViolationError) else str(exc),
+                completion,
+            )
             return
         if pending is None:
             return
@@ -1628,6 +1592,11 @@ class OffloadManager:
         if state_done is not None:
             assert isinstance(completion, StateCompletion)
             state_done(pending, completion)
+        elif pending.kind == "return" and pending.sock is not None and pending.sock.offload is not None:
+            if completion.status is Status.SUCCESS:  # the target consumed them: they are its no more
+                unconfirmed = pending.sock.offload.unconfirmed
+                while unconfirmed and unconfirmed[0][0] <= completion.request_id:
+                    unconfirmed.popleft()
         elif pending.sock is not None:
             self._on_data_done(pending.sock, completion)
 
@@ -1642,18 +1611,87 @@ class OffloadManager:
         except ProtocolViolationError as exc:
             self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
 
-    def _violation(self, pending: _Pending | None, detail: str) -> None:
-        socks = () if pending is None else pending.socks
-        if pending is None or not socks:
+    def _violation(self, pending: _Pending | None, detail: str, completion: Completion) -> None:
+        """An answer the registry rejected. A data call's stays unanswered (its real answer may follow);
+        a state call is settled as failed: left in flight, the objects it names could never be terminated
+        (the registry waits for it), so the connection would never leave the target."""
+        if pending is None:
             self._fault(None, Reason.HARDWARE_FAILURE, detail)
             return
-        if pending.kind in ("initiate", "terminate"):
-            for obj in pending.objects:
-                self._drop_shared(obj)
-            for sock in socks:
-                self._lost(sock, detail)  # the target's view of the connection is unknown
+        if pending.kind == "initiate" and isinstance(completion, StateCompletion):
+            self._bad_initiate(pending, detail, completion.tree)
             return
-        self._fault(socks[0], Reason.HARDWARE_FAILURE, detail)
+        if pending.kind not in self._state_done:
+            self._fault(pending.sock, Reason.HARDWARE_FAILURE, detail)
+            return
+        # An initiate answered with no tree says nothing of what the target made: as if never answered.
+        made = pending.kind in ("initiate", "neighbor")
+        self._state_call_failed(completion.request_id, pending, detail, target_failed=made)
+
+    def _state_call_failed(self, rid: int, pending: _Pending, detail: str, target_failed: bool) -> None:
+        """Settle a state call the target answered wrongly or not at all: the registry forgets it, the
+        connections of an initiate or terminate are reset (their state on the target is unknown), those of
+        an update or query uploaded."""
+        self.registry.abandon(rid)
+        for obj in pending.objects:
+            self._drop_shared(obj)
+        if not pending.socks:
+            self._fault(None, Reason.HARDWARE_FAILURE, detail)
+        for sock in pending.socks:
+            off = sock.offload
+            assert off is not None
+            off.updating = off.querying = False
+            off.after_query = None
+            if pending.kind in ("initiate", "terminate"):
+                self._lost(sock, detail)
+            else:
+                self._fault(sock, Reason.HARDWARE_FAILURE, detail)  # uploads it
+        if target_failed:
+            self._target_failed(detail)
+
+    def _bad_initiate(self, pending: _Pending, detail: str, answer: tuple[BlockList, ...]) -> None:
+        """An initiate answer the registry rejected. What it counts as held by the target (an object with a
+        handle of its own) the host can name: such a connection is uploaded at once and comes back intact
+        when its state checks; the new paths and neighbors go once unused. The rest is reset. A connection
+        the answer claims offloaded under a handle the host cannot use (one in use, or none) leaves a copy
+        on the target that only the target can name: the target is failed (``_target_failed``), so that
+        every path is emptied and terminated, and the target drops what still hangs on one."""
+        claimed = False
+        said_offloaded = {b.host_handle for b in walk(answer) if b.layer is Layer.TCP and b.status.ok}
+        for obj in pending.objects:
+            held = obj.handle in self.registry
+            obj.target_handle = self.registry.record(obj.handle).target_handle if held else None
+            if not held:
+                self._drop_shared(obj)
+        for sock in pending.socks:
+            off = sock.offload
+            assert off is not None
+            if off.handle in self.registry:
+                off.ctx, off.state = self.registry.record(off.handle).target_handle, OffloadState.OFFLOADED
+                self._fault(sock, Reason.HARDWARE_FAILURE, detail)  # uploads it
+            else:
+                claimed = claimed or off.handle in said_offloaded
+                self._lost(sock, detail)
+        for obj in pending.objects:
+            if obj.layer is Layer.PATH:
+                self._release(obj)
+            elif obj.target_handle is not None:
+                self._release_neighbor(obj)
+        if claimed:
+            self._target_failed(f"an initiate answer left the target holding a connection: {detail}")
+
+    def _target_failed(self, detail: str) -> None:
+        """The target broke the contract beyond one connection (its ``submit`` raised; it gave a handle
+        that names another object, so the host cannot name what it made): like corrupt hardware (spec
+        3.2), every connection comes back, those it cannot hand back are reset, and each path and neighbor
+        is terminated as its last connection leaves (the target drops whatever still hangs on one). No
+        connection is offered to it again until it announces TargetResumed."""
+        self._fault(None, Reason.HARDWARE_FAILURE, detail)
+        if self.failed:
+            return
+        self.failed = True
+        bump(self.counters, "target_failed")
+        self.upload_all(Reason.HARDWARE_FAILURE)
 
     def _fault(self, sock: TcpSocket | None, reason: Reason, detail: str, act: bool = True) -> None:
         bump(self.counters, "target_faults")
@@ -1666,7 +1704,7 @@ class OffloadManager:
         if isinstance(ind, TargetPaused):
             self.paused = True
         elif isinstance(ind, TargetResumed):
-            self.paused = False
+            self.paused = self.failed = False
             self.capabilities = ind.capabilities
             self._reconsider()  # what the pause refused may go now, under the new capabilities
         elif isinstance(ind, UploadAllRequested):
@@ -1685,6 +1723,7 @@ class OffloadManager:
         if sock is None or sock.offload is None:
             self._fault(None, Reason.HARDWARE_FAILURE, f"{type(ind).__name__} for unknown handle {handle}")
             return
+        sock.offload.heard = self.now
         if isinstance(ind, ReceiveIndication):
             self._on_receive(sock, ind)
         elif isinstance(ind, PeerDisconnect):
@@ -1790,12 +1829,80 @@ class OffloadManager:
             bump(self.counters, "precondition_refused")
             self.stack._internal_error(exc)
             return False
-        self._send_checked(request, pending)
+        return self._send_checked(request, pending)
+
+    def _send_checked(self, request: Request, pending: _Pending) -> bool:
+        """Hand a checked request to the target. A target's ``submit`` never raises (the contract: it
+        completes what it cannot do with a status); one that does is a failed target, and its exception
+        stops here, whatever socket call led to it. False: the request is treated as never made."""
+        self._pending[request.request_id] = pending
+        try:
+            self.target.submit(request, self.now)
+        except Exception as exc:
+            self._pending.pop(request.request_id, None)
+            self.registry.abandon(request.request_id)
+            self._target_failed(f"submit({type(request).__name__}) raised {type(exc).__name__}: {exc}")
+            return False
+        if pending.kind in self._state_done and request.request_id in self._pending:
+            self._state_calls[request.request_id] = self.now
+            self._arm_watch()
         return True
 
-    def _send_checked(self, request: Request, pending: _Pending) -> None:
-        self._pending[request.request_id] = pending
-        self.target.submit(request, self.now)
+    # ================================================================== the target's silence
+
+    def _arm_watch(self) -> None:
+        if self._next_watch is None:
+            self._next_watch = self.now + WATCH_INTERVAL
+
+    def _watch(self, now: float) -> None:
+        """Every WATCH_INTERVAL while the target holds anything: lost state calls, silent connections."""
+        self._next_watch = None
+        for rid, at in list(self._state_calls.items()):
+            if now - at >= STATE_CALL_TIMEOUT and rid in self._state_calls:
+                self._call_lost(rid)
+        for sock in list(self._by_handle.values()):
+            off = sock.offload
+            if off is None or off.state is not OffloadState.OFFLOADED or off.ctx is None:
+                continue
+            if not (off.querying or off.updating) and now - off.heard >= SILENCE:
+                tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle))])
+                off.querying = self._submit(QueryOffload(self._rid(), tree), _Pending("query", sock))
+        if self._state_calls or self._by_handle:
+            self._arm_watch()
+
+    def _call_lost(self, rid: int) -> None:
+        """A state call the target never answered: what it named is in an unknown state on the target. The
+        connections it named are reset and the target failed (``_target_failed``)."""
+        del self._state_calls[rid]
+        pending = self._pending.pop(rid, None)
+        kind = pending.kind if pending is not None else "state"
+        detail = f"the target never answered {kind} request {rid}"
+        if pending is None:
+            self.registry.abandon(rid)
+            self._target_failed(detail)
+            return
+        self._state_call_failed(rid, pending, detail, target_failed=True)
+
+    def _on_query_done(self, pending: _Pending, completion: StateCompletion) -> None:
+        """A silent connection's state: what it shows owed twice in a row is a fault (once may be a race
+        with an indication still on its way); a failed query is corrupt hardware (spec 3.2)."""
+        sock = pending.sock
+        assert sock is not None and sock.offload is not None
+        off = sock.offload
+        off.querying = False
+        block = next((b for b in walk(completion.tree) if b.layer is Layer.TCP), None)
+        state = block.state if block is not None and block.status is Status.SUCCESS else None
+        if isinstance(state, TcpSnapshot | TcpDelegated):
+            d = state.delegated if isinstance(state, TcpSnapshot) else state
+            owed = owed_by_target(off, d)
+            if owed is not None and off.suspect is not None and off.after_query is None:
+                self._fault(sock, Reason.HARDWARE_FAILURE, f"{owed} (two queries apart)")
+            off.suspect = owed
+        elif not off.finished and off.after_query is None:
+            self._fault(sock, Reason.HARDWARE_FAILURE, "the target failed a query of the connection")
+        if off.after_query is not None and off.state is OffloadState.OFFLOADED:
+            (reason,), off.after_query = off.after_query, None
+            self._terminate(sock, reason)
 
 
 def _branch(tree: tuple[BlockList, ...], tcp_handle: int) -> tuple[BlockList, ...]:

@@ -40,6 +40,7 @@ LIFECYCLE_KEYS: Final = (
     "peer_resets",
     "send_backlog_changes",  # SendBacklogChanged indications
     "reachability_queries",  # NeighborReachabilityQuery indications
+    "orphans_dropped",  # connections still linked to a path or neighbor the host terminated
 )
 
 

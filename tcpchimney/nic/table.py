@@ -82,6 +82,7 @@ class TcpEntry:
     const: TcpConst
     cached: TcpCached
     una_last: SeqNum  # SND.UNA when ``acked`` was last brought up to date
+    delivered: SeqNum  # sequence number of the next byte the host gets (indications carry it)
     written: int  # stream bytes accepted (offload send data + Sends + disconnect data)
     template: TxTemplate | None = None
     acked: int = 0  # stream bytes acknowledged since offload (may count our FIN: compare with ``written``)

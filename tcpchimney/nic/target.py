@@ -583,7 +583,9 @@ class SoftwareTarget(TargetMethods):
         conn = entry.conn
         while entry.posted and conn.readable:
             buf = entry.posted[0]
-            buf.data += conn.receive(buf.room - len(buf.data))
+            got = conn.receive(buf.room - len(buf.data))
+            entry.delivered = entry.delivered + len(got)
+            buf.data += got
             if len(buf.data) >= buf.room:
                 entry.posted.popleft()
                 entry.push_deadline = None
@@ -613,7 +615,7 @@ class SoftwareTarget(TargetMethods):
         self._indication_ids += 1
         entry.indication = (self._indication_ids, len(data))
         self.counters.lifecycle["receive_indications"] += 1
-        self.indicate(ReceiveIndication(entry.host_handle, self._indication_ids, data))
+        self.indicate(ReceiveIndication(entry.host_handle, self._indication_ids, data, entry.delivered))
 
     # ---------------------------------------------------------------- stopping a connection
 
@@ -751,6 +753,7 @@ class SoftwareTarget(TargetMethods):
             const,
             cached,
             una_last=snap.delegated.snd_una,
+            delivered=snap.delegated.buffered_start,
             written=len(snap.delegated.send_data),
         )
         self.table.add_conn(entry)
@@ -868,7 +871,23 @@ class SoftwareTarget(TargetMethods):
         # Neighbors and paths go after their dependents; the host's registry orders the tree that way.
         for block in _walk(done):
             if block.layer is not Layer.TCP and block.status is Status.SUCCESS:
+                self._drop_orphans(block.target_handle or 0)
                 self.table.remove(block.target_handle or 0)
+
+    def _drop_orphans(self, handle: int) -> None:
+        """A host terminates a path or neighbor only once nothing hangs on it, so what still does is an
+        object the host lost track of (an answer of ours it could not trust): drop it rather than keep a
+        connection nobody can name answering its peer. Its frames go up; the host, which holds no such
+        connection, answers the peer with a reset."""
+        for entry in self.table.dependents(handle):
+            self.counters.lifecycle["orphans_dropped"] += 1
+            self._abort_calls(entry, Status.REQUEST_ABORTED)
+            self.table.remove(entry.handle)
+            self._dirty.pop(entry.handle, None)
+            self._to_host.extend(entry.held)
+        neighbor = self.table.neighbors.get(handle)
+        for path in list(neighbor.paths) if neighbor is not None else ():
+            self.table.remove(path)
 
     def _terminate_block(self, block: BlockList, now: float) -> BlockList:
         handle = block.target_handle or 0
@@ -969,6 +988,7 @@ class SoftwareTarget(TargetMethods):
         entry.indication = None
         if consumed:
             entry.conn.receive(consumed)  # only now: the window reopens as the application takes data
+            entry.delivered = entry.delivered + consumed
         if consumed < offered:
             entry.indications_enabled = False  # the rest waits for a posted buffer (spec 4.1)
         self.complete(Completion(request.request_id, Status.SUCCESS))

@@ -265,7 +265,9 @@ STRATEGIES = {
     SendCompletion: st.builds(SendCompletion, ids, final_status, u32),
     ReceiveCompletion: st.builds(ReceiveCompletion, ids, final_status, small_bytes),
     DisconnectCompletion: st.builds(DisconnectCompletion, ids, final_status, u32),
-    ReceiveIndication: st.builds(ReceiveIndication, ids, ids, st.binary(min_size=1, max_size=100)),
+    ReceiveIndication: st.builds(
+        ReceiveIndication, ids, ids, st.binary(min_size=1, max_size=100), st.builds(SeqNum, u32)
+    ),
     PeerDisconnect: st.builds(PeerDisconnect, ids),
     PeerReset: st.builds(PeerReset, ids),
     UploadRequest: st.builds(UploadRequest, ids, target_reasons),

@@ -46,6 +46,7 @@ from tcpchimney.chimney import (
 from tcpchimney.chimney.requests import Request
 from tcpchimney.chimney.tree import verify_state_call_completion
 from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire.seq import SeqNum
 
 LINKED_TCP = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(90, 101))])
 
@@ -154,9 +155,11 @@ def test_upload_request_needs_a_target_reason() -> None:
         UploadRequest(5, Reason.TARGET_FULL)
 
 
-def test_receive_indication_carries_data() -> None:
+def test_receive_indication_carries_data_and_its_sequence_number() -> None:
     with pytest.raises(FieldRangeError):
-        ReceiveIndication(5, 1, b"")
+        ReceiveIndication(5, 1, b"", SeqNum(7))
+    with pytest.raises(FieldRangeError):
+        ReceiveIndication(5, 1, b"data", 7)  # type: ignore[arg-type]
 
 
 # -- reasons -------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from tcpchimney.chimney import (
     complete_initiate,
     walk,
 )
+from tcpchimney.chimney.tcp_state import TcpCached
 from tcpchimney.chimney.tree import Tree, mark_all
 
 N, P, T1, T2 = 1, 11, 101, 102  # host handles
@@ -379,3 +380,47 @@ def test_target_handles_must_be_unique() -> None:
     with pytest.raises(ProtocolViolationError, match="already in use"):
         reg.complete(StateCompletion(5, Status.SUCCESS, done))
     assert [b.host_handle for b in walk(done)] == [None, P, 103]
+
+
+def test_a_target_handle_given_to_two_new_objects_is_a_violation_and_neither_is_kept() -> None:
+    """Recorded, the second object would take the first's entry in the handle table and a later terminate
+    of both would not find the first (UnknownObjectError from inside ``complete``)."""
+    reg = OffloadRegistry()
+    request = InitiateOffload(5, build_tree([(new_neighbor(N), new_path(P), new_tcp(T1))]))
+    reg.submit(request)
+    done = complete_initiate(
+        request.tree, lambda b: (Status.SUCCESS, TN if b.layer is not Layer.TCP else TT1)
+    )
+    with pytest.raises(ProtocolViolationError, match="given to two objects"):
+        reg.complete(StateCompletion(5, Status.SUCCESS, done))
+    assert N not in reg and P not in reg and T1 not in reg  # the TCP block's parent is not held either
+    assert reg.in_flight == 0  # the request is settled, not left in flight
+
+
+def test_a_faulty_initiate_answer_keeps_what_it_names_with_handles_of_its_own() -> None:
+    reg = offloaded_registry()
+    request = InitiateOffload(
+        5,
+        build_tree(
+            [
+                (PLACEHOLDER, LinkedObject(TP, P), new_tcp(103)),
+                (PLACEHOLDER, LinkedObject(TP, P), new_tcp(104)),
+            ]
+        ),
+    )
+    reg.submit(request)
+    done = complete_initiate(request.tree, lambda b: (Status.SUCCESS, TT1 if b.host_handle == 103 else 2104))
+    with pytest.raises(ProtocolViolationError, match="already in use"):
+        reg.complete(StateCompletion(5, Status.SUCCESS, done))
+    assert 103 not in reg and reg.record(104).target_handle == 2104
+    reg.submit(TerminateOffload(6, tcp_only(2104)))  # the host can name it: it terminates it
+
+
+def test_abandon_undoes_what_submit_recorded() -> None:
+    reg = offloaded_registry()
+    reg.submit(UpdateOffload(5, build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(TT1, T1, TcpCached()))])))
+    reg.abandon(5)
+    assert not reg.record(T1).updating and reg.in_flight == 0
+    reg.submit(TerminateOffload(6, tcp_only(TT1)))
+    reg.abandon(6)
+    assert T1 not in reg

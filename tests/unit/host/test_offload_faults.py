@@ -39,6 +39,7 @@ from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.events import Closed, ConnectionReset
+from tcpchimney.wire.seq import SeqNum
 
 
 def _net(seed: int) -> tuple[OffloadNet, TamperingTarget]:
@@ -70,7 +71,7 @@ def test_indications_for_unknown_handles() -> None:
     a, b = net.connect()
     net.wait_offloaded(a)
     tamperer.inject(PeerReset(424242))
-    tamperer.inject(ReceiveIndication(424243, 1, b"ghost"))
+    tamperer.inject(ReceiveIndication(424243, 1, b"ghost", SeqNum(1)))
     net.pump()
     assert len(net.events(OffloadFault)) == 2
     assert a.offload_state is OffloadState.OFFLOADED and a.readable == 0

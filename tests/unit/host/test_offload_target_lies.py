@@ -1,0 +1,329 @@
+"""A target that lies about what it did is caught against the host's own accounting (the sequence numbers,
+byte counts and handles it issued): the fault is reported (OffloadFault), the connection is recovered on the
+host or reset, the target is made to drop its copy, and the application sees a connection that is either
+exact or closed with a reset in every call (docs/offload-contract.md "What the host checks")."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from offload_kit import (
+    PORT,
+    OffloadNet,
+    Stream,
+    TamperingTarget,
+    exchange,
+    make_offload_net,
+    payload,
+)
+
+from tcpchimney.chimney.completions import SendCompletion, StateCompletion
+from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.reason import Reason
+from tcpchimney.chimney.requests import Request, Send
+from tcpchimney.chimney.target import Output
+from tcpchimney.chimney.tcp_state import TcpDelegated
+from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
+from tcpchimney.host.events import OffloadFault, Uploaded
+from tcpchimney.host.offload import SILENCE, STATE_CALL_TIMEOUT, OffloadState
+from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.host.sockets import TcpSocket
+from tcpchimney.tcp.errors import ConnectionResetByPeerError
+from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
+from tcpchimney.tcp.state import TcpState
+
+
+def _net(seed: int) -> tuple[OffloadNet, TamperingTarget]:
+    net = make_offload_net(seed, tamper=True)
+    return net, net.tamperer  # type: ignore[attr-defined]
+
+
+def _faults(net: OffloadNet, sock: TcpSocket | None) -> list[OffloadFault]:
+    return [f for f in net.events(OffloadFault) if f.sock is sock]  # type: ignore[attr-defined,misc]
+
+
+def _ends_with_reset(net: OffloadNet, sock: TcpSocket) -> None:
+    """The application saw a reset, then Closed (never a clean EOF), and every call says so."""
+    kinds = [type(e) for e in net.tcp_events(sock) if isinstance(e, ConnectionReset | Closed | PeerClosed)]
+    assert kinds == [ConnectionReset, Closed]
+    assert sock.state is TcpState.CLOSED
+    with pytest.raises(ConnectionResetByPeerError):
+        sock.send(b"lost")
+    assert sock.receive(100) == b""
+
+
+def _map_tcp_blocks(out: Output, fn: object) -> Output:
+    assert isinstance(out, StateCompletion)
+
+    def visit(block: BlockList) -> BlockList:
+        if block.layer is Layer.TCP:
+            return fn(block)  # type: ignore[operator,no-any-return]
+        return block.with_dependents(tuple(visit(d) for d in block.dependents))
+
+    return replace(out, tree=tuple(visit(b) for b in out.tree))
+
+
+def test_a_receive_indication_delivered_twice_is_a_fault_and_the_stream_stays_exact() -> None:
+    net, tamperer = _net(21)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    doubled: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, ReceiveIndication) and len(doubled) < 3:
+            doubled.append(out.indication_id)
+            return [out, out]
+        return [out]
+
+    tamperer.tamper = tamper
+    exchange(net, [Stream(b, a, payload(300_000, 21))])  # checks a got exactly what b sent
+    assert doubled
+    (fault,) = _faults(net, a)  # one: the host uploaded at the first duplicate
+    assert "duplicate" in fault.detail
+    (up,) = net.events(Uploaded)
+    assert up.sock is a and up.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
+
+
+def test_a_receive_indication_that_skips_bytes_is_a_fault_and_nothing_is_lost() -> None:
+    net, tamperer = _net(22)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    dropped: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, ReceiveIndication) and not dropped and len(out.data) > 10:
+            dropped.append(out.indication_id)  # the host gets the second half only, said to start later
+            return [replace(out, seq=out.seq + 10, data=out.data[10:])]
+        return [out]
+
+    tamperer.tamper = tamper
+    exchange(net, [Stream(b, a, payload(200_000, 22))])
+    assert dropped
+    (fault,) = _faults(net, a)
+    assert "gap" in fault.detail
+
+
+def test_an_upload_returning_closed_without_a_fin_or_reset_is_a_fault_and_a_reset() -> None:
+    net, tamperer = _net(23)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    exchange(net, [Stream(a, b, payload(20_000, 23)), Stream(b, a, payload(20_000, 24))])
+
+    def closed(block: BlockList) -> BlockList:
+        assert isinstance(block.state, TcpDelegated)
+        return block.with_result(block.status, state=replace(block.state, state=TcpState.CLOSED))
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and any(
+            isinstance(b.state, TcpDelegated) for b in walk(out.tree)
+        ):
+            return [_map_tcp_blocks(out, closed)]
+        return [out]
+
+    tamperer.tamper = tamper
+    net.a.upload(a, Reason.ADMIN)
+    net.run_until(lambda: net.has_event(a, Closed))
+    _ends_with_reset(net, a)
+    (fault,) = _faults(net, a)
+    assert "CLOSED" in fault.detail and fault.reason is Reason.HARDWARE_FAILURE
+    net.run_until(lambda: net.has_event(b, ConnectionReset))  # the peer is told too
+
+
+def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> None:
+    net = make_offload_net(24, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    assert net.a.offload_now(a1) is None
+    net.wait_offloaded(a1)
+    assert a1.offload is not None and a1.offload.ctx is not None
+    used = a1.offload.ctx
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion):
+            blocks = [blk for blk in walk(out.tree) if blk.layer is Layer.TCP and blk.role is Role.NEW]
+            if blocks and blocks[0].target_handle != used:
+                return [_map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=used))]
+        return [out]
+
+    tamperer.tamper = tamper
+    exchange(net, [Stream(b2, a2, payload(30_000, 24))])  # the peer has data in flight to the target's copy
+    assert net.a.offload_now(a2) is None
+    b2.send(payload(30_000, 25))
+    net.run_until(lambda: net.has_event(a2, Closed))
+    tamperer.tamper = None
+    _ends_with_reset(net, a2)
+    (fault,) = _faults(net, a2)
+    assert "already in use" in fault.detail
+    # The target's copy is gone: the peer's connection ends too, instead of being answered forever.
+    net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
+    net.run_until(lambda: len(net.target.table.conns) == 0 or net.offloaded(a1), 10.0)
+    assert all(e.host_handle != a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
+    # The first connection, whose handle the target claimed twice, is intact (on the host or the target).
+    exchange(net, [Stream(a1, b1, payload(50_000, 25)), Stream(b1, a1, payload(50_000, 26))])
+
+
+def test_a_connection_aborted_for_a_fault_is_closed_in_every_call() -> None:
+    net, _ = _net(25)
+    a, _b = net.connect()
+    net.wait_offloaded(a)
+    assert a.offload is not None
+    net.target.fail_hardware(lost={a.offload.handle})  # the target lost its state: the host aborts
+    net.run_until(lambda: net.has_event(a, Closed))
+    _ends_with_reset(net, a)
+    a.shutdown()  # idempotent on a reset connection, as on the host engine
+    a.close()
+
+
+class _RaisingTarget(TamperingTarget):
+    """A target whose ``submit`` raises for the requests ``fails`` picks (a broken driver)."""
+
+    def __init__(self, inner: TamperingTarget, fails: type[Request] | tuple[type[Request], ...]) -> None:
+        super().__init__(inner.inner)
+        self.fails = fails
+
+    def submit(self, request: Request, now: float) -> None:
+        if isinstance(request, self.fails):
+            raise RuntimeError("driver crashed")
+        self.inner.submit(request, now)
+
+
+def test_a_submit_that_raises_never_reaches_the_application_and_the_connection_recovers() -> None:
+    net, tamperer = _net(26)
+    raising = _RaisingTarget(tamperer, Send)
+    net.a._offload_manager().target = raising  # type: ignore[assignment]
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    exchange(net, [Stream(a, b, payload(100_000, 26)), Stream(b, a, payload(100_000, 27))])
+    assert _faults(net, a) or _faults(net, None)
+    assert a.offload_state is OffloadState.IN_HOST
+    assert net.a.counters["offload"]["target_faults"] >= 1
+
+
+def test_a_target_whose_every_submit_raises_resets_its_connections_and_offloads_no_more() -> None:
+    net, tamperer = _net(27)
+    a, _b = net.connect()
+    net.wait_offloaded(a)
+    net.a._offload_manager().target = _RaisingTarget(tamperer, Request)  # type: ignore[arg-type,assignment]
+    assert a.send(b"x" * 1000) == 1000  # no exception escapes
+    net.run_until(lambda: net.has_event(a, Closed))
+    _ends_with_reset(net, a)
+    a2, _ = net.connect(PORT + 1)
+    net.run_for(0.5)
+    assert a2.offload_state is OffloadState.IN_HOST  # a failed target gets no more connections
+
+
+# ---------------------------------------------------------------------------------------------- silence
+
+
+def _drop_first(kind: type, dropped: list[Output]) -> object:
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, kind) and not dropped:
+            dropped.append(out)
+            return []
+        return [out]
+
+    return tamper
+
+
+def test_a_dropped_receive_indication_is_found_by_a_query_and_nothing_is_lost() -> None:
+    """The target waits for an answer to an indication the host never got: nothing moves on the
+    connection. The host queries it after SILENCE, sees bytes it was never offered, and uploads it."""
+    net, tamperer = _net(31)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(ReceiveIndication, dropped)  # type: ignore[assignment]
+    exchange(net, [Stream(b, a, payload(100_000, 31))])
+    assert dropped
+    (fault,) = _faults(net, a)
+    assert "never indicated" in fault.detail
+    assert a.offload_state is OffloadState.IN_HOST
+
+
+def test_a_dropped_send_completion_is_found_by_a_query_and_the_transfer_completes() -> None:
+    net, tamperer = _net(32)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(SendCompletion, dropped)  # type: ignore[assignment]
+    exchange(net, [Stream(a, b, payload(300_000, 32))])
+    assert dropped
+    # The Send the peer acknowledged still counts against the socket's send space: once the connection
+    # is quiet the host queries it and finds the completion owed.
+    net.run_until(lambda: bool(_faults(net, a)), 3 * SILENCE)
+    (fault,) = _faults(net, a)
+    assert "never completed" in fault.detail
+    net.wait_in_host(a)
+    exchange(net, [Stream(a, b, payload(100_000, 33))])
+
+
+def test_a_state_call_never_answered_resets_its_connection_and_fails_the_target() -> None:
+    net, tamperer = _net(33)
+    (a, b), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    net.wait_offloaded(a)
+    net.wait_offloaded(a2)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    net.a.upload(a, Reason.ADMIN)
+    net.run_until(lambda: net.has_event(a, Closed), STATE_CALL_TIMEOUT + 2.0)
+    _ends_with_reset(net, a)
+    assert any("never answered" in f.detail for f in _faults(net, a))
+    net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
+    # The target is failed: the other connection comes back intact, and nothing is offloaded any more.
+    net.wait_in_host(a2)
+    exchange(net, [Stream(a2, b2, payload(50_000, 33)), Stream(b2, a2, payload(50_000, 34))])
+    assert a2.offload_reason is Reason.HARDWARE_FAILURE
+    a3, _ = net.connect(PORT + 2)
+    net.run_for(0.5)
+    assert a3.offload_state is OffloadState.IN_HOST and a3.offload_reason is Reason.TARGET_FAILED
+
+
+def test_a_connection_closed_on_the_target_comes_back_without_bytes_the_host_already_has() -> None:
+    """The target rejects the answer to an indication whose bytes the host took (the liar renamed it), so
+    it keeps them as undelivered; both sides close, the target's copy ends CLOSED with those bytes still
+    buffered. The upload hands them back: the host has them already and must not deliver them twice."""
+    net, tamperer = _net(34)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    renamed: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, ReceiveIndication) and not renamed:
+            renamed.append(out.indication_id)
+            return [replace(out, indication_id=out.indication_id + 100_000)]
+        return [out]
+
+    tamperer.tamper = tamper
+    data = payload(5_000, 34)
+    assert b.send(data) == len(data)
+    b.shutdown()
+    net.run_for(0.1)
+    got = a.receive(1 << 20)
+    a.shutdown()
+    net.run_until(lambda: net.has_event(a, Closed), 3 * SILENCE)
+    got += a.receive(1 << 20)
+    assert renamed and got == data
+    assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | PeerClosed)] == [PeerClosed]
+
+
+def test_a_rejected_answer_to_a_query_settles_it_and_the_connection_comes_back() -> None:
+    """Left in flight, a query the registry could not accept would block the connection's terminate for
+    ever (the registry waits for it): the host settles it as failed and uploads the connection."""
+    net, tamperer = _net(35)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    spoiled: list[int] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and not spoiled:
+            spoiled.append(out.request_id)
+            return [_map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=999))]
+        return [out]
+
+    tamperer.tamper = tamper
+    net.run_for(SILENCE + 2 * 1.0)  # quiet: the host queries the connection
+    assert spoiled, "no query was made"
+    net.wait_in_host(a, 5.0)
+    assert _faults(net, a)
+    exchange(net, [Stream(a, b, payload(50_000, 35)), Stream(b, a, payload(50_000, 36))])
