@@ -214,8 +214,10 @@ def diagnose(apps: list[App]) -> dict[str, object]:
             "mss": conn.wire_mss,
             "retransmits": conn.retransmit_count,
             "unsent": conn.unsent,
+            # The sender's SWS rule (a runt only when the window is at least half the largest offered)
+            # applied to a retransmission from SND.UNA: nothing leaves however often the RTO fires.
             "rexmit_held_by_small_window": conn.retransmit_count >= 3 and flight > 0
-            and 0 < conn.snd_wnd < min(flight, conn.wire_mss),
+            and 0 < conn.snd_wnd < conn.wire_mss and conn.snd_wnd < conn.max_snd_wnd // 2,
         }  # fmt: skip
     return out
 
