@@ -26,10 +26,12 @@ import sys
 import time
 import traceback
 from collections.abc import Generator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from offload_harness import (
     App,
+    Ctx,
+    Event,
     Outcome,
     Program,
     Session,
@@ -172,10 +174,19 @@ def run_case(case: Case) -> Result:
     """Run ``case`` and check it; raises AssertionError (or SimTimeout) naming the seed when it fails."""
     started = time.perf_counter()
     seen: list[App] = []
-    session = Session(lambda _seed: programs(case, seen), a_client=case.a_client, config=case.config_a,
-                      config_b=case.config_b)  # fmt: skip
+
+    def corrupt_from_now(ctx: Ctx) -> None:
+        for name in ("a", "b"):
+            ctx.net.link.set_impairments(name, case.imp)
+
+    # Corruption starts once the connection is established: ARP has no checksum, and an ARP reply corrupted
+    # past the Ethernet FCS (which the link does not model) poisons the cache for a reachable time, on Linux
+    # as here, longer than the harness waits for a handshake.
+    session = Session(lambda _seed: programs(case, seen), events=(Event(0.0, corrupt_from_now),),
+                      a_client=case.a_client, config=case.config_a, config_b=case.config_b)  # fmt: skip
+    handshake = replace(case.imp, corrupt=0.0)
     try:
-        o = run_session(session, case.seed, "handoff", toggles=case.toggles, imp=case.imp)
+        o = run_session(session, case.seed, "handoff", toggles=case.toggles, imp=handshake)
         check(o)
     except Exception as exc:
         raise SoakFailure(case.seed, exc, diagnose(seen)) from exc
