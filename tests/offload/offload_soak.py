@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -257,11 +258,26 @@ def main(env: dict[str, str]) -> int:
     started = time.perf_counter()
     totals: dict[str, float] = dict.fromkeys(("seeds", "passed", "bytes", "handoffs", "virtual_s"), 0)
     failed: list[int] = []
-    for seed in seeds_from_env(env):
-        if time.perf_counter() - started > budget:
-            break
+    # Ctrl-C or a kill ends the run early, with its summary.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _run_seeds(seeds_from_env(env), started + budget, max_bytes, verbose, totals, failed)
+    except KeyboardInterrupt:
+        print(json.dumps({"interrupted": True}), flush=True)
+    wall = round(time.perf_counter() - started, 1)
+    totals["virtual_s"] = round(totals["virtual_s"], 1)
+    totals["seeds"] = totals["passed"] + len(failed)  # those that ran to the end
+    print(json.dumps({"soak": totals | {"failed": len(failed), "wall_s": wall, "failed_seeds": failed}}))
+    return len(failed)
+
+
+def _run_seeds(
+    seeds: range, until: float, max_bytes: int, verbose: bool, totals: dict[str, float], failed: list[int]
+) -> None:
+    for seed in seeds:
+        if time.perf_counter() > until:
+            return
         case = draw_case(seed, max_bytes)
-        totals["seeds"] += 1
         if verbose:
             print(json.dumps({"case": case.describe()}), flush=True)
         try:
@@ -280,10 +296,6 @@ def main(env: dict[str, str]) -> int:
         if verbose:
             figures = {"bytes": result.bytes, "handoffs": result.handoffs, "wall_s": round(result.wall, 3)}
             print(json.dumps({"seed": seed} | figures), flush=True)
-    wall = round(time.perf_counter() - started, 1)
-    totals["virtual_s"] = round(totals["virtual_s"], 1)
-    print(json.dumps({"soak": totals | {"failed": len(failed), "wall_s": wall, "failed_seeds": failed}}))
-    return len(failed)
 
 
 if __name__ == "__main__":
