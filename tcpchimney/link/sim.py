@@ -25,6 +25,8 @@ frame put on the wire: bandwidth (a sender transmits one frame at a time: a fram
 has left, and arrives ``len / bandwidth`` seconds after its start plus the delay), loss, jitter (uniform in
 [0, jitter]), reordering (the frame is held back ``reorder_delay`` so later ones overtake it), corruption
 (one random bit flipped in a random byte past the Ethernet header), duplication (a second copy right behind).
+The Ethernet FCS is not modelled: a corrupted frame stands for one corrupted past it (in a switch's or a
+NIC's memory), which only checksums above Ethernet can catch; ARP has none, and takes it as it is.
 
 Timers: a node's ``next_deadline()`` is when it next wants ``handle_timer``; a deadline at or before the
 current time is due, and a due node is called at once, at the current instant, after the frames arriving at
