@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit long bench hostile clean
+.PHONY: demo test lint typecheck unit long bench hostile soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: $(STAMP)
 # HOSTILE_SEED (default 1000), or HOSTILE_SEEDS sessions; prints each session with a problem, then a summary.
 hostile: $(STAMP)
 	PYTHONPATH=tests $(BIN)/python tests/offload/hostile_target.py
+
+# The long form of tests/offload/test_soak.py: seeds in order until SOAK_SEEDS ("first-last" or a count) or
+# SOAK_SECONDS (wall clock) run out; SOAK_SEED=N replays one seed verbosely; SOAK_MAX_BYTES sizes transfers.
+SOAK_SEEDS ?= 1-1000000
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	SOAK_SEEDS=$(SOAK_SEEDS) SOAK_SECONDS=$(SOAK_SECONDS) PYTHONPATH=tests:tests/offload \
+		nice $(BIN)/python tests/offload/offload_soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -43,6 +43,16 @@ def bad_source(src: bytes, iface: InterfaceConfig) -> bool:
     )
 
 
+def reverse_path(iface: InterfaceConfig) -> tuple[int, int] | None:
+    """RFC 3704 2.4 (loose reverse-path check, Linux rp_filter=2 on a host with one interface): a datagram is
+    accepted only from a source we have a route back to. With a default route that is every source (None);
+    without one, only on-link sources: the (mask, network) they must match. Anything else could only
+    create state (a SYN-RECEIVED connection, a reassembly queue) or ask for an answer we cannot send."""
+    if iface.gateway is not None:
+        return None
+    return iface.netmask, iface.ip_int & iface.netmask
+
+
 def destination_kind(dst: bytes, iface: InterfaceConfig) -> str | None:
     """'unicast' for our address, 'broadcast' for the limited or our directed broadcast, None otherwise."""
     if dst == iface.ip:

@@ -33,6 +33,7 @@ from tcpchimney.host.ipv4 import (
     destination_kind,
     fragment_sizes,
     is_multicast,
+    reverse_path,
 )
 from tcpchimney.host.listener import Listener
 from tcpchimney.host.offload import OffloadManager
@@ -134,6 +135,7 @@ class HostStack:
         self._bad_sources = frozenset(
             a for a in (iface.ip, LIMITED_BROADCAST, UNSPECIFIED, iface.broadcast) if bad_source(a, iface)
         )
+        self._reverse_path = reverse_path(iface)  # None: every source is routable (set_gateway updates it)
         # Without a target nothing below changes: every offload hook is behind ``if self._offload``.
         self._offload: OffloadManager | None = None
         if target is not None:
@@ -361,6 +363,7 @@ class HostStack:
         the target to the new neighbor (chimney-spec 3.4, docs/offload-design.md). Raises ValueError for a
         gateway off the interface's subnet."""
         self.iface = replace(self.iface, gateway=None if gateway is None else ip_bytes(gateway))
+        self._reverse_path = reverse_path(self.iface)
         for sock in self._conns.values():
             sock.template = None  # its cached header names the old next hop's MAC
         if self._offload is not None:
@@ -460,6 +463,10 @@ class HostStack:
         src = ip.src
         if src in self._bad_sources or src[0] >= 224 or src[0] == 127:  # RFC 1122 3.2.1.3
             bump(c, "drop_bad_source")
+            return
+        rpf = self._reverse_path
+        if rpf is not None and int.from_bytes(src, "big") & rpf[0] != rpf[1]:
+            bump(c, "drop_no_route_to_source")  # ipv4.reverse_path: before any state or answer
             return
         if ip.ttl == 0:
             # RFC 1122 3.2.1.7: no host may send TTL 0, so such a datagram is corrupt or forged.
@@ -783,6 +790,11 @@ class HostStack:
         template = sock.template
         if template is None or sock.template_gen != self.arp.generation:
             template = self._build_template(sock, now)
+            if template is None:
+                # The route went away under the connection (set_gateway): like Linux (OutNoRoutes), the
+                # segment is dropped and the engine's retransmission tries again, with the route or not.
+                bump(self._counters.ipv4, "drop_no_route")
+                return
         payload = seg.payload
         header, partial, gso = tcp_wire.emit_tcp_for_device(
             seg, sock.pseudo_base, sock.gso_mss, self._features
@@ -804,8 +816,11 @@ class HostStack:
             raise InvalidAddress(f"no route to {'.'.join(map(str, dst))}")
         return hop
 
-    def _build_template(self, sock: TcpSocket, now: float) -> HeaderTemplate:
-        hop = self._next_hop(sock.remote_ip)
+    def _build_template(self, sock: TcpSocket, now: float) -> HeaderTemplate | None:
+        """The connection's header template towards its next hop; None while there is no route."""
+        hop = self.iface.next_hop(sock.remote_ip)
+        if hop is None:
+            return None
         mac = self.arp.lookup(hop, now) or ZERO_MAC
         template = HeaderTemplate(
             self._our_mac, mac, self._our_ip, sock.remote_ip, ipv4_wire.PROTO_TCP, df=True

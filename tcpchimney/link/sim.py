@@ -25,6 +25,19 @@ frame put on the wire: bandwidth (a sender transmits one frame at a time: a fram
 has left, and arrives ``len / bandwidth`` seconds after its start plus the delay), loss, jitter (uniform in
 [0, jitter]), reordering (the frame is held back ``reorder_delay`` so later ones overtake it), corruption
 (one random bit flipped in a random byte past the Ethernet header), duplication (a second copy right behind).
+The Ethernet FCS is not modelled: a corrupted frame stands for one corrupted past it (in a switch's or a
+NIC's memory), which only checksums above Ethernet can catch; ARP has none, and takes it as it is.
+
+Timers: a node's ``next_deadline()`` is when it next wants ``handle_timer``; a deadline at or before the
+current time is due, and a due node is called at once, at the current instant, after the frames arriving at
+that instant are delivered. A node that re-arms a timer "for now" from inside ``handle_timer`` (or while
+handling a frame) is therefore called again at the same instant, as a real event loop runs a callback
+scheduled for now on its next turn; its later timers keep firing. The link never second-guesses a reported
+deadline (a deadline is not an identity: the same value may be a new timer). The other side of that rule is
+that a node which keeps reporting a due deadline after every call never lets the clock move: that is a busy
+loop in a real runtime too, so after ``MAX_TIMER_ONLY_STEPS`` calls at one instant with no frame sent or
+delivered the link raises ``RuntimeError`` naming the node. Each call must make progress: handle the due
+work, or send something.
 
 Capture: the pcap records each frame once, in wire form (segmented, checksums complete), stamped with the
 virtual time its transmission starts. It is taken at the sender's port, before the medium: lost frames are
@@ -60,7 +73,8 @@ COUNTER_KEYS: Final = (
 )
 
 # A run that stays at one instant is a loop: frames bouncing with zero delay forever, or a node whose
-# deadline stays due after handle_timer. Both bounds are far above any finite exchange.
+# deadline stays due after handle_timer (re-armed for "now" without end). Both bounds are far above any
+# finite exchange: a node that re-arms "now" a few times in a row passes.
 MAX_STEPS_PER_INSTANT: Final = 1_000_000
 MAX_TIMER_ONLY_STEPS: Final = 10_000
 
@@ -125,9 +139,9 @@ NO_IMPAIRMENTS: Final = Impairments()
 
 
 class _Port:
-    """One attached node: its impairments, random source, transmitter state, counters and timer state."""
+    """One attached node: its impairments, random source, transmitter state and counters."""
 
-    __slots__ = ("busy_until", "counters", "fired", "fired_at", "impairments", "index", "name", "node", "rng")
+    __slots__ = ("busy_until", "counters", "impairments", "index", "name", "node", "rng")
 
     def __init__(self, node: Node, name: str, index: int, impairments: Impairments, seed: int) -> None:
         self.node = node
@@ -139,8 +153,6 @@ class _Port:
         self.rng = random.Random(f"tcpchimney-sim:{seed}:{index}")
         self.busy_until = -math.inf  # when the transmitter finishes the frame on the wire
         self.counters = dict.fromkeys(COUNTER_KEYS, 0)
-        self.fired: float | None = None  # the deadline last handed to handle_timer ...
-        self.fired_at = -math.inf  # ... and when
 
 
 class SimLink:
@@ -258,14 +270,12 @@ class SimLink:
 
     def _next_time(self) -> float | None:
         """Collect pending output (an application may have sent since the last step), then the time of the
-        earliest frame arrival or fresh node deadline (never before now)."""
+        earliest frame arrival or node deadline (never before now: a past deadline is due now)."""
         self._collect()
         best = self._queue[0][0] if self._queue else None
         for port in self._ports:
             deadline = port.node.next_deadline()
-            # A deadline already handed to handle_timer that the node still reports is stale: waking up for
-            # it again would spin at one instant. It is retried whenever the clock moves for another reason.
-            if deadline is None or deadline == port.fired:
+            if deadline is None:
                 continue
             if best is None or deadline < best:
                 best = deadline
@@ -292,13 +302,12 @@ class SimLink:
                 port.node.handle_frame(Frame(data, b"", partial, False, gso), now)
 
     def _fire_timers(self, t: float) -> int:
-        """handle_timer(t) once for each node whose deadline is due and not yet fired at this instant."""
+        """handle_timer(t) once for each node whose deadline is due (at or before t)."""
         fired = 0
         for port in self._ports:
             deadline = port.node.next_deadline()
-            if deadline is None or deadline > t or (deadline == port.fired and port.fired_at == t):
+            if deadline is None or deadline > t:
                 continue
-            port.fired, port.fired_at = deadline, t
             port.node.handle_timer(t)
             self._instant_activity[port.name] = self._instant_activity.get(port.name, 0) + 1
             fired += 1

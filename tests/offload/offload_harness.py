@@ -42,9 +42,10 @@ from tcpchimney.tcp.connection import TcpConnection
 from tcpchimney.tcp.errors import ConnectionClosedError
 from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
-from tcpchimney.wire import ethernet
+from tcpchimney.wire import checksum, ethernet
 from tcpchimney.wire import ipv4 as ipv4_wire
 from tcpchimney.wire import tcp as tcp_wire
+from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
 from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import ACK, FIN, RST, SYN, TcpSegment
@@ -100,17 +101,25 @@ class Wire:
     def next_deadline(self) -> float | None:
         return self.node.next_deadline()
 
-    def segments(self) -> list[tuple[float, str, TcpSegment]]:
-        """(time, direction, segment) of every TCP frame seen, checksums not verified."""
+    def segments(self, verify: bool = False) -> list[tuple[float, str, TcpSegment]]:
+        """(time, direction, segment) of every TCP frame seen; ``verify``: only those whose IPv4 and TCP
+        checksums hold (a frame the medium corrupted is recorded as b received it, and b dropped it)."""
         out = []
         for t, data in self.frames:
             if len(data) < 34 or data[12:14] != b"\x08\x00":
                 continue
-            ip = ipv4_wire.parse_ipv4(data, ethernet.ETH_HEADER_LEN, verify_checksum=False)
-            if ip.proto != ipv4_wire.PROTO_TCP or ip.is_fragment:
+            try:
+                ip = ipv4_wire.parse_ipv4(data, ethernet.ETH_HEADER_LEN, verify_checksum=verify)
+                if ip.proto != ipv4_wire.PROTO_TCP or ip.is_fragment:
+                    continue
+                base = checksum.pseudo_base_sum(ip.src, ip.dst, ipv4_wire.PROTO_TCP) if verify else None
+                seg = tcp_wire.parse_tcp(ip.payload, base)
+            except WireError:
+                if not verify:
+                    raise
                 continue
             direction = "a>b" if bytes(ip.src) == A_IP_B else "b>a"
-            out.append((t, direction, tcp_wire.parse_tcp(ip.payload)))
+            out.append((t, direction, seg))
         return out
 
     def trace(self) -> list[WireSeg]:
@@ -658,21 +667,27 @@ class Outcome:
             for a, _ in self.pairs
         ]
 
-    def segments(self, a: TcpSocket) -> list[tuple[str, TcpSegment]]:
-        """(direction, segment) of the connection of ``a``'s socket, in wire order."""
+    def segments(self, a: TcpSocket, verify: bool = False) -> list[tuple[str, TcpSegment]]:
+        """(direction, segment) of the connection of ``a``'s socket, in wire order (``verify``: see
+        ``Wire.segments``)."""
         ports = {(a.local_port, a.remote_port): "a>b", (a.remote_port, a.local_port): "b>a"}
-        return [
-            (ports[k], s) for _, _, s in self.net.wire.segments() if (k := (s.src_port, s.dst_port)) in ports
-        ]
+        segments = self.net.wire.segments(verify)
+        return [(ports[k], s) for _, _, s in segments if (k := (s.src_port, s.dst_port)) in ports]
 
 
 def run_session(
-    session: Session, seed: int, mode: str, profile: str = "clean", toggles: tuple[float, ...] = ()
+    session: Session,
+    seed: int,
+    mode: str,
+    profile: str = "clean",
+    toggles: tuple[float, ...] = (),
+    imp: Impairments | None = None,
 ) -> Outcome:
     """``toggles`` (mode "handoff" only): at each of these times (seconds after establishment) every
-    connection of ``a`` that is offloaded is uploaded, every one on the host is offloaded."""
+    connection of ``a`` that is offloaded is uploaded, every one on the host is offloaded. ``imp``: the
+    impairments of both directions instead of the named ``profile``'s."""
     assert mode in MODES and (mode == "handoff" or not toggles)
-    imp = PROFILES[profile]
+    imp = PROFILES[profile] if imp is None else imp
     offload = mode != "host"
     net = make_net(seed, session.policy if offload else DISABLED, offload=offload, imp_a=imp, imp_b=imp,
                    config=session.config, config_b=session.config_b)  # fmt: skip
@@ -732,7 +747,8 @@ def check_wire_consistent(o: Outcome, resets: bool = False) -> None:
     """Per connection: every payload byte on the wire is the stream's byte at that sequence number; FINs end
     the streams; resets only after the sender's FIN (``resets``: anywhere, the scenario aborts)."""
     for (x, y), (a, _) in zip(o.apps, o.pairs, strict=True):
-        _check_connection_wire(o.segments(a), {"a>b": bytes(x.out), "b>a": bytes(y.out)}, resets)
+        segments = o.segments(a, verify=True)  # what the medium corrupted carried nothing
+        _check_connection_wire(segments, {"a>b": bytes(x.out), "b>a": bytes(y.out)}, resets)
 
 
 def _check_connection_wire(

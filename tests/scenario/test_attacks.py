@@ -7,7 +7,10 @@ import random
 
 from scenario_kit import (
     A_IP,
+    A_MAC,
     B_IP,
+    B_MAC,
+    EVIL_MAC,
     PORT,
     Attacker,
     Net,
@@ -18,11 +21,16 @@ from scenario_kit import (
     tcp_frame,
 )
 
-from tcpchimney.host.interface import ip_bytes
+from tcpchimney.host.events import EchoReply
+from tcpchimney.host.interface import ip_bytes, mac_bytes
+from tcpchimney.host.reassembly import HIGH_THRESH
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.link.sim import Impairments
 from tcpchimney.tcp.events import ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
+from tcpchimney.wire import ethernet
+from tcpchimney.wire import icmp as icmp_wire
+from tcpchimney.wire import ipv4 as ipv4_wire
 from tcpchimney.wire.tcp import ACK, PSH, RST, SYN, TcpOptions
 
 DELAY = Impairments(delay=0.001)
@@ -101,6 +109,66 @@ def test_syn_flood_fills_the_syn_queue_and_a_real_client_gets_in_with_a_cookie()
 
     net.run_until(done, timeout=30.0)
     assert pipe.got == data
+
+
+# ---------------------------------------------------------------------------------------------- fragments
+
+
+def _junk_first_fragment(ident: int, src: int) -> bytes:
+    """An 8-byte first fragment (MF set) of a UDP datagram whose rest never comes."""
+    eth = ethernet.emit_ethernet(mac_bytes(B_MAC), mac_bytes(EVIL_MAC), ethernet.ETHERTYPE_IPV4)
+    src_ip = bytes([198, 18, 0, src])
+    ip = ipv4_wire.emit_ipv4(src_ip, B_ADDR, ipv4_wire.PROTO_UDP, 8, ident, flags_frag=ipv4_wire.FLAG_MF)
+    return eth + ip + b"J" * 8
+
+
+def test_a_flood_of_junk_first_fragments_does_not_stop_fragmented_pings() -> None:
+    """Thousands of first fragments that never complete, from many sources, interleaved with fragmented
+    pings: reassembly is bounded by memory and evicts the oldest, so every ping is still reassembled and
+    answered, and the memory held never passes the high threshold."""
+    net, evil = _with_attacker(5)
+    payload = random.Random(5).randbytes(3000)  # three fragments each way at MTU 1500
+    peak = 0
+    for seq in range(100):
+        for i in range(200):
+            n = seq * 200 + i
+            evil.send(_junk_first_fragment(n & 0xFFFF, 100 + n % 100))
+        net.a.ping(B_IP, 77, seq, payload, net.link.now)
+        net.run_for(0.001)
+        peak = max(peak, net.b.reassembler.memory)
+    replies = lambda: {e.seq for e in net.log["a"] if isinstance(e, EchoReply)}  # noqa: E731
+    net.run_until(lambda: len(replies()) == 100, timeout=5.0)
+    assert all(e.payload == payload for e in net.log["a"] if isinstance(e, EchoReply))
+    ipv4 = net.b.counters["ipv4"]
+    assert ipv4["frag_rx"] >= 20_000 and ipv4["reassembled"] == 100
+    assert ipv4["drop_frag_evicted"] > 10_000, "the flood passed the high threshold many times"
+    assert peak <= net.b.reassembler.high_thresh and net.b.reassembler.memory <= HIGH_THRESH
+    assert net.b.counters["stack"]["internal_error"] == 0
+
+
+def test_overlapping_fragments_discard_the_datagram_and_are_counted() -> None:
+    """RFC 5722 style, for IPv4 as Linux does: a fragment that overlaps another (a Teardrop-like rewrite of
+    bytes already received) discards the whole datagram and the rest of it; a clean copy then gets through."""
+    net, evil = _with_attacker(6)
+    icmp = icmp_wire.emit_echo_request(9, 1, b"x" * 64)
+    eth = ethernet.emit_ethernet(mac_bytes(B_MAC), mac_bytes(A_MAC), ethernet.ETHERTYPE_IPV4)
+
+    def fragment(ident: int, offset: int, data: bytes, more: bool) -> bytes:
+        flags = (ipv4_wire.FLAG_MF if more else 0) | offset >> 3
+        ip = ipv4_wire.emit_ipv4(A_ADDR, B_ADDR, ipv4_wire.PROTO_ICMP, len(data), ident, flags_frag=flags)
+        return eth + ip + data
+
+    evil.send(fragment(1, 0, icmp[:48], True))
+    evil.send(fragment(1, 40, b"\0" * 8 + icmp[48:], False))  # rewrites bytes 40..47: an overlap
+    evil.send(fragment(1, 48, icmp[48:], False))  # what would have completed it is discarded too
+    net.run_for(0.01)
+    ipv4 = net.b.counters["ipv4"]
+    assert ipv4["drop_frag_overlap"] == 1 and ipv4["drop_frag_discarded"] == 1
+    assert "reassembled" not in ipv4 and net.b.counters["icmp"]["rx"] == 0
+    evil.send(fragment(2, 0, icmp[:48], True))
+    evil.send(fragment(2, 48, icmp[48:], False))
+    net.run_for(0.01)
+    assert net.b.counters["ipv4"]["reassembled"] == 1 and net.b.counters["icmp"]["rx"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- RFC 5961

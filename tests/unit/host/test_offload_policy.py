@@ -222,3 +222,39 @@ def test_offload_now_waiting_for_the_first_offload_to_the_peer_is_not_judged_by_
     net.run_until(lambda: net.offloaded(a1) and net.offloaded(a2), 2.0)
     assert len(net.events(OffloadRefused)) == refusals
     exchange(net, [Stream(a2, b2, payload(50_000, 9))])
+
+
+def test_timers_keep_firing_after_a_switch_to_automatic_from_inside_a_timer() -> None:
+    """The switch schedules the first automatic check for the very instant the stack's timer fired at: a
+    deadline equal to the one just fired is a new timer. The simulated link once took it for a stale one and
+    skipped it, and with it every later timer of that node (they all sit behind it), until some other node's
+    event moved the clock: here a's retransmissions, which nothing else would wake."""
+    net = make_offload_net(policy=OffloadPolicy())
+    a, b = net.connect()
+    exchange(net, [Stream(a, b, payload(20_000, 8))])  # an RTT sample for the automatic rules
+    net.run_for(1.0)  # idle: the next timers are the neighbors' reachability, tens of seconds away
+    switched: list[float] = []
+    inner = net.a.handle_timer
+
+    def handle_timer(now: float) -> None:
+        inner(now)
+        if not switched:
+            switched.append(now)
+            net.a.set_offload_policy(OffloadPolicy(mode="automatic", min_bytes=0))
+            net.link.set_impairments("a", Impairments(loss=1.0))  # a's segments need its RTO from now on
+
+    net.a.handle_timer = handle_timer  # type: ignore[method-assign]
+    net.run_until(lambda: bool(switched), 120.0)
+    sent = net.link.counters["a"]["tx_frames"]
+    assert a.send(payload(3000, 9)) == 3000
+    net.run_for(2.0)
+    assert net.link.counters["a"]["tx_frames"] - sent >= 4, "the first transmission and its retransmissions"
+    net.link.set_impairments("a", Impairments())
+    got = bytearray()
+
+    def arrived() -> bool:
+        got.extend(b.receive(1 << 20))
+        return len(got) == 3000
+
+    net.run_until(arrived, 10.0)
+    assert bytes(got) == payload(3000, 9)

@@ -401,17 +401,77 @@ class StaleNode(Recorder):
         return 1.0
 
 
-def test_a_deadline_that_never_moves_is_fired_once_per_instant() -> None:
+def test_a_deadline_that_never_moves_is_a_spin_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real event loop calls such a node again and again at full speed; the link stops and names it
+    # instead of hiding the bug (and every later timer of that node behind it).
+    monkeypatch.setattr(sim, "MAX_TIMER_ONLY_STEPS", 50)
     net = SimLink()
-    stale, other = StaleNode(), Recorder()
+    stale = StaleNode()
     net.attach(stale, "stale")
-    net.attach(other, "other")
+    net.attach(Recorder(), "other")
+    with pytest.raises(RuntimeError, match=r"'stale'.*due deadline"):
+        run_all(net)
+    assert len(stale.timer_calls) == 51 and set(stale.timer_calls) == {1.0} and net.now == 1.0
+
+
+class Rearming(Recorder):
+    """Timers as a sorted list; handle_timer runs every due one and may re-arm one "for now" (as a stack
+    that switches its offload policy from inside a timer does)."""
+
+    def __init__(self, deadlines: list[float], rearm_now: int = 1) -> None:
+        super().__init__()
+        self.deadlines = sorted(deadlines)
+        self.rearm_now = rearm_now  # how many times to re-arm "now" from inside handle_timer
+
+    def handle_timer(self, now: float) -> None:
+        super().handle_timer(now)
+        due = [d for d in self.deadlines if d <= now]
+        self.deadlines = [d for d in self.deadlines if d > now]
+        if due and self.rearm_now:
+            self.rearm_now -= 1
+            self.deadlines.insert(0, now)
+
+    def next_deadline(self) -> float | None:
+        return self.deadlines[0] if self.deadlines else None
+
+
+def test_a_timer_rearmed_for_now_fires_again_at_once_and_later_timers_still_fire() -> None:
+    net = SimLink()
+    node = Rearming([1.0, 2.0, 5.0])
+    net.attach(node, "node")
     run_all(net)
-    assert stale.timer_calls == [1.0] and net.now == 1.0
-    net.attach(Recorder(), "sender")
-    other.send_at(3.0, raw_frame(1))
+    assert node.timer_calls == [1.0, 1.0, 2.0, 5.0] and net.now == 5.0
+
+
+def test_a_node_rearming_now_still_receives_the_frames_of_that_instant() -> None:
+    net = SimLink()
+    node = Rearming([1.0, 3.0], rearm_now=3)
+    sender = Recorder()
+    net.attach(node, "node")
+    net.attach(sender, "sender")
+    sender.send_at(1.0, raw_frame(7))
     run_all(net)
-    assert stale.timer_calls == [1.0, 3.0]  # retried once when the clock moved for another reason
+    assert node.timer_calls == [1.0, 1.0, 1.0, 1.0, 3.0]
+    assert [(t, index_of(f)) for t, f in node.received] == [(1.0, 7)]
+
+
+def test_run_until_sees_a_timer_rearmed_for_now() -> None:
+    net = SimLink()
+    node = Rearming([1.0, 4.0])
+    net.attach(node, "node")
+    net.run_until(lambda: 4.0 in node.timer_calls, timeout=10.0)
+    assert node.timer_calls == [1.0, 1.0, 4.0]
+
+
+def test_a_node_rearming_now_forever_is_stopped_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim, "MAX_TIMER_ONLY_STEPS", 100)
+    net = SimLink()
+    net.attach(Recorder(), "quiet")
+    forever = Rearming([1.0], rearm_now=10**9)
+    net.attach(forever, "forever")
+    with pytest.raises(RuntimeError, match="'forever'"):
+        run_all(net)
+    assert len(forever.timer_calls) == 101 and net.now == 1.0
 
 
 class Regressing(Recorder):
