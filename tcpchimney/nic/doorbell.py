@@ -183,6 +183,7 @@ class Waiter:
         if not self._idle and self.spin(has_work):
             return True
         if not self.begin_sleep(has_work):
+            self._idle = False  # work came after all: the next wait spins again
             return True
         bound = self.sleep_bound_s if timeout is None else min(timeout, self.sleep_bound_s)
         woken = bool(self._poll.poll(max(0, math.ceil(bound * 1000))))

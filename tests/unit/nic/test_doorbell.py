@@ -150,6 +150,25 @@ def test_a_restarted_consumer_continues_the_sleep_numbering(arenas: tuple[Arena,
     assert bell.rung == 3
 
 
+def test_work_found_by_the_recheck_after_asleep_makes_the_next_wait_spin(
+    arenas: tuple[Arena, Arena, int],
+) -> None:
+    """An idle consumer whose re-check after saying "asleep" finds work is working again: its next wait
+    spins first, as after any other work (the case a timer raced in the test below)."""
+    _, nic, efd = arenas
+    waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0.001, sleep_bound_s=0.001)
+    assert not waiter.wait(never)  # idle now: the next wait goes straight to the re-check
+    calls = [0]
+
+    def at_the_recheck() -> bool:
+        calls[0] += 1
+        return calls[0] >= 1  # the first look of this wait is the re-check after "asleep"
+
+    spins = waiter.spins
+    assert waiter.wait(at_the_recheck) and waiter.sleeps_avoided == 1
+    assert waiter.wait(lambda: True) and waiter.spins == spins + 1
+
+
 def test_only_a_consumer_that_just_worked_spins(arenas: tuple[Arena, Arena, int]) -> None:
     _, nic, efd = arenas
     waiter = Waiter(nic.words, efd, Direction.H2N, spin_s=0.001, sleep_bound_s=0.001)
