@@ -3,7 +3,6 @@ text that states the address rule where a user meets it."""
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import re
 import subprocess
@@ -11,17 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
-ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
-
-
-@functools.cache
-def help_text(command: str | None) -> str:
-    argv = [*CHIMNEY, "--help"] if command is None else [*CHIMNEY, command, "--help"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"{argv} failed: {result.stderr}"
-    return result.stdout
+from chimney_help import ADDRESS_RULE, CHIMNEY, help_text
 
 
 def _console_script() -> list[str]:

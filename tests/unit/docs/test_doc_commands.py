@@ -3,26 +3,14 @@ and the address rule as ``--help`` words it."""
 
 from __future__ import annotations
 
-import functools
 import re
-import subprocess
-import sys
 
 import pytest
+from chimney_help import ADDRESS_RULE, help_text
 from docs_examples import ROOT, blocks
 
-CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
-ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 _OPTION = re.compile(r"(?<![\w-])(--?[a-z][a-z-]*)")
 _CHOICES = re.compile(r"\{([a-z,]+)\}")
-
-
-@functools.cache
-def help_text(command: str | None) -> str:
-    argv = [*CHIMNEY, "--help"] if command is None else [*CHIMNEY, command, "--help"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"{argv} failed: {result.stderr}"
-    return result.stdout
 
 
 def readme_commands() -> list[str]:
