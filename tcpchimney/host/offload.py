@@ -98,6 +98,7 @@ from tcpchimney.host.events import (
 )
 from tcpchimney.host.offload_faults import (
     check_indication,
+    check_peer_disconnect,
     check_returned,
     lost_peer_probes,
     owed_by_target,
@@ -967,10 +968,16 @@ class OffloadManager:
             self._set_state(sock, _AFTER_OUR_FIN_ACKED[off.tcp_state])
             self._after_state_change(sock)
 
-    def _on_peer_disconnect(self, sock: TcpSocket) -> None:
+    def _on_peer_disconnect(self, sock: TcpSocket, ind: PeerDisconnect) -> None:
         off = sock.offload
         assert off is not None
         if off.peer_fin or off.finished:
+            return
+        try:
+            check_peer_disconnect(off, ind)
+        except ProtocolViolationError as exc:
+            # No EOF: the upload returns the target's state, whose FIN (if any) comes after its data.
+            self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
             return
         off.peer_fin = True
         if off.tcp_state in _AFTER_PEER_FIN:
@@ -1727,7 +1734,7 @@ class OffloadManager:
         if isinstance(ind, ReceiveIndication):
             self._on_receive(sock, ind)
         elif isinstance(ind, PeerDisconnect):
-            self._on_peer_disconnect(sock)
+            self._on_peer_disconnect(sock, ind)
         elif isinstance(ind, PeerReset):
             self._on_peer_reset(sock)
         elif isinstance(ind, UploadRequest):

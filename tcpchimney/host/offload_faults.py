@@ -5,8 +5,8 @@ naming what the target got wrong; ``host.offload`` reports the fault and recover
 The host never takes the target's word for what it cannot check; what it can check is what it issued or
 counted itself:
 
-- the bytes it took from the target (``rcv_end``: every indication starts exactly there; the receive data an
-  upload returns starts at or before it);
+- the bytes it took from the target (``rcv_end``: every indication starts exactly there, the peer's FIN
+  is indicated exactly there; the receive data an upload returns starts at or before it);
 - the bytes it gave the target (SND.UNA at offload plus the send data then plus every Send since: an upload
   returns the stream ending there, SND.UNA not behind what the completions acknowledged);
 - the calls it made (a graceful Disconnect, an abort) and the peer events it was told of (FIN, RST): a
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tcpchimney.chimney.errors import ProtocolViolationError
-from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.tcp_state import FIN_OUTSTANDING, PEER_FIN_RECEIVED, TcpDelegated
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
@@ -54,6 +54,18 @@ def check_indication(off: ConnOffload, ind: ReceiveIndication) -> None:
         raise ProtocolViolationError(
             f"gap in receive data: indication {ind.indication_id} starts at {int(ind.seq)}, "
             f"{ahead} bytes after {int(off.rcv_end)}, the next byte the host expects"
+        )
+
+
+def check_peer_disconnect(off: ConnOffload, ind: PeerDisconnect) -> None:
+    """The peer's FIN is indicated after every byte before it: it sits at the next byte the host expects.
+    Before it, the host would have taken bytes from beyond the FIN; after it, the application would see
+    the end of the stream before bytes the host never got (an early, replayed or misdirected FIN)."""
+    ahead = ind.seq.dist(off.rcv_end)
+    if ahead:
+        raise ProtocolViolationError(
+            f"PeerDisconnect at {int(ind.seq)}, {abs(ahead)} bytes {'after' if ahead > 0 else 'before'} "
+            f"{int(off.rcv_end)}, the next byte the host expects"
         )
 
 

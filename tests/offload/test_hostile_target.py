@@ -13,8 +13,9 @@ SEEDS = range(1, 101)
 # had (45), a peer FIN never indicated on a connection CLOSED on the target (1000), a rejected query
 # answer blocking the terminate (1381), one target handle given to two objects (1501), a probe falling
 # inside the peer's window after a lying send completion (1947), an upload trimming by a lying RCV.NXT
-# (4435), an initiate answered with no tree left OFFLOADING for ever (3998).
-FOUND = (45, 1000, 1381, 1501, 1947, 3998, 4435)
+# (4435), an initiate answered with no tree left OFFLOADING for ever (3998), a peer FIN indicated on
+# another connection taken as its end of stream (9769, 10839).
+FOUND = (45, 1000, 1381, 1501, 1947, 3998, 4435, 9769, 10839)
 
 
 @pytest.mark.parametrize("seed", [*SEEDS, *FOUND])

@@ -19,7 +19,7 @@ from offload_kit import (
 )
 
 from tcpchimney.chimney.completions import SendCompletion, StateCompletion
-from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import Request, Send
 from tcpchimney.chimney.target import Output
@@ -102,6 +102,43 @@ def test_a_receive_indication_that_skips_bytes_is_a_fault_and_nothing_is_lost() 
     assert dropped
     (fault,) = _faults(net, a)
     assert "gap" in fault.detail
+
+
+def test_a_peer_fin_indicated_on_another_connection_is_a_fault_never_an_early_end_of_stream() -> None:
+    """The target indicates one connection's FIN under another's handle, before that one's peer sent a
+    byte: the FIN does not sit at the next byte the host expects there, so no EOF reaches the application;
+    the connection is uploaded and its stream arrives whole, its own FIN after it. The connection whose FIN
+    went astray gets it from a query of its state."""
+    net, tamperer = _net(25)
+    a1, b1 = net.connect()
+    a2, b2 = net.connect(PORT + 1)
+    net.wait_offloaded(a1)
+    net.wait_offloaded(a2)
+    assert a2.offload is not None
+    moved: list[PeerDisconnect] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, PeerDisconnect) and not moved:
+            moved.append(out)
+            return [replace(out, host_handle=a2.offload.handle)]  # type: ignore[union-attr]
+        return [out]
+
+    tamperer.tamper = tamper
+    b1.send(b"first")
+    b1.shutdown()
+    net.run_until(lambda: bool(moved))
+    net.run_for(1.0)
+    assert not net.has_event(a2, PeerClosed)  # before: EOF after 0 bytes
+    (fault,) = _faults(net, a2)
+    assert "PeerDisconnect" in fault.detail and fault.reason is Reason.HARDWARE_FAILURE
+    data = payload(100_000, 25)
+    exchange(net, [Stream(b2, a2, data)])
+    b2.shutdown()
+    net.run_until(lambda: net.has_event(a2, PeerClosed))
+    assert a2.receive(100) == b""
+    assert [type(e) for e in net.tcp_events(a2)].count(PeerClosed) == 1
+    net.run_until(lambda: net.has_event(a1, PeerClosed), 4 * SILENCE)
+    assert a1.receive(100) == b"first"
 
 
 def test_an_upload_returning_closed_without_a_fin_or_reset_is_a_fault_and_a_reset() -> None:
