@@ -137,12 +137,16 @@ def lost_peer_probes(sock: TcpSocket, off: ConnOffload) -> list[TcpSegment]:
     ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK with
     an RST the peer accepts exactly (3.10.7.1). The SND.UNA the completions told may be a lie (more
     acknowledged than the peer did, so the probe would fall inside its window and get no answer): a second
-    probe just before SND.UNA at offload, which the peer had passed then, answers for it."""
+    probe just before SND.UNA at offload, which the peer had passed then, answers for it. That one carries
+    a byte (as a BSD keepalive does; the peer already has that sequence number and discards it): a peer
+    answers an unacceptable empty segment at most once per interval (RFC 5961 section 7, Linux's
+    tcp_invalid_ratelimit, 500 ms), never one with data, and the host may probe again soon after a first
+    probe whose answer went elsewhere (``OffloadManager._reprobe``)."""
     out = []
-    for seq in (off.base_una + (off.acked - 1), off.base_una + -1):
+    for seq, data in ((off.base_una + (off.acked - 1), b""), (off.base_una + -1, b"\0")):
         out.append(
             TcpSegment(
-                sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
+                sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, data, TcpOptions()
             )
         )
     return out

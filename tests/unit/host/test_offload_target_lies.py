@@ -22,6 +22,7 @@ from tcpchimney.chimney.completions import SendCompletion, StateCompletion
 from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import Request, Send
+from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
@@ -198,6 +199,43 @@ def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> N
     assert all(e.host_handle != a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
     # The first connection, whose handle the target claimed twice, is intact (on the host or the target).
     exchange(net, [Stream(a1, b1, payload(50_000, 25)), Stream(b1, a1, payload(50_000, 26))])
+
+
+def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer() -> None:
+    """The target offloads a connection and answers FAILURE for it: the host resets its connection, but the
+    copy on the target answers the peer's replies to the host's probes, so the host's RST never comes. The
+    copy goes when its path is terminated (it hangs on the path of a connection that stays offloaded); the
+    host probes again then, and the idle peer, which has nothing more to send, is reset."""
+    net = make_offload_net(26, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    assert net.a.offload_now(a1) is None
+    net.wait_offloaded(a1)
+
+    held: list[Output] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and not held:
+            held.append(_map_tcp_blocks(out, lambda blk: blk.with_result(Status.FAILURE)))  # the handle stays
+            return []
+        return [out]
+
+    tamperer.tamper = tamper
+    a2.send(payload(30_000, 26))
+    assert net.a.offload_now(a2) is None  # with the bytes: the copy sends them, past the host's numbers
+    net.run_for(0.2)
+    assert held
+    tamperer.tamper = None
+    tamperer.inject(held[0])  # a late answer: failed, says the target
+    net.run_until(lambda: net.has_event(a2, Closed))
+    _ends_with_reset(net, a2)
+    net.run_for(0.1)
+    assert not net.has_event(b2, ConnectionReset)  # its copy on the target answered the probes
+    assert any(e.host_handle == a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
+    net.a.upload(a1, Reason.ADMIN)  # the path's last connection leaves: the path is terminated
+    net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
+    assert not net.target.table.conns
+    exchange(net, [Stream(a1, b1, payload(50_000, 27)), Stream(b1, a1, payload(50_000, 28))])
 
 
 def test_a_connection_aborted_for_a_fault_is_closed_in_every_call() -> None:
