@@ -1572,6 +1572,7 @@ class OffloadManager:
         self._probe_lost_peer(sock)
         if off.path is not None:
             off.path.lost.append(sock)
+            self._release(off.path)  # if it was the path's last connection, nobody else will release it
 
     def _give_up(self, sock: TcpSocket) -> None:
         """The host aborted the connection for a fault: for the application it was reset (ECONNRESET in

@@ -238,6 +238,31 @@ def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer
     exchange(net, [Stream(a1, b1, payload(50_000, 27)), Stream(b1, a1, payload(50_000, 28))])
 
 
+def test_an_initiate_never_answered_on_a_path_whose_other_connections_left_frees_the_path() -> None:
+    """The target takes a connection onto a path it holds and never answers; the path's other connection
+    leaves meanwhile. Once the host gives up on the initiate (the connection reset, the target failed) the
+    path has no connection left and is terminated, so the target drops the copy, and its idle peer is
+    reset instead of staying connected to it."""
+    net = make_offload_net(27, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    assert net.a.offload_now(a1) is None
+    net.wait_offloaded(a1)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    a2.send(payload(30_000, 27))
+    assert net.a.offload_now(a2) is None  # with the bytes: the copy sends them, past the host's numbers
+    net.run_until(lambda: bool(dropped))
+    tamperer.tamper = None
+    net.a.upload(a1, Reason.ADMIN)
+    net.wait_in_host(a1)
+    net.run_until(lambda: net.has_event(a2, Closed), 2 * STATE_CALL_TIMEOUT)
+    _ends_with_reset(net, a2)
+    net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
+    assert not net.target.table.conns
+    exchange(net, [Stream(a1, b1, payload(50_000, 28)), Stream(b1, a1, payload(50_000, 29))])
+
+
 def test_a_connection_aborted_for_a_fault_is_closed_in_every_call() -> None:
     net, _ = _net(25)
     a, _b = net.connect()
