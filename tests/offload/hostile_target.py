@@ -379,11 +379,13 @@ def run_session(seed: int, rate: float | None = None, connections: int = 3) -> S
 
 
 def _unnamed_copies(pairs: list[tuple[Side, Side]], liar: LyingNic, soft: SoftwareTarget) -> dict[int, str]:
-    """The connections whose peer the target still serves from a copy on a path whose handle the host was
-    never told (the known limit), by pair index."""
+    """The connections whose peer hangs, served still by the target from a copy on a path whose handle the
+    host was never told (the known limit), by pair index."""
     copies = {}
     held = soft.dump_state()["connections"].values()
-    for i, (sa, _sb) in enumerate(pairs):
+    for i, (sa, sb) in enumerate(pairs):
+        if sb.done:
+            continue
         local, remote = f"{A_IP}:{sa.sock.local_port}", f"{B_IP}:{sa.sock.remote_port}"
         for entry in held:
             if (entry["local"], entry["remote"]) == (local, remote) and entry["path"] not in liar.told:
