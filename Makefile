@@ -36,7 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # The hostile-target harness for as long as asked: HOSTILE_SECONDS of sessions (default 900) from seed
-# HOSTILE_SEED (default 1000), or HOSTILE_SEEDS sessions; prints each session with a problem, then a summary.
+# HOSTILE_SEED (default 1000), or HOSTILE_SEEDS sessions; prints each session with a problem or a known limit,
+# then a summary.
 hostile: $(STAMP)
 	PYTHONPATH=tests $(BIN)/python tests/offload/hostile_target.py
 

@@ -46,12 +46,20 @@ class ReceiveIndication:
 
 @dataclass(frozen=True, slots=True)
 class PeerDisconnect:
-    """The peer's FIN, indicated only after every earlier byte was delivered (TcpIndicateDisconnect)."""
+    """The peer's FIN, indicated only after every earlier byte was delivered (TcpIndicateDisconnect).
+
+    ``seq`` is the sequence number of the FIN (added beyond NDIS): the RCV.NXT it arrived at, so every byte
+    the host took ends just before it. The host checks it against its own count of what it received, as
+    for a ReceiveIndication: a FIN indicated early, replayed or moved from another connection is a target
+    fault, never an end of stream the application sees before the bytes that precede it."""
 
     host_handle: int
+    seq: SeqNum
 
     def __post_init__(self) -> None:
         _handle(self, "host_handle")
+        if not isinstance(self.seq, SeqNum):
+            raise FieldRangeError(f"PeerDisconnect.seq must be a SeqNum, got {self.seq!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ from tcpchimney.host.events import (
 )
 from tcpchimney.host.offload_faults import (
     check_indication,
+    check_peer_disconnect,
     check_returned,
     lost_peer_probes,
     owed_by_target,
@@ -180,6 +181,9 @@ class SharedObject:
     parent: SharedObject | None = None
     target_handle: int | None = None
     pending: bool = False  # a change waits for the update in flight
+    # Paths: connections reset for a fault while the target may still hold a copy of them here (an answer
+    # the host could not trust); their peers are probed again once the path is terminated (_reprobe).
+    lost: list[TcpSocket] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)
@@ -967,10 +971,16 @@ class OffloadManager:
             self._set_state(sock, _AFTER_OUR_FIN_ACKED[off.tcp_state])
             self._after_state_change(sock)
 
-    def _on_peer_disconnect(self, sock: TcpSocket) -> None:
+    def _on_peer_disconnect(self, sock: TcpSocket, ind: PeerDisconnect) -> None:
         off = sock.offload
         assert off is not None
         if off.peer_fin or off.finished:
+            return
+        try:
+            check_peer_disconnect(off, ind)
+        except ProtocolViolationError as exc:
+            # No EOF: the upload returns the target's state, whose FIN (if any) comes after its data.
+            self._fault(sock, Reason.HARDWARE_FAILURE, str(exc))
             return
         off.peer_fin = True
         if off.tcp_state in _AFTER_PEER_FIN:
@@ -1362,6 +1372,7 @@ class OffloadManager:
     def _on_terminate_done(self, pending: _Pending, completion: StateCompletion) -> None:
         socks = pending.socks
         if not socks:
+            self._reprobe(pending.objects)
             return  # a neighbor / path nobody uses any more: gone from the target
         blocks = {b.host_handle: b for b in walk(completion.tree) if b.layer is Layer.TCP}
         paths = {}
@@ -1371,8 +1382,18 @@ class OffloadManager:
             if off.path is not None:
                 paths[off.path.handle] = off.path
             self._uploaded(sock, blocks.get(off.handle))
+        self._reprobe(pending.objects)
         for path in paths.values():
             self._release(path)
+
+    def _reprobe(self, terminated: tuple[SharedObject, ...]) -> None:
+        """A copy the target kept of a connection the host reset answers the peer's replies to the probes
+        (``_probe_lost_peer``) itself, so the host's RST never comes and an idle peer (FIN-WAIT-2, nothing
+        to send) waits for ever. The target drops what still hangs on a path when the path is terminated:
+        probe those peers again now, and the host, which holds no such connection, resets them."""
+        for obj in terminated:
+            while obj.lost:
+                self._probe_lost_peer(obj.lost.pop())
 
     def _release(self, path: SharedObject) -> None:
         """Terminate a path (and its neighbor) once no connection hangs on it (spec 3.5, 5.4 refcounts)."""
@@ -1549,6 +1570,9 @@ class OffloadManager:
         sock.conn.abort()
         self._discard_engine_events(sock)
         self._probe_lost_peer(sock)
+        if off.path is not None:
+            off.path.lost.append(sock)
+            self._release(off.path)  # if it was the path's last connection, nobody else will release it
 
     def _give_up(self, sock: TcpSocket) -> None:
         """The host aborted the connection for a fault: for the application it was reset (ECONNRESET in
@@ -1727,7 +1751,7 @@ class OffloadManager:
         if isinstance(ind, ReceiveIndication):
             self._on_receive(sock, ind)
         elif isinstance(ind, PeerDisconnect):
-            self._on_peer_disconnect(sock)
+            self._on_peer_disconnect(sock, ind)
         elif isinstance(ind, PeerReset):
             self._on_peer_reset(sock)
         elif isinstance(ind, UploadRequest):

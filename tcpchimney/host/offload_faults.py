@@ -5,8 +5,8 @@ naming what the target got wrong; ``host.offload`` reports the fault and recover
 The host never takes the target's word for what it cannot check; what it can check is what it issued or
 counted itself:
 
-- the bytes it took from the target (``rcv_end``: every indication starts exactly there; the receive data an
-  upload returns starts at or before it);
+- the bytes it took from the target (``rcv_end``: every indication starts exactly there, the peer's FIN
+  is indicated exactly there; the receive data an upload returns starts at or before it);
 - the bytes it gave the target (SND.UNA at offload plus the send data then plus every Send since: an upload
   returns the stream ending there, SND.UNA not behind what the completions acknowledged);
 - the calls it made (a graceful Disconnect, an abort) and the peer events it was told of (FIN, RST): a
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tcpchimney.chimney.errors import ProtocolViolationError
-from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.tcp_state import FIN_OUTSTANDING, PEER_FIN_RECEIVED, TcpDelegated
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import tcp as tcp_wire
@@ -54,6 +54,18 @@ def check_indication(off: ConnOffload, ind: ReceiveIndication) -> None:
         raise ProtocolViolationError(
             f"gap in receive data: indication {ind.indication_id} starts at {int(ind.seq)}, "
             f"{ahead} bytes after {int(off.rcv_end)}, the next byte the host expects"
+        )
+
+
+def check_peer_disconnect(off: ConnOffload, ind: PeerDisconnect) -> None:
+    """The peer's FIN is indicated after every byte before it: it sits at the next byte the host expects.
+    Before it, the host would have taken bytes from beyond the FIN; after it, the application would see
+    the end of the stream before bytes the host never got (an early, replayed or misdirected FIN)."""
+    ahead = ind.seq.dist(off.rcv_end)
+    if ahead:
+        raise ProtocolViolationError(
+            f"PeerDisconnect at {int(ind.seq)}, {abs(ahead)} bytes {'after' if ahead > 0 else 'before'} "
+            f"{int(off.rcv_end)}, the next byte the host expects"
         )
 
 
@@ -125,12 +137,16 @@ def lost_peer_probes(sock: TcpSocket, off: ConnOffload) -> list[TcpSegment]:
     ACK carrying its RCV.NXT (RFC 9293 3.10.7.4); the connection is gone, so the host answers that ACK with
     an RST the peer accepts exactly (3.10.7.1). The SND.UNA the completions told may be a lie (more
     acknowledged than the peer did, so the probe would fall inside its window and get no answer): a second
-    probe just before SND.UNA at offload, which the peer had passed then, answers for it."""
+    probe just before SND.UNA at offload, which the peer had passed then, answers for it. That one carries
+    a byte (as a BSD keepalive does; the peer already has that sequence number and discards it): a peer
+    answers an unacceptable empty segment at most once per interval (RFC 5961 section 7, Linux's
+    tcp_invalid_ratelimit, 500 ms), never one with data, and the host may probe again soon after a first
+    probe whose answer went elsewhere (``OffloadManager._reprobe``)."""
     out = []
-    for seq in (off.base_una + (off.acked - 1), off.base_una + -1):
+    for seq, data in ((off.base_una + (off.acked - 1), b""), (off.base_una + -1, b"\0")):
         out.append(
             TcpSegment(
-                sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, b"", TcpOptions()
+                sock.local_port, sock.remote_port, seq, off.rcv_end, tcp_wire.ACK, 0, data, TcpOptions()
             )
         )
     return out

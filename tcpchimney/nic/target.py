@@ -572,7 +572,7 @@ class SoftwareTarget(TargetMethods):
             self._complete_partial(entry, force=True)
             entry.peer_fin_indicated = True
             self.counters.lifecycle["peer_disconnects"] += 1
-            self.indicate(PeerDisconnect(entry.host_handle))
+            self.indicate(PeerDisconnect(entry.host_handle, entry.delivered))  # every byte delivered: the FIN
             while entry.posted:  # they can never fill: spec 4.3, posts after the FIN are INVALID_STATE
                 self._receive_done(entry.posted.popleft(), Status.INVALID_STATE)
         if entry.time_wait_pending and entry.peer_fin_indicated:

@@ -268,7 +268,7 @@ STRATEGIES = {
     ReceiveIndication: st.builds(
         ReceiveIndication, ids, ids, st.binary(min_size=1, max_size=100), st.builds(SeqNum, u32)
     ),
-    PeerDisconnect: st.builds(PeerDisconnect, ids),
+    PeerDisconnect: st.builds(PeerDisconnect, ids, st.builds(SeqNum, u32)),
     PeerReset: st.builds(PeerReset, ids),
     UploadRequest: st.builds(UploadRequest, ids, target_reasons),
     SendBacklogChanged: st.builds(SendBacklogChanged, ids, u32),

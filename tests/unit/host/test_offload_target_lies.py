@@ -19,9 +19,10 @@ from offload_kit import (
 )
 
 from tcpchimney.chimney.completions import SendCompletion, StateCompletion
-from tcpchimney.chimney.indications import ReceiveIndication
+from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import Request, Send
+from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
@@ -104,6 +105,43 @@ def test_a_receive_indication_that_skips_bytes_is_a_fault_and_nothing_is_lost() 
     assert "gap" in fault.detail
 
 
+def test_a_peer_fin_indicated_on_another_connection_is_a_fault_never_an_early_end_of_stream() -> None:
+    """The target indicates one connection's FIN under another's handle, before that one's peer sent a
+    byte: the FIN does not sit at the next byte the host expects there, so no EOF reaches the application;
+    the connection is uploaded and its stream arrives whole, its own FIN after it. The connection whose FIN
+    went astray gets it from a query of its state."""
+    net, tamperer = _net(25)
+    a1, b1 = net.connect()
+    a2, b2 = net.connect(PORT + 1)
+    net.wait_offloaded(a1)
+    net.wait_offloaded(a2)
+    assert a2.offload is not None
+    moved: list[PeerDisconnect] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, PeerDisconnect) and not moved:
+            moved.append(out)
+            return [replace(out, host_handle=a2.offload.handle)]  # type: ignore[union-attr]
+        return [out]
+
+    tamperer.tamper = tamper
+    b1.send(b"first")
+    b1.shutdown()
+    net.run_until(lambda: bool(moved))
+    net.run_for(1.0)
+    assert not net.has_event(a2, PeerClosed)  # before: EOF after 0 bytes
+    (fault,) = _faults(net, a2)
+    assert "PeerDisconnect" in fault.detail and fault.reason is Reason.HARDWARE_FAILURE
+    data = payload(100_000, 25)
+    exchange(net, [Stream(b2, a2, data)])
+    b2.shutdown()
+    net.run_until(lambda: net.has_event(a2, PeerClosed))
+    assert a2.receive(100) == b""
+    assert [type(e) for e in net.tcp_events(a2)].count(PeerClosed) == 1
+    net.run_until(lambda: net.has_event(a1, PeerClosed), 4 * SILENCE)
+    assert a1.receive(100) == b"first"
+
+
 def test_an_upload_returning_closed_without_a_fin_or_reset_is_a_fault_and_a_reset() -> None:
     net, tamperer = _net(23)
     a, b = net.connect()
@@ -161,6 +199,68 @@ def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> N
     assert all(e.host_handle != a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
     # The first connection, whose handle the target claimed twice, is intact (on the host or the target).
     exchange(net, [Stream(a1, b1, payload(50_000, 25)), Stream(b1, a1, payload(50_000, 26))])
+
+
+def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer() -> None:
+    """The target offloads a connection and answers FAILURE for it: the host resets its connection, but the
+    copy on the target answers the peer's replies to the host's probes, so the host's RST never comes. The
+    copy goes when its path is terminated (it hangs on the path of a connection that stays offloaded); the
+    host probes again then, and the idle peer, which has nothing more to send, is reset."""
+    net = make_offload_net(26, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    assert net.a.offload_now(a1) is None
+    net.wait_offloaded(a1)
+
+    held: list[Output] = []
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, StateCompletion) and not held:
+            held.append(_map_tcp_blocks(out, lambda blk: blk.with_result(Status.FAILURE)))  # the handle stays
+            return []
+        return [out]
+
+    tamperer.tamper = tamper
+    a2.send(payload(30_000, 26))
+    assert net.a.offload_now(a2) is None  # with the bytes: the copy sends them, past the host's numbers
+    net.run_for(0.2)
+    assert held
+    tamperer.tamper = None
+    tamperer.inject(held[0])  # a late answer: failed, says the target
+    net.run_until(lambda: net.has_event(a2, Closed))
+    _ends_with_reset(net, a2)
+    net.run_for(0.1)
+    assert not net.has_event(b2, ConnectionReset)  # its copy on the target answered the probes
+    assert any(e.host_handle == a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
+    net.a.upload(a1, Reason.ADMIN)  # the path's last connection leaves: the path is terminated
+    net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
+    assert not net.target.table.conns
+    exchange(net, [Stream(a1, b1, payload(50_000, 27)), Stream(b1, a1, payload(50_000, 28))])
+
+
+def test_an_initiate_never_answered_on_a_path_whose_other_connections_left_frees_the_path() -> None:
+    """The target takes a connection onto a path it holds and never answers; the path's other connection
+    leaves meanwhile. Once the host gives up on the initiate (the connection reset, the target failed) the
+    path has no connection left and is terminated, so the target drops the copy, and its idle peer is
+    reset instead of staying connected to it."""
+    net = make_offload_net(27, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
+    assert net.a.offload_now(a1) is None
+    net.wait_offloaded(a1)
+    dropped: list[Output] = []
+    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    a2.send(payload(30_000, 27))
+    assert net.a.offload_now(a2) is None  # with the bytes: the copy sends them, past the host's numbers
+    net.run_until(lambda: bool(dropped))
+    tamperer.tamper = None
+    net.a.upload(a1, Reason.ADMIN)
+    net.wait_in_host(a1)
+    net.run_until(lambda: net.has_event(a2, Closed), 2 * STATE_CALL_TIMEOUT)
+    _ends_with_reset(net, a2)
+    net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
+    assert not net.target.table.conns
+    exchange(net, [Stream(a1, b1, payload(50_000, 28)), Stream(b1, a1, payload(50_000, 29))])
 
 
 def test_a_connection_aborted_for_a_fault_is_closed_in_every_call() -> None:

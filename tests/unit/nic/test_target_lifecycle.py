@@ -91,7 +91,8 @@ def test_peer_disconnect_waits_for_earlier_data() -> None:
     got = bytearray()
     bench.answer_indications(off, got)
     assert got == b"last words"
-    assert bench.take(PeerDisconnect) == [PeerDisconnect(off.host_handle)]
+    fin = server.conn.snd_max + -1  # the FIN's sequence number: just after the last byte delivered
+    assert bench.take(PeerDisconnect) == [PeerDisconnect(off.host_handle, fin)]
     rid = bench.rid()
     bench.submit(PostReceive(rid, off.ctx, 100))
     assert bench.completion(rid) == ReceiveCompletion(rid, Status.INVALID_STATE, b"")
