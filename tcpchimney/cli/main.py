@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from tcpchimney.cli.apps import APPS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
-from tcpchimney.cli.offload import DEFAULT_MODE, MODES
+from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
 
@@ -99,6 +99,13 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODE,
         help="hand connections to the emulated NIC: never, once established, or once they moved 64 KiB "
         f"with an RTT under 50 ms (default {DEFAULT_MODE})",
+    )
+    parser.add_argument(
+        "--nic",
+        choices=NICS,
+        default=DEFAULT_NIC,
+        help="where the emulated NIC runs when offload is not disabled: its own process (the host's CPU is "
+        f"freed) or inside this one (default {DEFAULT_NIC})",
     )
     parser.add_argument(
         "--churn",
