@@ -103,9 +103,8 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nic",
         choices=NICS,
-        default=DEFAULT_NIC,
         help="where the emulated NIC runs when offload is not disabled: its own process (the host's CPU is "
-        f"freed) or inside this one (default {DEFAULT_NIC})",
+        f"freed) or inside this one (default {DEFAULT_NIC}; inline with --pcap)",
     )
     parser.add_argument(
         "--churn",
@@ -255,7 +254,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--size and --sim-size must be positive")
     if getattr(args, "offload", None) == "disabled" and args.churn is not None:
         parser.error("--churn moves offloaded connections: it needs --offload enabled or automatic")
+    _resolve_nic(parser, args)
     return args
+
+
+def _resolve_nic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The NIC process reads the TAP and writes the offloaded connections' frames itself, so a capture of
+    this process's device would miss them: with --pcap the NIC runs inline unless asked otherwise."""
+    if not hasattr(args, "nic"):
+        return
+    pcap = getattr(args, "pcap", None)
+    if args.nic is None:
+        args.nic = "inline" if pcap else DEFAULT_NIC
+    elif args.nic == "process" and pcap and args.offload != "disabled":
+        parser.error(
+            "--pcap captures this process's TAP descriptor only: with --nic process the NIC's frames "
+            "would be missing (use --nic inline)"
+        )
 
 
 def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

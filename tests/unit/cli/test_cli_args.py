@@ -169,3 +169,11 @@ def test_a_nic_that_cannot_start_fails_the_command_in_one_sentence(monkeypatch: 
     with pytest.raises(common.CommandError) as info:
         wiring._stack_behind_nic(iface, OffloadOptions("enabled"), Device())
     assert str(info.value) == "cannot start the NIC process: it exited with status 2 before it was ready."
+
+
+def test_with_a_capture_the_nic_runs_inline(capsys: pytest.CaptureFixture[str]) -> None:
+    """A capture of the host's TAP descriptor would miss the NIC process's frames."""
+    assert main.parse_args(["serve", "echo", "--netns", "t1", "--pcap", "/tmp/x.pcap"]).nic == "inline"
+    with pytest.raises(SystemExit):
+        main.parse_args(["serve", "echo", "--netns", "t1", "--pcap", "/tmp/x.pcap", "--nic", "process"])
+    assert "--nic inline" in capsys.readouterr().err
