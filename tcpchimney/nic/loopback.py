@@ -51,6 +51,7 @@ class LoopbackNic:
             target.capabilities,
             on_publish=self._nic_turn,
             on_poll=lambda: self._nic_turn(self._now),
+            clock=lambda: self._now,
         )
         self._now = 0.0  # the last instant an entry point was given (the NIC has no clock of its own)
         self.frozen = False  # a stopped NIC (SIGSTOP): it reads, handles and sends nothing

@@ -244,6 +244,9 @@ class ProcessTarget:
         pending, self._pending = list(self._pending.values()), {}
         for request in pending:
             self._answer_dead(request)
+        now, host = self._clock(), self.host
+        while self._rx and host is not None:  # what it passed up: from now on the host reads the device
+            host.handle_frame(self._rx.popleft(), now)
         return True
 
     def _answer_dead(self, request: Request) -> None:

@@ -177,3 +177,24 @@ def test_after_the_death_every_later_call_is_answered() -> None:
     b2.send(b"hello")
     net.run_until(lambda: a2.readable == 5, 5.0)
     assert read_all(a2) == b"hello"
+
+
+def test_frames_the_nic_passed_up_before_it_died_reach_the_host() -> None:
+    """An ARP request the NIC put on the frames ring just before its death is answered by the host."""
+    from offload_harness import B_IP, B_MAC
+
+    from tcpchimney.host.interface import ip_bytes, mac_bytes
+    from tcpchimney.nic.messages import put_frame
+    from tcpchimney.wire import arp as arp_wire
+    from tcpchimney.wire import ethernet
+    from tcpchimney.wire.frame import Frame
+
+    net = make_net(66, transport="rings")
+    nic = _nic(net)
+    assert nic.core is not None
+    request = arp_wire.emit_arp_request(mac_bytes(B_MAC), ip_bytes(B_IP), ip_bytes("198.18.0.1"))
+    frame = ethernet.emit_ethernet(b"\xff" * 6, mac_bytes(B_MAC), ethernet.ETHERTYPE_ARP) + request
+    assert put_frame(nic.core.frames, Frame(frame))
+    nic.core.publish()
+    nic.fail("killed")
+    assert net.a.counters["arp"].get("tx_reply", 0) == 1
