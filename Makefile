@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit long bench hostile soak clean
+.PHONY: demo test lint typecheck unit long test-rings bench hostile soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: lint typecheck
 # Runs too long for every commit (minutes); `make test` has a bounded form of each.
 long: $(STAMP)
 	TCPCHIMNEY_LONG=1 $(BIN)/pytest -q -ra -m long
+
+# The whole offload suite with the target behind the NIC process's ring transport (both ends in one
+# process on the simulated link); `make test` runs a subset (tests/offload/test_ring_transport.py).
+test-rings: $(STAMP)
+	TCPCHIMNEY_TRANSPORT=rings $(BIN)/pytest -q -ra tests/offload
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

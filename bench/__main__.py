@@ -13,7 +13,15 @@ import sys
 
 from tcpchimney.api.gctune import tune_gc
 
-MODULES = ["bench.core", "bench.tap_raw", "bench.tap", "bench.offload", "bench.attack", "bench.rings"]
+MODULES = [
+    "bench.core",
+    "bench.tap_raw",
+    "bench.tap",
+    "bench.offload",
+    "bench.attack",
+    "bench.rings",
+    "bench.nic",
+]
 
 
 def main(argv: list[str]) -> int:

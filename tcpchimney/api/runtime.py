@@ -64,6 +64,15 @@ class Device(Protocol):
     def write(self, frame: Frame) -> bool: ...
 
 
+class FrameSource(Protocol):
+    """Where received frames come from: the device itself, or a NIC process that reads the device and
+    passes up what it does not claim (``nic.process_target.ProcessTarget``)."""
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> Frame | None: ...
+
+
 class _PendingConnect:
     __slots__ = ("future", "options", "protocol_factory", "sock")
 
@@ -92,6 +101,11 @@ class Runtime:
         runtime = Runtime(stack, device, node=target)
 
     A stack with a target but no ``node`` keeps every connection on the host (Reason.NO_TARGET).
+
+    With the target in a NIC process, the NIC reads the device and the stack's frames come from it
+    (``rx``); the stack's own frames still go straight to ``device``::
+
+        runtime = Runtime(stack, device, node=nic.target, rx=nic.target)
     """
 
     def __init__(
@@ -102,6 +116,7 @@ class Runtime:
         clock: Callable[[], float] = time.monotonic,
         read_batch: int = READ_BATCH,
         node: Node | None = None,
+        rx: FrameSource | None = None,
         tune_gc: bool = True,
     ) -> None:
         self.stack = stack
@@ -112,6 +127,7 @@ class Runtime:
         if stack.offload_target is not None:
             stack.set_target_attached(node is not None)  # without a node the target never sees a frame
         self.device = device
+        self.rx: FrameSource = rx if rx is not None else device  # what the loop reads frames from
         self._clock = clock
         self._read_batch = read_batch
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,7 +180,7 @@ class Runtime:
         self._started = True
         if self._tune_gc:
             gctune.tune_gc()
-        self._loop.add_reader(self.device.fileno(), self._on_readable)
+        self._loop.add_reader(self.rx.fileno(), self._on_readable)
         self.flush_soon()
 
     def close(self) -> None:
@@ -183,7 +199,7 @@ class Runtime:
         self._process()
         self._closed = True
         loop = self.loop
-        loop.remove_reader(self.device.fileno())
+        loop.remove_reader(self.rx.fileno())
         if self._tx_backlog:
             loop.remove_writer(self.device.fileno())
         for handle in (self._timer, self._flush_handle):
@@ -196,6 +212,15 @@ class Runtime:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+
+    def set_rx(self, rx: FrameSource) -> None:
+        """Read frames from ``rx`` from now on (e.g. the device itself once the NIC process that read it
+        is gone)."""
+        if self._started and not self._closed:
+            self.loop.remove_reader(self.rx.fileno())
+            self.loop.add_reader(rx.fileno(), self._on_readable)
+        self.rx = rx
+        self.flush_soon()
 
     def add_event_handler(self, handler: Callable[[HostEvent], None]) -> None:
         """Also give every stack event (echo replies, neighbor and path MTU changes, ...) to ``handler``."""
@@ -214,7 +239,7 @@ class Runtime:
             self._process()
 
     def _on_readable(self) -> None:
-        device, stack, now = self.device, self.node, self._clock()
+        device, stack, now = self.rx, self.node, self._clock()
         n = 0
         while n < self._read_batch:
             frame = device.read()
@@ -670,4 +695,4 @@ def _address_error(exc: Exception) -> OSError:
     return OSError(errno.EADDRNOTAVAIL, str(exc))
 
 
-__all__ = ["DEFAULT_LIMIT", "Device", "Runtime", "Server"]
+__all__ = ["DEFAULT_LIMIT", "Device", "FrameSource", "Runtime", "Server"]

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from tcpchimney.cli.apps import APPS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
-from tcpchimney.cli.offload import DEFAULT_MODE, MODES
+from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
 
@@ -99,6 +99,12 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODE,
         help="hand connections to the emulated NIC: never, once established, or once they moved 64 KiB "
         f"with an RTT under 50 ms (default {DEFAULT_MODE})",
+    )
+    parser.add_argument(
+        "--nic",
+        choices=NICS,
+        help="where the emulated NIC runs when offload is not disabled: its own process (the host's CPU is "
+        f"freed) or inside this one (default {DEFAULT_NIC}; inline with --pcap)",
     )
     parser.add_argument(
         "--churn",
@@ -248,7 +254,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--size and --sim-size must be positive")
     if getattr(args, "offload", None) == "disabled" and args.churn is not None:
         parser.error("--churn moves offloaded connections: it needs --offload enabled or automatic")
+    _resolve_nic(parser, args)
     return args
+
+
+def _resolve_nic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The NIC process reads the TAP and writes the offloaded connections' frames itself, so a capture of
+    this process's device would miss them: with --pcap the NIC runs inline unless asked otherwise."""
+    if not hasattr(args, "nic"):
+        return
+    pcap = getattr(args, "pcap", None)
+    if args.nic is None:
+        args.nic = "inline" if pcap else DEFAULT_NIC
+    elif args.nic == "process" and pcap and args.offload != "disabled":
+        parser.error(
+            "--pcap captures this process's TAP descriptor only: with --nic process the NIC's frames "
+            "would be missing (use --nic inline)"
+        )
 
 
 def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

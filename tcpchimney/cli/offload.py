@@ -44,6 +44,8 @@ from tcpchimney.wire.seq import SeqNum
 
 MODES = ("disabled", "enabled", "automatic")
 DEFAULT_MODE = "automatic"
+NICS = ("process", "inline")  # the target in its own process (nic/process.py) or called in this one
+DEFAULT_NIC = "process"
 _REOFFLOADABLE = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # Uploads this module asks for, and what their re-offload is called in the log.
 _OWN_UPLOADS = {Reason.CHURN: "churn", Reason.ADMIN: "admin"}
@@ -55,6 +57,7 @@ class OffloadOptions:
     mode: str = DEFAULT_MODE
     churn: float | None = None  # mean seconds between an offload and its churn upload
     events: str | None = None  # JSON-lines file of every offload event
+    nic: str = DEFAULT_NIC  # where the target runs: "process" or "inline"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OffloadOptions:
@@ -62,6 +65,7 @@ class OffloadOptions:
             getattr(args, "offload", DEFAULT_MODE),
             getattr(args, "churn", None),
             getattr(args, "events", None),
+            getattr(args, "nic", DEFAULT_NIC),
         )
 
     @property
@@ -195,6 +199,7 @@ class OffloadControl:
         self._asked: dict[TcpSocket, str] = {}  # sockets we re-offload: the cause to log
         self._moved = MovedBytes()
         self._closed = False
+        self.nic_events: list[tuple[str, dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ events
 
@@ -271,6 +276,15 @@ class OffloadControl:
         if self._file is not None:
             self._file.write(json.dumps(rec.as_json(time.time())) + "\n")
 
+    def on_nic_event(self, name: str, fields: dict[str, Any]) -> None:
+        """A NIC process started or failed (``nic_started``: pid, epoch; ``nic_failed``: pid, epoch, cause,
+        how and when it was detected): one line in the events file, as the offload events."""
+        self.nic_events.append((name, dict(fields)))
+        if self._file is not None:
+            line = {"time": round(time.time(), 6), "t": round(self.clock() - self.start, 6), "event": name}
+            line.update(fields)
+            self._file.write(json.dumps(line) + "\n")
+
     # ------------------------------------------------------------------ moves
 
     def upload_all(self, reason: Reason = Reason.ADMIN) -> int:
@@ -341,6 +355,7 @@ class OffloadControl:
             "admin_uploads": s.admin_uploads,
             "cycles": s.reoffloads,
             "uploads_by_reason": dict(s.by_reason),
+            "nic_failures": sum(1 for name, _ in self.nic_events if name == "nic_failed"),
         }
 
 

@@ -34,28 +34,33 @@ class Session:
     peer: ipaddress.IPv4Interface
     tap: str  # the TAP device's name (its kernel side lives in ``netns``)
     created_netns: bool
-    target: Any = None  # tcpchimney.nic.target.SoftwareTarget in front of the stack, None when disabled
+    target: Any = None  # tcpchimney.nic.target.SoftwareTarget in front of the stack (--nic inline)
     control: OffloadControl | None = None
+    nic: Any = None  # tcpchimney.nic.launch.NicProcess, the target in its own process (--nic process)
 
     def offload_counters(self) -> dict[str, Any]:
         """The host's offload counters, the target's and the control's (events, churn cycles)."""
         if self.control is None:
             return {"mode": "disabled"}
-        return {
-            **self.control.as_dict(),
-            "host": self.stack.counters.get("offload", {}),
-            "nic": self.target.counters.snapshot() if self.target is not None else {},
-        }
+        if self.nic is not None:
+            nic = self.nic.counters()
+        else:
+            nic = self.target.counters.snapshot() if self.target is not None else {}
+        return {**self.control.as_dict(), "host": self.stack.counters.get("offload", {}), "nic": nic}
 
     def ready_fields(self) -> dict[str, object]:
-        return {
+        fields: dict[str, object] = {
             "netns": self.netns,
             "addr": str(self.addr.ip),
             "peer": str(self.peer.ip),
             "tap": self.tap,
             "created_netns": self.created_netns,
             "pid": os.getpid(),
+            "nic": "process" if self.nic is not None else "inline" if self.target is not None else None,
         }
+        if self.nic is not None:
+            fields["nic_pid"] = self.nic.pid
+        return fields
 
 
 def local_mac(seed: int) -> str:
@@ -184,23 +189,32 @@ async def _running(
         device = TapDevice(topo.tap_name, vnet_hdr=not plain)
     except OSError as exc:
         raise CommandError(f"cannot open TAP device {topo.tap_name}: {exc.strerror or exc}.") from exc
-    target = None
+    target = nic = None
     try:
         mac = local_mac(os.getpid())
         iface = InterfaceConfig.parse(mac, str(addr), mtu=device.mtu, features=device.features)
-        stack, target = _stack(iface, options)
+        if options.enabled and options.nic == "process":
+            stack, nic = _stack_behind_nic(iface, options, device)
+            runtime = Runtime(stack, device, node=nic.target, rx=nic.target)
+        else:
+            stack, target = _stack(iface, options)
+            runtime = Runtime(stack, device, node=target)
         device.capture = capture
-        runtime = Runtime(stack, device, node=target)
         async with runtime:
             session = Session(runtime, stack, netns, addr, peer, topo.tap_name, topo.created_netns, target)
-            if target is not None:
+            session.nic = nic
+            if options.enabled:
                 session.control = _control(runtime, stack, options)
+            if nic is not None:
+                _watch_nic(nic, runtime, device, session.control)
             try:
                 yield session
             finally:
                 if session.control is not None:
                     session.control.close()
     finally:
+        if nic is not None:
+            nic.close()  # stopped (its last turn sends what it was asked last), else killed; always reaped
         device.close()
         if target is not None:
             target.close()  # warns (stderr) when connection state was left on the target
@@ -221,6 +235,57 @@ def _stack(iface: InterfaceConfig, options: OffloadOptions) -> tuple[HostStack, 
     stack = HostStack(iface, secret=os.urandom(16), rng=random.Random(), target=target, offload=policy)
     target.attach_host(stack)
     return stack, target
+
+
+def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: Any) -> tuple[HostStack, Any]:
+    """The host stack behind a NIC process started here (it gets a descriptor of the TAP and is its only
+    reader); a NIC that cannot start fails the command with one sentence."""
+    from dataclasses import asdict
+
+    from tcpchimney.host.policy import OffloadMode, OffloadPolicy
+    from tcpchimney.link import runs
+    from tcpchimney.nic.launch import NicProcess, NicStartError
+    from tcpchimney.nic.process import NicConfig
+
+    config = NicConfig(
+        mac=iface.mac.hex(":"),
+        features=asdict(device.features),
+        mss=iface.mss,
+        max_segment_payload=iface.max_segment_payload,
+        vnet_hdr=device.vnet_hdr_size,
+    )
+    noted: dict[int, Any] = {}
+
+    def spawned(pid: int) -> None:  # in the run record, so that `chimney cleanup` kills a NIC left behind
+        with contextlib.suppress(OSError):
+            noted[pid] = runs.process_resource(pid)
+            runs.register(noted[pid])
+
+    def reaped(pid: int) -> None:
+        if pid in noted:
+            with contextlib.suppress(OSError):
+                runs.unregister(noted.pop(pid))
+
+    nic = NicProcess(config, device.fileno(), on_spawned=spawned, on_reaped=reaped)
+    try:
+        target = nic.start()
+    except NicStartError as exc:
+        nic.close()
+        raise CommandError(f"cannot start the NIC process: {exc}.") from exc
+    policy = OffloadPolicy(mode=OffloadMode(options.mode))
+    stack = HostStack(iface, secret=os.urandom(16), rng=random.Random(), target=target, offload=policy)
+    target.attach_host(stack)
+    return stack, nic
+
+
+def _watch_nic(nic: Any, runtime: Any, device: Any, control: OffloadControl | None) -> None:
+    """Liveness of the NIC from the running loop; once it is gone the runtime reads the TAP itself. Its
+    events (the start already happened) go to the events file."""
+    if control is not None:
+        for name, fields in nic.events:
+            control.on_nic_event(name, fields)
+        nic.on_event = control.on_nic_event
+    nic.attach(asyncio.get_running_loop(), runtime.flush_soon, lambda: runtime.set_rx(device))
 
 
 def _control(runtime: Any, stack: HostStack, options: OffloadOptions) -> OffloadControl:

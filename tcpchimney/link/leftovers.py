@@ -18,6 +18,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +32,18 @@ from tcpchimney.link.netns import (
     netns_path,
     remove_netns,
 )
-from tcpchimney.link.runs import LINK, NETNS, Resource, RunRecord, load_records, locked, register
+from tcpchimney.link.runs import (
+    LINK,
+    NETNS,
+    PROCESS,
+    Resource,
+    RunRecord,
+    load_records,
+    locked,
+    parse_process,
+    process_start,
+    register,
+)
 
 REMOVABLE_PATH_PREFIX = "chimney-"  # a recorded path is removed only if its file name starts with this
 
@@ -80,9 +92,11 @@ def _link_owners(
 
 
 def _drop(record: RunRecord, resource: Resource) -> None:
-    """Edit a dead run's record (the caller holds the run directory's lock)."""
+    """Edit a dead run's record (the caller holds the run directory's lock). The processes it names that are
+    gone go too (a run's NIC process dies with it): a record naming only them would never be removed."""
     if resource in record.resources:
         record.resources.remove(resource)
+        record.resources[:] = [r for r in record.resources if r.kind != PROCESS or exists(r)]
         record.save()
 
 
@@ -150,6 +164,9 @@ def exists(resource: Resource) -> bool:
         if resource.netns is not None and not netns_exists(resource.netns):
             return False
         return link_index(resource.netns, resource.name) is not None
+    if resource.kind == PROCESS:
+        pid, start = parse_process(resource.name)
+        return process_start(pid) == start  # the same process, not a later one with its pid
     return os.path.lexists(resource.name)
 
 
@@ -164,6 +181,11 @@ def remove_resource(resource: Resource) -> bool:
             return False
         remove_netns(resource.name)
         return not netns_exists(resource.name)
+    if resource.kind == PROCESS:
+        if exists(resource):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(parse_process(resource.name)[0], signal.SIGKILL)
+        return not _still_there(resource)
     path = resource.name
     if not os.path.isabs(path) or not os.path.basename(path).startswith(REMOVABLE_PATH_PREFIX):
         return False
@@ -173,6 +195,16 @@ def remove_resource(resource: Resource) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return not os.path.lexists(path)
+
+
+def _still_there(resource: Resource, wait: float = 1.0) -> bool:
+    """A killed process is gone once it is a zombie or reaped (``process_start`` treats both as gone)."""
+    end = time.monotonic() + wait
+    while exists(resource):
+        if time.monotonic() > end:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def processes_in(netns: str) -> list[int]:
@@ -200,6 +232,8 @@ def _valid(resource: Resource) -> bool:
             check_ifname(resource.name)
             if resource.netns is not None:
                 check_netns_name(resource.netns)
+        elif resource.kind == PROCESS:
+            parse_process(resource.name)
     except ValueError:
         return False
     return True

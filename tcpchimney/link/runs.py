@@ -28,7 +28,8 @@ DEFAULT_RUN_DIR = "/run/tcpchimney"
 NETNS = "netns"  # a namespace this run created (removed with everything in it)
 LINK = "link"  # a link this run created, in ``netns`` (None: the initial namespace)
 PATH = "path"  # a file or directory this run created (a temporary directory, a control socket)
-KINDS = (NETNS, LINK, PATH)
+PROCESS = "process"  # a process this run started (its NIC): "PID@START", START from /proc/PID/stat
+KINDS = (NETNS, LINK, PATH, PROCESS)
 
 
 def run_dir() -> str:
@@ -46,6 +47,8 @@ class Resource:
             return f"namespace {self.name}"
         if self.kind == LINK:
             return f"link {self.name}" + (f" in namespace {self.netns}" if self.netns else "")
+        if self.kind == PROCESS:
+            return f"process {self.name.split('@')[0]}"
         return f"{self.name}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,6 +63,20 @@ class Resource:
         if netns is not None and not isinstance(netns, str):
             raise ValueError(f"not a resource: {raw!r}")
         return cls(raw["kind"], raw["name"], netns)
+
+
+def process_resource(pid: int) -> Resource:
+    """The record's name for process ``pid``: its pid and start time, so that a reused pid is never taken
+    for it."""
+    return Resource(PROCESS, f"{pid}@{process_start(pid)}")
+
+
+def parse_process(name: str) -> tuple[int, int]:
+    """(pid, start) of a PROCESS resource's name; ValueError for anything else."""
+    pid, start = name.split("@")
+    if not pid.isdigit() or not start.isdigit():
+        raise ValueError(f"not a process name: {name!r}")
+    return int(pid), int(start)
 
 
 def process_start(pid: int) -> int | None:

@@ -164,6 +164,11 @@ class RecordKind(IntEnum):
     FRAME = 3  # payload: one frame as read from the TAP (virtio-net header first)
 
 
+# Record flags of a CONTROL record: a message longer than one record (at most half the ring) is cut into
+# consecutive records, each but the last flagged MORE; the consumer joins them before decoding.
+RECORD_MORE: Final = 0x1
+
+
 def record_span(length: int) -> int:
     """Bytes a record with a payload of ``length`` takes in the ring: header plus payload, 8-byte aligned."""
     return RECORD_HEADER.size + (length + RECORD_ALIGN - 1) // RECORD_ALIGN * RECORD_ALIGN

@@ -217,7 +217,28 @@ class ByteProducer(_Producer):
     def put(self, kind: int, payload: bytes | bytearray | memoryview, flags: int = 0) -> bool:
         """Write one record (not yet published); False, and a stall counted, when it does not fit now."""
         data = memoryview(payload).cast("B")
-        length = len(data)
+        at = self._reserve(kind, len(data), flags)
+        if at < 0:
+            return False
+        self._mem[at : at + len(data)] = data
+        return True
+
+    def put_parts(self, kind: int, parts: tuple[bytes | bytearray | memoryview, ...], flags: int = 0) -> bool:
+        """``put`` of the concatenation of ``parts`` (e.g. a header and a frame), without joining them
+        first: each part is copied once, straight into the ring."""
+        views = [memoryview(p).cast("B") for p in parts]
+        at = self._reserve(kind, sum(len(v) for v in views), flags)
+        if at < 0:
+            return False
+        for view in views:
+            self._mem[at : at + len(view)] = view
+            at += len(view)
+        return True
+
+    def _reserve(self, kind: int, length: int, flags: int) -> int:
+        """Write the header of a record of ``length`` payload bytes (and the PAD before it if it must
+        start at 0), advance the local head; returns where the payload goes, or -1 (a stall) if it does not
+        fit."""
         if length > self.max_payload:
             raise ValueError(f"{self.name}: a {length}-byte record exceeds {self.max_payload}")
         span = record_span(length)
@@ -228,16 +249,15 @@ class ByteProducer(_Producer):
             self._refresh_tail()
             if self._head + need - self._tail > self._cap:
                 self.stalls += 1
-                return False
+                return -1
         if span > to_end:
             RECORD_HEADER.pack_into(self._mem, self._data + pos, to_end - RECORD_HEADER.size, _PAD, 0)
             self._head += to_end
             pos = 0
         at = self._data + pos
         RECORD_HEADER.pack_into(self._mem, at, length, kind, flags)
-        self._mem[at + RECORD_HEADER.size : at + RECORD_HEADER.size + length] = data
         self._head += span
-        return True
+        return at + RECORD_HEADER.size
 
 
 class ByteConsumer(_Endpoint):

@@ -13,6 +13,7 @@ test folder on ``sys.path``; there is no package).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
+from tcpchimney.nic.loopback import LoopbackNic
 from tcpchimney.nic.table import TcpEntry
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
@@ -58,6 +60,7 @@ R1_MAC, R1_IP, R1_IP_B_SIDE = "02:00:00:00:00:f1", "198.18.0.254", "198.18.1.254
 R2_MAC, R2_IP = "02:00:00:00:00:f2", "198.18.0.253"
 A_IP_B, B_IP_B = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
 PORT = 7
+TRANSPORTS = ("inline", "rings")
 ENABLED = OffloadPolicy(mode="enabled")
 DISABLED = OffloadPolicy(mode="disabled")
 
@@ -192,13 +195,20 @@ def make_net(
     routed: bool = False,
     arp_params: ArpParams | None = None,
     nce_stale: float = 30.0,
+    transport: str | None = None,
 ) -> Net:
     """``offload=False``: ``a`` is a plain HostStack (no target at all), the host-only baseline.
     ``routed``: b is on another subnet behind router R1 (a's gateway); router R2 is on the link too.
-    ``arp_params``: a's ARP timers; ``nce_stale``: the target's NceStaleTicks (seconds)."""
+    ``arp_params``: a's ARP timers; ``nce_stale``: the target's NceStaleTicks (seconds).
+    ``transport``: "inline" (the host calls the SoftwareTarget) or "rings" (the host talks to it through
+    the NIC process's arena, rings and codec, both ends in this process: ``nic.loopback``); default
+    ``$TCPCHIMNEY_TRANSPORT`` or inline. ``net.target`` is the SoftwareTarget either way."""
     link = SimLink(seed, mtu=mtu)
     mac = bytes.fromhex(A_MAC.replace(":", ""))
     target = SoftwareTarget(capacity=capacity, mac=mac, config=config, nce_stale=nce_stale)
+    transport = transport or os.environ.get("TCPCHIMNEY_TRANSPORT", "inline")
+    assert transport in TRANSPORTS, transport
+    loopback = LoopbackNic(target) if offload and transport == "rings" else None
     b_ip = B_ROUTED_IP if routed else B_IP
     a = HostStack(
         InterfaceConfig.parse(A_MAC, f"{A_IP}/24", gateway=R1_IP if routed else None, mtu=mtu),
@@ -206,7 +216,7 @@ def make_net(
         secret=f"offload-a-{seed}".encode(),
         rng=random.Random(2 * seed + 1),
         arp_params=arp_params,
-        target=target if offload else None,
+        target=(loopback.target if loopback is not None else target) if offload else None,
         offload=policy if offload else None,
     )
     b = HostStack(
@@ -216,7 +226,10 @@ def make_net(
         rng=random.Random(2 * seed + 2),
     )
     wire = Wire(b)
-    if offload:
+    if loopback is not None:
+        loopback.attach_host(a)
+        link.attach(loopback, "a", imp_a)
+    elif offload:
         target.attach_host(a)
         link.attach(target, "a", imp_a)
     else:
@@ -682,15 +695,16 @@ def run_session(
     profile: str = "clean",
     toggles: tuple[float, ...] = (),
     imp: Impairments | None = None,
+    transport: str | None = None,
 ) -> Outcome:
     """``toggles`` (mode "handoff" only): at each of these times (seconds after establishment) every
     connection of ``a`` that is offloaded is uploaded, every one on the host is offloaded. ``imp``: the
-    impairments of both directions instead of the named ``profile``'s."""
+    impairments of both directions instead of the named ``profile``'s. ``transport``: as ``make_net``'s."""
     assert mode in MODES and (mode == "handoff" or not toggles)
     imp = PROFILES[profile] if imp is None else imp
     offload = mode != "host"
     net = make_net(seed, session.policy if offload else DISABLED, offload=offload, imp_a=imp, imp_b=imp,
-                   config=session.config, config_b=session.config_b)  # fmt: skip
+                   config=session.config, config_b=session.config_b, transport=transport)  # fmt: skip
     if net.target is not None:
         net.target.table.capacity = session.capacity
     programs = session.programs(seed)

@@ -145,6 +145,7 @@ def run_script(
     a_client: bool = True,
     toggles: tuple[float, ...] = (),
     config: TcpConfig = BIG,
+    transport: str | None = None,
 ) -> Outcome:
     """``mode``: "host" (no target), "offload" (enabled policy), "handoff" (enabled, then at each time in
     ``toggles`` (seconds after establishment) upload an offloaded connection or offload one on the host)."""
@@ -153,7 +154,8 @@ def run_script(
         client, server = SCRIPTS[script](seed)
         return [(client, server) if a_client else (server, client)]
 
-    return run_session(Session(programs, a_client=a_client, config=config), seed, mode, profile, toggles)
+    session = Session(programs, a_client=a_client, config=config)
+    return run_session(session, seed, mode, profile, toggles, transport)
 
 
 # ---------------------------------------------------------------------------------------------- tests

@@ -137,3 +137,43 @@ def test_connections_table_lists_rows_or_says_none() -> None:
     assert "none seen" in render(connections_table([]))
     text = render(connections_table([ConnectionRow("198.18.0.2:80", "198.18.0.1:40000", "ESTABLISHED")]))
     assert "198.18.0.1:40000" in text and "ESTABLISHED" in text
+
+
+@pytest.mark.parametrize(
+    "command", [["serve", "echo", "--netns", "t1"], ["nc", "-l", "9", "--netns", "t1"], ["demo"]]
+)
+def test_the_nic_runs_in_its_own_process_unless_asked_inline(command: list[str]) -> None:
+    assert main.parse_args(command).nic == "process"
+    assert main.parse_args([*command, "--nic", "inline"]).nic == "inline"
+
+
+def test_a_nic_that_cannot_start_fails_the_command_in_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tcpchimney.cli import wiring
+    from tcpchimney.cli.offload import OffloadOptions
+    from tcpchimney.host.interface import InterfaceConfig
+    from tcpchimney.nic import launch
+    from tcpchimney.wire.frame import DeviceFeatures
+
+    class Device:
+        features = DeviceFeatures()
+        vnet_hdr_size = 10
+
+        def fileno(self) -> int:
+            return 0
+
+    def refuse(self: launch.NicProcess, timeout: float = 0.0) -> None:
+        raise launch.NicStartError("it exited with status 2 before it was ready")
+
+    monkeypatch.setattr(launch.NicProcess, "start", refuse)
+    iface = InterfaceConfig.parse("02:00:00:00:00:01", "198.18.0.2/24")
+    with pytest.raises(common.CommandError) as info:
+        wiring._stack_behind_nic(iface, OffloadOptions("enabled"), Device())
+    assert str(info.value) == "cannot start the NIC process: it exited with status 2 before it was ready."
+
+
+def test_with_a_capture_the_nic_runs_inline(capsys: pytest.CaptureFixture[str]) -> None:
+    """A capture of the host's TAP descriptor would miss the NIC process's frames."""
+    assert main.parse_args(["serve", "echo", "--netns", "t1", "--pcap", "/tmp/x.pcap"]).nic == "inline"
+    with pytest.raises(SystemExit):
+        main.parse_args(["serve", "echo", "--netns", "t1", "--pcap", "/tmp/x.pcap", "--nic", "process"])
+    assert "--nic inline" in capsys.readouterr().err

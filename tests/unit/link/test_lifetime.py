@@ -166,3 +166,20 @@ def test_cleanup_removes_what_a_dead_run_left_and_only_that(run_dir: str, tmp_pa
     assert any("still running" in s for s in said) and any("junk.json" in s for s in said)
     assert any(s.startswith("removed ") and str(left) in s for s in said)
     assert os.path.exists(dead.path)  # it still names what could not be removed
+
+
+def test_cleanup_kills_the_nic_process_a_dead_run_left_and_not_a_reused_pid(run_dir: str) -> None:
+    nic = subprocess.Popen(["sleep", "60"])  # stands for a NIC that outlived its host
+    try:
+        mine = runs.process_resource(nic.pid)
+        other = Resource(runs.PROCESS, f"{os.getpid()}@{(runs.process_start(os.getpid()) or 0) + 1}")
+        RunRecord(_dead_pid(), 1, ["chimney", "serve"], [mine, other]).save()
+        said: list[str] = []
+        assert leftovers.clean(False, said.append) == 1  # a pid with another start time is not it
+        assert nic.wait(timeout=5) == -signal.SIGKILL
+        assert any(s.startswith(f"removed process {nic.pid}, left by run") for s in said), said
+        assert runs.load_records()[0] == [], "the record went with the process"
+    finally:
+        if nic.poll() is None:
+            nic.kill()
+            nic.wait()

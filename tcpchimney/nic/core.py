@@ -1,0 +1,145 @@
+"""``NicCore``: the NIC's side of the arena around a ``SoftwareTarget``, without any I/O or clock of its own.
+
+It is what runs in the NIC process (``nic/process.py`` gives it the TAP, the doorbells and the clock), and
+what a test pairs with a ``ProcessTarget`` in one process, driven synchronously on a simulated link, so the
+whole offload suite runs through the ring transport deterministically.
+
+- ``take_requests``: every request the host published on H2N_CONTROL, decoded and submitted to the target.
+  A record that does not decode is counted and dropped (the host is trusted; a bad record is its bug).
+- ``put_outputs``: every completion and indication the target has, encoded onto N2H_CONTROL, in order.
+- the target's host node is the frames ring: every frame the target does not claim goes up N2H_FRAMES
+  (a full ring drops it and counts it, as a NIC's receive ring does).
+- ``publish``: makes both N2H rings' new records visible at once; True if anything was new (ring then).
+
+**The order the process keeps** (``nic/process.py``): within one turn of its loop, the control ring is
+published *before* any frame of that turn is written to the TAP, and no frame is written while control
+records wait for room. So an initiate whose completion the host has not been able to read has not put a
+single frame of its connection on the wire: when the NIC dies, the host may fail it truthfully ("the
+target kept nothing", chimney-spec 3.1) instead of resetting the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tcpchimney.chimney import codec
+from tcpchimney.chimney.errors import CodecError, ContractError
+from tcpchimney.nic.arena import Arena
+from tcpchimney.nic.descriptors import RingId
+from tcpchimney.nic.messages import ControlReader, ControlWriter, put_frame
+from tcpchimney.nic.target import SoftwareTarget
+from tcpchimney.wire.frame import Frame
+
+log = logging.getLogger(__name__)
+
+CORE_KEYS = (
+    "requests",  # requests taken from the host and submitted to the target
+    "bad_requests",  # records that did not decode to a request (dropped)
+    "outputs",  # completions and indications put on N2H_CONTROL
+    "bad_outputs",  # outputs the codec refused (a target bug; dropped)
+    "frames_up",  # frames passed up the frames ring
+    "frames_up_dropped",  # frames passed up while the frames ring was full
+)
+
+
+class _FramesUp:
+    """The target's host node inside the NIC: what it passes up goes to the frames ring."""
+
+    def __init__(self, core: NicCore) -> None:
+        self._core = core
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        self._core.frame_up(frame)
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        return []  # the host writes its own frames to its own TAP descriptor
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class NicCore:
+    def __init__(self, arena: Arena, target: SoftwareTarget) -> None:
+        self.arena = arena
+        self.target = target
+        self.requests = ControlReader(arena.byte_consumer(RingId.H2N_CONTROL))
+        self.outputs = ControlWriter(arena.byte_producer(RingId.N2H_CONTROL))
+        self.frames = arena.byte_producer(RingId.N2H_FRAMES)
+        self.counters: dict[str, int] = dict.fromkeys(CORE_KEYS, 0)
+        target.attach_host(_FramesUp(self))
+
+    # ------------------------------------------------------------------ rings
+
+    def frame_up(self, frame: Frame) -> None:
+        if put_frame(self.frames, frame):
+            self.counters["frames_up"] += 1
+        else:
+            self.counters["frames_up_dropped"] += 1
+
+    def take_requests(self, now: float) -> int:
+        """Submit every request the host published; returns how many records were taken."""
+        messages = self.requests.take()
+        counters, target = self.counters, self.target
+        for data in messages:
+            try:
+                request = codec.decode(data)
+                target.submit(request, now)
+            except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
+                counters["bad_requests"] += 1
+                log.warning("NIC: dropped a host request: %s", exc)
+                continue
+            counters["requests"] += 1
+        self.requests.release()  # also the records of a message not complete yet: they were copied out
+        return len(messages)
+
+    def put_outputs(self) -> None:
+        """Every completion and indication the target has, onto N2H_CONTROL (the backlog when full)."""
+        counters, outputs, target = self.counters, self.outputs, self.target
+        outputs.flush()
+        while (out := target.poll()) is not None:
+            try:
+                outputs.send(out)
+            except CodecError as exc:
+                counters["bad_outputs"] += 1
+                log.error("NIC: cannot encode %s: %s", type(out).__name__, exc)
+                continue
+            counters["outputs"] += 1
+
+    def publish(self) -> bool:
+        control = self.outputs.publish()
+        frames = self.frames.publish()
+        return control or frames
+
+    def pump(self, now: float) -> bool:
+        """Requests in, outputs out, published: one exchange with the host. True if anything was published."""
+        self.take_requests(now)
+        self.put_outputs()
+        return self.publish()
+
+    # ------------------------------------------------------------------ the target as the wire's node
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        self.target.handle_frame(frame, now)
+
+    def handle_timer(self, now: float) -> None:
+        self.target.handle_timer(now)
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        return self.target.frames_to_send(now)
+
+    def next_deadline(self) -> float | None:
+        return self.target.next_deadline()
+
+    def snapshot(self) -> dict[str, object]:
+        """The target's counters, and this transport's under ``"transport"``."""
+        transport: dict[str, int] = dict(self.counters)
+        transport.update(
+            control_records=self.outputs.records,
+            control_backlogged=self.outputs.backlogged,
+            control_stalls=self.outputs.stalls,
+            frames_stalls=self.frames.stalls,
+        )
+        return {**self.target.counters.snapshot(), "transport": transport}

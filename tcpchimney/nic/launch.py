@@ -1,0 +1,340 @@
+"""``NicProcess``: the host's handle on its NIC process: start, liveness, counters, end.
+
+``start`` creates the arena (sealed memfd) and the two doorbell eventfds if not yet made, spawns
+``python -m tcpchimney.nic`` (``subprocess`` execs at once: no fork of this possibly threaded process runs
+Python) with one end of a socketpair as its only inherited descriptor, says so (``on_spawned``: the run
+record notes it, so that ``chimney cleanup`` kills a NIC its host left), hands it the arena, the eventfds and
+a descriptor of the TAP (``send_arena``), and waits for its ``ready`` line. A NIC that cannot start raises
+``NicStartError`` with one sentence.
+
+Liveness (``attach`` registers both with the event loop): the process's pidfd becomes readable when it dies
+(about 1 ms after a ``kill -9``, reference nic-process.md), and the socketpair reads end of file when it
+exits or closes it. Either way the host fences it (SIGKILL through the pidfd, then reaps it: never two
+writers in the arena), tells the ``ProcessTarget`` (which answers for the dead NIC, process_target.py), and
+reports ``nic_failed``. [Not yet: a heartbeat watchdog for a NIC that hangs, restarting a NIC with a new
+epoch, recovering its connections.]
+
+``close`` asks the NIC to stop (its last turn sends what the host asked last, e.g. an abort's RST), kills it
+if it does not exit within a second, reaps it and closes every descriptor: however the command ends, no NIC
+process is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tcpchimney.chimney.indications import TargetCapabilities
+from tcpchimney.nic.arena import Arena, ArenaConfig, RingSpec, send_arena
+from tcpchimney.nic.descriptors import RingId, RingKind, Side
+from tcpchimney.nic.doorbell import Direction, Doorbell, make_eventfd
+from tcpchimney.nic.process import NicConfig
+from tcpchimney.nic.process_target import ProcessTarget
+
+START_TIMEOUT = 20.0  # seconds for the interpreter to start and say ready (a loaded 2-vCPU machine)
+STOP_TIMEOUT = 1.0
+COUNTERS_TIMEOUT = 2.0
+
+# The control rings are large: this transport still carries Send and receive data through them.
+PROCESS_ARENA = ArenaConfig(
+    max_conns=1024,
+    pool_size=1 << 20,  # [not yet used: the descriptor data path]
+    chunk_size=16 << 10,
+    rings=(
+        RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, 8 << 20),
+        RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, 8 << 20),
+        RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, 4096),
+        RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, 4096),
+        RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, 16 << 20),
+    ),
+)
+
+NicEvent = Callable[[str, dict[str, Any]], None]
+
+
+class NicStartError(Exception):
+    """The NIC process could not be started; the message says why, to follow "cannot start the NIC
+    process: "."""
+
+
+def _exit_cause(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+class NicProcess:
+    def __init__(
+        self,
+        config: NicConfig,
+        tap_fd: int,
+        *,
+        arena_config: ArenaConfig = PROCESS_ARENA,
+        on_event: NicEvent | None = None,
+        on_spawned: Callable[[int], None] = lambda pid: None,
+        on_reaped: Callable[[int], None] = lambda pid: None,
+    ) -> None:
+        """``on_spawned(pid)`` is called as soon as the process exists, ``on_reaped(pid)`` once it is gone
+        (e.g. to note it in the run record, so that ``chimney cleanup`` kills a NIC its host left)."""
+        self.config = config
+        self._on_spawned, self._on_reaped = on_spawned, on_reaped
+        self.tap_fd = tap_fd
+        self.on_event: NicEvent = on_event or (lambda name, fields: None)
+        self.events: list[tuple[str, dict[str, Any]]] = []  # every event so far (for a late listener)
+        self.arena = Arena.create(arena_config)
+        self.efds = (make_eventfd(), make_eventfd())  # H2N (the NIC sleeps on it), N2H (the host does)
+        self.epoch = 0
+        self.pid: int | None = None
+        self.target: ProcessTarget | None = None
+        self.last_counters: dict[str, Any] = {}
+        self.failures = 0
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._sock: socket.socket | None = None
+        self._inbox = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: Callable[[], None] = lambda: None
+        self._on_failed: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, timeout: float = START_TIMEOUT) -> ProcessTarget:
+        """Start the NIC; returns the host's target for it. Raises NicStartError."""
+        self.epoch += 1
+        self.arena.set_epoch(self.epoch)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._spawn(child)
+        finally:
+            child.close()
+        self._sock = parent
+        try:
+            send_arena(parent, self.arena, [*self.efds, self.tap_fd])
+            ready = self._await_ready(timeout)
+        except BaseException:
+            self._kill_and_reap()
+            raise
+        self.pid = int(ready["pid"])
+        caps = TargetCapabilities(**ready["capabilities"])
+        doorbell = Doorbell(self.arena.words, self.efds[0], Direction.H2N)
+        self.target = ProcessTarget(self.arena, caps, doorbell=doorbell, wake_fd=self.efds[1])
+        self.target.on_broken = self._fence_broken
+        self._event("nic_started", pid=self.pid, epoch=self.epoch)
+        return self.target
+
+    def _spawn(self, child: socket.socket) -> None:
+        argv = [sys.executable, "-m", "tcpchimney.nic", "--fd", str(child.fileno())]
+        argv += ["--host-pid", str(os.getpid()), "--config", self.config.to_json()]
+        env = dict(os.environ)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            self._popen = subprocess.Popen(
+                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env
+            )
+        except OSError as exc:
+            raise NicStartError(f"cannot run {sys.executable}: {exc.strerror}") from exc
+        self._pidfd = os.pidfd_open(self._popen.pid)
+        self._on_spawned(self._popen.pid)
+
+    def _await_ready(self, timeout: float) -> dict[str, Any]:
+        assert self._sock is not None
+        end = time.monotonic() + timeout
+        while True:
+            line = self._line(block=False)
+            if line is not None:
+                message: dict[str, Any] = json.loads(line)
+                if message.get("event") == "ready":
+                    return message
+                raise NicStartError(f"it said: {message.get('message', line)}")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise NicStartError(f"it did not say it was ready within {timeout:.0f} s")
+            sock = self._sock.fileno()
+            readable, _, _ = select.select([sock, self._pidfd], [], [], left)
+            if self._pidfd in readable and sock not in readable:
+                status = self._reap()
+                raise NicStartError(f"it {_exit_cause(status)} before it was ready")
+            if sock in readable and not self._receive():
+                status = self._reap()
+                raise NicStartError(f"it {_exit_cause(status)} before it was ready")
+
+    def _receive(self) -> bool:
+        """Read what the socket has into the inbox; False at end of file."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        self._inbox += data
+        return bool(data)
+
+    def _line(self, block: bool, timeout: float = COUNTERS_TIMEOUT) -> str | None:
+        end = time.monotonic() + timeout
+        while b"\n" not in self._inbox:
+            if not block or self._sock is None:
+                return None
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            readable, _, _ = select.select([self._sock], [], [], left)
+            if readable and not self._receive():
+                return None
+        line, self._inbox = self._inbox.split(b"\n", 1)
+        return line.decode()
+
+    # ------------------------------------------------------------------ liveness
+
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: Callable[[], None],
+        on_failed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Watch the NIC from ``loop``: ``wake()`` after it failed (the host stack has outputs to read),
+        ``on_failed()`` once (e.g. the runtime reads the TAP itself from now on)."""
+        self._loop, self._wake, self._on_failed = loop, wake, on_failed
+        if self._sock is not None:
+            self._sock.setblocking(False)
+            loop.add_reader(self._pidfd, self._on_pidfd)
+            loop.add_reader(self._sock.fileno(), self._on_socket)
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self.target is not None and self.target.failed is None
+
+    def _on_pidfd(self) -> None:
+        detected = time.time()
+        status = self._reap()
+        self._failed(_exit_cause(status), "pidfd", detected)
+
+    def _on_socket(self) -> None:
+        if self._receive():
+            return  # a late answer (counters): nothing to do with it here
+        detected = time.time()
+        # A dying process closes its descriptors before it becomes a zombie: give it a moment to be one,
+        # to tell a death (the usual end of file) from a NIC that only closed its end.
+        dead = bool(select.select([self._pidfd], [], [], 0.05)[0])
+        status = self._kill_and_reap()
+        cause = _exit_cause(status) if dead else f"closed its socket, then was {_exit_cause(status)}"
+        self._failed(cause, "socket", detected)
+
+    def _fence_broken(self, cause: str) -> None:
+        """The NIC broke the protocol: kill it before the host reads any more of the arena."""
+        detected = time.time()
+        self._kill_and_reap()
+        self._failed(f"broke the protocol ({cause})", "arena", detected, fail_target=False)
+
+    def _failed(self, cause: str, by: str, detected: float, fail_target: bool = True) -> None:
+        self._unwatch()
+        self.failures += 1
+        if fail_target and self.target is not None:
+            self.target.fail(cause)
+        self._event(
+            "nic_failed", pid=self.pid, epoch=self.epoch, cause=cause, detected_by=by, detected=detected
+        )
+        self._close_sock()
+        self._on_failed()
+        self._wake()
+
+    def _unwatch(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self._pidfd)
+        if self._sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._sock.fileno())
+        self._loop = None
+
+    # ------------------------------------------------------------------ counters and the end
+
+    def counters(self) -> dict[str, Any]:
+        """The NIC's counters (asked over the socket; the last ones it gave once it is gone), with the
+        host end's transport counters under ``"host_transport"``."""
+        if self.alive and self._sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._sock.sendall(b'{"op":"counters"}\n')
+                while (line := self._line(block=True)) is not None:
+                    message = json.loads(line)
+                    if message.get("event") == "counters":
+                        self.last_counters = message["counters"]
+                        break
+        out = dict(self.last_counters)
+        out["nic_process"] = {"pid": self.pid, "epoch": self.epoch, "failures": self.failures}
+        if self.target is not None:
+            out["host_transport"] = self.target.transport_counters()
+        return out
+
+    def close(self) -> None:
+        """Stop the NIC (or kill it), reap it, close every descriptor. Idempotent."""
+        self._unwatch()
+        if self._popen is not None and self._popen.returncode is None:
+            stopped = False
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.setblocking(True)
+                    self._sock.sendall(b'{"op":"stop"}\n')
+                    stopped = bool(select.select([self._pidfd], [], [], STOP_TIMEOUT)[0])
+            if stopped:
+                self._reap()
+            else:
+                self._kill_and_reap()
+        self._close_sock()
+        for fd in (self._pidfd, *self.efds):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._pidfd, self.efds = -1, (-1, -1)
+        with contextlib.suppress(BufferError, ValueError):
+            self.arena.close()
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _kill_and_reap(self) -> int:
+        if self._popen is None or self._popen.returncode is not None:
+            return self._popen.returncode if self._popen is not None else 0
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        return self._reap()
+
+    def _reap(self) -> int:
+        """Wait for the process (it has ended or is ending); its wait status."""
+        popen = self._popen
+        if popen is None:
+            return 0
+        if popen.returncode is None:
+            _, status = os.waitpid(popen.pid, 0)
+            popen.returncode = os.waitstatus_to_exitcode(status)
+            self._on_reaped(popen.pid)
+        else:
+            status = _status_of(popen.returncode)
+        return status
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self.events.append((name, fields))
+        self.on_event(name, fields)
+
+
+def _status_of(returncode: int) -> int:
+    """A wait status from ``Popen.returncode`` (negative: the signal that killed it)."""
+    return -returncode if returncode < 0 else returncode << 8

@@ -1,0 +1,123 @@
+"""``LoopbackNic``: a ``SoftwareTarget`` behind the ring transport with both ends in this process, as one node
+of a (simulated) link: the conformance and differential suites run through the same arena, rings, codec
+and failure handling as a NIC process, deterministically, on a virtual clock.
+
+The host stack sees a ``ProcessTarget``; the target runs in a ``NicCore`` over a second mapping of the same
+arena. Where the NIC process runs its loop when the doorbell rings, this pairing runs the core's exchange
+synchronously at each publish, so a request is handled at the instant it is made, as by an in-process
+target. Frames follow the process's paths: frames from the wire go to the target, those it does not claim
+up the frames ring to the host; the host's own frames leave without crossing the NIC.
+
+``fail("killed")`` plays the NIC's death: the core is dropped and the host end fails as it does when the
+process dies (then the host reads the wire itself). ``frozen = True`` plays a stopped NIC (SIGSTOP): it
+takes no request, sends nothing, and frames from the wire are lost.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tcpchimney.nic.arena import Arena, ArenaConfig, RingSpec
+from tcpchimney.nic.core import NicCore
+from tcpchimney.nic.descriptors import RingId, RingKind, Side
+from tcpchimney.nic.process_target import ProcessTarget, UpperNode
+from tcpchimney.nic.target import SoftwareTarget
+from tcpchimney.wire.frame import Frame
+
+# Small enough for many arenas per test run (the memory is touched only where used), with control rings
+# that cut a large terminate state into several records.
+LOOPBACK_ARENA = ArenaConfig(
+    max_conns=256,
+    pool_size=256 << 10,
+    chunk_size=16 << 10,
+    rings=(
+        RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, 256 << 10),
+        RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, 256 << 10),
+        RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, 64),
+        RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, 64),
+        RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, 4 << 20),
+    ),
+)
+
+
+class LoopbackNic:
+    def __init__(self, target: SoftwareTarget, config: ArenaConfig = LOOPBACK_ARENA) -> None:
+        self.arena = Arena.create(config)
+        self.nic_arena = Arena.attach(os.dup(self.arena.fd))
+        self.core: NicCore | None = NicCore(self.nic_arena, target)
+        self.software = target
+        self.target = ProcessTarget(
+            self.arena,
+            target.capabilities,
+            on_publish=self._nic_turn,
+            on_poll=lambda: self._nic_turn(self._now),
+            clock=lambda: self._now,
+        )
+        self._now = 0.0  # the last instant an entry point was given (the NIC has no clock of its own)
+        self.frozen = False  # a stopped NIC (SIGSTOP): it reads, handles and sends nothing
+
+    def _nic_turn(self, now: float) -> None:
+        if self.core is not None and not self.frozen:
+            self.core.pump(now)
+
+    def attach_host(self, host: UpperNode) -> None:
+        self.target.attach_host(host)
+
+    def fail(self, cause: str = "killed") -> None:
+        """The NIC dies here: nothing more runs on its side; the host end finds out at once."""
+        self.core = None
+        self.target.fail(cause)
+
+    # ------------------------------------------------------------------ node
+
+    def handle_frame(self, frame: Frame, now: float) -> None:
+        self._now = now
+        if self.core is None:  # the NIC is gone: the host reads its own descriptor of the device
+            self.target.handle_frame(frame, now)
+            return
+        if not self.frozen:
+            self.core.handle_frame(frame, now)  # a frozen NIC reads nothing: the frame is lost
+        self._exchange(now)
+
+    def handle_timer(self, now: float) -> None:
+        self._exchange(now)
+        self.target.handle_timer(now)  # the host first, as a SoftwareTarget in front of it does
+        if self.core is not None and not self.frozen:
+            self.core.handle_timer(now)
+        self._exchange(now)
+
+    def frames_to_send(self, now: float) -> list[Frame]:
+        # What the target said outside an exchange (a test's fault knob) reaches the host's next look at
+        # its rings, as an in-process target's outputs reach its next poll.
+        self._exchange(now)
+        out = self.target.frames_to_send(now)
+        if self.core is not None and not self.frozen:
+            out += self.core.frames_to_send(now)
+        self._exchange(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        self._nic_turn(self._now)
+        best = self.target.next_deadline()
+        if self.core is not None and not self.frozen:
+            own = self.core.next_deadline()
+            if own is not None and (best is None or own < best):
+                best = own
+        return best
+
+    def _exchange(self, now: float) -> None:
+        """The core's outputs onto the rings, then the frames it passed up to the host."""
+        self._now = now
+        target = self.target
+        while self.core is not None and not self.frozen:
+            self.core.pump(now)
+            if not self.core.outputs.blocked:
+                break
+            target.prefetch()  # the host reads what is there: room for the records that wait
+        while (frame := target.read()) is not None:
+            target.handle_frame(frame, now)
+
+    def close(self) -> None:
+        self.core = None
+        self.nic_arena.close()
+        self.arena.close()

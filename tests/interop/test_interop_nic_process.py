@@ -1,0 +1,100 @@
+"""``chimney serve`` with the NIC in its own process (``--nic process``, the default with offload), against
+curl in the Linux namespace: byte-exact transfers both ways through the NIC process, which is a separate
+live process reading the TAP; and a ``kill -9`` of it costs the command neither a hang nor a crash: the
+connections it held are reset, ``nic_failed`` is in the events file, and the stack goes on serving alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from test_interop_offload import _SHA256_STDIN, STACK, read_events
+from test_interop_serve import Command, sh
+
+from tcpchimney.cli.apps import deterministic_sha256
+from tcpchimney.cli.nsutil import in_netns
+
+N = 50_000_000
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, parent pid) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def test_http_through_the_nic_process_sha256_both_ways(
+    netns_name: str, commands: list[Command], tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    argv = ["serve", "http", "--netns", netns_name, "--offload", "enabled", "--nic", "process"]
+    commands.append(server := Command(*argv, "--events", str(events)))
+    nic_pid = server.ready["nic_pid"]
+    assert server.ready["nic"] == "process" and nic_pid != server.ready["pid"]
+    state, parent = _stat(nic_pid)
+    assert state in "RS" and parent == server.ready["pid"], "a live child of the command"
+    with open(f"/proc/{nic_pid}/cmdline", "rb") as f:
+        assert b"tcpchimney.nic" in f.read()
+
+    out = sh(netns_name, f"curl -sS --fail http://{STACK}/bytes/{N}?seed=41 | {_SHA256_STDIN}")
+    assert out.split()[0] == deterministic_sha256(N, 41)
+    body = os.urandom(N)
+    answer = json.loads(sh(netns_name, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
+    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": N}
+
+    status, done = server.stop()
+    assert status == 0
+    offload = done["offload"]
+    assert offload["faults"] == 0 and offload["nic_failures"] == 0
+    assert offload["host"]["offloaded"] == 2
+    nic = offload["nic"]
+    assert nic["ip"]["out_octets"] > N and nic["ip"]["in_octets"] > N, "the data crossed the NIC process"
+    assert nic["nic_process"]["pid"] == nic_pid
+    log = read_events(events)
+    assert [e["pid"] for e in log if e["event"] == "nic_started"] == [nic_pid]
+    assert sum(e["event"] == "offloaded" for e in log) == 2
+    assert not os.path.exists(f"/proc/{nic_pid}"), "the NIC process ended with the command"
+
+
+def test_kill_9_of_the_nic_neither_hangs_nor_crashes_serve(
+    netns_name: str, commands: list[Command], tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    argv = ["serve", "http", "--netns", netns_name, "--offload", "enabled", "--nic", "process"]
+    commands.append(server := Command(*argv, "--events", str(events)))
+    nic_pid = server.ready["nic_pid"]
+    curl = subprocess.Popen(
+        in_netns(netns_name, "curl", "-sS", "-m", "60", "-o", "/dev/null", f"http://{STACK}/bytes/{20 * N}"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "offloaded" for e in read_events(events)):
+            assert time.monotonic() < deadline, "the download was never offloaded"
+            time.sleep(0.05)
+        time.sleep(0.3)  # mid-transfer
+        killed = time.time()
+        os.kill(nic_pid, signal.SIGKILL)
+        assert curl.wait(timeout=30) != 0, "the connection the NIC held was reset, not finished"
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+            curl.wait()
+    (failed,) = [e for e in read_events(events) if e["event"] == "nic_failed"]
+    assert failed["pid"] == nic_pid and failed["cause"] == "killed by SIGKILL" and failed["epoch"] == 1
+    assert failed["detected"] - killed < 1.0, failed
+    # The stack reads the TAP itself now and keeps serving, every connection on the host.
+    out = sh(netns_name, f"curl -sS --fail http://{STACK}/bytes/{N // 10}?seed=42 | {_SHA256_STDIN}")
+    assert out.split()[0] == deterministic_sha256(N // 10, 42)
+    status, done = server.stop()
+    assert status == 0
+    assert done["offload"]["nic_failures"] == 1
+    assert done["offload"]["host"].get("refused_target_paused", 0) >= 1

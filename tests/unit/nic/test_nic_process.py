@@ -1,0 +1,118 @@
+"""The NIC process (``python -m tcpchimney.nic``) started by ``NicProcess``: a SOCK_SEQPACKET socketpair
+stands in for the TAP (one frame per read and per write, as a TAP), so no privileges are needed. Every
+process a test starts is killed and reaped however the test ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tcpchimney.chimney.completions import Completion
+from tcpchimney.chimney.requests import ReachabilityReply
+from tcpchimney.chimney.status import Status
+from tcpchimney.link.vnet import plain_header
+from tcpchimney.nic.launch import NicProcess, NicStartError
+from tcpchimney.nic.process import NicConfig
+
+MAC = "02:00:00:00:00:01"
+ARP_FRAME = bytes(6) + bytes([2, 0, 0, 0, 0, 9]) + b"\x08\x06" + bytes(28)
+
+
+@contextmanager
+def nic_process(config: NicConfig | None = None) -> Iterator[tuple[NicProcess, socket.socket, list[Any]]]:
+    """A started NIC, the test's end of its fake TAP, and the events it reported."""
+    wire, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    events: list[Any] = []
+    nic = NicProcess(config or NicConfig(mac=MAC), tap.fileno(), on_event=lambda n, f: events.append((n, f)))
+    try:
+        nic.start()
+        tap.close()  # the NIC has its own descriptor now
+        yield nic, wire, events
+    finally:
+        nic.close()
+        wire.close()
+        tap.close()  # a second close is a no-op
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_nic_runs_in_its_own_process_and_is_reaped_at_close() -> None:
+    with nic_process() as (nic, _, events):
+        assert nic.pid is not None and nic.pid != os.getpid() and not _gone(nic.pid)
+        assert events == [("nic_started", {"pid": nic.pid, "epoch": 1})]
+        pid = nic.pid
+        assert nic.arena.nic_words()[:2] == (pid, 1), "it announced itself in the arena"
+    assert _gone(pid)
+
+
+def test_frames_it_does_not_claim_come_up_the_frames_ring_and_the_host_is_woken() -> None:
+    with nic_process() as (nic, wire, _):
+        target = nic.target
+        assert target is not None
+        wire.send(plain_header() + ARP_FRAME)
+        readable, _, _ = select.select([target.fileno()], [], [], 5.0)
+        assert readable, "the NIC rang the host's doorbell"
+        frame = target.read()
+        assert frame is not None and frame.tobytes() == ARP_FRAME
+        assert nic.counters()["lifecycle"]["passed_up"] == 1
+
+
+def test_a_request_crosses_to_the_sleeping_nic_and_its_completion_comes_back() -> None:
+    """The NIC sleeps on its doorbell; the host's submit rings it; the completion wakes the host."""
+    with nic_process() as (nic, _, _):
+        target = nic.target
+        assert target is not None
+        time.sleep(0.1)  # long enough for the NIC to be asleep
+        target.submit(ReachabilityReply(5, 77, 1, 0.0), time.monotonic())
+        assert select.select([target.fileno()], [], [], 5.0)[0]
+        out = target.poll()
+        assert out == Completion(5, Status.INVALID_STATE)  # no such neighbor there
+        assert target.transport_counters()["doorbells_rung"] >= 1
+
+
+def test_a_killed_nic_is_detected_reported_and_answered_for() -> None:
+    async def body() -> None:
+        with nic_process() as (nic, _, events):
+            woken = asyncio.Event()
+            failed: list[bool] = []
+            nic.attach(asyncio.get_running_loop(), woken.set, lambda: failed.append(True))
+            assert nic.pid is not None and nic.target is not None
+            killed = time.time()
+            os.kill(nic.pid, signal.SIGKILL)
+            await asyncio.wait_for(woken.wait(), 5.0)
+            name, fields = events[-1]
+            assert name == "nic_failed" and fields["cause"] == "killed by SIGKILL" and failed == [True]
+            assert fields["detected"] - killed < 1.0
+            assert nic.target.failed == "killed by SIGKILL"
+            nic.target.submit(ReachabilityReply(9, 1, 1, 0.0), time.monotonic())
+            outputs = []
+            while (out := nic.target.poll()) is not None:
+                outputs.append(out)
+            assert Completion(9, Status.REQUEST_ABORTED) in outputs, "answered for the dead NIC"
+
+    asyncio.run(body())
+
+
+def test_a_nic_that_cannot_start_says_why_in_one_sentence() -> None:
+    with pytest.raises(NicStartError, match="vnet_hdr 7"), nic_process(NicConfig(mac=MAC, vnet_hdr=7)):
+        pass
+
+
+def test_a_config_field_it_does_not_know_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown config fields: colour"):
+        NicConfig.from_json('{"mac": "02:00:00:00:00:01", "colour": "red"}')
