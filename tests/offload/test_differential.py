@@ -155,7 +155,7 @@ def run_script(
         return [(client, server) if a_client else (server, client)]
 
     session = Session(programs, a_client=a_client, config=config)
-    return run_session(session, seed, mode, profile, toggles, transport)
+    return run_session(session, seed, mode, profile, toggles, transport=transport)
 
 
 # ---------------------------------------------------------------------------------------------- tests

@@ -20,6 +20,7 @@ from tcpchimney.chimney.completions import Completion
 from tcpchimney.chimney.requests import ReachabilityReply
 from tcpchimney.chimney.status import Status
 from tcpchimney.link.vnet import plain_header
+from tcpchimney.nic.descriptors import H2N_SLEEP_OFF
 from tcpchimney.nic.launch import NicProcess, NicStartError
 from tcpchimney.nic.process import NicConfig
 
@@ -77,7 +78,10 @@ def test_a_request_crosses_to_the_sleeping_nic_and_its_completion_comes_back() -
     with nic_process() as (nic, _, _):
         target = nic.target
         assert target is not None
-        time.sleep(0.1)  # long enough for the NIC to be asleep
+        deadline = time.monotonic() + 10  # the NIC starts (imports) and then says asleep in its sleep word
+        while not target.arena.words[H2N_SLEEP_OFF // 8] & 1:
+            assert time.monotonic() < deadline, "the NIC never went to sleep"
+            time.sleep(0.005)
         target.submit(ReachabilityReply(5, 77, 1, 0.0), time.monotonic())
         assert select.select([target.fileno()], [], [], 5.0)[0]
         out = target.poll()
