@@ -80,6 +80,17 @@ def _drain(conn: TcpConnection) -> None:
         pass
 
 
+def _into_engine(conn: TcpConnection) -> Callable[[TcpSegment], None]:
+    """One crafted segment into ``conn`` and all it causes: what it sends and the events it reports."""
+
+    def one(seg: TcpSegment) -> None:
+        conn.handle_segment(seg, 0.001)
+        conn.segments_to_send(0.001)
+        _drain(conn)
+
+    return one
+
+
 def _sack_block(una: SeqNum, k: int, grown: bool) -> tuple[SeqNum, SeqNum]:
     """Range ``k`` of the attack, ``[3k+1, 3k+2)`` above ``una``, or with its next byte when ``grown``."""
     return una + 3 * k + 1, una + 3 * k + (3 if grown else 2)
@@ -114,13 +125,7 @@ def engine_sack(ranges: int) -> tuple[float, int]:
         TcpSegment(RPORT, LPORT, peer, una, ACK, 65535, b"", TcpOptions(sack_blocks=b))
         for b in _sack_acks(una, ranges, WARMUP + TIMED)
     ]
-
-    def one(seg: TcpSegment) -> None:
-        conn.handle_segment(seg, 0.001)
-        conn.segments_to_send(0.001)
-        _drain(conn)
-
-    spent = _timed(segs, one)
+    spent = _timed(segs, _into_engine(conn))
     return spent, len(conn.sack.blocks())
 
 
@@ -134,13 +139,7 @@ def engine_ooo(holes: int) -> tuple[float, int]:
         TcpSegment(RPORT, LPORT, nxt + 3 * ((holes - 1 - j) % holes) + 2, conn.snd_una, ACK, 65535, b"y")
         for j in range(WARMUP + TIMED)
     ]
-
-    def one(seg: TcpSegment) -> None:
-        conn.handle_segment(seg, 0.001)
-        conn.segments_to_send(0.001)
-        _drain(conn)
-
-    spent = _timed(segs, one)
+    spent = _timed(segs, _into_engine(conn))
     return spent, len(conn.rcvbuf.ooo_ranges())
 
 

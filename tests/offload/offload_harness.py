@@ -387,6 +387,20 @@ class App:
             yield
 
 
+def bulk(data: bytes, stall: float = 0.0) -> Program:
+    """Idle ``stall`` seconds (no reads, no writes), then write ``data``, shut down, read to EOF, close."""
+
+    def run(app: App) -> Generator[None, None, None]:
+        if stall:
+            yield from app.sleep(stall)
+        yield from app.send_all(data)
+        app.sock.shutdown()
+        yield from app.read_eof()
+        app.sock.close()
+
+    return run
+
+
 def request_rounds(seed: int, sizes: list[tuple[int, int]], gap: float = 0.0) -> tuple[Program, Program]:
     """(client, server) programs: per (request, response) size pair the client sends a request and reads
     the response, ``gap`` seconds apart; then the client half-closes and both close after EOF."""

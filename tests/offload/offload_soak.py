@@ -36,6 +36,7 @@ from offload_harness import (
     Outcome,
     Program,
     Session,
+    bulk,
     check_streams,
     check_wire_consistent,
     payload,
@@ -122,18 +123,6 @@ def draw_case(seed: int, max_bytes: int = 1 << 20) -> Case:
     return Case(seed, workload, rng.random() < 0.5, config_a, config_b, imp, sizes, toggles)
 
 
-def _bulk(data_out: bytes) -> Program:
-    """Write ``data_out`` (while reading), half-close, read to EOF, close."""
-
-    def run(app: App) -> Generator[None, None, None]:
-        yield from app.send_all(data_out)
-        app.sock.shutdown()
-        yield from app.read_eof()
-        app.sock.close()
-
-    return run
-
-
 def programs(case: Case, seen: list[App]) -> list[tuple[Program, Program]]:
     """(a's program, b's program) for the one connection of ``case``; each app is put in ``seen`` when it
     starts (what a failure report reads the connections' state from)."""
@@ -142,7 +131,7 @@ def programs(case: Case, seen: list[App]) -> list[tuple[Program, Program]]:
         pair = (client, server) if case.a_client else (server, client)
     else:
         ((a_to_b, b_to_a),) = case.sizes
-        pair = (_bulk(payload(a_to_b, case.seed)), _bulk(payload(b_to_a, case.seed + 1)))
+        pair = (bulk(payload(a_to_b, case.seed)), bulk(payload(b_to_a, case.seed + 1)))
     return [(_seen(pair[0], seen), _seen(pair[1], seen))]
 
 

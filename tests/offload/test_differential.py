@@ -40,6 +40,7 @@ from offload_harness import (
     Outcome,
     Program,
     Session,
+    bulk,
     check_streams,
     check_wire_consistent,
     payload,
@@ -60,18 +61,7 @@ SMALL = TcpConfig(snd_buf=32 * 1024, rcv_buf=32 * 1024)
 
 
 def bulk_both(seed: int) -> tuple[Program, Program]:
-    up, down = payload(150_000 + seed % 5000, seed), payload(120_000 + seed % 7000, seed + 1)
-
-    def side(data: bytes) -> Program:
-        def run(app: App) -> Generator[None, None, None]:
-            yield from app.send_all(data)
-            app.sock.shutdown()
-            yield from app.read_eof()
-            app.sock.close()
-
-        return run
-
-    return side(up), side(down)
+    return bulk(payload(150_000 + seed % 5000, seed)), bulk(payload(120_000 + seed % 7000, seed + 1))
 
 
 def request_response(seed: int) -> tuple[Program, Program]:
@@ -82,18 +72,12 @@ def half_close(seed: int) -> tuple[Program, Program]:
     """The client uploads, half-closes, and only then gets the answer (the peer sends in CLOSE-WAIT)."""
     up, answer = payload(90_000, seed), payload(60_000 + seed % 999, seed + 7)
 
-    def client(app: App) -> Generator[None, None, None]:
-        yield from app.send_all(up)
-        app.sock.shutdown()
-        yield from app.read_eof()
-        app.sock.close()
-
     def server(app: App) -> Generator[None, None, None]:
         yield from app.read_eof()
         yield from app.send_all(answer)
         app.sock.close()
 
-    return client, server
+    return bulk(up), server
 
 
 def server_closes_first(seed: int) -> tuple[Program, Program]:
@@ -113,16 +97,8 @@ def server_closes_first(seed: int) -> tuple[Program, Program]:
 
 
 def simultaneous_close(seed: int) -> tuple[Program, Program]:
-    def side(data: bytes) -> Program:
-        def run(app: App) -> Generator[None, None, None]:
-            yield from app.send_all(data)
-            app.sock.shutdown()  # both FINs cross on the wire
-            yield from app.read_eof()
-            app.sock.close()
-
-        return run
-
-    return side(payload(3000, seed)), side(payload(2000, seed + 1))
+    """Both sides write and shut down at once: their FINs cross on the wire."""
+    return bulk(payload(3000, seed)), bulk(payload(2000, seed + 1))
 
 
 SCRIPTS: dict[str, Callable[[int], tuple[Program, Program]]] = {

@@ -54,6 +54,7 @@ from offload_harness import (
     Program,
     Session,
     arp_announce,
+    bulk,
     check_streams,
     check_wire_consistent,
     frag_needed,
@@ -108,19 +109,6 @@ class Scenario:
 
 
 # ---------------------------------------------------------------------------------------------- programs
-
-
-def bulk(data: bytes, stall: float = 0.0) -> Program:
-    """Idle ``stall`` seconds (no reads, no writes), then write ``data``, shut down, read to EOF, close."""
-
-    def run(app: App) -> Generator[None, None, None]:
-        yield from app.sleep(stall)
-        yield from app.send_all(data)
-        app.sock.shutdown()
-        yield from app.read_eof()
-        app.sock.close()
-
-    return run
 
 
 def sink(stall: float = 0.0) -> Program:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
+import pytest
 from stack_pair import StackPair
 
+from tcpchimney.chimney.completions import StateCompletion
 from tcpchimney.chimney.requests import Request
 from tcpchimney.chimney.target import Output
-from tcpchimney.host.events import HostEvent, IncomingConnection
+from tcpchimney.chimney.tree import BlockList, Layer
+from tcpchimney.host.events import HostEvent, IncomingConnection, OffloadFault
 from tcpchimney.host.interface import InterfaceConfig, mac_bytes
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.host.policy import OffloadPolicy
@@ -25,6 +29,8 @@ from tcpchimney.host.stack import HostStack
 from tcpchimney.link.sim import Impairments, SimLink
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
+from tcpchimney.tcp.errors import ConnectionResetByPeerError
+from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.frame import Frame
 
@@ -169,6 +175,62 @@ def exchange(
     net.run_until(finished, timeout)
     for s in streams:
         assert bytes(s.got) == bytes(s.data), f"stream differs: {len(s.got)} of {len(s.data)} bytes"
+
+
+def tampering_net(seed: int, **options: Any) -> tuple[OffloadNet, TamperingTarget]:
+    """make_offload_net(seed, **options) behind a TamperingTarget, and that target."""
+    net = make_offload_net(seed, tamper=True, **options)
+    return net, net.tamperer  # type: ignore[attr-defined]
+
+
+_Out = TypeVar("_Out", bound=Output)
+
+
+def tamper_first(
+    kind: type[_Out], change: Callable[[_Out], list[Output]], seen: list[_Out]
+) -> Callable[[Output], list[Output]]:
+    """A ``tamper`` that delivers ``change(out)`` instead of the first output of ``kind`` (kept in ``seen``,
+    so a test can tell it happened) and lets every other output through."""
+
+    def tamper(out: Output) -> list[Output]:
+        if isinstance(out, kind) and not seen:
+            seen.append(out)
+            return change(out)
+        return [out]
+
+    return tamper
+
+
+def drop_first(kind: type[_Out], dropped: list[_Out]) -> Callable[[Output], list[Output]]:
+    """A ``tamper`` that loses the first output of ``kind``: the host never sees it."""
+    return tamper_first(kind, lambda out: [], dropped)
+
+
+def map_tcp_blocks(out: Output, fn: Callable[[BlockList], BlockList]) -> Output:
+    """The state completion ``out`` with every TCP block of its tree replaced by ``fn(block)``."""
+    assert isinstance(out, StateCompletion)
+
+    def visit(block: BlockList) -> BlockList:
+        if block.layer is Layer.TCP:
+            return fn(block)
+        return block.with_dependents(tuple(visit(d) for d in block.dependents))
+
+    return replace(out, tree=tuple(visit(b) for b in out.tree))
+
+
+def faults_of(net: OffloadNet, sock: TcpSocket | None) -> list[OffloadFault]:
+    """The OffloadFault events reported for ``sock`` (None: those for no connection)."""
+    return [f for f in net.events(OffloadFault) if f.sock is sock]  # type: ignore[attr-defined,misc]
+
+
+def ends_with_reset(net: OffloadNet, sock: TcpSocket) -> None:
+    """The application saw a reset, then Closed (never a clean EOF), and every call says so."""
+    kinds = [type(e) for e in net.tcp_events(sock) if isinstance(e, ConnectionReset | Closed | PeerClosed)]
+    assert kinds == [ConnectionReset, Closed]
+    assert sock.state is TcpState.CLOSED
+    with pytest.raises(ConnectionResetByPeerError):
+        sock.send(b"lost")
+    assert sock.receive(100) == b""
 
 
 def payload(size: int, seed: int) -> bytes:

@@ -11,9 +11,13 @@ from offload_kit import (
     OffloadNet,
     Stream,
     TamperingTarget,
+    ends_with_reset,
     exchange,
     make_offload_net,
+    map_tcp_blocks,
     payload,
+    tamper_first,
+    tampering_net,
 )
 
 from tcpchimney.chimney.completions import Completion, ReceiveCompletion, SendCompletion, StateCompletion
@@ -42,11 +46,6 @@ from tcpchimney.tcp.events import Closed, ConnectionReset
 from tcpchimney.wire.seq import SeqNum
 
 
-def _net(seed: int) -> tuple[OffloadNet, TamperingTarget]:
-    net = make_offload_net(seed, tamper=True)
-    return net, net.tamperer  # type: ignore[attr-defined]
-
-
 def _still_works(net: OffloadNet, port: int) -> None:
     a, b = net.connect(port)
     net.wait_offloaded(a)
@@ -54,7 +53,7 @@ def _still_works(net: OffloadNet, port: int) -> None:
 
 
 def test_completion_for_a_request_never_made() -> None:
-    net, tamperer = _net(1)
+    net, tamperer = tampering_net(1)
     a, b = net.connect()
     net.wait_offloaded(a)
     tamperer.inject(Completion(987_654, Status.SUCCESS))
@@ -67,7 +66,7 @@ def test_completion_for_a_request_never_made() -> None:
 
 
 def test_indications_for_unknown_handles() -> None:
-    net, tamperer = _net(2)
+    net, tamperer = tampering_net(2)
     a, b = net.connect()
     net.wait_offloaded(a)
     tamperer.inject(PeerReset(424242))
@@ -79,18 +78,14 @@ def test_indications_for_unknown_handles() -> None:
 
 
 def test_wrong_completion_type_uploads_the_connection_byte_exact() -> None:
-    net, tamperer = _net(3)
+    net, tamperer = tampering_net(3)
     a, b = net.connect()
     net.wait_offloaded(a)
-    spoiled: list[int] = []
-
-    def tamper(out: Output) -> list[Output]:
-        if isinstance(out, SendCompletion) and not spoiled:
-            spoiled.append(out.request_id)
-            return [Completion(out.request_id, out.status)]  # a Send answered without its byte count
-        return [out]
-
-    tamperer.tamper = tamper
+    spoiled: list[SendCompletion] = []
+    # The first Send is answered without its byte count.
+    tamperer.tamper = tamper_first(
+        SendCompletion, lambda out: [Completion(out.request_id, out.status)], spoiled
+    )
     exchange(net, [Stream(a, b, payload(400_000, 3)), Stream(b, a, payload(300_000, 4))])
     assert spoiled and net.events(OffloadFault)
     (up,) = net.events(Uploaded)
@@ -99,16 +94,14 @@ def test_wrong_completion_type_uploads_the_connection_byte_exact() -> None:
 
 
 def _shift_snd_una(block: BlockList, by: int) -> BlockList:
-    if block.layer is Layer.TCP and isinstance(block.state, TcpDelegated):
-        d = block.state
-        una = d.snd_una + by
-        shifted = replace(d, snd_una=una, snd_nxt=una, snd_max=una, snd_wl2=una, send_data=b"")
-        return replace(block, state=shifted)
-    return replace(block, dependents=tuple(_shift_snd_una(x, by) for x in block.dependents))
+    d = block.state
+    assert isinstance(d, TcpDelegated)
+    una = d.snd_una + by
+    return replace(block, state=replace(d, snd_una=una, snd_nxt=una, snd_max=una, snd_wl2=una, send_data=b""))
 
 
 def test_impossible_sequence_numbers_on_upload_abort_the_connection() -> None:
-    net, tamperer = _net(4)
+    net, tamperer = tampering_net(4)
     a, b = net.connect()
     net.wait_offloaded(a)
 
@@ -116,14 +109,13 @@ def test_impossible_sequence_numbers_on_upload_abort_the_connection() -> None:
         if isinstance(out, StateCompletion) and any(
             isinstance(x.state, TcpDelegated) for blk in out.tree for x in blk.walk()
         ):
-            return [replace(out, tree=tuple(_shift_snd_una(blk, 70_000) for blk in out.tree))]
+            return [map_tcp_blocks(out, lambda blk: _shift_snd_una(blk, 70_000))]
         return [out]
 
     tamperer.tamper = tamper
     net.a.upload(a, Reason.ADMIN)
     net.run_until(lambda: net.has_event(a, Closed))
-    kinds = [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)]
-    assert kinds == [ConnectionReset, Closed]
+    ends_with_reset(net, a)
     (fault,) = net.events(OffloadFault)
     assert fault.sock is a and "send data ends" in fault.detail  # type: ignore[attr-defined]
     net.run_until(lambda: net.has_event(b, ConnectionReset))  # the host's abort reached the peer
@@ -132,8 +124,7 @@ def test_impossible_sequence_numbers_on_upload_abort_the_connection() -> None:
 
 
 def test_initiate_answer_breaking_the_rules_aborts_the_connection() -> None:
-    net = make_offload_net(5, policy=OffloadPolicy(), tamper=True)
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    net, tamperer = tampering_net(5, policy=OffloadPolicy())
     a, b = net.connect()
 
     def tamper(out: Output) -> list[Output]:
@@ -158,7 +149,7 @@ def test_initiate_answer_breaking_the_rules_aborts_the_connection() -> None:
 
 
 def test_pause_resume_upload_all_and_link_down() -> None:
-    net, tamperer = _net(6)
+    net, tamperer = tampering_net(6)
     a, b = net.connect()
     net.wait_offloaded(a)
     tamperer.inject(TargetPaused())
@@ -184,7 +175,7 @@ def test_pause_resume_upload_all_and_link_down() -> None:
 
 
 def test_neighbor_reachability_query_is_answered() -> None:
-    net, tamperer = _net(7)
+    net, tamperer = tampering_net(7)
     a, _ = net.connect()
     net.wait_offloaded(a)
     (neighbor,) = net.target.table.neighbors.values()
@@ -226,7 +217,7 @@ def _offloaded_pairs(net: OffloadNet, n: int) -> list[tuple[TcpSocket, TcpSocket
 
 
 def test_upload_all_takes_every_connection_and_their_path_in_one_terminate() -> None:
-    net, tamperer = _net(8)
+    net, tamperer = tampering_net(8)
     pairs = _offloaded_pairs(net, 5)
     recorder = _Recording(net, tamperer)
     assert net.a.upload_all(Reason.ADMIN) == 5
@@ -242,7 +233,7 @@ def test_upload_all_takes_every_connection_and_their_path_in_one_terminate() -> 
 
 
 def test_upload_all_keeps_the_path_a_connection_still_uses() -> None:
-    net, tamperer = _net(9)
+    net, tamperer = tampering_net(9)
     pairs = _offloaded_pairs(net, 3)
     staying, _ = pairs[0]
     net.a.upload(staying, Reason.ADMIN)  # its terminate is in flight: upload_all leaves it alone
@@ -257,7 +248,7 @@ def test_upload_all_keeps_the_path_a_connection_still_uses() -> None:
 
 
 def test_a_faulty_answer_to_upload_all_aborts_every_connection_it_named() -> None:
-    net, tamperer = _net(10)
+    net, tamperer = tampering_net(10)
     pairs = _offloaded_pairs(net, 3)
 
     def tamper(out: Output) -> list[Output]:
@@ -270,10 +261,7 @@ def test_a_faulty_answer_to_upload_all_aborts_every_connection_it_named() -> Non
     net.a.upload_all(Reason.ADMIN)
     net.run_until(lambda: all(net.has_event(a, Closed) for a, _ in pairs))
     for a, b in pairs:
-        assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)] == [
-            ConnectionReset,
-            Closed,
-        ]
+        ends_with_reset(net, a)
         net.run_until(lambda b=b: net.has_event(b, ConnectionReset))  # type: ignore[misc]
     assert {f.sock for f in net.events(OffloadFault)} == {a for a, _ in pairs}  # type: ignore[attr-defined]
     tamperer.tamper = None
@@ -283,19 +271,13 @@ def test_a_faulty_answer_to_upload_all_aborts_every_connection_it_named() -> Non
 def test_receive_completion_beyond_the_posted_buffer_is_not_delivered() -> None:
     """The host posts zero-byte receives (they re-enable indications once the application read): an answer
     carrying data is a faulty target; the junk never reaches the application, the stream stays exact."""
-    net = make_offload_net(11, config=TcpConfig(rcv_buf=32 * 1024, snd_buf=32 * 1024), tamper=True)
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    net, tamperer = tampering_net(11, config=TcpConfig(rcv_buf=32 * 1024, snd_buf=32 * 1024))
     a, b = net.connect()
     net.wait_offloaded(a)
-    spoiled: list[int] = []
-
-    def tamper(out: Output) -> list[Output]:
-        if isinstance(out, ReceiveCompletion) and not spoiled:
-            spoiled.append(out.request_id)
-            return [ReceiveCompletion(out.request_id, out.status, b"junk")]
-        return [out]
-
-    tamperer.tamper = tamper
+    spoiled: list[ReceiveCompletion] = []
+    tamperer.tamper = tamper_first(
+        ReceiveCompletion, lambda out: [ReceiveCompletion(out.request_id, out.status, b"junk")], spoiled
+    )
     data = payload(300_000, 11)
     sent = 0
     for _ in range(50):  # a reads nothing: its socket queue fills and the target keeps the rest back
@@ -319,9 +301,8 @@ def test_receive_completion_beyond_the_posted_buffer_is_not_delivered() -> None:
 
 
 def test_enabling_offload_sends_every_waiting_connection_in_one_initiate() -> None:
-    net = make_offload_net(12, policy=OffloadPolicy(mode="disabled"), tamper=True)
+    net, tamperer = tampering_net(12, policy=OffloadPolicy(mode="disabled"))
     net.target.table.capacity = 4  # it announced 64: the host offers all six, the target refuses two
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
     pairs = [net.connect(PORT + i) for i in range(6)]
     recorder = _Recording(net, tamperer)
     net.a.set_offload_policy(OffloadPolicy(mode="enabled"))
@@ -363,10 +344,7 @@ def test_a_connection_whose_state_the_target_lost_resets_an_idle_peer() -> None:
     assert a.offload is not None
     net.target.fail_hardware(lost={a.offload.handle})
     net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
-    assert [type(e) for e in net.tcp_events(a) if isinstance(e, ConnectionReset | Closed)] == [
-        ConnectionReset,
-        Closed,
-    ]
+    ends_with_reset(net, a)
     (fault,) = net.events(OffloadFault)
     assert fault.sock is a and fault.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
     assert not net.events(Uploaded), "nothing came back to upload"

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 from offload_kit import (
     PORT,
-    OffloadNet,
     Stream,
     TamperingTarget,
+    drop_first,
+    ends_with_reset,
     exchange,
-    make_offload_net,
+    faults_of,
+    map_tcp_blocks,
     payload,
+    tamper_first,
+    tampering_net,
 )
 
 from tcpchimney.chimney.completions import SendCompletion, StateCompletion
@@ -26,47 +29,15 @@ from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, walk
-from tcpchimney.host.events import OffloadFault, Uploaded
+from tcpchimney.host.events import Uploaded
 from tcpchimney.host.offload import SILENCE, STATE_CALL_TIMEOUT, OffloadState
 from tcpchimney.host.policy import OffloadPolicy
-from tcpchimney.host.sockets import TcpSocket
-from tcpchimney.tcp.errors import ConnectionResetByPeerError
 from tcpchimney.tcp.events import Closed, ConnectionReset, PeerClosed
 from tcpchimney.tcp.state import TcpState
 
 
-def _net(seed: int) -> tuple[OffloadNet, TamperingTarget]:
-    net = make_offload_net(seed, tamper=True)
-    return net, net.tamperer  # type: ignore[attr-defined]
-
-
-def _faults(net: OffloadNet, sock: TcpSocket | None) -> list[OffloadFault]:
-    return [f for f in net.events(OffloadFault) if f.sock is sock]  # type: ignore[attr-defined,misc]
-
-
-def _ends_with_reset(net: OffloadNet, sock: TcpSocket) -> None:
-    """The application saw a reset, then Closed (never a clean EOF), and every call says so."""
-    kinds = [type(e) for e in net.tcp_events(sock) if isinstance(e, ConnectionReset | Closed | PeerClosed)]
-    assert kinds == [ConnectionReset, Closed]
-    assert sock.state is TcpState.CLOSED
-    with pytest.raises(ConnectionResetByPeerError):
-        sock.send(b"lost")
-    assert sock.receive(100) == b""
-
-
-def _map_tcp_blocks(out: Output, fn: object) -> Output:
-    assert isinstance(out, StateCompletion)
-
-    def visit(block: BlockList) -> BlockList:
-        if block.layer is Layer.TCP:
-            return fn(block)  # type: ignore[operator,no-any-return]
-        return block.with_dependents(tuple(visit(d) for d in block.dependents))
-
-    return replace(out, tree=tuple(visit(b) for b in out.tree))
-
-
 def test_a_receive_indication_delivered_twice_is_a_fault_and_the_stream_stays_exact() -> None:
-    net, tamperer = _net(21)
+    net, tamperer = tampering_net(21)
     a, b = net.connect()
     net.wait_offloaded(a)
     doubled: list[int] = []
@@ -80,14 +51,14 @@ def test_a_receive_indication_delivered_twice_is_a_fault_and_the_stream_stays_ex
     tamperer.tamper = tamper
     exchange(net, [Stream(b, a, payload(300_000, 21))])  # checks a got exactly what b sent
     assert doubled
-    (fault,) = _faults(net, a)  # one: the host uploaded at the first duplicate
+    (fault,) = faults_of(net, a)  # one: the host uploaded at the first duplicate
     assert "duplicate" in fault.detail
     (up,) = net.events(Uploaded)
     assert up.sock is a and up.reason is Reason.HARDWARE_FAILURE  # type: ignore[attr-defined]
 
 
 def test_a_receive_indication_that_skips_bytes_is_a_fault_and_nothing_is_lost() -> None:
-    net, tamperer = _net(22)
+    net, tamperer = tampering_net(22)
     a, b = net.connect()
     net.wait_offloaded(a)
     dropped: list[int] = []
@@ -101,7 +72,7 @@ def test_a_receive_indication_that_skips_bytes_is_a_fault_and_nothing_is_lost() 
     tamperer.tamper = tamper
     exchange(net, [Stream(b, a, payload(200_000, 22))])
     assert dropped
-    (fault,) = _faults(net, a)
+    (fault,) = faults_of(net, a)
     assert "gap" in fault.detail
 
 
@@ -110,7 +81,7 @@ def test_a_peer_fin_indicated_on_another_connection_is_a_fault_never_an_early_en
     byte: the FIN does not sit at the next byte the host expects there, so no EOF reaches the application;
     the connection is uploaded and its stream arrives whole, its own FIN after it. The connection whose FIN
     went astray gets it from a query of its state."""
-    net, tamperer = _net(25)
+    net, tamperer = tampering_net(25)
     a1, b1 = net.connect()
     a2, b2 = net.connect(PORT + 1)
     net.wait_offloaded(a1)
@@ -130,7 +101,7 @@ def test_a_peer_fin_indicated_on_another_connection_is_a_fault_never_an_early_en
     net.run_until(lambda: bool(moved))
     net.run_for(1.0)
     assert not net.has_event(a2, PeerClosed)  # before: EOF after 0 bytes
-    (fault,) = _faults(net, a2)
+    (fault,) = faults_of(net, a2)
     assert "PeerDisconnect" in fault.detail and fault.reason is Reason.HARDWARE_FAILURE
     data = payload(100_000, 25)
     exchange(net, [Stream(b2, a2, data)])
@@ -143,7 +114,7 @@ def test_a_peer_fin_indicated_on_another_connection_is_a_fault_never_an_early_en
 
 
 def test_an_upload_returning_closed_without_a_fin_or_reset_is_a_fault_and_a_reset() -> None:
-    net, tamperer = _net(23)
+    net, tamperer = tampering_net(23)
     a, b = net.connect()
     net.wait_offloaded(a)
     exchange(net, [Stream(a, b, payload(20_000, 23)), Stream(b, a, payload(20_000, 24))])
@@ -156,21 +127,20 @@ def test_an_upload_returning_closed_without_a_fin_or_reset_is_a_fault_and_a_rese
         if isinstance(out, StateCompletion) and any(
             isinstance(b.state, TcpDelegated) for b in walk(out.tree)
         ):
-            return [_map_tcp_blocks(out, closed)]
+            return [map_tcp_blocks(out, closed)]
         return [out]
 
     tamperer.tamper = tamper
     net.a.upload(a, Reason.ADMIN)
     net.run_until(lambda: net.has_event(a, Closed))
-    _ends_with_reset(net, a)
-    (fault,) = _faults(net, a)
+    ends_with_reset(net, a)
+    (fault,) = faults_of(net, a)
     assert "CLOSED" in fault.detail and fault.reason is Reason.HARDWARE_FAILURE
     net.run_until(lambda: net.has_event(b, ConnectionReset))  # the peer is told too
 
 
 def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> None:
-    net = make_offload_net(24, policy=OffloadPolicy(mode="disabled"), tamper=True)
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    net, tamperer = tampering_net(24, policy=OffloadPolicy(mode="disabled"))
     (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
     assert net.a.offload_now(a1) is None
     net.wait_offloaded(a1)
@@ -181,7 +151,7 @@ def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> N
         if isinstance(out, StateCompletion):
             blocks = [blk for blk in walk(out.tree) if blk.layer is Layer.TCP and blk.role is Role.NEW]
             if blocks and blocks[0].target_handle != used:
-                return [_map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=used))]
+                return [map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=used))]
         return [out]
 
     tamperer.tamper = tamper
@@ -190,8 +160,8 @@ def test_an_initiate_answered_with_a_handle_in_use_drops_the_targets_copy() -> N
     b2.send(payload(30_000, 25))
     net.run_until(lambda: net.has_event(a2, Closed))
     tamperer.tamper = None
-    _ends_with_reset(net, a2)
-    (fault,) = _faults(net, a2)
+    ends_with_reset(net, a2)
+    (fault,) = faults_of(net, a2)
     assert "already in use" in fault.detail
     # The target's copy is gone: the peer's connection ends too, instead of being answered forever.
     net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
@@ -206,8 +176,7 @@ def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer
     copy on the target answers the peer's replies to the host's probes, so the host's RST never comes. The
     copy goes when its path is terminated (it hangs on the path of a connection that stays offloaded); the
     host probes again then, and the idle peer, which has nothing more to send, is reset."""
-    net = make_offload_net(26, policy=OffloadPolicy(mode="disabled"), tamper=True)
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    net, tamperer = tampering_net(26, policy=OffloadPolicy(mode="disabled"))
     (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
     assert net.a.offload_now(a1) is None
     net.wait_offloaded(a1)
@@ -216,7 +185,7 @@ def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer
 
     def tamper(out: Output) -> list[Output]:
         if isinstance(out, StateCompletion) and not held:
-            held.append(_map_tcp_blocks(out, lambda blk: blk.with_result(Status.FAILURE)))  # the handle stays
+            held.append(map_tcp_blocks(out, lambda blk: blk.with_result(Status.FAILURE)))  # the handle stays
             return []
         return [out]
 
@@ -228,7 +197,7 @@ def test_an_initiate_said_failed_whose_copy_the_target_kept_resets_the_idle_peer
     tamperer.tamper = None
     tamperer.inject(held[0])  # a late answer: failed, says the target
     net.run_until(lambda: net.has_event(a2, Closed))
-    _ends_with_reset(net, a2)
+    ends_with_reset(net, a2)
     net.run_for(0.1)
     assert not net.has_event(b2, ConnectionReset)  # its copy on the target answered the probes
     assert any(e.host_handle == a2.offload.handle for e in net.target.table.conns.values())  # type: ignore[union-attr]
@@ -243,13 +212,12 @@ def test_an_initiate_never_answered_on_a_path_whose_other_connections_left_frees
     leaves meanwhile. Once the host gives up on the initiate (the connection reset, the target failed) the
     path has no connection left and is terminated, so the target drops the copy, and its idle peer is
     reset instead of staying connected to it."""
-    net = make_offload_net(27, policy=OffloadPolicy(mode="disabled"), tamper=True)
-    tamperer: TamperingTarget = net.tamperer  # type: ignore[attr-defined]
+    net, tamperer = tampering_net(27, policy=OffloadPolicy(mode="disabled"))
     (a1, b1), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
     assert net.a.offload_now(a1) is None
     net.wait_offloaded(a1)
-    dropped: list[Output] = []
-    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    dropped: list[StateCompletion] = []
+    tamperer.tamper = drop_first(StateCompletion, dropped)
     a2.send(payload(30_000, 27))
     assert net.a.offload_now(a2) is None  # with the bytes: the copy sends them, past the host's numbers
     net.run_until(lambda: bool(dropped))
@@ -257,20 +225,20 @@ def test_an_initiate_never_answered_on_a_path_whose_other_connections_left_frees
     net.a.upload(a1, Reason.ADMIN)
     net.wait_in_host(a1)
     net.run_until(lambda: net.has_event(a2, Closed), 2 * STATE_CALL_TIMEOUT)
-    _ends_with_reset(net, a2)
+    ends_with_reset(net, a2)
     net.run_until(lambda: net.has_event(b2, ConnectionReset), 10.0)
     assert not net.target.table.conns
     exchange(net, [Stream(a1, b1, payload(50_000, 28)), Stream(b1, a1, payload(50_000, 29))])
 
 
 def test_a_connection_aborted_for_a_fault_is_closed_in_every_call() -> None:
-    net, _ = _net(25)
+    net, _ = tampering_net(25)
     a, _b = net.connect()
     net.wait_offloaded(a)
     assert a.offload is not None
     net.target.fail_hardware(lost={a.offload.handle})  # the target lost its state: the host aborts
     net.run_until(lambda: net.has_event(a, Closed))
-    _ends_with_reset(net, a)
+    ends_with_reset(net, a)
     a.shutdown()  # idempotent on a reset connection, as on the host engine
     a.close()
 
@@ -289,25 +257,25 @@ class _RaisingTarget(TamperingTarget):
 
 
 def test_a_submit_that_raises_never_reaches_the_application_and_the_connection_recovers() -> None:
-    net, tamperer = _net(26)
+    net, tamperer = tampering_net(26)
     raising = _RaisingTarget(tamperer, Send)
     net.a._offload_manager().target = raising  # type: ignore[assignment]
     a, b = net.connect()
     net.wait_offloaded(a)
     exchange(net, [Stream(a, b, payload(100_000, 26)), Stream(b, a, payload(100_000, 27))])
-    assert _faults(net, a) or _faults(net, None)
+    assert faults_of(net, a) or faults_of(net, None)
     assert a.offload_state is OffloadState.IN_HOST
     assert net.a.counters["offload"]["target_faults"] >= 1
 
 
 def test_a_target_whose_every_submit_raises_resets_its_connections_and_offloads_no_more() -> None:
-    net, tamperer = _net(27)
+    net, tamperer = tampering_net(27)
     a, _b = net.connect()
     net.wait_offloaded(a)
     net.a._offload_manager().target = _RaisingTarget(tamperer, Request)  # type: ignore[arg-type,assignment]
     assert a.send(b"x" * 1000) == 1000  # no exception escapes
     net.run_until(lambda: net.has_event(a, Closed))
-    _ends_with_reset(net, a)
+    ends_with_reset(net, a)
     a2, _ = net.connect(PORT + 1)
     net.run_for(0.5)
     assert a2.offload_state is OffloadState.IN_HOST  # a failed target gets no more connections
@@ -316,59 +284,49 @@ def test_a_target_whose_every_submit_raises_resets_its_connections_and_offloads_
 # ---------------------------------------------------------------------------------------------- silence
 
 
-def _drop_first(kind: type, dropped: list[Output]) -> object:
-    def tamper(out: Output) -> list[Output]:
-        if isinstance(out, kind) and not dropped:
-            dropped.append(out)
-            return []
-        return [out]
-
-    return tamper
-
-
 def test_a_dropped_receive_indication_is_found_by_a_query_and_nothing_is_lost() -> None:
     """The target waits for an answer to an indication the host never got: nothing moves on the
     connection. The host queries it after SILENCE, sees bytes it was never offered, and uploads it."""
-    net, tamperer = _net(31)
+    net, tamperer = tampering_net(31)
     a, b = net.connect()
     net.wait_offloaded(a)
-    dropped: list[Output] = []
-    tamperer.tamper = _drop_first(ReceiveIndication, dropped)  # type: ignore[assignment]
+    dropped: list[ReceiveIndication] = []
+    tamperer.tamper = drop_first(ReceiveIndication, dropped)
     exchange(net, [Stream(b, a, payload(100_000, 31))])
     assert dropped
-    (fault,) = _faults(net, a)
+    (fault,) = faults_of(net, a)
     assert "never indicated" in fault.detail
     assert a.offload_state is OffloadState.IN_HOST
 
 
 def test_a_dropped_send_completion_is_found_by_a_query_and_the_transfer_completes() -> None:
-    net, tamperer = _net(32)
+    net, tamperer = tampering_net(32)
     a, b = net.connect()
     net.wait_offloaded(a)
-    dropped: list[Output] = []
-    tamperer.tamper = _drop_first(SendCompletion, dropped)  # type: ignore[assignment]
+    dropped: list[SendCompletion] = []
+    tamperer.tamper = drop_first(SendCompletion, dropped)
     exchange(net, [Stream(a, b, payload(300_000, 32))])
     assert dropped
     # The Send the peer acknowledged still counts against the socket's send space: once the connection
     # is quiet the host queries it and finds the completion owed.
-    net.run_until(lambda: bool(_faults(net, a)), 3 * SILENCE)
-    (fault,) = _faults(net, a)
+    net.run_until(lambda: bool(faults_of(net, a)), 3 * SILENCE)
+    (fault,) = faults_of(net, a)
     assert "never completed" in fault.detail
     net.wait_in_host(a)
     exchange(net, [Stream(a, b, payload(100_000, 33))])
 
 
 def test_a_state_call_never_answered_resets_its_connection_and_fails_the_target() -> None:
-    net, tamperer = _net(33)
+    net, tamperer = tampering_net(33)
     (a, b), (a2, b2) = net.connect(PORT), net.connect(PORT + 1)
     net.wait_offloaded(a)
     net.wait_offloaded(a2)
-    dropped: list[Output] = []
-    tamperer.tamper = _drop_first(StateCompletion, dropped)  # type: ignore[assignment]
+    dropped: list[StateCompletion] = []
+    tamperer.tamper = drop_first(StateCompletion, dropped)
     net.a.upload(a, Reason.ADMIN)
     net.run_until(lambda: net.has_event(a, Closed), STATE_CALL_TIMEOUT + 2.0)
-    _ends_with_reset(net, a)
-    assert any("never answered" in f.detail for f in _faults(net, a))
+    ends_with_reset(net, a)
+    assert any("never answered" in f.detail for f in faults_of(net, a))
     net.run_until(lambda: net.has_event(b, ConnectionReset), 5.0)
     # The target is failed: the other connection comes back intact, and nothing is offloaded any more.
     net.wait_in_host(a2)
@@ -383,18 +341,13 @@ def test_a_connection_closed_on_the_target_comes_back_without_bytes_the_host_alr
     """The target rejects the answer to an indication whose bytes the host took (the liar renamed it), so
     it keeps them as undelivered; both sides close, the target's copy ends CLOSED with those bytes still
     buffered. The upload hands them back: the host has them already and must not deliver them twice."""
-    net, tamperer = _net(34)
+    net, tamperer = tampering_net(34)
     a, b = net.connect()
     net.wait_offloaded(a)
-    renamed: list[int] = []
-
-    def tamper(out: Output) -> list[Output]:
-        if isinstance(out, ReceiveIndication) and not renamed:
-            renamed.append(out.indication_id)
-            return [replace(out, indication_id=out.indication_id + 100_000)]
-        return [out]
-
-    tamperer.tamper = tamper
+    renamed: list[ReceiveIndication] = []
+    tamperer.tamper = tamper_first(
+        ReceiveIndication, lambda out: [replace(out, indication_id=out.indication_id + 100_000)], renamed
+    )
     data = payload(5_000, 34)
     assert b.send(data) == len(data)
     b.shutdown()
@@ -410,20 +363,17 @@ def test_a_connection_closed_on_the_target_comes_back_without_bytes_the_host_alr
 def test_a_rejected_answer_to_a_query_settles_it_and_the_connection_comes_back() -> None:
     """Left in flight, a query the registry could not accept would block the connection's terminate for
     ever (the registry waits for it): the host settles it as failed and uploads the connection."""
-    net, tamperer = _net(35)
+    net, tamperer = tampering_net(35)
     a, b = net.connect()
     net.wait_offloaded(a)
-    spoiled: list[int] = []
-
-    def tamper(out: Output) -> list[Output]:
-        if isinstance(out, StateCompletion) and not spoiled:
-            spoiled.append(out.request_id)
-            return [_map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=999))]
-        return [out]
-
-    tamperer.tamper = tamper
+    spoiled: list[StateCompletion] = []
+    tamperer.tamper = tamper_first(
+        StateCompletion,
+        lambda out: [map_tcp_blocks(out, lambda blk: blk.with_result(blk.status, target_handle=999))],
+        spoiled,
+    )
     net.run_for(SILENCE + 2 * 1.0)  # quiet: the host queries the connection
     assert spoiled, "no query was made"
     net.wait_in_host(a, 5.0)
-    assert _faults(net, a)
+    assert faults_of(net, a)
     exchange(net, [Stream(a, b, payload(50_000, 35)), Stream(b, a, payload(50_000, 36))])

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 from dsl import R0, S0, arrive, cfg, established, events, expect, seg
-from wire_pair import WirePair
+from wire_pair import Endpoint, WirePair
 
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.connection import TcpConnection
@@ -77,30 +77,18 @@ def test_out_of_order_byte_bound_is_reported() -> None:
     assert c.rcvbuf.ooo_bytes == 800
 
 
-class _App:
-    """One side's application: writes its payload, reads everything, closes when done; counts the engine's
-    reports of the bounds."""
+class _App(Endpoint):
+    """One side's application (Endpoint) that also counts the engine's reports of the bounds."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.sent = 0
-        self.received = bytearray()
-        self.shut = False
+        super().__init__(payload)
         self.bounded: Counter[str] = Counter()
 
     def pump(self, conn: TcpConnection) -> None:
         while (ev := conn.next_event()) is not None:
             if isinstance(ev, SegmentDropped) and ev.reason in BOUND_REASONS:
                 self.bounded[ev.reason] += 1
-        if conn.state is TcpState.CLOSED:
-            return
-        if self.sent < len(self.payload) and conn.send_space:
-            self.sent += conn.send(memoryview(self.payload)[self.sent :])
-        if self.sent == len(self.payload) and not self.shut and conn.state.synchronized:
-            conn.shutdown()
-            self.shut = True
-        while data := conn.receive():
-            self.received += data
+        super().pump(conn)
 
 
 @pytest.mark.parametrize(("loss", "seed"), [(0.05, 2), (0.1, 3), (0.2, 4)])

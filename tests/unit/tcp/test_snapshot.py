@@ -8,33 +8,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from wire_pair import WirePair, copy
+from wire_pair import Endpoint, WirePair, copy
 
 from tcpchimney.chimney.tcp_state import TcpSnapshot
 from tcpchimney.tcp.connection import TcpConnection
 from tcpchimney.tcp.snapshot import export_snapshot, rebuild
 from tcpchimney.tcp.state import TcpState
-
-
-class Endpoint:
-    """Application side of one engine: writes its payload, reads everything, closes when done."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.sent = 0
-        self.received = bytearray()
-        self.shut = False
-
-    def pump(self, conn: TcpConnection) -> None:
-        if conn.state is TcpState.CLOSED:
-            return
-        if self.sent < len(self.payload) and conn.send_space:
-            self.sent += conn.send(memoryview(self.payload)[self.sent :])
-        if self.sent == len(self.payload) and not self.shut and conn.state.synchronized:
-            conn.shutdown()
-            self.shut = True
-        while data := conn.receive():
-            self.received += data
 
 
 def _swap(pair: WirePair, which: str) -> TcpSnapshot:

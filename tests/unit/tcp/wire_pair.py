@@ -1,4 +1,5 @@
-"""Two engines joined by an in-test wire: virtual time, seeded loss, nothing else (no host, no frames)."""
+"""Two engines joined by an in-test wire: virtual time, seeded loss, nothing else (no host, no frames); and
+the application of one side, which writes its payload and reads everything."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.connection import TcpConnection
+from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
@@ -62,3 +64,24 @@ class WirePair:
                 return
             self.step()
         raise AssertionError(f"not done after {steps} steps (t={self.now:.3f}, a={self.a!r}, b={self.b!r})")
+
+
+class Endpoint:
+    """Application side of one engine: writes its payload, reads everything, closes when done."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.sent = 0
+        self.received = bytearray()
+        self.shut = False
+
+    def pump(self, conn: TcpConnection) -> None:
+        if conn.state is TcpState.CLOSED:
+            return
+        if self.sent < len(self.payload) and conn.send_space:
+            self.sent += conn.send(memoryview(self.payload)[self.sent :])
+        if self.sent == len(self.payload) and not self.shut and conn.state.synchronized:
+            conn.shutdown()
+            self.shut = True
+        while data := conn.receive():
+            self.received += data
