@@ -169,12 +169,14 @@ def run_case(case: Case) -> Result:
         for name in ("a", "b"):
             ctx.net.link.set_impairments(name, case.imp)
 
-    # Corruption starts once the connection is established: ARP has no checksum, and an ARP reply corrupted
-    # past the Ethernet FCS (which the link does not model) poisons the cache for a reachable time, on Linux
-    # as here, longer than the harness waits for a handshake.
+    # Corruption and loss start once the connection is established. ARP has no checksum, and an ARP reply
+    # corrupted past the Ethernet FCS (which the link does not model) poisons the cache for a reachable time,
+    # on Linux as here, longer than the harness waits for a handshake. And three lost ARP requests end a
+    # connect with EHOSTUNREACH after 3 s, as on Linux (seed 32732 at 3 % loss): right, but not what the
+    # soak is about. Lossy handshakes are the differential scenarios' and the ARP tests' business.
     session = Session(lambda _seed: programs(case, seen), events=(Event(0.0, corrupt_from_now),),
                       a_client=case.a_client, config=case.config_a, config_b=case.config_b)  # fmt: skip
-    handshake = replace(case.imp, corrupt=0.0)
+    handshake = replace(case.imp, corrupt=0.0, loss=0.0)
     try:
         o = run_session(session, case.seed, "handoff", toggles=case.toggles, imp=handshake)
         check(o)
