@@ -11,8 +11,16 @@ Liveness (``attach`` registers both with the event loop): the process's pidfd be
 (about 1 ms after a ``kill -9``, reference nic-process.md), and the socketpair reads end of file when it
 exits or closes it. Either way the host fences it (SIGKILL through the pidfd, then reaps it: never two
 writers in the arena), tells the ``ProcessTarget`` (which answers for the dead NIC, process_target.py), and
-reports ``nic_failed``. [Not yet: a heartbeat watchdog for a NIC that hangs, restarting a NIC with a new
-epoch, recovering its connections.]
+reports ``nic_failed``.
+
+A NIC that hangs (stopped, or stuck in a loop) neither dies nor closes anything: the watchdog finds it. The
+NIC stores a new heartbeat in the arena every turn of its loop, and an idle NIC wakes at least every 50 ms
+(its sleep bound), so a heartbeat that has not moved for ``hang_bound`` seconds (1 s by default) means it
+no longer runs its loop. The host looks at the word every quarter of the bound from its event loop; a look
+that comes later than the bound (the host itself did not run, so neither may have the NIC on a starved
+machine) starts the count again instead of convicting. A hung NIC is fenced (SIGKILL, which also ends a
+stopped process) and reaped before anything else, then fails as a dead one does. [Not yet: restarting a
+NIC with a new epoch, recovering its connections.]
 
 ``close`` asks the NIC to stop (its last turn sends what the host asked last, e.g. an abort's RST), kills it
 if it does not exit within a second, reaps it and closes every descriptor: however the command ends, no NIC
@@ -44,6 +52,7 @@ from tcpchimney.nic.process_target import ProcessTarget
 START_TIMEOUT = 20.0  # seconds for the interpreter to start and say ready (a loaded 2-vCPU machine)
 STOP_TIMEOUT = 1.0
 COUNTERS_TIMEOUT = 2.0
+HANG_BOUND = 1.0  # seconds without a heartbeat that make a NIC hung (it beats at least every 50 ms)
 
 # The control rings are large: this transport still carries Send and receive data through them.
 PROCESS_ARENA = ArenaConfig(
@@ -86,9 +95,15 @@ class NicProcess:
         on_event: NicEvent | None = None,
         on_spawned: Callable[[int], None] = lambda pid: None,
         on_reaped: Callable[[int], None] = lambda pid: None,
+        hang_bound: float = HANG_BOUND,
     ) -> None:
         """``on_spawned(pid)`` is called as soon as the process exists, ``on_reaped(pid)`` once it is gone
-        (e.g. to note it in the run record, so that ``chimney cleanup`` kills a NIC its host left)."""
+        (e.g. to note it in the run record, so that ``chimney cleanup`` kills a NIC its host left).
+        ``hang_bound``: seconds without a heartbeat after which the NIC is declared hung and killed; it
+        must exceed the NIC's sleep bound (50 ms), else an idle NIC would be convicted."""
+        if not hang_bound > 0.050:
+            raise ValueError(f"hang_bound {hang_bound}: it must exceed the NIC's sleep bound of 50 ms")
+        self.hang_bound = hang_bound
         self.config = config
         self._on_spawned, self._on_reaped = on_spawned, on_reaped
         self.tap_fd = tap_fd
@@ -108,6 +123,9 @@ class NicProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: Callable[[], None] = lambda: None
         self._on_failed: Callable[[], None] = lambda: None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._beat = (0, 0.0, 0.0)  # the heartbeat last seen, when it last moved, when it was last looked at
+        self.heartbeat_looks = 0
 
     # ------------------------------------------------------------------ start
 
@@ -213,6 +231,9 @@ class NicProcess:
             self._sock.setblocking(False)
             loop.add_reader(self._pidfd, self._on_pidfd)
             loop.add_reader(self._sock.fileno(), self._on_socket)
+            now = time.monotonic()
+            self._beat = (self.arena.nic_words()[2], now, now)
+            self._watchdog = loop.call_later(self.hang_bound / 4, self._on_watchdog)
 
     @property
     def alive(self) -> bool:
@@ -233,6 +254,29 @@ class NicProcess:
         status = self._kill_and_reap()
         cause = _exit_cause(status) if dead else f"closed its socket, then was {_exit_cause(status)}"
         self._failed(cause, "socket", detected)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._loop is None:
+            return
+        self.heartbeat_looks += 1
+        now = time.monotonic()
+        beat, moved, looked = self._beat
+        current = self.arena.nic_words()[2]
+        if current != beat or now - looked > self.hang_bound:
+            moved = now  # it beat, or the host did not look for a whole bound: count from here
+        elif now - moved >= self.hang_bound:
+            self._on_hung(now - moved)
+            return
+        self._beat = (current, moved, now)
+        self._watchdog = self._loop.call_later(self.hang_bound / 4, self._on_watchdog)
+
+    def _on_hung(self, silent: float) -> None:
+        """No heartbeat for a whole bound: kill it (the fence) and reap it before the host reads the arena."""
+        detected = time.time()
+        status = self._kill_and_reap()
+        cause = f"hung (no heartbeat for {silent:.1f} s), then was {_exit_cause(status)}"
+        self._failed(cause, "heartbeat", detected)
 
     def _fence_broken(self, cause: str) -> None:
         """The NIC broke the protocol: kill it before the host reads any more of the arena."""
@@ -256,6 +300,9 @@ class NicProcess:
         loop = self._loop
         if loop is None:
             return
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self._pidfd)
         if self._sock is not None:
@@ -277,7 +324,12 @@ class NicProcess:
                         self.last_counters = message["counters"]
                         break
         out = dict(self.last_counters)
-        out["nic_process"] = {"pid": self.pid, "epoch": self.epoch, "failures": self.failures}
+        out["nic_process"] = {
+            "pid": self.pid,
+            "epoch": self.epoch,
+            "failures": self.failures,
+            "heartbeat_looks": self.heartbeat_looks,
+        }
         if self.target is not None:
             out["host_transport"] = self.target.transport_counters()
         return out

@@ -29,11 +29,14 @@ ARP_FRAME = bytes(6) + bytes([2, 0, 0, 0, 0, 9]) + b"\x08\x06" + bytes(28)
 
 
 @contextmanager
-def nic_process(config: NicConfig | None = None) -> Iterator[tuple[NicProcess, socket.socket, list[Any]]]:
+def nic_process(
+    config: NicConfig | None = None, **options: Any
+) -> Iterator[tuple[NicProcess, socket.socket, list[Any]]]:
     """A started NIC, the test's end of its fake TAP, and the events it reported."""
     wire, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     events: list[Any] = []
-    nic = NicProcess(config or NicConfig(mac=MAC), tap.fileno(), on_event=lambda n, f: events.append((n, f)))
+    config = config or NicConfig(mac=MAC)
+    nic = NicProcess(config, tap.fileno(), on_event=lambda n, f: events.append((n, f)), **options)
     try:
         nic.start()
         tap.close()  # the NIC has its own descriptor now
@@ -110,6 +113,61 @@ def test_a_killed_nic_is_detected_reported_and_answered_for() -> None:
             assert Completion(9, Status.REQUEST_ABORTED) in outputs, "answered for the dead NIC"
 
     asyncio.run(body())
+
+
+HANG_BOUND = 0.5
+
+
+def test_a_stopped_nic_is_found_hung_by_the_watchdog_killed_reaped_and_answered_for() -> None:
+    """SIGSTOP: no death, no end of file, only a heartbeat that no longer moves."""
+
+    async def body() -> None:
+        with nic_process(hang_bound=HANG_BOUND) as (nic, _, events):
+            woken = asyncio.Event()
+            nic.attach(asyncio.get_running_loop(), woken.set)
+            target, pid = nic.target, nic.pid
+            assert pid is not None and target is not None
+            deadline = time.monotonic() + 10  # it sleeps once started: a request left for it stays pending
+            while not target.arena.words[H2N_SLEEP_OFF // 8] & 1:
+                assert time.monotonic() < deadline, "the NIC never went to sleep"
+                await asyncio.sleep(0.005)
+            os.kill(pid, signal.SIGSTOP)
+            stopped = time.time()
+            target.submit(ReachabilityReply(7, 77, 1, 0.0), time.monotonic())
+            await asyncio.wait_for(woken.wait(), 5.0)
+            name, fields = events[-1]
+            assert name == "nic_failed" and fields["detected_by"] == "heartbeat"
+            assert fields["cause"].startswith("hung (no heartbeat for ")
+            assert fields["cause"].endswith("then was killed by SIGKILL")
+            # Not before a bound of silence (its last beat came at most one 50 ms sleep before the stop), and
+            # within the bound and a margin for a loaded machine (the look comes every quarter bound).
+            assert HANG_BOUND - 0.1 <= fields["detected"] - stopped < HANG_BOUND + 1.0
+            assert target.failed == fields["cause"]
+            assert _gone(pid), "fenced and reaped"
+            outputs = []
+            while (out := target.poll()) is not None:
+                outputs.append(out)
+            assert Completion(7, Status.REQUEST_ABORTED) in outputs, "the pending call is answered"
+
+    asyncio.run(body())
+
+
+def test_an_idle_nic_is_not_taken_for_a_hung_one() -> None:
+    """An idle NIC sleeps, but wakes and beats every 50 ms: six bounds of idleness convict nothing."""
+
+    async def body() -> None:
+        with nic_process(hang_bound=HANG_BOUND) as (nic, _, events):
+            nic.attach(asyncio.get_running_loop(), lambda: None)
+            await asyncio.sleep(6 * HANG_BOUND)
+            assert [name for name, _ in events] == ["nic_started"] and nic.alive
+            assert nic.counters()["nic_process"]["heartbeat_looks"] >= 6 * 2, "the watchdog looked"
+
+    asyncio.run(body())
+
+
+def test_a_hang_bound_within_the_nics_sleep_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="sleep bound"):
+        NicProcess(NicConfig(mac=MAC), -1, hang_bound=0.05)
 
 
 def test_a_nic_that_cannot_start_says_why_in_one_sentence() -> None:
