@@ -7,6 +7,9 @@ input and arms one timer at ``next_deadline()``.
 The TCP receive path is written for speed: fixed-offset reads of the Ethernet and IPv4 headers, one dict
 lookup by an integer 4-tuple key, and the engine. The transmit path reuses a per-connection Ethernet + IPv4
 header template and, when the device offloads checksums, never sums a payload in Python.
+
+A TCP segment's demux to its connection or listener, the passive open and SYN cookies are in
+``tcp_input.py`` (``TcpInput``, a base class of ``HostStack``); this module calls them from ``_rx_ipv4``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from tcpchimney.host.policy import OffloadPolicy
 from tcpchimney.host.ports import EphemeralPorts
 from tcpchimney.host.reassembly import Reassembler
 from tcpchimney.host.sockets import TcpSocket, conn_key
-from tcpchimney.host.syncookies import SynCookies, decode_ts, encode_ts
-from tcpchimney.host.tcp_demux import reset_for, time_wait_reusable
+from tcpchimney.host.syncookies import SynCookies
+from tcpchimney.host.tcp_input import TcpInput
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.events import (
     Closed,
@@ -62,20 +65,19 @@ from tcpchimney.wire import tcp as tcp_wire
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
 from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import ACK, RST, SYN, TcpOptions, TcpSegment
+from tcpchimney.wire.tcp import TcpSegment
 
 if TYPE_CHECKING:
     from tcpchimney.chimney.reason import Reason
     from tcpchimney.chimney.target import OffloadTarget
     from tcpchimney.tcp.connection import TcpConnection
 
-Bytes = bytes | bytearray | memoryview
 _ETHERTYPE = struct.Struct("!H")
 _MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: ICMP claims below this are clamped (RFC 1191 attacks)
 _MAX_ERRORS_KEPT = 16
 
 
-class HostStack:
+class HostStack(TcpInput):
     def __init__(
         self,
         iface: InterfaceConfig,
@@ -502,194 +504,6 @@ class HostStack:
                 self._icmp.send_error(
                     ip.src, icmp_wire.ICMP_DEST_UNREACHABLE, icmp_wire.UNREACH_PROTOCOL, quote, now
                 )
-
-    def _rx_tcp(self, src: bytes, data: Bytes, verify: bool, now: float) -> None:
-        c = self._counters.tcp
-        c["rx"] += 1
-        try:
-            # The codec verifies the checksum in the same pass when asked (the device did not vouch for it).
-            seg = tcp_wire.parse_tcp(
-                data, self._pseudo_rx_base + int.from_bytes(src, "big") if verify else None
-            )
-        except WireError as err:
-            bump(c, f"drop_{err.reason}")
-            return
-        if seg.src_port == 0 or seg.dst_port == 0:
-            bump(c, "drop_port_zero")
-            return
-        key = (int.from_bytes(src, "big") << 32) | (seg.src_port << 16) | seg.dst_port
-        sock = self._conns.get(key)
-        if sock is not None:
-            off = sock.offload
-            if off is not None and not off.in_host and self._offload is not None:
-                self._offload.held_segment(sock, bytes(data))
-                return
-            self._segment_for(sock, seg, now)
-            return
-        listener = self._listeners.get(seg.dst_port)
-        if listener is not None:
-            self._listen_input(listener, src, key, seg, now)
-            return
-        self._closed_port(src, seg)
-
-    def _segment_for(self, sock: TcpSocket, seg: TcpSegment, now: float) -> None:
-        conn = sock.conn
-        state = conn.state
-        if state is TcpState.ESTABLISHED:
-            conn.handle_segment(seg, now)
-        elif state is TcpState.TIME_WAIT and seg.flags & SYN:
-            listener = self._listeners.get(sock.local_port)
-            if listener is not None and time_wait_reusable(conn, seg):
-                bump(self._counters.tcp, "time_wait_reuse")
-                self._forget(sock)
-                self._events.append(ConnectionEvent(sock, Closed()))  # the old incarnation is gone
-                self._listen_input(listener, sock.remote_ip, sock.key, seg, now)
-                return
-            conn.handle_segment(seg, now)
-        elif state is TcpState.SYN_RECEIVED and sock.listener is not None:
-            listener = sock.listener
-            if seg.flags & (ACK | SYN | RST) == ACK and listener.accept_queue_full:
-                # Linux (tcp_abort_on_overflow=0): ignore the handshake's final ACK while the accept queue is
-                # full; our SYN-ACK retransmission makes the peer send it again later.
-                bump(self._counters.tcp, "drop_accept_queue_full")
-                return
-            conn.handle_segment(seg, now)
-        else:
-            if state is TcpState.SYN_SENT and seg.flags & SYN and seg.options.mss is not None:
-                self._peer_mss[sock.key] = seg.options.mss
-                sock.template = None  # the segment size for TSO follows the peer's MSS
-            conn.handle_segment(seg, now)
-        self._dirty[sock] = None
-        self._drain(sock)
-
-    def _listen_input(self, listener: Listener, src: bytes, key: int, seg: TcpSegment, now: float) -> None:
-        """RFC 9293 3.10.7.2, LISTEN state."""
-        c = self._counters.tcp
-        flags = seg.flags
-        if flags & RST:
-            bump(c, "drop_rst_to_listener")  # "An incoming RST segment could not be valid ... ignore it"
-            return
-        if flags & ACK:
-            if not flags & SYN and self.syncookies_enabled and self._cookie_ack(listener, src, key, seg, now):
-                return
-            # "Any acknowledgment is bad if it arrives on a connection still in the LISTEN state."
-            self._send_reset(src, seg)
-            return
-        if not flags & SYN:
-            bump(c, "drop_no_syn_to_listener")
-            return
-        if listener.accept_queue_full:
-            # Linux tcp_conn_request: a SYN is dropped while the accept queue is full, cookies or not.
-            bump(c, "drop_syn_accept_queue_full")
-            return
-        if listener.syn_queue_full:
-            if not self.syncookies_enabled:
-                bump(c, "drop_syn_queue_full")
-                return
-            self._send_cookie(listener, src, seg, now)
-            return
-        self._open_passive(listener, src, seg, now, self._isn(seg.dst_port, src, seg.src_port, now), True)
-
-    def _isn(self, local_port: int, remote_ip: bytes, remote_port: int, now: float) -> SeqNum:
-        return initial_sequence_number(self._secret, self._our_ip, local_port, remote_ip, remote_port, now)
-
-    def _open_passive(
-        self, listener: Listener, src: bytes, syn: TcpSegment, now: float, iss: SeqNum, send_synack: bool
-    ) -> TcpSocket:
-        ts_offset = self._ts_offsets.offset(self._our_ip, src)
-        conn = self._engine().accept_syn(
-            self.tcp_config, syn.dst_port, syn.src_port, syn, iss, now, ts_offset, send_synack=send_synack
-        )
-        sock = TcpSocket(self, conn, self._our_ip, syn.dst_port, src, syn.src_port, listener)
-        listener.syn_queue[sock.key] = sock
-        self._peer_mss[sock.key] = syn.options.mss if syn.options.mss is not None else 536
-        self._register(sock)
-        self._drain(sock)
-        return sock
-
-    # ---------------------------------------------------------------- SYN cookies
-
-    def _cookie_tuple(self, src: bytes, seg: TcpSegment) -> bytes:
-        return src + self._our_ip + seg.src_port.to_bytes(2, "big") + seg.dst_port.to_bytes(2, "big")
-
-    def _send_cookie(self, listener: Listener, src: bytes, syn: TcpSegment, now: float) -> None:
-        """Answer a SYN without keeping state (the SYN queue is full). The SYN-ACK is the one the engine would
-        send, built by a throwaway engine so that the options match the connection rebuilt later."""
-        c = self._counters.tcp
-        cookie = self._cookies.make(self._cookie_tuple(src, syn), syn.seq, syn.options.mss, now)
-        ts_offset = self._ts_offsets.offset(self._our_ip, src)
-        if syn.options.ts_val is None:
-            # Without timestamps the cookie cannot carry window scale or SACK: offer neither (Linux
-            # tcp_conn_request clears the options when want_cookie and no timestamp was seen).
-            syn = TcpSegment(
-                syn.src_port,
-                syn.dst_port,
-                syn.seq,
-                syn.ack,
-                syn.flags,
-                syn.window,
-                b"",
-                TcpOptions(mss=syn.options.mss),
-            )
-        probe = self._engine().accept_syn(
-            self.tcp_config, syn.dst_port, syn.src_port, syn, cookie, now, ts_offset
-        )
-        synacks = [s for s in probe.segments_to_send(now) if s.flags & (SYN | ACK) == SYN | ACK]
-        if not synacks:
-            bump(c, "drop_cookie_no_synack")
-            return
-        synack = synacks[0]
-        opts = synack.options
-        if opts.ts_val is not None:
-            wscale = syn.options.wscale if opts.wscale is not None else None
-            opts.ts_val = encode_ts(opts.ts_val, wscale, opts.sack_permitted)
-        bump(c, "syncookies_sent")
-        self._send_segment_stateless(src, synack)
-
-    def _cookie_ack(self, listener: Listener, src: bytes, key: int, seg: TcpSegment, now: float) -> bool:
-        """A final ACK that may carry one of our cookies; True when it was consumed."""
-        c = self._counters.tcp
-        peer_isn = SeqNum(int(seg.seq) - 1)
-        mss = self._cookies.check(self._cookie_tuple(src, seg), peer_isn, SeqNum(int(seg.ack) - 1), now)
-        if mss is None:
-            bump(c, "syncookies_failed")
-            return False
-        if listener.accept_queue_full:
-            bump(c, "drop_accept_queue_full")
-            return True  # Linux drops it silently; the peer retransmits its ACK or data
-        wscale: int | None = None
-        sack = False
-        ts_val: int | None = None
-        if seg.options.ts_val is not None:
-            wscale, sack = decode_ts(seg.options.ts_ecr)
-            ts_val = seg.options.ts_val
-        options = TcpOptions(mss=mss, wscale=wscale, sack_permitted=sack, ts_val=ts_val, ts_ecr=0)
-        syn = TcpSegment(seg.src_port, seg.dst_port, peer_isn, SeqNum(0), SYN, seg.window, b"", options)
-        bump(c, "syncookies_ok")
-        sock = self._open_passive(listener, src, syn, now, SeqNum(int(seg.ack) - 1), send_synack=False)
-        self._segment_for(sock, seg, now)
-        return True
-
-    # ---------------------------------------------------------------- closed ports
-
-    def _closed_port(self, src: bytes, seg: TcpSegment) -> None:
-        c = self._counters.tcp
-        bump(c, "closed_port")
-        self._send_reset(src, seg)
-
-    def _send_reset(self, src: bytes, seg: TcpSegment) -> None:
-        rst = reset_for(seg)
-        if rst is None:
-            bump(self._counters.tcp, "drop_rst_no_connection")  # never answer a RST with a RST
-            return
-        bump(self._counters.tcp, "tx_rst")
-        self._send_segment_stateless(src, rst)
-
-    def _send_segment_stateless(self, dst: bytes, seg: TcpSegment) -> None:
-        """A segment outside any connection (RST, SYN-cookie SYN-ACK): full checksum, no template."""
-        segment = tcp_wire.emit_tcp(seg, checksum.pseudo_base_sum(self._our_ip, dst, ipv4_wire.PROTO_TCP))
-        self._counters.tcp["tx"] += 1
-        self._send_ip(dst, ipv4_wire.PROTO_TCP, segment, 0.0, df=True)
 
     # ================================================================== connection events
 
