@@ -217,18 +217,19 @@ class Record(NamedTuple):
 
 
 class ByteProducer(_Producer):
-    __slots__ = ()
+    __slots__ = ("_max_payload",)
 
     def __init__(
         self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
     ) -> None:
         _check_bytes(capacity, name)
         super().__init__(mem, offset, capacity, 1, name, words)
+        self._max_payload = capacity // 2 // RECORD_ALIGN * RECORD_ALIGN - RECORD_HEADER.size
 
     @property
     def max_payload(self) -> int:
         """The largest payload one record may carry: the record takes at most half the ring."""
-        return self._cap // 2 // RECORD_ALIGN * RECORD_ALIGN - RECORD_HEADER.size
+        return self._max_payload
 
     def put(self, kind: int, payload: bytes | bytearray | memoryview, flags: int = 0) -> bool:
         """Write one record (not yet published); False, and a stall counted, when it does not fit now."""
@@ -255,8 +256,8 @@ class ByteProducer(_Producer):
         """Write the header of a record of ``length`` payload bytes (and the PAD before it if it must
         start at 0), advance the local head; returns where the payload goes, or -1 (a stall) if it does not
         fit."""
-        if length > self.max_payload:
-            raise ValueError(f"{self.name}: a {length}-byte record exceeds {self.max_payload}")
+        if length > self._max_payload:
+            raise ValueError(f"{self.name}: a {length}-byte record exceeds {self._max_payload}")
         span = record_span(length)
         pos = self._head % self._cap
         to_end = self._cap - pos
