@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench.tap import PORT_BULK, block, expected_sha256, linux
+from bench.tap import PORT_BULK, check, expected_sha256, linux, stack_send
 from tcpchimney.link.netns import unavailable_reason, unique_name
 
 MB = 1_000_000
@@ -103,24 +103,8 @@ async def receive(session: Any, nbytes: int, nic_pid: int | None) -> Meter:
 
 async def send(session: Any, nbytes: int, nic_pid: int | None, expected: str) -> Meter:
     """The stack sends to a Linux receiver that hashes; the meter runs from connect to its report."""
-    data = memoryview(block())
-    async with linux(session.netns, "recv", str(session.peer.ip), PORT_BULK) as rx:
-        await rx.line()
-        meter = Meter(nic_pid)
-        reader, writer = await session.runtime.open_connection(str(session.peer.ip), PORT_BULK)
-        left = nbytes
-        while left:
-            n = min(left, len(data))
-            writer.write(data[:n])
-            await writer.drain()
-            left -= n
-        writer.write_eof()
-        result = await rx.line(timeout=300)
-        meter.stop()
-        await reader.read()
-        writer.close()
-    if result["bytes"] != nbytes or result["sha256"] != expected:
-        raise RuntimeError(f"corrupt transfer: {result['bytes']} bytes, sha256 {result['sha256']}")
+    meter, result = await stack_send(session, nbytes, lambda: Meter(nic_pid), timeout=300)
+    check(result, nbytes, expected)
     return meter
 
 

@@ -29,9 +29,9 @@ import json
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tcpchimney.link.netns import VethTopology, netns_exec, unavailable_reason, unique_name
 
@@ -203,7 +203,7 @@ async def kernel_bulk(topo: VethTopology, nbytes: int, expected: str) -> float:
         async with linux(topo.ns_a, "send", topo.ip_b, PORT_BULK, nbytes) as tx:
             result = await rx.line()
             await tx.line()
-    _check(result, nbytes, expected)
+    check(result, nbytes, expected)
     return nbytes / float(result["seconds"]) / MB
 
 
@@ -215,7 +215,7 @@ async def kernel_conns(topo: VethTopology, seconds: float) -> float:
     return float(result["count"] / result["seconds"])
 
 
-def _check(result: dict[str, Any], nbytes: int, expected: str) -> None:
+def check(result: dict[str, Any], nbytes: int, expected: str) -> None:
     if result["bytes"] != nbytes or result["sha256"] != expected:
         raise RuntimeError(f"corrupt transfer: {result['bytes']} bytes, sha256 {result['sha256']}")
 
@@ -264,16 +264,26 @@ async def stack_receive(session: Any, nbytes: int, expected: str) -> Span:
             await tx.line()
     finally:
         server.close()
-    _check({"bytes": total, "sha256": digest}, nbytes, expected)
+    check({"bytes": total, "sha256": digest}, nbytes, expected)
     return span
 
 
-async def stack_send(session: Any, nbytes: int) -> tuple[Span, dict[str, Any]]:
-    """The stack sends to a Linux receiver; the span (stack CPU) runs from connect to its report."""
+class Stops(Protocol):
+    def stop(self) -> object: ...
+
+
+M = TypeVar("M", bound=Stops)
+
+
+async def stack_send(
+    session: Any, nbytes: int, start: Callable[[], M], timeout: float = 120.0
+) -> tuple[M, dict[str, Any]]:
+    """The stack sends to a Linux receiver that hashes; the meter ``start`` makes runs from connect to its
+    report."""
     data = memoryview(block())
     async with linux(session.netns, "recv", str(session.peer.ip), PORT_BULK) as rx:
         await rx.line()
-        span = Span()
+        meter = start()
         reader, writer = await session.runtime.open_connection(str(session.peer.ip), PORT_BULK)
         left = nbytes
         while left:
@@ -282,11 +292,11 @@ async def stack_send(session: Any, nbytes: int) -> tuple[Span, dict[str, Any]]:
             await writer.drain()
             left -= n
         writer.write_eof()
-        result = await rx.line()
-        span.stop()
+        result = await rx.line(timeout=timeout)
+        meter.stop()
         await reader.read()
         writer.close()
-    return span, result
+    return meter, result
 
 
 async def stack_conns(session: Any, seconds: float) -> tuple[float, float]:
@@ -322,8 +332,8 @@ async def measure(nbytes: int, seconds: float) -> list[dict[str, Any]]:
         k_conns = await kernel_conns(veth, seconds)
     async with open_session(unique_name("ns"), STACK_IF, PEER_IF) as session:
         rx = await stack_receive(session, nbytes, expected)
-        tx, tx_result = await stack_send(session, nbytes)
-        _check(tx_result, nbytes, expected)
+        tx, tx_result = await stack_send(session, nbytes, Span)
+        check(tx_result, nbytes, expected)
         conns, us_per_conn = await stack_conns(session, seconds)
     gb = nbytes / 1e9
     lines = [

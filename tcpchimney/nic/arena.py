@@ -85,13 +85,19 @@ class RingSpec:
         return ring_bytes(self.slot, self.capacity)
 
 
-DEFAULT_RINGS = (
-    RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, 256 << 10),
-    RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, 256 << 10),
-    RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, 4096),
-    RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, 4096),
-    RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, 16 << 20),  # >= 128 GSO frames: records <= half
-)
+def nic_rings(control: int, descriptors: int, frames: int) -> tuple[RingSpec, ...]:
+    """The rings of a NIC arena: a control byte ring each way of ``control`` bytes, a data descriptor ring
+    each way of ``descriptors`` slots, and the NIC's frames byte ring of ``frames`` bytes."""
+    return (
+        RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, control),
+        RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, control),
+        RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, descriptors),
+        RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, descriptors),
+        RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, frames),
+    )
+
+
+DEFAULT_RINGS = nic_rings(256 << 10, 4096, 16 << 20)  # frames: >= 128 GSO frames, records <= half
 
 
 @dataclass(frozen=True)

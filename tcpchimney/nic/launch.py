@@ -43,8 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tcpchimney.chimney.indications import TargetCapabilities
-from tcpchimney.nic.arena import Arena, ArenaConfig, RingSpec, send_arena
-from tcpchimney.nic.descriptors import RingId, RingKind, Side
+from tcpchimney.nic.arena import Arena, ArenaConfig, nic_rings, send_arena
 from tcpchimney.nic.doorbell import Direction, Doorbell, make_eventfd
 from tcpchimney.nic.process import NicConfig
 from tcpchimney.nic.process_target import ProcessTarget
@@ -59,13 +58,7 @@ PROCESS_ARENA = ArenaConfig(
     max_conns=1024,
     pool_size=1 << 20,  # [not yet used: the descriptor data path]
     chunk_size=16 << 10,
-    rings=(
-        RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, 8 << 20),
-        RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, 8 << 20),
-        RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, 4096),
-        RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, 4096),
-        RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, 16 << 20),
-    ),
+    rings=nic_rings(control=8 << 20, descriptors=4096, frames=16 << 20),
 )
 
 NicEvent = Callable[[str, dict[str, Any]], None]

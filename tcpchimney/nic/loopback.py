@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import os
 
-from tcpchimney.nic.arena import Arena, ArenaConfig, RingSpec
+from tcpchimney.nic.arena import Arena, ArenaConfig, nic_rings
 from tcpchimney.nic.core import NicCore
-from tcpchimney.nic.descriptors import RingId, RingKind, Side
 from tcpchimney.nic.process_target import ProcessTarget, UpperNode
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.wire.frame import Frame
@@ -30,13 +29,7 @@ LOOPBACK_ARENA = ArenaConfig(
     max_conns=256,
     pool_size=256 << 10,
     chunk_size=16 << 10,
-    rings=(
-        RingSpec(RingId.H2N_CONTROL, RingKind.BYTES, Side.HOST, 256 << 10),
-        RingSpec(RingId.N2H_CONTROL, RingKind.BYTES, Side.NIC, 256 << 10),
-        RingSpec(RingId.H2N_DATA, RingKind.DESCRIPTOR, Side.HOST, 64),
-        RingSpec(RingId.N2H_DATA, RingKind.DESCRIPTOR, Side.NIC, 64),
-        RingSpec(RingId.N2H_FRAMES, RingKind.BYTES, Side.NIC, 4 << 20),
-    ),
+    rings=nic_rings(control=256 << 10, descriptors=64, frames=4 << 20),
 )
 
 

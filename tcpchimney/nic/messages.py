@@ -143,14 +143,8 @@ def frame_header(frame: Frame) -> bytes:
 
 def put_frame(ring: ByteProducer, frame: Frame) -> bool:
     """One frame into the frames ring (not yet published); False when the ring has no room for it."""
-    parts = (
-        (frame_header(frame), frame.headers, frame.payload)
-        if frame.payload
-        else (
-            frame_header(frame),
-            frame.headers,
-        )
-    )
+    header = frame_header(frame)
+    parts = (header, frame.headers, frame.payload) if frame.payload else (header, frame.headers)
     return ring.put_parts(_FRAME, parts)
 
 

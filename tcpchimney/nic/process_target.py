@@ -255,11 +255,6 @@ class ProcessTarget:
         status = Status.FAILURE if hasattr(request, "tree") else Status.REQUEST_ABORTED
         self._out.append(completion_for(request, status))
 
-    @property
-    def held_connections(self) -> int:
-        """Connections the NIC holds (or held when it failed, until their terminates)."""
-        return len(self._offloaded)
-
     # ================================================================== node in front of the stack
 
     def attach_host(self, host: UpperNode) -> None:
@@ -345,9 +340,9 @@ class ProcessTarget:
     def _take_frames(self, limit: int | None = READ_BATCH) -> int:
         """Frames from the ring into the local queue; returns how many."""
         try:
-            if self._frames.available() == 0:
+            records = self._frames.take(limit)  # one validated read of the head; none when it is empty
+            if not records:
                 return 0
-            records = self._frames.take(limit)
             self._frames.release()  # each record was copied out
         except ArenaError as exc:
             if self.failed is None:
@@ -369,7 +364,7 @@ class ProcessTarget:
             control_stalls=self.requests.stalls,
             control_backlogged=self.requests.backlogged,
             pending_calls=len(self._pending),
-            held_connections=len(self._offloaded),
+            held_connections=len(self._offloaded),  # the NIC holds (or held when it failed, until terminated)
         )
         if self._doorbell is not None:
             out.update(self._doorbell.counters())

@@ -61,6 +61,16 @@ def reset_ring(words: memoryview, offset: int) -> None:
     words[(offset + RING_TAIL_OFF) // 8] = 0
 
 
+def _check_slots(capacity: int, ring: str) -> None:
+    if capacity & (capacity - 1):
+        raise ArenaError("ring_capacity", f"{ring}: {capacity} slots is not a power of two")
+
+
+def _check_bytes(capacity: int, ring: str) -> None:
+    if capacity % RECORD_ALIGN or capacity < 4 * RECORD_ALIGN:
+        raise ArenaError("ring_capacity", f"{ring}: {capacity} bytes is not a multiple of {RECORD_ALIGN}")
+
+
 def _check_counters(head: int, tail: int, capacity: int, ring: str) -> None:
     if not 0 <= head - tail <= capacity:
         raise ArenaError("ring_index", f"{ring}: head {head}, tail {tail}, capacity {capacity}")
@@ -123,14 +133,28 @@ class _Producer(_Endpoint):
         return self._head - self._tail
 
 
+class _Consumer(_Endpoint):
+    __slots__ = ("_tail",)
+
+    def __init__(
+        self, mem: memoryview, offset: int, capacity: int, slot: int, name: str, words: memoryview | None
+    ) -> None:
+        super().__init__(mem, offset, capacity, slot, name, words)
+        self._tail = self._load(self._tail_i)
+        _check_counters(self._load(self._head_i), self._tail, capacity, name)
+
+    def release(self) -> None:
+        """Give the slots or space of everything taken back to the producer."""
+        self._words[self._tail_i] = self._tail
+
+
 class DescriptorProducer(_Producer):
     __slots__ = ("_mask",)
 
     def __init__(
         self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
     ) -> None:
-        if capacity & (capacity - 1):
-            raise ArenaError("ring_capacity", f"{name}: {capacity} slots is not a power of two")
+        _check_slots(capacity, name)
         super().__init__(mem, offset, capacity, _SLOT, name, words)
         self._mask = capacity - 1
 
@@ -148,18 +172,15 @@ class DescriptorProducer(_Producer):
         return True
 
 
-class DescriptorConsumer(_Endpoint):
-    __slots__ = ("_mask", "_tail")
+class DescriptorConsumer(_Consumer):
+    __slots__ = ("_mask",)
 
     def __init__(
         self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
     ) -> None:
-        if capacity & (capacity - 1):
-            raise ArenaError("ring_capacity", f"{name}: {capacity} slots is not a power of two")
+        _check_slots(capacity, name)
         super().__init__(mem, offset, capacity, _SLOT, name, words)
         self._mask = capacity - 1
-        self._tail = self._load(self._tail_i)
-        _check_counters(self._load(self._head_i), self._tail, capacity, name)
 
     def available(self) -> int:
         """Descriptors published and not yet taken (one read of the producer's head, validated)."""
@@ -188,10 +209,6 @@ class DescriptorConsumer(_Endpoint):
         self._tail += n
         return out
 
-    def release(self) -> None:
-        """Give the slots of everything taken back to the producer."""
-        self._words[self._tail_i] = self._tail
-
 
 class Record(NamedTuple):
     kind: int
@@ -200,19 +217,19 @@ class Record(NamedTuple):
 
 
 class ByteProducer(_Producer):
-    __slots__ = ()
+    __slots__ = ("_max_payload",)
 
     def __init__(
         self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
     ) -> None:
-        if capacity % RECORD_ALIGN or capacity < 4 * RECORD_ALIGN:
-            raise ArenaError("ring_capacity", f"{name}: {capacity} bytes is not a multiple of {RECORD_ALIGN}")
+        _check_bytes(capacity, name)
         super().__init__(mem, offset, capacity, 1, name, words)
+        self._max_payload = capacity // 2 // RECORD_ALIGN * RECORD_ALIGN - RECORD_HEADER.size
 
     @property
     def max_payload(self) -> int:
         """The largest payload one record may carry: the record takes at most half the ring."""
-        return self._cap // 2 // RECORD_ALIGN * RECORD_ALIGN - RECORD_HEADER.size
+        return self._max_payload
 
     def put(self, kind: int, payload: bytes | bytearray | memoryview, flags: int = 0) -> bool:
         """Write one record (not yet published); False, and a stall counted, when it does not fit now."""
@@ -239,8 +256,8 @@ class ByteProducer(_Producer):
         """Write the header of a record of ``length`` payload bytes (and the PAD before it if it must
         start at 0), advance the local head; returns where the payload goes, or -1 (a stall) if it does not
         fit."""
-        if length > self.max_payload:
-            raise ValueError(f"{self.name}: a {length}-byte record exceeds {self.max_payload}")
+        if length > self._max_payload:
+            raise ValueError(f"{self.name}: a {length}-byte record exceeds {self._max_payload}")
         span = record_span(length)
         pos = self._head % self._cap
         to_end = self._cap - pos
@@ -260,17 +277,14 @@ class ByteProducer(_Producer):
         return at + RECORD_HEADER.size
 
 
-class ByteConsumer(_Endpoint):
-    __slots__ = ("_tail",)
+class ByteConsumer(_Consumer):
+    __slots__ = ()
 
     def __init__(
         self, mem: memoryview, offset: int, capacity: int, name: str = "ring", words: memoryview | None = None
     ) -> None:
-        if capacity % RECORD_ALIGN or capacity < 4 * RECORD_ALIGN:
-            raise ArenaError("ring_capacity", f"{name}: {capacity} bytes is not a multiple of {RECORD_ALIGN}")
+        _check_bytes(capacity, name)
         super().__init__(mem, offset, capacity, 1, name, words)
-        self._tail = self._load(self._tail_i)
-        _check_counters(self._load(self._head_i), self._tail, capacity, name)
 
     def available(self) -> int:
         """Bytes published and not yet taken (records and padding)."""
@@ -301,7 +315,3 @@ class ByteConsumer(_Endpoint):
             out.append(Record(kind, flags, bytes(self._mem[at + _HDR : at + _HDR + length])))
             self._tail += span
         return out
-
-    def release(self) -> None:
-        """Give the space of everything taken back to the producer."""
-        self._words[self._tail_i] = self._tail

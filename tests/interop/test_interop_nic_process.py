@@ -6,15 +6,19 @@ connections it held are reset, ``nic_failed`` is in the events file, and the sta
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from test_interop_offload import _SHA256_STDIN, STACK, read_events
+from test_interop_offload import (
+    _SHA256_STDIN,
+    STACK,
+    get_and_post_sha256,
+    read_events,
+    stop_offloaded_both_ways,
+)
 from test_interop_serve import Command, sh
 
 from tcpchimney.cli.apps import deterministic_sha256
@@ -30,12 +34,20 @@ def _stat(pid: int) -> tuple[str, int]:
     return fields[0], int(fields[1])
 
 
+def _serve_http_on_the_nic_process(
+    netns: str, commands: list[Command], tmp_path: Path
+) -> tuple[Command, Path]:
+    """``serve http`` offloading to a NIC process, with its events file."""
+    events = tmp_path / "events.jsonl"
+    argv = ["serve", "http", "--netns", netns, "--offload", "enabled", "--nic", "process"]
+    commands.append(server := Command(*argv, "--events", str(events)))
+    return server, events
+
+
 def test_http_through_the_nic_process_sha256_both_ways(
     netns_name: str, commands: list[Command], tmp_path: Path
 ) -> None:
-    events = tmp_path / "events.jsonl"
-    argv = ["serve", "http", "--netns", netns_name, "--offload", "enabled", "--nic", "process"]
-    commands.append(server := Command(*argv, "--events", str(events)))
+    server, events = _serve_http_on_the_nic_process(netns_name, commands, tmp_path)
     nic_pid = server.ready["nic_pid"]
     assert server.ready["nic"] == "process" and nic_pid != server.ready["pid"]
     state, parent = _stat(nic_pid)
@@ -43,20 +55,11 @@ def test_http_through_the_nic_process_sha256_both_ways(
     with open(f"/proc/{nic_pid}/cmdline", "rb") as f:
         assert b"tcpchimney.nic" in f.read()
 
-    out = sh(netns_name, f"curl -sS --fail http://{STACK}/bytes/{N}?seed=41 | {_SHA256_STDIN}")
-    assert out.split()[0] == deterministic_sha256(N, 41)
-    body = os.urandom(N)
-    answer = json.loads(sh(netns_name, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
-    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": N}
+    get_and_post_sha256(netns_name, N, 41)
 
-    status, done = server.stop()
-    assert status == 0
-    offload = done["offload"]
-    assert offload["faults"] == 0 and offload["nic_failures"] == 0
-    assert offload["host"]["offloaded"] == 2
-    nic = offload["nic"]
-    assert nic["ip"]["out_octets"] > N and nic["ip"]["in_octets"] > N, "the data crossed the NIC process"
-    assert nic["nic_process"]["pid"] == nic_pid
+    offload = stop_offloaded_both_ways(server, N)  # the data crossed the NIC process
+    assert offload["nic_failures"] == 0
+    assert offload["nic"]["nic_process"]["pid"] == nic_pid
     log = read_events(events)
     assert [e["pid"] for e in log if e["event"] == "nic_started"] == [nic_pid]
     assert sum(e["event"] == "offloaded" for e in log) == 2
@@ -66,9 +69,7 @@ def test_http_through_the_nic_process_sha256_both_ways(
 def test_kill_9_of_the_nic_neither_hangs_nor_crashes_serve(
     netns_name: str, commands: list[Command], tmp_path: Path
 ) -> None:
-    events = tmp_path / "events.jsonl"
-    argv = ["serve", "http", "--netns", netns_name, "--offload", "enabled", "--nic", "process"]
-    commands.append(server := Command(*argv, "--events", str(events)))
+    server, events = _serve_http_on_the_nic_process(netns_name, commands, tmp_path)
     nic_pid = server.ready["nic_pid"]
     curl = subprocess.Popen(
         in_netns(netns_name, "curl", "-sS", "-m", "60", "-o", "/dev/null", f"http://{STACK}/bytes/{20 * N}"),

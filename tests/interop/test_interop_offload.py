@@ -45,6 +45,27 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def get_and_post_sha256(netns: str, n: int, seed: int, get_options: str = "") -> None:
+    """A curl GET of n deterministic bytes and a curl POST of n random ones, each SHA-256 checked."""
+    out = sh(netns, f"curl -sS --fail {get_options}http://{STACK}/bytes/{n}?seed={seed} | {_SHA256_STDIN}")
+    assert out.split()[0] == deterministic_sha256(n, seed)
+    body = os.urandom(n)
+    answer = json.loads(sh(netns, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
+    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": n}
+
+
+def stop_offloaded_both_ways(server: Command, n: int) -> dict[str, Any]:
+    """Stops a server that offloaded two connections moving n bytes each way; its ``offload`` summary."""
+    status, done = server.stop()
+    assert status == 0
+    offload: dict[str, Any] = done["offload"]
+    assert offload["faults"] == 0
+    assert offload["host"]["offloaded"] == 2, offload  # both curl connections went to the NIC
+    assert offload["nic"]["ip"]["out_octets"] > n  # the bytes left from the NIC, not the host
+    assert offload["nic"]["ip"]["in_octets"] > n
+    return offload
+
+
 # Why a connection's last upload happens as it ends (the target hands its entry or its TIME-WAIT back).
 _ENDING = frozenset({"closed", "aborted", "host_time_wait", "time_wait", "orphaned_fin_wait_2", "peer_reset"})
 
@@ -158,22 +179,12 @@ def test_http_offloaded_curl_get_post_sha256(
     assert server.ready["offload"] == "enabled"
     n = 20_000_000
     headers = tmp_path / "headers"
-    out = sh(netns_name, f"curl -sS --fail -D {headers} http://{STACK}/bytes/{n}?seed=21 | {_SHA256_STDIN}")
-    assert out.split()[0] == deterministic_sha256(n, 21)
+    get_and_post_sha256(netns_name, n, 21, get_options=f"-D {headers} ")
     header = next(x for x in headers.read_text().splitlines() if x.lower().startswith("x-content-sha256"))
     assert header.split(":", 1)[1].strip() == deterministic_sha256(n, 21)
 
-    body = os.urandom(n)
-    answer = json.loads(sh(netns_name, f"curl -sS --fail --data-binary @- http://{STACK}/sha256", stdin=body))
-    assert answer == {"sha256": hashlib.sha256(body).hexdigest(), "length": n}
-
-    status, done = server.stop()
-    assert status == 0
-    offload = done["offload"]
-    assert offload["mode"] == "enabled" and offload["faults"] == 0
-    assert offload["host"]["offloaded"] == 2, offload  # both curl connections went to the NIC
-    assert offload["nic"]["ip"]["out_octets"] > n  # the bytes left from the NIC, not the host
-    assert offload["nic"]["ip"]["in_octets"] > n
+    offload = stop_offloaded_both_ways(server, n)
+    assert offload["mode"] == "enabled"
     offloaded = [e for e in read_events(events) if e["event"] == "offloaded"]
     assert len(offloaded) == offload["offloads"]
     assert {e["cause"] for e in offloaded} == {"policy: enabled"}
