@@ -29,7 +29,7 @@ from tcpchimney.wire.seq import SeqNum
 from tcpchimney.wire.tcp import TcpOptions, TcpSegment
 
 if TYPE_CHECKING:
-    from tcpchimney.host.offload import ConnOffload
+    from tcpchimney.host.offload_state import ConnOffload
     from tcpchimney.host.sockets import TcpSocket
 
 # States in which our FIN was sent: only after a graceful Disconnect (FIN-WAIT-2 / TIME-WAIT: acknowledged).
