@@ -279,13 +279,19 @@ def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: A
 
 
 def _watch_nic(nic: Any, runtime: Any, device: Any, control: OffloadControl | None) -> None:
-    """Liveness of the NIC from the running loop; once it is gone the runtime reads the TAP itself. Its
-    events (the start already happened) go to the events file."""
+    """Liveness of the NIC from the running loop: while one is gone the runtime reads the TAP itself, and
+    the frames a new one passes up once it runs. Its events (the start already happened) go to the events
+    file."""
     if control is not None:
         for name, fields in nic.events:
             control.on_nic_event(name, fields)
         nic.on_event = control.on_nic_event
-    nic.attach(asyncio.get_running_loop(), runtime.flush_soon, lambda: runtime.set_rx(device))
+    nic.attach(
+        asyncio.get_running_loop(),
+        runtime.flush_soon,
+        lambda: runtime.set_rx(device),
+        lambda: runtime.set_rx(nic.target),
+    )
 
 
 def _control(runtime: Any, stack: HostStack, options: OffloadOptions) -> OffloadControl:
