@@ -61,7 +61,7 @@ STOP_TIMEOUT = 1.0
 COUNTERS_TIMEOUT = 2.0
 HANG_BOUND = 1.0  # seconds without a heartbeat that make a NIC hung (it beats at least every 50 ms)
 RESTART_DELAY = 0.1  # seconds from a failure to the next NIC's start (the hold-down)
-RESTART_YOUNG = 1.0  # a NIC that fails sooner than this after its start doubles the next hold-down
+RESTART_YOUNG = 0.5  # a NIC that fails sooner than this after its start doubles the next hold-down
 RESTART_MAX_DELAY = 30.0
 
 # The control rings are large: this transport still carries Send and receive data through them.
