@@ -60,6 +60,7 @@ class Session:
         }
         if self.nic is not None:
             fields["nic_pid"] = self.nic.pid
+            fields["nic_cpu"] = self.nic.cpu
         return fields
 
 
@@ -266,7 +267,10 @@ def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: A
             with contextlib.suppress(OSError):
                 runs.unregister(noted.pop(pid))
 
-    nic = NicProcess(config, device.fileno(), on_spawned=spawned, on_reaped=reaped)
+    try:
+        nic = NicProcess(config, device.fileno(), on_spawned=spawned, on_reaped=reaped, cpu=options.nic_cpu)
+    except ValueError as exc:  # a CPU that is not (or no longer) allowed; the command line checked it first
+        raise CommandError(f"cannot start the NIC process: {exc}.") from exc
     try:
         target = nic.start()
     except NicStartError as exc:

@@ -51,6 +51,7 @@ from dataclasses import replace
 from typing import Any
 
 from tcpchimney.chimney.indications import TargetCapabilities
+from tcpchimney.nic.affinity import check_cpu, pin
 from tcpchimney.nic.arena import Arena, ArenaConfig, nic_rings, send_arena
 from tcpchimney.nic.doorbell import Direction, Doorbell, make_eventfd
 from tcpchimney.nic.process import NicConfig
@@ -100,13 +101,16 @@ class NicProcess:
         on_spawned: Callable[[int], None] = lambda pid: None,
         on_reaped: Callable[[int], None] = lambda pid: None,
         hang_bound: float = HANG_BOUND,
+        cpu: int | None = None,
     ) -> None:
         """``on_spawned(pid)`` is called as soon as the process exists, ``on_reaped(pid)`` once it is gone
         (e.g. to note it in the run record, so that ``chimney cleanup`` kills a NIC its host left).
         ``hang_bound``: seconds without a heartbeat after which the NIC is declared hung and killed; it
-        must exceed the NIC's sleep bound (50 ms), else an idle NIC would be convicted."""
+        must exceed the NIC's sleep bound (50 ms), else an idle NIC would be convicted. ``cpu``: pin the NIC
+        process to that CPU (nic/affinity.py; ValueError with one sentence for a CPU it may not use)."""
         if not hang_bound > 0.050:
             raise ValueError(f"hang_bound {hang_bound}: it must exceed the NIC's sleep bound of 50 ms")
+        self.cpu = None if cpu is None else check_cpu(cpu)
         self.hang_bound = hang_bound
         self.config = config
         self._on_spawned, self._on_reaped = on_spawned, on_reaped
@@ -190,6 +194,12 @@ class NicProcess:
             os.close(self._pidfd)  # the previous NIC's, reaped
         self._pidfd = os.pidfd_open(self._popen.pid)
         self._on_spawned(self._popen.pid)
+        if self.cpu is not None:
+            try:
+                pin(self._popen.pid, self.cpu)
+            except OSError as exc:
+                self._kill_and_reap()
+                raise NicStartError(f"cannot pin it to CPU {self.cpu}: {exc.strerror or exc}") from exc
 
     def _await_ready(self, timeout: float) -> dict[str, Any]:
         assert self._sock is not None
