@@ -443,16 +443,24 @@ class NicProcess:
 
     def arm_crash(self, point: str, after: int = 1) -> None:
         """Arm a crash point of the running NIC (``nic/crash.py``). Raises ValueError with its answer when
-        it refuses, RuntimeError when it does not answer."""
+        it refuses, RuntimeError when none runs or it does not answer."""
+        self._ask({"op": "crash", "point": point, "after": after}, "armed")
+
+    def fault(self, name: str, **args: Any) -> None:
+        """Apply a fault knob of the running NIC's target (``nic/faults.py``), e.g. ``fault("fail_hardware",
+        lost=[handle])``. Raises ValueError with its answer when it refuses, RuntimeError when none runs."""
+        self._ask({"op": "fault", "name": name, **args}, "applied")
+
+    def _ask(self, message: dict[str, Any], answer: str) -> None:
         if not self.alive or self._sock is None:
             raise RuntimeError("no NIC process runs")
-        self._sock.sendall(json.dumps({"op": "crash", "point": point, "after": after}).encode() + b"\n")
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
         while (line := self._line(block=True)) is not None:
-            message = json.loads(line)
-            if message.get("event") == "armed":
+            reply = json.loads(line)
+            if reply.get("event") == answer:
                 return
-            if message.get("event") == "error":
-                raise ValueError(message.get("message", line))
+            if reply.get("event") == "error":
+                raise ValueError(reply.get("message", line))
         raise RuntimeError("the NIC process did not answer")
 
     # ------------------------------------------------------------------ counters and the end

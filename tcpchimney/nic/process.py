@@ -22,9 +22,10 @@ timestamp clocks are derived from it).
 
 The control socket carries JSON lines: ``{"op": "counters"}`` (answered with the counters),
 ``{"op": "crash", "point": P, "after": N}`` (arms a crash point, ``nic/crash.py``; answered ``armed`` or
-``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0). Its end of file
-means the host is gone: the process exits. It also dies with the host (``PR_SET_PDEATHSIG``), so it never
-outlives it.
+``error``), ``{"op": "fault", "name": N, ...}`` (a fault knob of the target, ``nic/faults.py``; answered
+``applied`` or ``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0).
+Its end of file means the host is gone: the process exits. It also dies with the host
+(``PR_SET_PDEATHSIG``), so it never outlives it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tcpchimney.nic.arena import Arena, receive_arena
 from tcpchimney.nic.core import NicCore
 from tcpchimney.nic.descriptors import ArenaError
 from tcpchimney.nic.doorbell import Direction, Doorbell, Waiter
+from tcpchimney.nic.faults import apply_fault
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.wire.errors import EmitError, WireError
@@ -269,6 +271,8 @@ class NicLoop:
                 message, op = {}, None
             if op == "crash":
                 self._arm_crash(message)
+            elif op == "fault":
+                self._fault(message)
             elif op == "counters":
                 self._say({"event": "counters", "counters": self.snapshot()})
             elif op == "stop":
@@ -276,6 +280,14 @@ class NicLoop:
                 self.core.target.close()
                 self._say({"event": "stopped", "counters": self.snapshot()})
                 self.running = False
+
+    def _fault(self, message: dict[str, Any]) -> None:
+        try:
+            apply_fault(self.core.target, message)
+        except (KeyError, ValueError) as exc:
+            self._say({"event": "error", "message": str(exc).strip("'\"")})
+            return
+        self._say({"event": "applied", "name": message.get("name")})
 
     def _arm_crash(self, message: dict[str, Any]) -> None:
         try:

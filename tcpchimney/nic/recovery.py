@@ -151,21 +151,30 @@ def recovered_state(sh: Shadow, record: ConnRecord | None, arena: Arena, now: fl
     )
 
 
-def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[bytes, bool]:
-    """The bytes ``[taken, committed RCV.NXT)`` from the RX buffer, and whether the record has the FIN."""
+def check_record(sh: Shadow, record: ConnRecord | None) -> tuple[int, bool]:
+    """Where the committed received data ends (stream offset) and whether the record has the FIN. Raises
+    RecoveryError for a record the RX buffer cannot back: unprotected, behind what the host took, or
+    further ahead of it than the buffer holds."""
     if record is None:
-        return b"", False
+        return sh.taken, False
     if record.flags & UNPROTECTED:
         raise RecoveryError("its RX buffer does not hold every byte the NIC acknowledged")
     d0 = sh.snap.delegated
     fin = bool(record.flags & RecordFlag.FIN_RECEIVED)
     end = record.rcv_nxt - int(d0.buffered_start + len(d0.buffered_data)) - (1 if fin else 0)
-    off, size = sh.rx
+    size = sh.rx[1]
     if not sh.taken <= end <= sh.taken + size:
         raise RecoveryError(
             f"its record's RCV.NXT is {end - sh.taken} bytes from what the host took "
             f"(an RX buffer of {size} bytes)"
         )
+    return end, fin
+
+
+def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[bytes, bool]:
+    """The bytes ``[taken, committed RCV.NXT)`` from the RX buffer, and whether the record has the FIN."""
+    end, fin = check_record(sh, record)
+    off, size = sh.rx
     return arena.read_stream(off, size, sh.taken, end - sh.taken), fin
 
 
