@@ -94,7 +94,9 @@ def _wait(what: str, predicate: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.02)
 
 
-def _kill_loop(events: Path, kills: int, rng: random.Random, more: Callable[[], bool]) -> int:
+def _kill_loop(
+    events: Path, kills: int, rng: random.Random, more: Callable[[], bool], sig: signal.Signals
+) -> int:
     """Kill the running NIC once connections are offloaded to it, ``kills`` times while ``more()``. Each
     NIC lives at least the restart's "young" bound (``RESTART_YOUNG``): a NIC killed sooner is taken for
     one that cannot run, and the next hold-down doubles."""
@@ -108,7 +110,7 @@ def _kill_loop(events: Path, kills: int, rng: random.Random, more: Callable[[], 
             break
         left = started["time"] + RESTART_YOUNG - time.time()
         time.sleep(max(0.0, left) + rng.uniform(0.0, 0.3))
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
         done += 1
         _wait("a new NIC", lambda e=epoch: _started_after(events, e), 20)  # type: ignore[misc]
     return done
@@ -141,7 +143,14 @@ def _captured(cap: subprocess.Popen[bytes], pcap: Path) -> int:
     return len(out.splitlines())
 
 
-def _crash_run(netns: str, commands: list[Any], tmp_path: Path, n: int, kills: int) -> dict[str, Any]:
+def _crash_run(
+    netns: str,
+    commands: list[Any],
+    tmp_path: Path,
+    n: int,
+    kills: int,
+    sig: signal.Signals = signal.SIGKILL,
+) -> dict[str, Any]:
     events = tmp_path / "events.jsonl"
     argv = ["serve", "http", "--netns", netns, "--offload", "enabled", "--nic", "process"]
     commands.append(server := Command(*argv, "--events", str(events)))
@@ -153,7 +162,7 @@ def _crash_run(netns: str, commands: list[Any], tmp_path: Path, n: int, kills: i
         while killed < kills:
             batch += 1
             batches.append(transfers := _Transfers(netns, tmp_path, n, 100 * batch))
-            killed += _kill_loop(events, kills - killed, rng, transfers.running)
+            killed += _kill_loop(events, kills - killed, rng, transfers.running, sig)
             transfers.check()
     finally:
         for transfers in batches:
@@ -178,6 +187,17 @@ def test_twenty_kill_9s_of_the_nic_lose_no_byte_and_send_no_rst(
     done = _crash_run(netns_name, commands, tmp_path, 60_000_000, kills=20)
     transport = done["offload"]["nic"]["host_transport"]
     assert transport["recovered"] >= 20 and transport["recovery_lost"] == 0
+
+
+def test_a_nic_that_hangs_is_fenced_by_the_watchdog_and_loses_nothing(
+    netns_name: str, commands: list[Any], tmp_path: Path
+) -> None:
+    """SIGSTOP: the NIC neither dies nor closes anything; the heartbeat watchdog finds it within its bound,
+    kills it (the fence) and its connections are rebuilt as after a death."""
+    done = _crash_run(netns_name, commands, tmp_path, 40_000_000, kills=3, sig=signal.SIGSTOP)
+    assert done["offload"]["nic"]["host_transport"]["recovery_lost"] == 0
+    log = read_events(tmp_path / "events.jsonl")
+    assert {e["detected_by"] for e in log if e["event"] == "nic_failed"} == {"heartbeat"}
 
 
 @pytest.mark.long
