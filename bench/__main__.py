@@ -21,6 +21,8 @@ MODULES = [
     "bench.attack",
     "bench.rings",
     "bench.nic",
+    "bench.nic_app",
+    "bench.nic_handoff",
 ]
 
 

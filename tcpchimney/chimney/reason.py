@@ -79,6 +79,7 @@ class Reason(Enum):
     CLOSED = "closed"  # host uploads: the connection ended while offloaded, its entry comes back to be freed
     ABORTED = "aborted"
     TARGET_FAILED = "target_failed"
+    NIC_FAILED = "nic_failed"
 
     @property
     def group(self) -> ReasonGroup:
@@ -170,6 +171,11 @@ _DETAILS: dict[Reason, tuple[ReasonGroup, str]] = {
     Reason.CLOSED: (_H, "the connection closed on the target: its entry is handed back and freed"),
     Reason.ABORTED: (_H, "the application aborted the connection (RST): its entry is handed back and freed"),
     Reason.TARGET_FAILED: (_R, "the target broke the offload contract: no offloads until it resumes"),
+    Reason.NIC_FAILED: (
+        _T,
+        "the NIC process died, hung or broke the protocol: the connection is rebuilt on the host from "
+        "what the arena holds, with nothing lost",
+    ),
 }
 
 # TCP_UPLOAD_REASON values the host may decline (spec 4.3); everything else must be honoured.

@@ -92,6 +92,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _cpu(text: str) -> int:
+    """A CPU the NIC process may be pinned to, checked before anything is set up."""
+    from tcpchimney.nic.affinity import check_cpu
+
+    try:
+        cpu = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU number: {text!r}") from None
+    try:
+        return check_cpu(cpu)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offload",
@@ -105,6 +119,13 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         choices=NICS,
         help="where the emulated NIC runs when offload is not disabled: its own process (the host's CPU is "
         f"freed) or inside this one (default {DEFAULT_NIC}; inline with --pcap)",
+    )
+    parser.add_argument(
+        "--nic-cpu",
+        type=_cpu,
+        metavar="N",
+        help="pin the NIC process to CPU N (default: not pinned, the scheduler places it); needs "
+        "--nic process",
     )
     parser.add_argument(
         "--churn",
@@ -270,6 +291,10 @@ def _resolve_nic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(
             "--pcap captures this process's TAP descriptor only: with --nic process the NIC's frames "
             "would be missing (use --nic inline)"
+        )
+    if getattr(args, "nic_cpu", None) is not None and (args.nic != "process" or args.offload == "disabled"):
+        parser.error(
+            "--nic-cpu pins the NIC process: it needs --nic process and --offload enabled or automatic"
         )
 
 

@@ -60,6 +60,7 @@ class OffloadOptions:
     churn: float | None = None  # mean seconds between an offload and its churn upload
     events: str | None = None  # JSON-lines file of every offload event
     nic: str = DEFAULT_NIC  # where the target runs: "process" or "inline"
+    nic_cpu: int | None = None  # the CPU the NIC process is pinned to (None: not pinned)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OffloadOptions:
@@ -68,6 +69,7 @@ class OffloadOptions:
             getattr(args, "churn", None),
             getattr(args, "events", None),
             getattr(args, "nic", DEFAULT_NIC),
+            getattr(args, "nic_cpu", None),
         )
 
     @property

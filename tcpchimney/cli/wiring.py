@@ -60,6 +60,7 @@ class Session:
         }
         if self.nic is not None:
             fields["nic_pid"] = self.nic.pid
+            fields["nic_cpu"] = self.nic.cpu
         return fields
 
 
@@ -266,7 +267,10 @@ def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: A
             with contextlib.suppress(OSError):
                 runs.unregister(noted.pop(pid))
 
-    nic = NicProcess(config, device.fileno(), on_spawned=spawned, on_reaped=reaped)
+    try:
+        nic = NicProcess(config, device.fileno(), on_spawned=spawned, on_reaped=reaped, cpu=options.nic_cpu)
+    except ValueError as exc:  # a CPU that is not (or no longer) allowed; the command line checked it first
+        raise CommandError(f"cannot start the NIC process: {exc}.") from exc
     try:
         target = nic.start()
     except NicStartError as exc:
@@ -279,13 +283,19 @@ def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: A
 
 
 def _watch_nic(nic: Any, runtime: Any, device: Any, control: OffloadControl | None) -> None:
-    """Liveness of the NIC from the running loop; once it is gone the runtime reads the TAP itself. Its
-    events (the start already happened) go to the events file."""
+    """Liveness of the NIC from the running loop: while one is gone the runtime reads the TAP itself, and
+    the frames a new one passes up once it runs. Its events (the start already happened) go to the events
+    file."""
     if control is not None:
         for name, fields in nic.events:
             control.on_nic_event(name, fields)
         nic.on_event = control.on_nic_event
-    nic.attach(asyncio.get_running_loop(), runtime.flush_soon, lambda: runtime.set_rx(device))
+    nic.attach(
+        asyncio.get_running_loop(),
+        runtime.flush_soon,
+        lambda: runtime.set_rx(device),
+        lambda: runtime.set_rx(nic.target),
+    )
 
 
 def _control(runtime: Any, stack: HostStack, options: OffloadOptions) -> OffloadControl:

@@ -24,7 +24,10 @@ import logging
 
 from tcpchimney.chimney import codec
 from tcpchimney.chimney.errors import CodecError, ContractError
+from tcpchimney.chimney.requests import InitiateOffload, TerminateOffload
 from tcpchimney.nic.arena import Arena
+from tcpchimney.nic.commit import Committer
+from tcpchimney.nic.crash import CrashPoints
 from tcpchimney.nic.descriptors import RingId
 from tcpchimney.nic.messages import ControlReader, ControlWriter, put_frame
 from tcpchimney.nic.target import SoftwareTarget
@@ -62,10 +65,14 @@ class _FramesUp:
 
 
 class NicCore:
-    def __init__(self, arena: Arena, target: SoftwareTarget) -> None:
+    def __init__(self, arena: Arena, target: SoftwareTarget, crash: CrashPoints | None = None) -> None:
         self.arena = arena
         self.target = target
-        self.requests = ControlReader(arena.byte_consumer(RingId.H2N_CONTROL))
+        self.crash = crash or CrashPoints()
+        self.committer = Committer(arena, target.table)
+        self.committer.before_commit = lambda: self.crash.hit("after_place")
+        target.receive_hook = self.committer.place
+        self.requests = ControlReader(arena.byte_consumer(RingId.H2N_CONTROL), accept_binds=True)
         self.outputs = ControlWriter(arena.byte_producer(RingId.N2H_CONTROL))
         self.frames = arena.byte_producer(RingId.N2H_FRAMES)
         self.counters: dict[str, int] = dict.fromkeys(CORE_KEYS, 0)
@@ -82,16 +89,26 @@ class NicCore:
     def take_requests(self, now: float) -> int:
         """Submit every request the host published; returns how many records were taken."""
         messages = self.requests.take()
+        binds, committer = self.requests.binds, self.committer
+        for bind in binds:  # each comes before its initiate: applied before any message of the batch
+            committer.bind(*bind)
+        binds.clear()
         counters, target = self.counters, self.target
         for data in messages:
             try:
                 request = codec.decode(data)
+                if isinstance(request, InitiateOffload):
+                    committer.expect(request)
                 target.submit(request, now)
             except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
                 counters["bad_requests"] += 1
                 log.warning("NIC: dropped a host request: %s", exc)
                 continue
             counters["requests"] += 1
+            if isinstance(request, InitiateOffload):
+                self.crash.hit("mid_initiate")
+            elif isinstance(request, TerminateOffload):
+                self.crash.hit("mid_terminate")
         self.requests.release()  # also the records of a message not complete yet: they were copied out
         return len(messages)
 
@@ -108,6 +125,10 @@ class NicCore:
                 continue
             counters["outputs"] += 1
 
+    def commit(self) -> int:
+        """Commit the records of the connections whose numbers moved (before this turn's frames leave)."""
+        return self.committer.commit_all()
+
     def publish(self) -> bool:
         control = self.outputs.publish()
         frames = self.frames.publish()
@@ -117,6 +138,7 @@ class NicCore:
         """Requests in, outputs out, published: one exchange with the host. True if anything was published."""
         self.take_requests(now)
         self.put_outputs()
+        self.commit()
         return self.publish()
 
     # ------------------------------------------------------------------ the target as the wire's node
@@ -142,4 +164,5 @@ class NicCore:
             control_stalls=self.outputs.stalls,
             frames_stalls=self.frames.stalls,
         )
+        transport.update(self.committer.counters)
         return {**self.target.counters.snapshot(), "transport": transport}

@@ -162,11 +162,17 @@ class RecordKind(IntEnum):
     PAD = 1  # the rest of the ring up to its end is skipped; the next record starts at offset 0
     CONTROL = 2  # payload: one message of chimney/codec.py
     FRAME = 3  # payload: one frame as read from the TAP (virtio-net header first)
+    BIND = 4  # H2N_CONTROL only, payload BIND_RECORD: the arena slot of a connection the next initiate names
 
 
 # Record flags of a CONTROL record: a message longer than one record (at most half the ring) is cut into
 # consecutive records, each but the last flagged MORE; the consumer joins them before decoding.
 RECORD_MORE: Final = 0x1
+
+
+# A BIND record comes before the CONTROL record of the InitiateOffload that names the connection: the host's
+# handle of its TCP block, the arena slot (binding and record) the host gave it, and its conn_id.
+BIND_RECORD: Final = struct.Struct("<QII")  # host_handle, slot, conn_id
 
 
 def record_span(length: int) -> int:

@@ -19,8 +19,15 @@ NIC stores a new heartbeat in the arena every turn of its loop, and an idle NIC 
 no longer runs its loop. The host looks at the word every quarter of the bound from its event loop; a look
 that comes later than the bound (the host itself did not run, so neither may have the NIC on a starved
 machine) starts the count again instead of convicting. A hung NIC is fenced (SIGKILL, which also ends a
-stopped process) and reaped before anything else, then fails as a dead one does. [Not yet: restarting a
-NIC with a new epoch, recovering its connections.]
+stopped process) and reaped before anything else, then fails as a dead one does.
+
+After a failure the ``ProcessTarget`` rebuilds the NIC's connections on the host
+(``nic/process_recovery.py``) and, once attached to an event loop with ``restart`` true (the default), a new
+NIC is started after a hold-down: ``RESTART_DELAY``, doubled for each NIC in a row that failed within
+``RESTART_YOUNG`` of its start or never started, at most ``RESTART_MAX_DELAY`` (a NIC that cannot run is
+not restarted in a tight loop). The rings are emptied, the epoch is one more, its handles are numbered apart;
+it is spawned without blocking the host's loop (its ``ready`` line is read from the loop), then attached to
+the same ``ProcessTarget`` (``TargetResumed``: the policy may offload again) and watched as the first was.
 
 ``close`` asks the NIC to stop (its last turn sends what the host asked last, e.g. an abort's RST), kills it
 if it does not exit within a second, reaps it and closes every descriptor: however the command ends, no NIC
@@ -40,9 +47,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from tcpchimney.chimney.indications import TargetCapabilities
+from tcpchimney.nic.affinity import check_cpu, pin
 from tcpchimney.nic.arena import Arena, ArenaConfig, nic_rings, send_arena
 from tcpchimney.nic.doorbell import Direction, Doorbell, make_eventfd
 from tcpchimney.nic.process import NicConfig
@@ -52,12 +61,15 @@ START_TIMEOUT = 20.0  # seconds for the interpreter to start and say ready (a lo
 STOP_TIMEOUT = 1.0
 COUNTERS_TIMEOUT = 2.0
 HANG_BOUND = 1.0  # seconds without a heartbeat that make a NIC hung (it beats at least every 50 ms)
+RESTART_DELAY = 0.1  # seconds from a failure to the next NIC's start (the hold-down)
+RESTART_YOUNG = 0.5  # a NIC that fails sooner than this after its start doubles the next hold-down
+RESTART_MAX_DELAY = 30.0
 
 # The control rings are large: this transport still carries Send and receive data through them.
 PROCESS_ARENA = ArenaConfig(
     max_conns=1024,
-    pool_size=1 << 20,  # [not yet used: the descriptor data path]
-    chunk_size=16 << 10,
+    pool_size=256 << 20,  # RX buffers as large as receive buffers (1 MiB by default): 256 protected
+    chunk_size=64 << 10,
     rings=nic_rings(control=8 << 20, descriptors=4096, frames=16 << 20),
 )
 
@@ -89,13 +101,16 @@ class NicProcess:
         on_spawned: Callable[[int], None] = lambda pid: None,
         on_reaped: Callable[[int], None] = lambda pid: None,
         hang_bound: float = HANG_BOUND,
+        cpu: int | None = None,
     ) -> None:
         """``on_spawned(pid)`` is called as soon as the process exists, ``on_reaped(pid)`` once it is gone
         (e.g. to note it in the run record, so that ``chimney cleanup`` kills a NIC its host left).
         ``hang_bound``: seconds without a heartbeat after which the NIC is declared hung and killed; it
-        must exceed the NIC's sleep bound (50 ms), else an idle NIC would be convicted."""
+        must exceed the NIC's sleep bound (50 ms), else an idle NIC would be convicted. ``cpu``: pin the NIC
+        process to that CPU (nic/affinity.py; ValueError with one sentence for a CPU it may not use)."""
         if not hang_bound > 0.050:
             raise ValueError(f"hang_bound {hang_bound}: it must exceed the NIC's sleep bound of 50 ms")
+        self.cpu = None if cpu is None else check_cpu(cpu)
         self.hang_bound = hang_bound
         self.config = config
         self._on_spawned, self._on_reaped = on_spawned, on_reaped
@@ -117,6 +132,13 @@ class NicProcess:
         self._wake: Callable[[], None] = lambda: None
         self._on_failed: Callable[[], None] = lambda: None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._on_restarted: Callable[[], None] = lambda: None
+        self.restart = True  # start a new NIC after a failure (once attached to a loop)
+        self.restarts = 0
+        self._young_failures = 0  # NICs in a row that failed soon after they started
+        self._ready_at: float | None = None
+        self._restart_timer: asyncio.TimerHandle | None = None
+        self._starting: float | None = None  # a restart waits for its ready line since then
         self._beat = (0, 0.0, 0.0)  # the heartbeat last seen, when it last moved, when it was last looked at
         self.heartbeat_looks = 0
 
@@ -124,16 +146,8 @@ class NicProcess:
 
     def start(self, timeout: float = START_TIMEOUT) -> ProcessTarget:
         """Start the NIC; returns the host's target for it. Raises NicStartError."""
-        self.epoch += 1
-        self.arena.set_epoch(self.epoch)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._launch()
         try:
-            self._spawn(child)
-        finally:
-            child.close()
-        self._sock = parent
-        try:
-            send_arena(parent, self.arena, [*self.efds, self.tap_fd])
             ready = self._await_ready(timeout)
         except BaseException:
             self._kill_and_reap()
@@ -143,12 +157,30 @@ class NicProcess:
         doorbell = Doorbell(self.arena.words, self.efds[0], Direction.H2N)
         self.target = ProcessTarget(self.arena, caps, doorbell=doorbell, wake_fd=self.efds[1])
         self.target.on_broken = self._fence_broken
+        self._ready_at = time.monotonic()
         self._event("nic_started", pid=self.pid, epoch=self.epoch)
         return self.target
 
-    def _spawn(self, child: socket.socket) -> None:
+    def _launch(self) -> None:
+        """Spawn the next NIC (a new epoch, its handles numbered apart) and hand it the arena."""
+        self.epoch += 1
+        self.arena.set_epoch(self.epoch)
+        self._inbox = b""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._spawn(child, replace(self.config, handle_base=(self.epoch - 1) << 32))
+        finally:
+            child.close()
+        self._sock = parent
+        try:
+            send_arena(parent, self.arena, [*self.efds, self.tap_fd])
+        except BaseException:
+            self._kill_and_reap()
+            raise
+
+    def _spawn(self, child: socket.socket, config: NicConfig) -> None:
         argv = [sys.executable, "-m", "tcpchimney.nic", "--fd", str(child.fileno())]
-        argv += ["--host-pid", str(os.getpid()), "--config", self.config.to_json()]
+        argv += ["--host-pid", str(os.getpid()), "--config", config.to_json()]
         env = dict(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -158,8 +190,16 @@ class NicProcess:
             )
         except OSError as exc:
             raise NicStartError(f"cannot run {sys.executable}: {exc.strerror}") from exc
+        if self._pidfd >= 0:
+            os.close(self._pidfd)  # the previous NIC's, reaped
         self._pidfd = os.pidfd_open(self._popen.pid)
         self._on_spawned(self._popen.pid)
+        if self.cpu is not None:
+            try:
+                pin(self._popen.pid, self.cpu)
+            except OSError as exc:
+                self._kill_and_reap()
+                raise NicStartError(f"cannot pin it to CPU {self.cpu}: {exc.strerror or exc}") from exc
 
     def _await_ready(self, timeout: float) -> dict[str, Any]:
         assert self._sock is not None
@@ -216,11 +256,18 @@ class NicProcess:
         loop: asyncio.AbstractEventLoop,
         wake: Callable[[], None],
         on_failed: Callable[[], None] = lambda: None,
+        on_restarted: Callable[[], None] = lambda: None,
     ) -> None:
         """Watch the NIC from ``loop``: ``wake()`` after it failed (the host stack has outputs to read),
-        ``on_failed()`` once (e.g. the runtime reads the TAP itself from now on)."""
+        ``on_failed()`` each time one fails (e.g. the runtime reads the TAP itself from then on),
+        ``on_restarted()`` each time a new one runs (the runtime reads the target's frames again)."""
         self._loop, self._wake, self._on_failed = loop, wake, on_failed
-        if self._sock is not None:
+        self._on_restarted = on_restarted
+        self._watch()
+
+    def _watch(self) -> None:
+        loop = self._loop
+        if self._sock is not None and loop is not None:
             self._sock.setblocking(False)
             loop.add_reader(self._pidfd, self._on_pidfd)
             loop.add_reader(self._sock.fileno(), self._on_socket)
@@ -288,6 +335,7 @@ class NicProcess:
         self._close_sock()
         self._on_failed()
         self._wake()
+        self._schedule_restart()
 
     def _unwatch(self) -> None:
         loop = self._loop
@@ -301,7 +349,119 @@ class NicProcess:
         if self._sock is not None:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(self._sock.fileno())
-        self._loop = None
+
+    # ------------------------------------------------------------------ restart
+
+    def _schedule_restart(self) -> None:
+        """The next NIC after the hold-down, doubled for each NIC in a row that died young."""
+        loop = self._loop
+        if not self.restart or loop is None or self.target is None:
+            return
+        ready_at, self._ready_at = self._ready_at, None
+        young = ready_at is None or time.monotonic() - ready_at < RESTART_YOUNG
+        self._young_failures = self._young_failures + 1 if young else 0
+        delay = min(RESTART_MAX_DELAY, RESTART_DELAY * 2 ** max(0, self._young_failures - 1))
+        self._restart_timer = loop.call_later(delay, self._restart_now)
+
+    def _restart_now(self) -> None:
+        self._restart_timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        self.arena.reset_rings()  # the dead NIC's rings were read; the records stay for the recovery
+        try:
+            self._launch()
+        except (NicStartError, OSError) as exc:
+            self._start_failed(f"could not be started: {exc}")
+            return
+        assert self._sock is not None
+        self._sock.setblocking(False)
+        loop.add_reader(self._sock.fileno(), self._on_start_line)
+        loop.add_reader(self._pidfd, self._on_start_death)
+        self._restart_timer = loop.call_later(START_TIMEOUT, self._on_start_timeout)
+
+    def _on_start_line(self) -> None:
+        if not self._receive():
+            self._start_failed("closed its socket before it was ready")
+            return
+        line = self._line(block=False)
+        if line is None:
+            return
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except ValueError:
+            message = {"message": line}
+        if message.get("event") == "ready":
+            self._started(message)
+        else:
+            self._start_failed(f"said: {message.get('message', line)}")
+
+    def _on_start_death(self) -> None:
+        self._start_failed(f"{_exit_cause(self._reap())} before it was ready")
+
+    def _on_start_timeout(self) -> None:
+        self._restart_timer = None
+        self._start_failed(f"did not say it was ready within {START_TIMEOUT:.0f} s")
+
+    def _cancel_start(self) -> None:
+        if self._restart_timer is not None:
+            self._restart_timer.cancel()
+            self._restart_timer = None
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._pidfd)
+            if self._sock is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(self._sock.fileno())
+
+    def _start_failed(self, cause: str) -> None:
+        self._cancel_start()
+        popen = self._popen
+        self._kill_and_reap()
+        self.failures += 1
+        pid = popen.pid if popen is not None else None
+        self._event(
+            "nic_failed", pid=pid, epoch=self.epoch, cause=cause, detected_by="start", detected=time.time()
+        )
+        self._close_sock()
+        self._schedule_restart()
+
+    def _started(self, ready: dict[str, Any]) -> None:
+        self._cancel_start()
+        assert self.target is not None
+        self.pid = int(ready["pid"])
+        caps = TargetCapabilities(**ready["capabilities"])
+        doorbell = Doorbell(self.arena.words, self.efds[0], Direction.H2N)
+        self.target.attach_nic(caps, doorbell, self.efds[1])
+        self.restarts += 1
+        self._ready_at = time.monotonic()
+        self._event("nic_started", pid=self.pid, epoch=self.epoch, restart=True)
+        self._watch()
+        self._on_restarted()
+        self._wake()
+
+    def arm_crash(self, point: str, after: int = 1) -> None:
+        """Arm a crash point of the running NIC (``nic/crash.py``). Raises ValueError with its answer when
+        it refuses, RuntimeError when none runs or it does not answer."""
+        self._ask({"op": "crash", "point": point, "after": after}, "armed")
+
+    def fault(self, name: str, **args: Any) -> None:
+        """Apply a fault knob of the running NIC's target (``nic/faults.py``), e.g. ``fault("fail_hardware",
+        lost=[handle])``. Raises ValueError with its answer when it refuses, RuntimeError when none runs."""
+        self._ask({"op": "fault", "name": name, **args}, "applied")
+
+    def _ask(self, message: dict[str, Any], answer: str) -> None:
+        if not self.alive or self._sock is None:
+            raise RuntimeError("no NIC process runs")
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        while (line := self._line(block=True)) is not None:
+            reply = json.loads(line)
+            if reply.get("event") == answer:
+                return
+            if reply.get("event") == "error":
+                raise ValueError(reply.get("message", line))
+        raise RuntimeError("the NIC process did not answer")
 
     # ------------------------------------------------------------------ counters and the end
 
@@ -321,6 +481,7 @@ class NicProcess:
             "pid": self.pid,
             "epoch": self.epoch,
             "failures": self.failures,
+            "restarts": self.restarts,
             "heartbeat_looks": self.heartbeat_looks,
         }
         if self.target is not None:
@@ -330,6 +491,8 @@ class NicProcess:
     def close(self) -> None:
         """Stop the NIC (or kill it), reap it, close every descriptor. Idempotent."""
         self._unwatch()
+        self._cancel_start()
+        self._loop = None
         if self._popen is not None and self._popen.returncode is None:
             stopped = False
             if self._sock is not None:

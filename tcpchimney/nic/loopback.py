@@ -9,8 +9,13 @@ target. Frames follow the process's paths: frames from the wire go to the target
 up the frames ring to the host; the host's own frames leave without crossing the NIC.
 
 ``fail("killed")`` plays the NIC's death: the core is dropped and the host end fails as it does when the
-process dies (then the host reads the wire itself). ``frozen = True`` plays a stopped NIC (SIGSTOP): it
-takes no request, sends nothing, and frames from the wire are lost.
+process dies (then the host reads the wire itself); a crash point armed on ``core.crash`` kills it there,
+in the middle of a turn. ``restart()`` plays the next NIC: the rings emptied, a new target numbering its
+objects apart, the host end attached to it (``TargetResumed``). ``frozen = True`` plays a stopped NIC
+(SIGSTOP): it takes no request, sends nothing, and frames from the wire are lost.
+
+The order of a turn is the process's: the frames the target built leave only after the turn's outputs and
+records are committed and published (the crash rules, ``nic/commit.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 
 from tcpchimney.nic.arena import Arena, ArenaConfig, nic_rings
 from tcpchimney.nic.core import NicCore
+from tcpchimney.nic.crash import CrashPoints
 from tcpchimney.nic.process_target import ProcessTarget, UpperNode
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.wire.frame import Frame
@@ -27,17 +33,26 @@ from tcpchimney.wire.frame import Frame
 # that cut a large terminate state into several records.
 LOOPBACK_ARENA = ArenaConfig(
     max_conns=256,
-    pool_size=256 << 10,
+    pool_size=64 << 20,  # RX buffers as large as the connections' receive buffers (1 MiB by default)
     chunk_size=16 << 10,
     rings=nic_rings(control=256 << 10, descriptors=64, frames=4 << 20),
 )
 
 
+class NicDied(Exception):
+    """A crash point was reached: the NIC dies on the spot."""
+
+
+def _die() -> None:
+    raise NicDied
+
+
 class LoopbackNic:
     def __init__(self, target: SoftwareTarget, config: ArenaConfig = LOOPBACK_ARENA) -> None:
         self.arena = Arena.create(config)
+        self.arena.set_epoch(1)
         self.nic_arena = Arena.attach(os.dup(self.arena.fd))
-        self.core: NicCore | None = NicCore(self.nic_arena, target)
+        self.core: NicCore | None = NicCore(self.nic_arena, target, CrashPoints(_die))
         self.software = target
         self.target = ProcessTarget(
             self.arena,
@@ -51,7 +66,10 @@ class LoopbackNic:
 
     def _nic_turn(self, now: float) -> None:
         if self.core is not None and not self.frozen:
-            self.core.pump(now)
+            try:
+                self.core.pump(now)
+            except NicDied:
+                self.fail("killed at a crash point")
 
     def attach_host(self, host: UpperNode) -> None:
         self.target.attach_host(host)
@@ -60,6 +78,23 @@ class LoopbackNic:
         """The NIC dies here: nothing more runs on its side; the host end finds out at once."""
         self.core = None
         self.target.fail(cause)
+
+    def restart(self) -> None:
+        """The next NIC, after a death: a new target behind the same arena, its rings emptied."""
+        assert self.core is None, "the NIC still runs"
+        old = self.software
+        epoch = self.arena.epoch + 1
+        self.arena.reset_rings()
+        self.arena.set_epoch(epoch)
+        self.software = SoftwareTarget(
+            old.features,
+            capacity=old.capabilities.capacity,
+            config=old.config,
+            mac=old.mac,
+            handle_base=(epoch - 1) << 32,
+        )
+        self.core = NicCore(self.nic_arena, self.software, CrashPoints(_die))
+        self.target.attach_nic(self.software.capabilities)
 
     # ------------------------------------------------------------------ node
 
@@ -84,8 +119,19 @@ class LoopbackNic:
         # its rings, as an in-process target's outputs reach its next poll.
         self._exchange(now)
         out = self.target.frames_to_send(now)
-        if self.core is not None and not self.frozen:
-            out += self.core.frames_to_send(now)
+        core = self.core
+        if core is not None and not self.frozen:
+            try:
+                built = core.frames_to_send(now)
+                core.put_outputs()
+                core.commit()
+                core.crash.hit("after_commit")
+                core.publish()
+                core.crash.hit("after_publish")
+            except NicDied:
+                self.fail("killed at a crash point")  # the turn's frames never leave
+                return out + self.target.frames_to_send(now)
+            out += built
         self._exchange(now)
         return out
 
@@ -103,7 +149,11 @@ class LoopbackNic:
         self._now = now
         target = self.target
         while self.core is not None and not self.frozen:
-            self.core.pump(now)
+            try:
+                self.core.pump(now)
+            except NicDied:
+                self.fail("killed at a crash point")
+                break
             if not self.core.outputs.blocked:
                 break
             target.prefetch()  # the host reads what is there: room for the records that wait

@@ -28,13 +28,14 @@ from tcpchimney.link.vnet import (
     frame_from_read,
     tx_header,
 )
-from tcpchimney.nic.descriptors import RECORD_MORE, ArenaError, RecordKind
+from tcpchimney.nic.descriptors import BIND_RECORD, RECORD_MORE, ArenaError, RecordKind
 from tcpchimney.nic.ring import ByteConsumer, ByteProducer
 from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import Frame
 
 _CONTROL = int(RecordKind.CONTROL)
 _FRAME = int(RecordKind.FRAME)
+_BIND = int(RecordKind.BIND)
 MAX_MESSAGE = 256 << 20  # a joined message longer than this is a broken producer, not a big state
 
 
@@ -43,7 +44,7 @@ class ControlWriter:
 
     def __init__(self, ring: ByteProducer) -> None:
         self._ring = ring
-        self._backlog: deque[tuple[memoryview, int]] = deque()
+        self._backlog: deque[tuple[memoryview, int, int]] = deque()  # payload, flags, record kind
         self.messages = 0
         self.records = 0
         self.octets = 0
@@ -63,15 +64,24 @@ class ControlWriter:
             return
         for start in range(0, len(view), limit):
             end = start + limit
-            self._backlog.append((view[start:end], RECORD_MORE if end < len(view) else 0))
+            self._backlog.append((view[start:end], RECORD_MORE if end < len(view) else 0, _CONTROL))
+        self.flush()
+
+    def send_bind(self, host_handle: int, slot: int, conn_id: int) -> None:
+        """Queue a BIND record: it reaches the NIC before the message sent after it (the initiate)."""
+        data = memoryview(BIND_RECORD.pack(host_handle, slot, conn_id))
+        if not self._backlog and self._ring.put(_BIND, data):
+            self.records += 1
+            return
+        self._backlog.append((data, 0, _BIND))
         self.flush()
 
     def flush(self) -> bool:
         """Move the backlog into the ring as far as it fits; True when nothing waits any more."""
         backlog, ring = self._backlog, self._ring
         while backlog:
-            data, flags = backlog[0]
-            if not ring.put(_CONTROL, data, flags):
+            data, flags, kind = backlog[0]
+            if not ring.put(kind, data, flags):
                 self.backlogged += 1
                 return False
             backlog.popleft()
@@ -94,11 +104,15 @@ class ControlWriter:
 class ControlReader:
     """Joins the records of a control ring into whole encoded messages (decoding is the caller's)."""
 
-    def __init__(self, ring: ByteConsumer) -> None:
+    def __init__(self, ring: ByteConsumer, accept_binds: bool = False) -> None:
+        """``accept_binds``: BIND records may come (the NIC's reader of H2N_CONTROL); they are collected
+        in ``binds``, in order, for the caller to apply before the messages of the same take."""
         self._ring = ring
+        self.accept_binds = accept_binds
         self._partial: list[bytes] = []
         self._partial_len = 0
         self.messages = 0
+        self.binds: list[tuple[int, int, int]] = []  # BIND records taken (host_handle, slot, conn_id)
 
     def available(self) -> bool:
         return self._ring.available() > 0
@@ -108,6 +122,11 @@ class ControlReader:
         yet stays partial until the next call. Call ``release`` once they are handled."""
         out: list[bytes] = []
         for record in self._ring.take():
+            if record.kind == _BIND and self.accept_binds and not self._partial:
+                if len(record.data) != BIND_RECORD.size:
+                    raise ArenaError("ring_record", f"a BIND record of {len(record.data)} bytes")
+                self.binds.append(BIND_RECORD.unpack(record.data))
+                continue
             if record.kind != _CONTROL:
                 raise ArenaError("ring_record", f"a record of kind {record.kind} on a control ring")
             if not record.flags & RECORD_MORE and not self._partial:

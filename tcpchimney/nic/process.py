@@ -8,8 +8,9 @@ then on it is the only reader of the TAP. One turn of its loop:
 1. frames from the TAP (at most ``READ_BATCH``) to the target: those of offloaded connections to their
    engines, the others up the frames ring (``nic/core.py``);
 2. requests from H2N_CONTROL, decoded and submitted; the target's timers when due;
-3. the target's frames built, its completions and indications onto N2H_CONTROL; both N2H rings published,
-   the host's doorbell rung if it may be asleep;
+3. the target's frames built, its completions and indications onto N2H_CONTROL, the records of the
+   connections whose numbers moved committed (``nic/commit.py``: the received bytes are in host memory
+   before any ACK of them leaves); both N2H rings published, the host's doorbell rung if it may be asleep;
 4. only then the frames written to the TAP, and none while control records wait for room (the order that
    lets the host fail an unanswered initiate truthfully, ``nic/core.py``);
 5. one heartbeat (``Arena.beat``), then, if the turn found nothing to do: spin briefly on the H2N ring and
@@ -19,9 +20,12 @@ then on it is the only reader of the TAP. One turn of its loop:
 Timestamps: ``time.monotonic``, the host's clock too, so both sides' ``now`` are one time line (the engines'
 timestamp clocks are derived from it).
 
-The control socket carries JSON lines: ``{"op": "counters"}`` (answered with the counters) and
-``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0). Its end of file means the host is
-gone: the process exits. It also dies with the host (``PR_SET_PDEATHSIG``), so it never outlives it.
+The control socket carries JSON lines: ``{"op": "counters"}`` (answered with the counters),
+``{"op": "crash", "point": P, "after": N}`` (arms a crash point, ``nic/crash.py``; answered ``armed`` or
+``error``), ``{"op": "fault", "name": N, ...}`` (a fault knob of the target, ``nic/faults.py``; answered
+``applied`` or ``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0).
+Its end of file means the host is gone: the process exits. It also dies with the host
+(``PR_SET_PDEATHSIG``), so it never outlives it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from tcpchimney.nic.arena import Arena, receive_arena
 from tcpchimney.nic.core import NicCore
 from tcpchimney.nic.descriptors import ArenaError
 from tcpchimney.nic.doorbell import Direction, Doorbell, Waiter
+from tcpchimney.nic.faults import apply_fault
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.wire.errors import EmitError, WireError
@@ -69,6 +74,7 @@ class NicConfig:
     capacity: int = 1024
     vnet_hdr: int = 10  # virtio-net header size on the TAP (0: plain frames)
     spin_us: float = 75.0
+    handle_base: int = 0  # the target's handles start after it: a restarted NIC's differ from the last's
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -96,7 +102,9 @@ class NicConfig:
         features = DeviceFeatures(**self.features)
         engine = replace(TcpConfig(), mss=self.mss, max_segment_payload=self.max_segment_payload)
         mac = bytes.fromhex(self.mac.replace(":", ""))
-        return SoftwareTarget(features, capacity=self.capacity, config=engine, mac=mac)
+        return SoftwareTarget(
+            features, capacity=self.capacity, config=engine, mac=mac, handle_base=self.handle_base
+        )
 
 
 class TapIo:
@@ -191,11 +199,16 @@ class NicLoop:
             work += 1
         frames = core.frames_to_send(now)
         core.put_outputs()
+        core.commit()  # every ACK and window of this turn's frames is covered (nic/commit.py)
+        crash = core.crash
+        crash.hit("after_commit")
         if core.publish():
             self.bell.ring()
+        crash.hit("after_publish")
         self._tx.extend(frames)
         if self._tx and not core.outputs.blocked:
             self._write_tap()
+            crash.hit("after_tap_write")
         self.turns += 1
         return bool(work or frames)
 
@@ -252,16 +265,37 @@ class NicLoop:
         *lines, self._inbox = self._inbox.split(b"\n")
         for line in lines:
             try:
-                op = json.loads(line).get("op")
+                message = json.loads(line)
+                op = message.get("op")
             except (ValueError, AttributeError):
-                op = None
-            if op == "counters":
+                message, op = {}, None
+            if op == "crash":
+                self._arm_crash(message)
+            elif op == "fault":
+                self._fault(message)
+            elif op == "counters":
                 self._say({"event": "counters", "counters": self.snapshot()})
             elif op == "stop":
                 self.turn()  # what the host asked last (an abort's RST) leaves first
                 self.core.target.close()
                 self._say({"event": "stopped", "counters": self.snapshot()})
                 self.running = False
+
+    def _fault(self, message: dict[str, Any]) -> None:
+        try:
+            apply_fault(self.core.target, message)
+        except (KeyError, ValueError) as exc:
+            self._say({"event": "error", "message": str(exc).strip("'\"")})
+            return
+        self._say({"event": "applied", "name": message.get("name")})
+
+    def _arm_crash(self, message: dict[str, Any]) -> None:
+        try:
+            self.core.crash.arm(str(message.get("point")), int(message.get("after", 1)))
+        except (TypeError, ValueError) as exc:
+            self._say({"event": "error", "message": str(exc)})
+            return
+        self._say({"event": "armed", "point": message.get("point")})
 
     def _say(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):

@@ -42,11 +42,8 @@ from tcpchimney.chimney import codec
 from tcpchimney.chimney.completions import Completion, StateCompletion, completion_for
 from tcpchimney.chimney.errors import CodecError
 from tcpchimney.chimney.indications import (
-    PeerReset,
     TargetCapabilities,
-    TargetPaused,
     TargetResumed,
-    UploadRequest,
 )
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import InitiateOffload, Request, TerminateOffload
@@ -57,6 +54,7 @@ from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.descriptors import N2H_SLEEP_OFF, ArenaError, RingId
 from tcpchimney.nic.doorbell import Doorbell, fence
 from tcpchimney.nic.messages import ControlReader, ControlWriter, frame_of_record
+from tcpchimney.nic.process_recovery import Recovery
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
 
@@ -125,9 +123,11 @@ class ProcessTarget:
         self._pending: dict[int, Request] = {}  # request id -> request, until its completion is read
         self._offloaded: dict[int, int] = {}  # the NIC's handle -> the host's, of the connections it holds
         self.failed: str | None = None  # why the NIC is gone; None while it runs
+        self.restarts = 0  # NICs attached after the first
         self.on_broken: Callable[[str], None] = lambda cause: None  # fence a NIC that broke the protocol
         self.counters: dict[str, int] = dict.fromkeys(TRANSPORT_KEYS, 0)
         self.bad_frames: dict[str, int] = {}
+        self.recovery = Recovery(arena, clock)
 
     # ================================================================== the offload target contract
 
@@ -136,10 +136,20 @@ class ProcessTarget:
         return self._capabilities
 
     def submit(self, request: Request, now: float) -> None:
+        recovery = self.recovery
+        if recovery.claims(request):  # it names what a dead NIC held: answered here
+            self._out.extend(recovery.answer(request))
+            if isinstance(request, TerminateOffload):
+                self._forget(request)
+            return
         if self.failed is not None:
             self.counters["answered_dead"] += 1
             self._answer_dead(request)
             return
+        if isinstance(request, InitiateOffload):
+            for bind in recovery.shadows.bind(request, now):  # each ahead of the initiate, on one ring
+                self.requests.send_bind(*bind)
+        recovery.shadows.on_submit(request)
         self.requests.send(request)  # CodecError for what is not a request: the caller's bug, raised
         self._pending[request.request_id] = request
         self.counters["requests"] += 1
@@ -192,8 +202,12 @@ class ProcessTarget:
     def _note(self, message: object) -> None:
         """Follow which connections the NIC holds (what a failure must reset) and which calls are open."""
         self.counters["outputs"] += 1
+        shadows = self.recovery.shadows
         if isinstance(message, Completion):
             request = self._pending.pop(message.request_id, None)
+            shadows.on_output(message, request)
+            if isinstance(message, StateCompletion):
+                self.recovery.note_state(message, request)
             if isinstance(request, InitiateOffload) and isinstance(message, StateCompletion):
                 for block in walk(message.tree):
                     if block.layer is Layer.TCP and block.status.ok and block.target_handle is not None:
@@ -203,6 +217,8 @@ class ProcessTarget:
                 self._forget(request)
         elif isinstance(message, TargetResumed):
             self._capabilities = message.capabilities
+        else:
+            shadows.on_output(message, None)
 
     def _forget(self, request: TerminateOffload) -> None:
         for block in walk(request.tree):
@@ -228,22 +244,11 @@ class ProcessTarget:
         if self.failed is not None:  # what it published was broken
             return False
         self.failed = cause
-        out = self._out
-        out.append(TargetPaused())
-        terminating = {
-            block.target_handle
-            for request in self._pending.values()
-            if isinstance(request, TerminateOffload)
-            for block in walk(request.tree)
-            if block.layer is Layer.TCP
-        }
-        for target_handle, host_handle in self._offloaded.items():
-            if target_handle not in terminating:  # an outstanding terminate fails: the host resets it then
-                out.append(UploadRequest(host_handle, _DEAD))
-                out.append(PeerReset(host_handle))  # TcpIndicateAbort: the state is lost (spec 3.2 step 3)
-        pending, self._pending = list(self._pending.values()), {}
-        for request in pending:
-            self._answer_dead(request)
+        pending, self._pending = self._pending, {}
+        self._out.extend(self.recovery.fail(pending, dict(self._offloaded)))
+        for request in pending.values():
+            if isinstance(request, TerminateOffload):
+                self._forget(request)
         now, host = self._clock(), self.host
         while self._rx and host is not None:  # what it passed up: from now on the host reads the device
             host.handle_frame(self._rx.popleft(), now)
@@ -254,6 +259,26 @@ class ProcessTarget:
             self._forget(request)
         status = Status.FAILURE if hasattr(request, "tree") else Status.REQUEST_ABORTED
         self._out.append(completion_for(request, status))
+
+    def attach_nic(
+        self, capabilities: TargetCapabilities, doorbell: Doorbell | None = None, wake_fd: int = -1
+    ) -> None:
+        """A new NIC runs behind the same arena (its rings emptied, ``Arena.reset_rings``, before it
+        started): requests go to it from now on, and the host hears ``TargetResumed``. Calls naming the
+        dead NIC's objects are still answered here (``Recovery``)."""
+        arena = self.arena
+        self.requests = ControlWriter(arena.byte_producer(RingId.H2N_CONTROL))
+        self.outputs = ControlReader(arena.byte_consumer(RingId.N2H_CONTROL))
+        self._frames = arena.byte_consumer(RingId.N2H_FRAMES)
+        self._doorbell, self._wake_fd = doorbell, wake_fd
+        self._capabilities = capabilities
+        self._offloaded = {t: h for t, h in self._offloaded.items() if t in self.recovery.stale}
+        self._next_look = None
+        self.failed = None
+        self.restarts += 1
+        self._out.append(TargetResumed(capabilities))
+        if doorbell is not None:
+            doorbell.kick()  # a NIC that sleeps before its first look finds the ring rung once
 
     # ================================================================== node in front of the stack
 
@@ -365,6 +390,12 @@ class ProcessTarget:
             control_backlogged=self.requests.backlogged,
             pending_calls=len(self._pending),
             held_connections=len(self._offloaded),  # the NIC holds (or held when it failed, until terminated)
+        )
+        out.update(self.recovery.counters)
+        out.update(
+            restarts=self.restarts,
+            unbound=self.recovery.shadows.unbound,
+            last_recovery_us=int(self.recovery.last_recovery_s * 1e6),
         )
         if self._doorbell is not None:
             out.update(self._doorbell.counters())

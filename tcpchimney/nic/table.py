@@ -114,15 +114,17 @@ class TcpEntry:
 
 
 class ConnectionTable:
-    def __init__(self, capacity: int) -> None:
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
+    def __init__(self, capacity: int, handle_base: int = 0) -> None:
+        """``handle_base``: handles start after it (a NIC restarted after a crash numbers its objects
+        apart from those of its predecessor, which the host may still name)."""
+        if capacity < 0 or handle_base < 0:
+            raise ValueError(f"capacity and handle_base must be >= 0, got {capacity}, {handle_base}")
         self.capacity = capacity
         self.neighbors: dict[int, NeighborEntry] = {}
         self.paths: dict[int, PathEntry] = {}
         self.conns: dict[int, TcpEntry] = {}
         self.by_key: dict[ConnKey, TcpEntry] = {}
-        self._next_handle = 0
+        self._next_handle = handle_base
 
     def __len__(self) -> int:
         return len(self.conns) + len(self.paths) + len(self.neighbors)

@@ -81,13 +81,15 @@ class SoftwareTarget(HandOff):
         max_rcv_window: int = 1 << 30,
         ip_id_start: int = 0,
         nce_stale: float = 30.0,
+        handle_base: int = 0,
     ) -> None:
         """``features``: the device's stateless offloads (checksum, TSO), used for the frames it builds.
         ``config``: engine settings the contract leaves to each side (interface MSS, RTO bounds, retries).
         ``mac``: the interface MAC for neighbors without a source MAC; learnt from the host's frames if None.
         ``vlans``: VLAN ids configured on the interface (spec 5.6); others fail with VLAN_MISMATCH.
         ``nce_stale``: NceStaleTicks in seconds (spec 2.5, 4.6): with neither forward progress nor a host
-        confirmation for that long, the target asks the host whether a neighbor it sends to is reachable."""
+        confirmation for that long, the target asks the host whether a neighbor it sends to is reachable.
+        ``handle_base``: its handles start after it (``ConnectionTable``)."""
         super().__init__(TargetCapabilities(ipv4=True, ipv6=False, sack=True, capacity=capacity))
         self.features = features or DeviceFeatures()
         base = config or TcpConfig()
@@ -95,7 +97,8 @@ class SoftwareTarget(HandOff):
         self.config = replace(
             base, max_segment_payload=max(0, min(self.features.tso_max, 65535) - 80) if tso else 0
         )
-        self.table = ConnectionTable(capacity)
+        self.table = ConnectionTable(capacity, handle_base)
+        self.receive_hook = None
         self.counters = NicCounters()
         self.mac = mac
         self.vlans = vlans

@@ -152,6 +152,9 @@ class DataPath(WireSide):
     def _deliver(self, entry: TcpEntry, now: float) -> None:
         """The delivery algorithm: posted buffers first, then one indication at a time; the FIN only after
         every byte before it was delivered; the TIME-WAIT upload request after that."""
+        hook = self.receive_hook
+        if hook is not None:
+            hook(entry)  # first: what arrived is copied out before any of it leaves the engine
         if entry.reset or entry.indication is not None:
             return
         conn = entry.conn

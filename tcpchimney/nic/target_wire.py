@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from tcpchimney.chimney.reason import Reason
@@ -68,6 +69,10 @@ class WireSide(TargetMethods):
     _stalled: bool
     _failed: bool
     _now: float
+    # Called with a connection's entry before any of its received bytes leave the engine (to a posted
+    # buffer, an indication the host consumes) and after each change of the engine: a NIC in its own
+    # process copies them to host memory there (nic/commit.py). None in the host's process.
+    receive_hook: Callable[[TcpEntry], None] | None
 
     if TYPE_CHECKING:  # the offloaded data path (``nic.target_data.DataPath``) the engine drives
 

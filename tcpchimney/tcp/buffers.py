@@ -335,6 +335,25 @@ class ReceiveBuffer:
         parts[0] = memoryview(parts[0])[self._read_off :]
         return b"".join(parts)
 
+    def peek_last(self, n: int) -> bytes:
+        """The last ``n`` readable bytes (those that ended at RCV.NXT), without consuming anything: what a
+        NIC copies to host memory before it may acknowledge them. Raises ValueError beyond ``readable``."""
+        if not 0 <= n <= self._readable:
+            raise ValueError(f"peek_last({n}) with {self._readable} readable bytes")
+        parts: list[Piece] = []
+        need = n
+        ready = self._ready
+        i = len(ready) - 1
+        while need > 0:
+            piece = ready[i]
+            avail = len(piece) - (self._read_off if i == 0 else 0)
+            take = min(need, avail)
+            parts.append(memoryview(piece)[len(piece) - take :])
+            need -= take
+            i -= 1
+        parts.reverse()
+        return b"".join(parts)
+
     def _append_in_order(self, piece: Piece) -> int:
         before = self._nxt
         _push(self._ready, piece)

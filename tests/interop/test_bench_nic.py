@@ -1,0 +1,90 @@
+"""The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py) run once each in a tiny
+configuration, so their code cannot rot between the runs that measure: every row they promise comes out
+with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant really
+offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the real
+runs skip with the reason (they fail with TCPCHIMNEY_REQUIRE_NET=1), and the modules' own skip lines are
+checked instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import nic, nic_app, nic_handoff
+
+MB = 1_000_000
+VARIANTS = ["host", "inline", "process", "process_pinned"]
+
+
+def _by_bench(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        assert "skipped" not in line, line
+        out.setdefault(line["bench"], []).append(line)
+    return out
+
+
+def _positive(line: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert isinstance(line[key], int | float) and line[key] > 0, (key, line)
+
+
+@pytest.mark.net
+def test_bench_nic_gives_every_variant_and_ratio(require_net: None) -> None:
+    rows = _by_bench(list(nic.run(2 * MB, runs=1)))
+    assert set(rows) == set(nic.NAMES)
+    bulk = {(r["variant"], r["direction"]): r for r in rows["nic_bulk"]}
+    assert set(bulk) == {(v, d) for v in VARIANTS for d in nic.DIRECTIONS}
+    for (variant, _), line in bulk.items():
+        _positive(line, "value", "host_cpu_s_per_gb")
+        assert (line["nic_cpu"] is not None) == (variant == "process_pinned")
+    for name in ("nic_host_cpu_ratio", "nic_throughput_ratio"):
+        assert sorted(r["direction"] for r in rows[name]) == sorted(nic.DIRECTIONS)
+        for line in rows[name]:
+            _positive(line, "value", "inline_ratio", "pinned_ratio")
+
+
+@pytest.mark.net
+def test_bench_nic_app_gives_the_speedup_row(require_net: None) -> None:
+    lines = nic_app.run(MB, runs=1, record=16 << 10, rounds=1, conns=2, depth=2)
+    rows = _by_bench(list(lines))
+    assert set(rows) == set(nic_app.NAMES)
+    assert sorted(r["variant"] for r in rows["nic_app"]) == sorted(VARIANTS)
+    for line in rows["nic_app"]:
+        _positive(line, "value", "requests_per_s", "host_cpu_s_per_gb")
+    (speedup,) = rows["nic_app_speedup"]
+    _positive(speedup, "value", "host_only_mb_s", "offloaded_mb_s", "inline_speedup", "pinned_speedup")
+
+
+@pytest.mark.net
+def test_bench_nic_handoff_gives_round_trips_and_connection_rates(require_net: None) -> None:
+    rows = _by_bench(list(nic_handoff.run(rounds=5, seconds=0.3, runs=1)))
+    assert set(rows) == set(nic_handoff.NAMES)
+    trips = {r["variant"]: r for r in rows["nic_handoff_roundtrip_us"]}
+    assert sorted(trips) == sorted(nic_handoff.HANDOFF_VARIANTS)
+    for line in trips.values():
+        _positive(line, "value", "p99", "offload_us", "upload_us")
+        assert line["rounds"] == 5 and line["p99"] >= line["value"]
+    rates = {r["variant"]: r for r in rows["nic_connections_per_s"]}
+    assert sorted(rates) == sorted(VARIANTS)
+    for variant, line in rates.items():
+        _positive(line, "value", "host_cpu_us_per_conn")
+        assert (line["ratio_to_inline"] is not None) == variant.startswith("process")
+        assert (line["offloaded"][0] > 0) == (variant != "host")
+
+
+@pytest.mark.parametrize(
+    ("module", "run"),
+    [
+        (nic, lambda: nic.run(MB, runs=1)),
+        (nic_app, lambda: nic_app.run(MB, runs=1)),
+        (nic_handoff, lambda: nic_handoff.run(rounds=1, runs=1)),
+    ],
+    ids=["nic", "nic_app", "nic_handoff"],
+)
+def test_without_a_tap_each_row_says_why_it_was_skipped(
+    module: Any, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nic, "unavailable_reason", lambda: "needs root (CAP_NET_ADMIN)")
+    assert list(run()) == [{"bench": name, "skipped": "needs root (CAP_NET_ADMIN)"} for name in module.NAMES]
