@@ -45,7 +45,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tcpchimney.link.vnet import frame_from_read, tx_header
 from tcpchimney.nic.arena import Arena, receive_arena
 from tcpchimney.nic.core import NicCore
 from tcpchimney.nic.descriptors import ArenaError
@@ -55,6 +54,7 @@ from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.wire.errors import EmitError, WireError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
+from tcpchimney.wire.vnet import frame_from_read, tx_header
 
 READ_BATCH = 128  # TAP frames per turn (bounds how long requests wait behind a flood)
 READ_SIZE = 65_600  # a 64 KiB GSO frame and its headers (link/device.py)
