@@ -1,4 +1,4 @@
-"""``chimney serve`` with the NIC in its own process (``--nic process``), against
+"""``chimney serve`` with the NIC in its own process (``--nic process``, the default with offload), against
 curl in the Linux namespace: byte-exact transfers both ways through the NIC process, which is a separate
 live process reading the TAP; and a ``kill -9`` of it costs the command neither a hang nor a crash: the
 connections it held are reset, ``nic_failed`` is in the events file, and the stack goes on serving alone.
