@@ -1,4 +1,4 @@
-"""Crash survival against Linux over TAP: ``chimney serve http --nic process`` while its NIC process is
+"""Crash survival against Linux over TAP: ``chimney serve http --offload enabled`` while its NIC process is
 killed with ``kill -9`` again and again in the middle of several transfers in both directions. Every
 transfer arrives SHA-256 exact, no RST crosses the wire (a capture in the namespace and Linux's own TCP
 counters agree), and each time a new NIC starts and the connections are offloaded to it again.
@@ -152,8 +152,9 @@ def _crash_run(
     sig: signal.Signals = signal.SIGKILL,
 ) -> dict[str, Any]:
     events = tmp_path / "events.jsonl"
-    argv = ["serve", "http", "--netns", netns, "--offload", "enabled", "--nic", "process"]
+    argv = ["serve", "http", "--netns", netns, "--offload", "enabled"]  # the NIC process is the default
     commands.append(server := Command(*argv, "--events", str(events)))
+    assert server.ready["nic"] == "process"
     before = _tcp_counters(netns)
     cap = _capture_rsts(netns, tmp_path / "rst.pcap")
     rng, killed, batch = random.Random(n + kills), 0, 0
