@@ -117,8 +117,15 @@ def _kill_loop(
 
 
 def _offloaded_after(events: Path, started: dict[str, Any]) -> bool:
+    """The NIC started by ``started`` holds a connection now (offloaded to it and not uploaded since)."""
     log = read_events(events)
-    return any(e["event"] == "offloaded" for e in log[log.index(started) :])
+    held: set[tuple[Any, ...]] = set()
+    for e in log[log.index(started) :]:
+        if e["event"] == "offloaded":
+            held.add(tuple(e["connection"]))
+        elif e["event"] == "uploaded":
+            held.discard(tuple(e["connection"]))
+    return bool(held)
 
 
 def _started_after(events: Path, epoch: int) -> bool:
@@ -176,8 +183,10 @@ def _crash_run(
     log = read_events(events)
     assert done["offload"]["nic_failures"] == killed
     assert sum(e["event"] == "nic_started" for e in log) == killed + 1
-    recovered = [e for e in log if e["event"] == "uploaded" and e["reason"] == "nic_failed"]
-    assert len(recovered) >= killed, "each kill found at least one connection on the NIC"
+    # Each kill came while the NIC held a connection; one may have left it (ended) just before the kill.
+    recovered = done["offload"]["nic"]["host_transport"]["recovered"]
+    assert recovered >= killed - 1, f"{recovered} connections rebuilt for {killed} kills"
+    assert any(e["event"] == "uploaded" and e["reason"] == "nic_failed" for e in log)
     assert done["offload"]["faults"] == 0
     return done
 
