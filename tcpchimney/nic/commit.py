@@ -146,12 +146,13 @@ class Committer:
             entry = m.entry
             if entry is None:
                 continue
-            if conns.get(entry.handle) is not entry:
-                del self.mirrors[host_handle]  # terminated, reset or dropped: its slot is the host's again
-                continue
+            gone = conns.get(entry.handle) is not entry  # terminated, reset or dropped this turn
             self._place(m, entry)
+            # A terminate's last ACK may still leave in this turn, its answer after it: one last commit.
             if self._commit(m, entry):
                 n += 1
+            if gone:
+                del self.mirrors[host_handle]  # its slot is the host's again once it reads the answer
         return n
 
     def _commit(self, m: Mirror, entry: TcpEntry) -> bool:

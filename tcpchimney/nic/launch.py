@@ -114,7 +114,9 @@ class NicProcess:
         self.hang_bound = hang_bound
         self.config = config
         self._on_spawned, self._on_reaped = on_spawned, on_reaped
-        self.tap_fd = tap_fd
+        # Its own descriptor of the device: every NIC it starts (a restart too) gets this one, whatever the
+        # caller does with its own meanwhile.
+        self.tap_fd = os.dup(tap_fd)
         self.on_event: NicEvent = on_event or (lambda name, fields: None)
         self.events: list[tuple[str, dict[str, Any]]] = []  # every event so far (for a late listener)
         self.arena = Arena.create(arena_config)
@@ -505,11 +507,11 @@ class NicProcess:
             else:
                 self._kill_and_reap()
         self._close_sock()
-        for fd in (self._pidfd, *self.efds):
+        for fd in (self._pidfd, *self.efds, self.tap_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._pidfd, self.efds = -1, (-1, -1)
+        self._pidfd, self.efds, self.tap_fd = -1, (-1, -1), -1
         with contextlib.suppress(BufferError, ValueError):
             self.arena.close()
 

@@ -26,7 +26,14 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from tcpchimney.chimney.tcp_state import PEER_FIN_RECEIVED, TcpDelegated, TcpSnapshot
+from tcpchimney.chimney.tcp_state import (
+    AFTER_OUR_FIN_ACKED,
+    AFTER_PEER_FIN,
+    AFTER_SHUTDOWN,
+    PEER_FIN_RECEIVED,
+    TcpDelegated,
+    TcpSnapshot,
+)
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import UNPROTECTED
 from tcpchimney.nic.descriptors import ConnRecord, RecordFlag
@@ -34,18 +41,6 @@ from tcpchimney.tcp.state import TcpState
 
 _MASK32 = (1 << 32) - 1
 _MS = 1000
-
-_AFTER_OUR_FIN = {TcpState.ESTABLISHED: TcpState.FIN_WAIT_1, TcpState.CLOSE_WAIT: TcpState.LAST_ACK}
-_AFTER_FIN_ACKED = {
-    TcpState.FIN_WAIT_1: TcpState.FIN_WAIT_2,
-    TcpState.CLOSING: TcpState.TIME_WAIT,
-    TcpState.LAST_ACK: TcpState.CLOSED,
-}
-_AFTER_PEER_FIN = {
-    TcpState.ESTABLISHED: TcpState.CLOSE_WAIT,
-    TcpState.FIN_WAIT_1: TcpState.CLOSING,
-    TcpState.FIN_WAIT_2: TcpState.TIME_WAIT,
-}
 
 
 class RecoveryError(Exception):
@@ -180,11 +175,11 @@ def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[byte
 
 def _state(state: TcpState, sh: Shadow, peer_fin: bool) -> TcpState:
     if sh.fin_asked:
-        state = _AFTER_OUR_FIN.get(state, state)
+        state = AFTER_SHUTDOWN.get(state, state)
     if peer_fin:
-        state = _AFTER_PEER_FIN.get(state, state)
+        state = AFTER_PEER_FIN.get(state, state)
     if sh.fin_acked:
-        state = _AFTER_FIN_ACKED.get(state, state)
+        state = AFTER_OUR_FIN_ACKED.get(state, state)
     return state
 
 

@@ -1,4 +1,4 @@
-"""Crash survival against Linux over TAP: ``chimney serve http --nic process`` while its NIC process is
+"""Crash survival against Linux over TAP: ``chimney serve http --offload enabled`` while its NIC process is
 killed with ``kill -9`` again and again in the middle of several transfers in both directions. Every
 transfer arrives SHA-256 exact, no RST crosses the wire (a capture in the namespace and Linux's own TCP
 counters agree), and each time a new NIC starts and the connections are offloaded to it again.
@@ -117,8 +117,15 @@ def _kill_loop(
 
 
 def _offloaded_after(events: Path, started: dict[str, Any]) -> bool:
+    """The NIC started by ``started`` holds a connection now (offloaded to it and not uploaded since)."""
     log = read_events(events)
-    return any(e["event"] == "offloaded" for e in log[log.index(started) :])
+    held: set[tuple[Any, ...]] = set()
+    for e in log[log.index(started) :]:
+        if e["event"] == "offloaded":
+            held.add(tuple(e["connection"]))
+        elif e["event"] == "uploaded":
+            held.discard(tuple(e["connection"]))
+    return bool(held)
 
 
 def _started_after(events: Path, epoch: int) -> bool:
@@ -152,8 +159,9 @@ def _crash_run(
     sig: signal.Signals = signal.SIGKILL,
 ) -> dict[str, Any]:
     events = tmp_path / "events.jsonl"
-    argv = ["serve", "http", "--netns", netns, "--offload", "enabled", "--nic", "process"]
+    argv = ["serve", "http", "--netns", netns, "--offload", "enabled"]  # the NIC process is the default
     commands.append(server := Command(*argv, "--events", str(events)))
+    assert server.ready["nic"] == "process"
     before = _tcp_counters(netns)
     cap = _capture_rsts(netns, tmp_path / "rst.pcap")
     rng, killed, batch = random.Random(n + kills), 0, 0
@@ -175,8 +183,10 @@ def _crash_run(
     log = read_events(events)
     assert done["offload"]["nic_failures"] == killed
     assert sum(e["event"] == "nic_started" for e in log) == killed + 1
-    recovered = [e for e in log if e["event"] == "uploaded" and e["reason"] == "nic_failed"]
-    assert len(recovered) >= killed, "each kill found at least one connection on the NIC"
+    # Each kill came while the NIC held a connection; one may have left it (ended) just before the kill.
+    recovered = done["offload"]["nic"]["host_transport"]["recovered"]
+    assert recovered >= killed - 1, f"{recovered} connections rebuilt for {killed} kills"
+    assert any(e["event"] == "uploaded" and e["reason"] == "nic_failed" for e in log)
     assert done["offload"]["faults"] == 0
     return done
 

@@ -19,10 +19,10 @@ import pytest
 from tcpchimney.chimney.completions import Completion
 from tcpchimney.chimney.requests import ReachabilityReply
 from tcpchimney.chimney.status import Status
-from tcpchimney.link.vnet import plain_header
 from tcpchimney.nic.descriptors import H2N_SLEEP_OFF
 from tcpchimney.nic.launch import NicProcess, NicStartError
 from tcpchimney.nic.process import NicConfig
+from tcpchimney.wire.vnet import plain_header
 
 MAC = "02:00:00:00:00:01"
 ARP_FRAME = bytes(6) + bytes([2, 0, 0, 0, 0, 9]) + b"\x08\x06" + bytes(28)
