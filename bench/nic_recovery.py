@@ -13,7 +13,8 @@ reports when each stream moved again; the next kill waits for the next NIC and f
 
 Per kill (wall clock, ``time.time``, in every process):
 
-- **detection**: ``nic_failed.detected`` in the events file minus the kill's time;
+- **detection**: ``nic_failed.detected`` in the events file minus the kill's time, and beside it when the
+  NIC had exited (its pidfd readable, as the peer saw it);
 - **moving again**, per direction: from the kill to the first byte the receiver got beyond what the kernel
   had at the kill plus ``margin`` (bench/nic_recovery_peer.py defines both points and the margin); for
   linux_to_stack the stack is the receiver and its acknowledgements (``tcpi_bytes_acked``) its progress;
@@ -21,8 +22,10 @@ Per kill (wall clock, ``time.time``, in every process):
   (``at``: when it began), e.g. around the offload to the next NIC;
 - **phases**: from the kill to the host's ``nic_failed`` line, to the last ``uploaded (nic_failed)`` (every
   connection rebuilt on the host), to the next ``nic_started`` and to both connections ``offloaded`` to it;
-- **late bytes**: what the receiver got after the kill and before the detection, when the host could not yet
-  send anything: evidence that the margin covers what was already under way;
+- **late bytes**: what the kernel still took in from before the kill once it was sent: the peer looks again
+  when the NIC has died (its pidfd), before the host rebuilt anything (``late_looked_in_time`` counts the
+  kills where that look came before the host's ``nic_failed`` line), the evidence that the margin covers
+  what was under way; moving again is counted past the larger of the two points;
 - **sent again**: Linux's ``tcpi_bytes_retrans`` of each connection and the namespace's ``TcpRetransSegs``
   (and why: ``TCPTimeouts``, ``TCPLossProbes``, ...) from this kill to the next; the host's
   ``recovered_tx_bytes`` (send bytes it took back from the dead NIC to send, of which only the part the NIC
@@ -205,7 +208,7 @@ class Kill:
     killed: dict[str, Any]  # the peer's line: time, marks, counters
     failed: dict[str, Any]  # the nic_failed event
     moving: dict[str, float] = field(default_factory=dict)
-    late: dict[str, int] = field(default_factory=dict)  # bytes the receiver got before the detection
+    late: dict[str, int] = field(default_factory=dict)  # bytes from before the kill seen after it
     traces: dict[str, list[Any]] = field(default_factory=dict)  # the peer's looks until each moved
     stalls: dict[str, dict[str, float]] = field(default_factory=dict)  # the longest later stall
     phases: dict[str, float] = field(default_factory=dict)
@@ -220,6 +223,13 @@ class Kill:
     @property
     def detection(self) -> float:
         return float(self.failed["detected"]) - self.time
+
+    @property
+    def looked_in_time(self) -> bool:
+        """The peer's second look (once the NIC had died) came before the host's ``nic_failed`` line, which
+        it writes before it rebuilds any connection: no byte of the host can be in what was counted late."""
+        looked = float(self.killed["looked"])
+        return self.killed["died"] is not None and looked < float(self.failed["time"])
 
 
 @dataclass
@@ -290,7 +300,7 @@ class Runner:
         for d in self.directions:
             moving = self.peer.expect("moving", id=kill_id, direction=d)
             kill.moving[d], kill.traces[d] = float(moving["after_s"]), moving["trace"]
-            kill.late[d] = max([0] + [b for s, b in moving["trace"] if s <= kill.detection])
+        kill.late = {d: int(n) for d, n in kill.killed["late"].items()}
         reoffloaded = wait("offload to the new NIC", lambda: self.offloaded_since(new[0][0]))
         rebuilt = [float(e["time"]) for _, e in self.events.after(start, "uploaded", reason="nic_failed")]
         kill.phases = {
@@ -418,6 +428,8 @@ def moving_lines(runs: list[Run], directions: Sequence[str], nbytes: int) -> Ite
             "wire_resent_bytes_per_kill": median([k.wire[d] for k in kills]) if kills[0].wire else None,
             "host_recovered_tx_bytes_per_kill": host_tx_per_kill if d == "stack_to_linux" else None,
             "late_bytes_max": max(k.late[d] for k in kills),
+            "late_over_margin": sum(k.late[d] > MARGIN for k in kills),
+            "late_looked_in_time": sum(k.looked_in_time for k in kills),
             "runs_median_ms": [round(median([k.moving[d] for k in r.kills]) * 1e3, 2) for r in runs],
             "each_ms": [round(k.moving[d] * 1e3, 2) for k in kills],
             "transfers_checked": sum(r.checks[d]["ok"] for r in runs),
@@ -433,7 +445,10 @@ def detection_line(runs: list[Run], nbytes: int) -> dict[str, Any]:
         by[k.failed["detected_by"]] = by.get(k.failed["detected_by"], 0) + 1
     line = {"bench": "nic_recovery_detection_ms", "value": detection["median"], "unit": "ms", **detection}
     each = [round(k.detection * 1e3, 2) for k in kills]
-    return {**line, "detected_by": by, "each_ms": each, **common(runs, nbytes)}
+    # The NIC's pidfd became readable (the process had exited) this long after the signal, seen by the peer:
+    # how much of the detection is the kernel tearing the process down.
+    death = ms([float(k.killed["died"]) - k.time for k in kills if k.killed["died"] is not None])
+    return {**line, "detected_by": by, "death_ms": death, "each_ms": each, **common(runs, nbytes)}
 
 
 def phases_line(runs: list[Run], nbytes: int) -> dict[str, Any]:

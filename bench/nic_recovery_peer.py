@@ -24,13 +24,21 @@ The stream **moves again** at the first look that finds progress beyond that poi
 stack_to_linux the first ``recv`` whose bytes pass ``received + margin`` (timestamped as it returns); for
 linux_to_stack the first look at ``tcpi_bytes_acked`` past ``sent + margin`` (the receiver's own
 acknowledgement of a byte Linux sent after the kill; looked at every ``interval`` and after every wake-up).
-The margin covers what can still arrive from before the kill between the look and the kill's taking effect
-(frames the NIC writes into the TAP in those microseconds, each at most a 64 KiB TSO frame, and segments
-Linux sends on ACKs that arrive meanwhile); the bench reports how many bytes did arrive after each kill
-before the host could have sent anything (``late_bytes``), which shows the margin holds.
+The margin covers what still comes from before the kill once it is sent: frames the NIC writes into the TAP
+between the look and the signal's taking effect (each write one frame of at most 64 KiB, handed to Linux's
+TCP in the writer's own system call), and segments Linux sends meanwhile. The peer also measures that amount
+at every kill: it waits for the NIC's death (its pidfd) and looks again (``late``: the second look minus the
+first); no byte of the host can be in it, since the host rebuilds nothing before it has noticed the death
+(the bench checks that the second look came before the host's ``nic_failed`` line). The point past which
+the stream moves is the larger of the two, so no byte from before the kill counts, even when ``late``
+exceeds the margin. Linux as the sender goes on sending what it had queued for as long as the window the
+NIC granted allows (it paces its segments into the TAP's queue, after the look and even after the NIC's
+death), so for linux_to_stack the point is at least the right edge of that window (``tcpi_bytes_acked`` +
+``tcpi_snd_wnd`` at the second look): an acknowledgement past it is of a byte Linux could only send on a
+window the recovered host granted.
 
-Lines on stdout: ``ready`` (local ports), ``killed`` (the kill's wall time and the counts above, with the
-sockets' retransmission counters and the namespace's ``TcpRetransSegs``), ``moving`` (per kill and
+Lines on stdout: ``ready`` (local ports), ``killed`` (the kill's wall time, the NIC's death, both looks,
+the sockets' retransmission counters and the namespace's TCP counters), ``moving`` (per kill and
 direction: seconds after the kill, and the trace of looks until then), ``done`` (the checks).
 """
 
@@ -71,6 +79,7 @@ def tcp_info(sock: socket.socket) -> dict[str, int]:
     (total_retrans,) = struct.unpack_from("<I", raw, 100)
     acked, received = struct.unpack_from("<QQ", raw, 120)
     sent, retrans = struct.unpack_from("<QQ", raw, 200)
+    (snd_wnd,) = struct.unpack_from("<I", raw, 228)  # the window the peer granted (bytes, from SND.UNA)
     total_rto = struct.unpack_from("<H", raw, 240)[0] if len(raw) >= 248 else -1
     return {
         "total_retrans": total_retrans,
@@ -78,6 +87,7 @@ def tcp_info(sock: socket.socket) -> dict[str, int]:
         "bytes_received": received,
         "bytes_sent": sent,
         "bytes_retrans": retrans,
+        "snd_wnd": snd_wnd,
         "total_rto": total_rto,
     }
 
@@ -254,6 +264,12 @@ class PostStream:
         in_flight = ioctl_int(self.sock, SIOCOUTQ) - ioctl_int(self.sock, SIOCOUTQNSD)
         return info["bytes_acked"] + in_flight
 
+    def window_end(self) -> int:
+        """The right edge of the window the receiver granted (SND.UNA + SND.WND), counted as ``sent``:
+        Linux sends nothing past it until the receiver grants more."""
+        info = tcp_info(self.sock)
+        return info["bytes_acked"] + info["snd_wnd"]
+
     def acked(self) -> int:
         return tcp_info(self.sock)["bytes_acked"]
 
@@ -309,8 +325,8 @@ class Watch:
     """One kill: where each stream stood, the looks at it until it moved past that (+ the margin), and
     then, until the next kill, its longest stall (the longest time between two looks that found progress)."""
 
-    def __init__(self, kill_id: int, t: float, marks: dict[str, int], margin: int) -> None:
-        self.id, self.t, self.marks, self.margin = kill_id, t, marks, margin
+    def __init__(self, kill_id: int, t: float, marks: dict[str, int], points: dict[str, int]) -> None:
+        self.id, self.t, self.marks, self.points = kill_id, t, marks, points  # points: marks + margin or more
         self.traces: dict[str, list[tuple[float, int]]] = {d: [] for d in marks}
         self.moved: dict[str, float] = {}
         self.last: dict[str, tuple[float, int]] = {}  # after moving: the last look that found progress
@@ -328,9 +344,10 @@ class Watch:
             return
         beyond = position - self.marks[direction]
         trace = self.traces[direction]
-        if len(trace) < TRACE_MAX and (not trace or trace[-1][1] != beyond or beyond > self.margin):
+        moved = position > self.points[direction]
+        if len(trace) < TRACE_MAX and (not trace or trace[-1][1] != beyond or moved):
             trace.append((round(now - self.t, 6), beyond))
-        if beyond > self.margin:
+        if moved:
             self.moved[direction] = now - self.t
             self.last[direction] = (now, position)
             say(event="moving", id=self.id, direction=direction, after_s=round(now - self.t, 6), trace=trace)
@@ -365,22 +382,54 @@ class Peer:
             "linux_to_stack": self.post.sock.getsockname()[1] if self.post else None,
         }
 
-    def kill(self, pid: int, kill_id: int) -> None:
+    def marks(self) -> dict[str, int]:
+        """Where each stream stands in the kernel now."""
         marks: dict[str, int] = {}
-        counters: dict[str, Any] = {"ns": ns_counters()}
         if self.get is not None:
             marks["stack_to_linux"] = self.get.received()
-            counters["stack_to_linux"] = tcp_info(self.get.sock)
         if self.post is not None:
             marks["linux_to_stack"] = self.post.sent()
-            counters["linux_to_stack"] = tcp_info(self.post.sock)
-        t = time.time()
-        os.kill(pid, signal.SIGKILL)
-        after = time.time()
+        return marks
+
+    def kill(self, pid: int, kill_id: int) -> None:
+        pidfd = os.pidfd_open(pid)  # before the signal: this process, whatever reuses the pid later
+        try:
+            counters: dict[str, Any] = {"ns": ns_counters()}
+            for name, stream in (("stack_to_linux", self.get), ("linux_to_stack", self.post)):
+                if stream is not None:
+                    counters[name] = tcp_info(stream.sock)
+            marks = self.marks()
+            t = time.time()
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            after = time.time()
+            dead = bool(select.select([pidfd], [], [], 5.0)[0])  # readable once it has exited
+            died = time.time()
+            again = self.marks()
+            edge = self.post.window_end() if self.post is not None else 0
+            looked = time.time()
+        finally:
+            os.close(pidfd)
+        margin = int(self.cfg["margin"])
+        points = {d: max(marks[d] + margin, again[d]) for d in marks}
+        if self.post is not None:  # an acknowledgement past the old window: of a byte sent on a new one
+            points["linux_to_stack"] = max(points["linux_to_stack"], edge)
         if self.watches:
             self.watches[-1].close(t)
-        self.watches.append(Watch(kill_id, t, marks, int(self.cfg["margin"])))
-        say(event="killed", id=kill_id, pid=pid, time=t, after=after, marks=marks, counters=counters)
+        self.watches.append(Watch(kill_id, t, marks, points))
+        late = {d: again[d] - marks[d] for d in marks}
+        say(
+            event="killed",
+            id=kill_id,
+            pid=pid,
+            time=t,
+            after=after,
+            died=died if dead else None,
+            looked=looked,
+            marks=marks,
+            points=points,
+            late=late,
+            counters=counters,
+        )
 
     def command(self) -> None:
         data = os.read(sys.stdin.fileno(), 65536)

@@ -85,7 +85,7 @@ def test_bench_nic_recovery_gives_every_figure_of_a_correct_run(require_net: Non
     for line in moving.values():
         _positive(line, "value", "p90", "max", "detection_ms", "transfers_checked")
         assert line["kills"] == 2 and line["min"] <= line["value"] <= line["p90"] <= line["max"]
-        assert 0 <= line["late_bytes_max"] <= line["margin_bytes"]
+        assert line["late_bytes_max"] >= 0 and line["late_looked_in_time"] <= line["kills"]
     (detection,) = rows["nic_recovery_detection_ms"]
     assert sum(detection["detected_by"].values()) == 2
     for line in moving.values():  # new bytes need a host that knows the NIC is gone: after the detection
