@@ -31,7 +31,8 @@ Per kill (wall clock, ``time.time``, in every process):
   ``recovered_tx_bytes`` (send bytes it took back from the dead NIC to send, of which only the part the NIC
   had already sent goes out again; the ``done`` line's ``offload.nic.host_transport`` has the run's total);
   with ``--capture``, the bytes each side really sent twice, from a capture of the TAP
-  (bench/wire_retrans.py).
+  (bench/wire_retrans.py), split at the next NIC's spawn (the kill's ``nic_failed`` line plus the
+  hold-down): ``recovery`` while the host carries the connections, ``restart`` from there to the next kill.
 
 Lines: ``nic_recovery_ms`` per direction (median over every kill of every run, p90, max, the detection time,
 the later stall, the bytes sent again), ``nic_recovery_detection_ms``, ``nic_recovery_phases_ms`` and
@@ -213,7 +214,8 @@ class Kill:
     stalls: dict[str, dict[str, float]] = field(default_factory=dict)  # the longest later stall
     phases: dict[str, float] = field(default_factory=dict)
     linux: dict[str, int] = field(default_factory=dict)  # Linux's counters, to the next kill
-    wire: dict[str, int] = field(default_factory=dict)  # bytes sent twice (capture), to the next kill
+    # Bytes sent twice (capture): from the kill to the next NIC's spawn, and from there to the next kill.
+    wire: dict[str, tuple[int, int]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)  # the server's, from the killed NIC's start
 
     @property
@@ -374,7 +376,7 @@ def one_run(
     counters = [k.killed["counters"] for k in done] + [peer_done["counters"]]
     for i, kill in enumerate(done):
         kill.linux = linux_between(counters[i], counters[i + 1], directions)
-        kill.wire = {d: sums[i + 1] for d, sums in wire.items()}
+        kill.wire = {d: (sums[2 * i + 1], sums[2 * i + 2]) for d, sums in wire.items()}
     before = {k: int(v) for k, v in counters[0]["ns"].items()}
     run = Run(done, server_done, peer_done["checks"], before, {d: s[0] for d, s in wire.items()}, drops)
     check_run(run, directions, kills)
@@ -382,9 +384,12 @@ def one_run(
 
 
 def wire_of(path: Path, ports: dict[str, int], kills: list[Kill]) -> dict[str, list[int]]:
-    """Bytes each stream's sender sent twice, before the first kill and from each kill to the next."""
+    """Bytes each stream's sender sent twice: before the first kill, then for each kill from the kill to the
+    next NIC's spawn (the recovery: the host carries the connections; nothing of a new NIC exists yet) and
+    from the spawn to the next kill (the restart, the offload to the new NIC, its life)."""
     flows = {d: (port, 80) if d == "linux_to_stack" else (80, port) for d, port in ports.items()}
-    return wire_retrans.resent_bytes(path, flows, [k.time for k in kills])
+    cuts = [t for k in kills for t in (k.time, float(k.failed["time"]) + RESTART_DELAY)]
+    return wire_retrans.resent_bytes(path, flows, cuts)
 
 
 # ====================================================================== figures
@@ -425,7 +430,7 @@ def moving_lines(runs: list[Run], directions: Sequence[str], nbytes: int) -> Ite
             "later_stall_ms": ms([s["stall_s"] for s in stalls]),
             "later_stalls_over_100ms": sum(s["stall_s"] > 0.1 for s in stalls),
             "linux_retrans_bytes_per_kill": median([k.linux[d] for k in kills]),
-            "wire_resent_bytes_per_kill": median([k.wire[d] for k in kills]) if kills[0].wire else None,
+            "wire_resent_bytes_per_kill": median([sum(k.wire[d]) for k in kills]) if kills[0].wire else None,
             "host_recovered_tx_bytes_per_kill": host_tx_per_kill if d == "stack_to_linux" else None,
             "late_bytes_max": max(k.late[d] for k in kills),
             "late_over_margin": sum(k.late[d] > MARGIN for k in kills),
@@ -471,7 +476,11 @@ def retransmitted_line(runs: list[Run], directions: Sequence[str], nbytes: int) 
     kills = [k for r in runs for k in r.kills]
     host_tx = sum(int(r.transport["recovered_tx_bytes"]) for r in runs)
     linux = {c: sum(k.linux[c] for k in kills) for c in kills[0].linux if c[0].isupper()}
-    wire = {d: sum(k.wire[d] for k in kills) for d in kills[0].wire}
+    wire = {d: sum(sum(k.wire[d]) for k in kills) for d in kills[0].wire}
+    split = {
+        d: {"recovery": sum(k.wire[d][0] for k in kills), "restart": sum(k.wire[d][1] for k in kills)}
+        for d in kills[0].wire
+    }
     return {
         "bench": "nic_recovery_retransmitted_bytes",
         "value": round(host_tx / len(kills)),
@@ -485,6 +494,7 @@ def retransmitted_line(runs: list[Run], directions: Sequence[str], nbytes: int) 
         "linux_counters": linux,
         "linux_counters_before_kills": {c: sum(r.before[c] for r in runs) for c in runs[0].before},
         "wire_resent_bytes": wire or None,
+        "wire_resent_bytes_split": split or None,
         "wire_resent_bytes_before_kills": {d: sum(r.wire_before[d] for r in runs) for d in wire} or None,
         "capture_drops": [r.capture_drops for r in runs] if wire else None,
         **common(runs, nbytes),
