@@ -23,6 +23,7 @@ MODULES = [
     "bench.nic",
     "bench.nic_app",
     "bench.nic_handoff",
+    "bench.nic_recovery",
 ]
 
 

@@ -226,6 +226,13 @@ class OffloadHandOut(OffloadBase):
         conn.orphaned = off.closed
         if conn.orphaned and conn.state is TcpState.FIN_WAIT_2 and conn.close_deadline is None:
             conn.close_deadline = self.now + conn.config.fin_wait_2_timeout  # the target never armed it
+        if off.reason is Reason.NIC_FAILED:
+            # A dead NIC commits a turn's right edge before it writes the turn's ACKs (its crash rule), so it
+            # may have died with its last window update unsent: the peer may still see a zero window that the
+            # record, and so this engine, thinks is open. Announce it now rather than wait for the peer's
+            # persist probe (about 200 ms against Linux, bench/nic_recovery.py); if it did leave, this is one
+            # duplicate ACK.
+            conn.ack_now = True
         sock.conn = conn
         sock.template = None
         off.state = OffloadState.IN_HOST

@@ -170,7 +170,8 @@ class NicProcess:
         self._inbox = b""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._spawn(child, replace(self.config, handle_base=(self.epoch - 1) << 32))
+            config = replace(self.config, handle_base=(self.epoch - 1) << 32, wait_go=self.epoch > 1)
+            self._spawn(child, config)
         finally:
             child.close()
         self._sock = parent
@@ -440,7 +441,10 @@ class NicProcess:
         self._ready_at = time.monotonic()
         self._event("nic_started", pid=self.pid, epoch=self.epoch, restart=True)
         self._watch()
-        self._on_restarted()
+        self._on_restarted()  # the runtime reads the NIC's frames ring from now on, not the TAP
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.sendall(b'{"op":"go"}\n')  # so the NIC may read the TAP: one reader at a time
         self._wake()
 
     def arm_crash(self, point: str, after: int = 1) -> None:

@@ -78,6 +78,9 @@ class NicConfig:
     vnet_hdr: int = 10  # virtio-net header size on the TAP (0: plain frames)
     spin_us: float = 75.0
     handle_base: int = 0  # the target's handles start after it: a restarted NIC's differ from the last's
+    # A restarted NIC reads the TAP only once the host says {"op": "go"}: until the host has switched to the
+    # NIC's frames ring it reads the TAP itself, and two readers would reorder the peer's segments.
+    wait_go: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -269,6 +272,10 @@ class NicLoop:
 
     # ------------------------------------------------------------------ the control socket
 
+    def take_inbox(self, data: bytes) -> None:
+        """Control lines the host sent before the loop ran: handled at its first wake-up."""
+        self._inbox = data + self._inbox
+
     def _on_control(self) -> None:
         try:
             data = self.sock.recv(65536)
@@ -380,4 +387,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "capacity": caps.capacity,
     }
     _say(sock, ready)
+    if config.wait_go:
+        after = _await_go(sock)
+        if after is None:
+            return 0  # the host went away first
+        loop.take_inbox(after)
+        sock.settimeout(5.0)
     return loop.run()
+
+
+def _await_go(sock: socket.socket) -> bytes | None:
+    """Wait for the host's ``{"op": "go"}``; returns what came after it (None: the host's socket ended)."""
+    inbox = b""
+    sock.settimeout(None)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return None
+        if not data:
+            return None
+        inbox += data
+        while b"\n" in inbox:
+            line, inbox = inbox.split(b"\n", 1)
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("op") == "go":
+                    return inbox

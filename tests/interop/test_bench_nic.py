@@ -1,9 +1,9 @@
-"""The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py) run once each in a tiny
-configuration, so their code cannot rot between the runs that measure: every row they promise comes out
-with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant really
-offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the real
-runs skip with the reason (they fail with TCPCHIMNEY_REQUIRE_NET=1), and the modules' own skip lines are
-checked instead."""
+"""The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py, bench/nic_recovery.py) run once
+each in a tiny configuration, so their code cannot rot between the runs that measure: every row they promise
+comes out with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant
+really offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the
+real runs skip with the reason (they fail with TCPCHIMNEY_REQUIRE_NET=1), and the modules' own skip lines
+are checked instead."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench import nic, nic_app, nic_handoff
+from bench import nic, nic_app, nic_handoff, nic_recovery
 
 MB = 1_000_000
 VARIANTS = ["host", "inline", "process", "process_pinned"]
@@ -74,14 +74,38 @@ def test_bench_nic_handoff_gives_round_trips_and_connection_rates(require_net: N
         assert (line["offloaded"][0] > 0) == (variant != "host")
 
 
+@pytest.mark.net
+def test_bench_nic_recovery_gives_every_figure_of_a_correct_run(require_net: None) -> None:
+    """Two kills of the NIC under both streams: every figure comes out, of a run whose transfers were all
+    checked (the bench raises on a wrong digest, a lost or reset connection, a kill the server missed)."""
+    rows = _by_bench(list(nic_recovery.run(kills=2, nbytes=4 * MB)))
+    assert set(rows) == set(nic_recovery.NAMES)
+    moving = {r["direction"]: r for r in rows["nic_recovery_ms"]}
+    assert sorted(moving) == sorted(nic_recovery.DIRECTIONS)
+    for line in moving.values():
+        _positive(line, "value", "p90", "max", "detection_ms", "transfers_checked")
+        assert line["kills"] == 2 and line["min"] <= line["value"] <= line["p90"] <= line["max"]
+        assert line["late_bytes_max"] >= 0 and line["late_looked_in_time"] <= line["kills"]
+    (detection,) = rows["nic_recovery_detection_ms"]
+    assert sum(detection["detected_by"].values()) == 2
+    for line in moving.values():  # new bytes need a host that knows the NIC is gone: after the detection
+        assert all(m > d > 0 for m, d in zip(line["each_ms"], detection["each_ms"], strict=True))
+    (phases,) = rows["nic_recovery_phases_ms"]
+    assert 0 < phases["failed_event"] <= phases["rebuilt"] < phases["nic_started"] <= phases["reoffloaded"]
+    (sent,) = rows["nic_recovery_retransmitted_bytes"]
+    assert sent["host_recovered_connections"] == 4  # both connections, at each kill
+    assert sent["linux_counters"]["OutRsts"] == sent["linux_counters"]["EstabResets"] == 0
+
+
 @pytest.mark.parametrize(
     ("module", "run"),
     [
         (nic, lambda: nic.run(MB, runs=1)),
         (nic_app, lambda: nic_app.run(MB, runs=1)),
         (nic_handoff, lambda: nic_handoff.run(rounds=1, runs=1)),
+        (nic_recovery, lambda: nic_recovery.run(kills=1)),
     ],
-    ids=["nic", "nic_app", "nic_handoff"],
+    ids=["nic", "nic_app", "nic_handoff", "nic_recovery"],
 )
 def test_without_a_tap_each_row_says_why_it_was_skipped(
     module: Any, run: Any, monkeypatch: pytest.MonkeyPatch

@@ -142,6 +142,38 @@ def test_bytes_the_nic_acknowledged_but_the_host_never_took_come_back_from_the_r
     assert nic.target.transport_counters()["recovered_rx_bytes"] > 0
 
 
+def test_a_death_before_the_window_update_left_costs_the_peer_no_persist_timeout() -> None:
+    """The application stopped reading, so the NIC closed its window. The application's read reopens it, and
+    the NIC dies in that turn after committing and publishing (the record has the open window) but before
+    writing the ACK that announces it: the peer still sees a zero window. The host's rebuilt connection
+    announces the window at once instead of leaving the peer to its persist probe (against Linux: 200 ms of
+    a stalled stream, bench/nic_recovery.py)."""
+    net = make_net(72, transport="rings")
+    a, b = net.connect(port=7)
+    net.wait_offloaded(a)
+    data = payload(3_000_000, 72)
+    stream = Stream(b, a, data)
+
+    def closed() -> bool:
+        while stream.sent < len(data) and (n := b.send(stream.data[stream.sent : stream.sent + 65536])):
+            stream.sent += n
+        return b.conn.snd_wnd == 0 and b.conn.persisting
+
+    net.run_until(closed, 30.0)
+    probe = b.conn.rto_deadline
+    nic = _nic(net)
+    assert nic.core is not None and probe is not None
+    nic.core.crash.arm("after_publish")
+    stream.step()  # the read: the next turn indicates the rest, commits the open window, dies before its ACK
+    net.run_for(0.001)
+    assert nic.core is None, "the NIC died at after_publish"
+    net.run_until(lambda: b.conn.snd_wnd > 0, 5.0)
+    assert net.now < probe, "the peer heard of the open window before its persist probe was due"
+    exchange(net, [stream], timeout=60.0)
+    _exact([stream])
+    _no_reset(net)
+
+
 @pytest.mark.parametrize("lie", ["rcv_nxt_ahead", "rcv_nxt_behind", "torn"])
 def test_a_record_that_lies_costs_its_connection_only(lie: str) -> None:
     """A dead NIC left one connection's record out of range (RCV.NXT beyond its RX buffer, or behind what
