@@ -18,14 +18,13 @@ that look sees a sleep it has not rung for and rings. A missed wake-up anyway (`
 fence rests on) costs at most ``sleep_bound`` seconds: the node's deadline looks at the rings that often.
 
 **A dead or broken NIC** (``fail``). What the NIC published before it died is read first (it completed those
-calls). Then the host is told what a target with corrupt hardware says (chimney-spec 3.2, as
-``SoftwareTarget.fail_hardware`` with every connection's state lost): ``TargetPaused`` (no new offloads), and
-for every connection the NIC held an ``UploadRequest`` (TARGET_HARDWARE_FAILURE) and a ``PeerReset``; every
-call still outstanding completes (state calls FAILURE, data calls REQUEST_ABORTED), and so does every later
-call. The host then resets those connections itself (its terminate fails: the state is lost). An initiate
-the NIC never completed fails truthfully: the NIC keeps control records ahead of its frames
-(``nic/core.py``), so it put nothing of that connection on the wire. [Not yet: rebuilding the connections
-from the arena instead of resetting them.]
+calls; not from a broken NIC). Then ``Recovery`` (``nic/process_recovery.py``) answers for it: every
+connection it held is asked back (``UploadRequest(NIC_FAILED)``) and its terminate answered here with the
+state rebuilt from the arena (its record and RX buffer) and what crossed the rings (``nic/recovery.py``,
+``nic/shadows.py``), so nothing is lost; one that cannot be rebuilt is reset as by corrupt hardware. An
+initiate the NIC never completed fails truthfully: the NIC keeps control records ahead of its frames
+(``nic/core.py``), so it put nothing of that connection on the wire. ``attach_nic`` then puts a new NIC
+behind the same arena.
 """
 
 from __future__ import annotations
