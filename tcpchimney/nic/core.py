@@ -4,12 +4,17 @@ It is what runs in the NIC process (``nic/process.py`` gives it the TAP, the doo
 what a test pairs with a ``ProcessTarget`` in one process, driven synchronously on a simulated link, so the
 whole offload suite runs through the ring transport deterministically.
 
-- ``take_requests``: every request the host published on H2N_CONTROL, decoded and submitted to the target.
-  A record that does not decode is counted and dropped (the host is trusted; a bad record is its bug).
-- ``put_outputs``: every completion and indication the target has, encoded onto N2H_CONTROL, in order.
+- ``take_requests``: every request the host published on H2N_CONTROL and H2N_DATA, in the host's order
+  (``nic/ordering.py``): messages decoded, SEND descriptors turned into Sends (``nic/nic_data.py``), and
+  submitted to the target. A record that does not decode is counted and dropped (the host is trusted; a bad
+  record is its bug).
+- ``put_outputs``: every completion and indication the target has, in order: as a descriptor on N2H_DATA
+  when it can go as one (a receive indication whose bytes are in the RX buffer, a Send's completion), else
+  encoded onto N2H_CONTROL.
 - the target's host node is the frames ring: every frame the target does not claim goes up N2H_FRAMES
   (a full ring drops it and counts it, as a NIC's receive ring does).
-- ``publish``: makes both N2H rings' new records visible at once; True if anything was new (ring then).
+- ``publish``: makes the N2H rings' new records visible (control before data, then frames); True if
+  anything was new (ring then).
 
 **The order the process keeps** (``nic/process.py``): within one turn of its loop, the control ring is
 published *before* any frame of that turn is written to the TAP, and no frame is written while control
@@ -23,13 +28,16 @@ from __future__ import annotations
 import logging
 
 from tcpchimney.chimney import codec
+from tcpchimney.chimney.completions import StateCompletion
 from tcpchimney.chimney.errors import CodecError, ContractError
-from tcpchimney.chimney.requests import InitiateOffload, TerminateOffload
+from tcpchimney.chimney.requests import InitiateOffload, Request, TerminateOffload
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import Committer
 from tcpchimney.nic.crash import CrashPoints
 from tcpchimney.nic.descriptors import RingId
-from tcpchimney.nic.messages import ControlReader, ControlWriter, put_frame
+from tcpchimney.nic.messages import put_frame
+from tcpchimney.nic.nic_data import NicDataPath
+from tcpchimney.nic.ordering import OrderedReader, OrderedWriter
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.wire.frame import Frame
 
@@ -72,8 +80,16 @@ class NicCore:
         self.committer = Committer(arena, target.table)
         self.committer.before_commit = lambda: self.crash.hit("after_place")
         target.receive_hook = self.committer.place
-        self.requests = ControlReader(arena.byte_consumer(RingId.H2N_CONTROL), accept_binds=True)
-        self.outputs = ControlWriter(arena.byte_producer(RingId.N2H_CONTROL))
+        self.requests = OrderedReader(
+            arena.byte_consumer(RingId.H2N_CONTROL),
+            arena.descriptor_consumer(RingId.H2N_DATA),
+            accept_binds=True,
+        )
+        self.outputs = OrderedWriter(
+            arena.byte_producer(RingId.N2H_CONTROL), arena.descriptor_producer(RingId.N2H_DATA), arena.epoch
+        )
+        self.data = NicDataPath(arena, self.committer)
+        self._initiates: set[int] = set()  # request ids of the initiates whose completion is still to come
         self.frames = arena.byte_producer(RingId.N2H_FRAMES)
         self.counters: dict[str, int] = dict.fromkeys(CORE_KEYS, 0)
         target.attach_host(_FramesUp(self))
@@ -88,17 +104,18 @@ class NicCore:
 
     def take_requests(self, now: float) -> int:
         """Submit every request the host published; returns how many records were taken."""
-        messages = self.requests.take()
+        items = self.requests.take()
         binds, committer = self.requests.binds, self.committer
         for bind in binds:  # each comes before its initiate: applied before any message of the batch
             committer.bind(*bind)
         binds.clear()
         counters, target = self.counters, self.target
-        for data in messages:
+        for item in items:
             try:
-                request = codec.decode(data)
+                request: Request = codec.decode(item) if isinstance(item, bytes) else self.data.send(item)
                 if isinstance(request, InitiateOffload):
                     committer.expect(request)
+                    self._initiates.add(request.request_id)
                 target.submit(request, now)
             except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
                 counters["bad_requests"] += 1
@@ -110,13 +127,19 @@ class NicCore:
             elif isinstance(request, TerminateOffload):
                 self.crash.hit("mid_terminate")
         self.requests.release()  # also the records of a message not complete yet: they were copied out
-        return len(messages)
+        return len(items)
 
     def put_outputs(self) -> None:
         """Every completion and indication the target has, onto N2H_CONTROL (the backlog when full)."""
-        counters, outputs, target = self.counters, self.outputs, self.target
+        counters, outputs, target, data = self.counters, self.outputs, self.target, self.data
         outputs.flush()
         while (out := target.poll()) is not None:
+            if isinstance(out, StateCompletion) and out.request_id in self._initiates:
+                self._initiates.discard(out.request_id)
+                data.initiated(out)  # before any Send on its connections can come
+            if data.descriptor_for(out, outputs):
+                counters["outputs"] += 1
+                continue
             try:
                 outputs.send(out)
             except CodecError as exc:
@@ -130,7 +153,7 @@ class NicCore:
         return self.committer.commit_all()
 
     def publish(self) -> bool:
-        control = self.outputs.publish()
+        control = self.outputs.publish()  # control, then data (nic/ordering.py)
         frames = self.frames.publish()
         return control or frames
 
@@ -162,7 +185,12 @@ class NicCore:
             control_records=self.outputs.records,
             control_backlogged=self.outputs.backlogged,
             control_stalls=self.outputs.stalls,
+            data_descriptors=self.outputs.descriptors,
+            data_marks=self.outputs.marks,
+            data_stalls=self.outputs.data_stalls,
+            data_waits=self.requests.waits,
             frames_stalls=self.frames.stalls,
         )
         transport.update(self.committer.counters)
+        transport.update(self.data.counters)
         return {**self.target.counters.snapshot(), "transport": transport}
