@@ -146,12 +146,12 @@ class Committer:
             entry = m.entry
             if entry is None:
                 continue
-            if conns.get(entry.handle) is not entry:
-                del self.mirrors[host_handle]  # terminated, reset or dropped: its slot is the host's again
-                continue
+            gone = conns.get(entry.handle) is not entry
             self._place(m, entry)
-            if self._commit(m, entry):
+            if self._commit(m, entry):  # a last one for a gone connection: what it placed was published
                 n += 1
+            if gone:
+                del self.mirrors[host_handle]  # terminated or dropped: its slot is the host's again
         return n
 
     def _commit(self, m: Mirror, entry: TcpEntry) -> bool:

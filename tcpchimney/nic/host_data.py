@@ -15,7 +15,9 @@ RX buffers, with 32-byte descriptors on the data rings instead of codec messages
 Every descriptor is checked before anything of it is used: kind (one the NIC produces), epoch, handle
 (``check_descriptor``), a handle bound to a connection the NIC holds, a span that fits the buffer from the
 host's **own** copy of the binding (``check_span``; a position is taken modulo the buffer size, so no read
-leaves the buffer), and a SEND_DONE must name an open Send of that connection with its own length and end.
+leaves the buffer); a RECEIVE_PLACED must lie within the bytes the connection's record says are committed,
+and within the last RX buffer's worth of them (``span_placed``); a SEND_DONE must name an open Send of that
+connection with its own length and end (``descriptor_send``).
 Anything else raises ``ArenaError``: the NIC is broken (``ProcessTarget._broken`` fences it).
 """
 
@@ -27,7 +29,14 @@ from tcpchimney.chimney.requests import Request, Send
 from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.nic.arena import Arena
-from tcpchimney.nic.descriptors import N2H_BUILT, ArenaError, DescKind, Descriptor, check_descriptor
+from tcpchimney.nic.descriptors import (
+    N2H_BUILT,
+    ArenaError,
+    DescKind,
+    Descriptor,
+    RecordFlag,
+    check_descriptor,
+)
 from tcpchimney.nic.ordering import OrderedWriter
 from tcpchimney.nic.recovery import Shadow
 from tcpchimney.nic.shadows import Shadows
@@ -96,12 +105,28 @@ class HostDataPath:
         self.arena.check_span(off, size, desc.b)
         if desc.b == 0:
             raise ArenaError("span_length", "an empty RECEIVE_PLACED")
-        data = self.arena.read_stream(off, size, desc.a, desc.b)
         d0 = shadow.snap.delegated
-        seq = d0.buffered_start + (len(d0.buffered_data) + desc.a)  # RX position 0 is that sequence number
+        data0 = d0.buffered_start + len(d0.buffered_data)  # the sequence number of RX position 0
+        self._check_placed(desc, shadow, int(data0))
+        data = self.arena.read_stream(off, size, desc.a, desc.b)
+        seq = data0 + desc.a
         self.counters["rx_placed"] += 1
         self.counters["rx_bytes"] += desc.b
         return ReceiveIndication(shadow.host_handle, desc.c, data, seq)  # ContractError: a bad id
+
+    def _check_placed(self, desc: Descriptor, shadow: Shadow, data0: int) -> None:
+        """The NIC commits a connection's record before it publishes what it placed (nic/commit.py), and
+        keeps an indication's bytes until the host's ReturnReceive: so the span lies within the committed
+        bytes and within the last RX buffer's worth of them."""
+        record = self.arena.read_record(shadow.slot)  # ArenaError for a torn or foreign record
+        if record is None:
+            raise ArenaError("span_placed", f"RECEIVE_PLACED on slot {desc.handle} before any commit")
+        fin = 1 if record.flags & RecordFlag.FIN_RECEIVED else 0
+        placed = record.rcv_nxt - fin - data0
+        if not placed - shadow.rx[1] <= desc.a <= desc.a + desc.b <= placed:
+            raise ArenaError(
+                "span_placed", f"[{desc.a}, {desc.a + desc.b}) with RX bytes committed up to {placed}"
+            )
 
     def _send_done(self, desc: Descriptor, shadow: Shadow, pending: dict[int, Request]) -> SendCompletion:
         request = pending.get(desc.c)
