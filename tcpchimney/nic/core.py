@@ -108,6 +108,7 @@ class NicCore:
         binds, committer = self.requests.binds, self.committer
         for bind in binds:  # each comes before its initiate: applied before any message of the batch
             committer.bind(*bind)
+            self.data.bind(bind[0], bind[1])
         binds.clear()
         counters, target = self.counters, self.target
         for item in items:

@@ -38,8 +38,8 @@ from tcpchimney.nic.descriptors import (
     check_descriptor,
 )
 from tcpchimney.nic.ordering import OrderedWriter
+from tcpchimney.nic.process_recovery import Recovery
 from tcpchimney.nic.recovery import Shadow
-from tcpchimney.nic.shadows import Shadows
 
 _SEND = int(DescKind.SEND)
 _PLACED = int(DescKind.RECEIVE_PLACED)
@@ -57,9 +57,10 @@ HOST_DATA_KEYS = (
 
 
 class HostDataPath:
-    def __init__(self, arena: Arena, shadows: Shadows, epoch: int) -> None:
+    def __init__(self, arena: Arena, recovery: Recovery, epoch: int) -> None:
         self.arena = arena
-        self.shadows = shadows
+        self.recovery = recovery
+        self.shadows = recovery.shadows
         self.epoch = epoch
         self.counters: dict[str, int] = dict.fromkeys(HOST_DATA_KEYS, 0)
 
@@ -94,7 +95,7 @@ class HostDataPath:
         """The contract message a descriptor stands for; ArenaError for one that does not check out."""
         check_descriptor(desc, N2H_BUILT, self.epoch, self.arena.layout.max_conns)
         shadow = self.shadows.by_slot.get(desc.handle)
-        if shadow is None or shadow.target_handle is None:
+        if shadow is None or shadow.target_handle not in self.recovery.live:  # not this NIC's (a dead one's)
             raise ArenaError("descriptor_handle", f"slot {desc.handle} holds no connection of the NIC")
         if desc.kind == _PLACED:
             return self._placed(desc, shadow)

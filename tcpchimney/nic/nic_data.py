@@ -52,21 +52,28 @@ class NicDataPath:
         self.arena = arena
         self.committer = committer
         self.epoch = arena.epoch
+        self._bound: dict[int, int] = {}  # host handle -> slot, from the BIND records, until the completion
         self._slots: dict[int, tuple[int, int, int]] = {}  # slot -> (target handle, tx_off, tx_size)
         self._sends: dict[int, tuple[int, int]] = {}  # request id of a SEND -> (slot, TX end position)
         self.counters: dict[str, int] = dict.fromkeys(NIC_DATA_KEYS, 0)
 
+    def bind(self, host_handle: int, slot: int) -> None:
+        """A BIND record: the slot the host gave the connection the next initiate names."""
+        self._bound[host_handle] = slot
+
     def initiated(self, completion: StateCompletion) -> None:
         """An initiate's completion is going to the host: the slots of its accepted connections."""
-        mirrors = self.committer.mirrors
         for block in walk(completion.tree):
-            if block.layer is not Layer.TCP or not block.status.ok or block.target_handle is None:
+            if block.layer is not Layer.TCP or block.host_handle is None:
                 continue
-            mirror = mirrors.get(block.host_handle or 0)
-            if mirror is None:
+            slot = self._bound.pop(block.host_handle, None)
+            if slot is None or not block.status.ok or block.target_handle is None:
                 continue
-            binding = self.arena.binding(mirror.slot)
-            self._slots[mirror.slot] = (block.target_handle, binding.tx_off, binding.tx_size)
+            try:
+                binding = self.arena.binding(slot)
+            except ArenaError:
+                continue  # the committer counted it (bad_binds); a SEND on it is the host's bug
+            self._slots[slot] = (block.target_handle, binding.tx_off, binding.tx_size)
 
     def send(self, desc: Descriptor) -> Send:
         """The Send a SEND descriptor stands for (ArenaError for one that does not check out)."""

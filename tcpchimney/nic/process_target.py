@@ -132,7 +132,7 @@ class ProcessTarget:
         self.counters: dict[str, int] = dict.fromkeys(TRANSPORT_KEYS, 0)
         self.bad_frames: dict[str, int] = {}
         self.recovery = Recovery(arena, clock)
-        self.data = HostDataPath(arena, self.recovery.shadows, arena.epoch)
+        self.data = HostDataPath(arena, self.recovery, arena.epoch)
 
     def _rings(self) -> tuple[OrderedWriter, OrderedReader]:
         arena = self.arena
