@@ -4,6 +4,8 @@
   a record may be (half the ring) is cut into consecutive records, each but the last flagged
   ``RECORD_MORE``; the reader joins them before decoding. ``ControlWriter`` keeps what does not fit the ring
   now in a local backlog, in order, and retries it first on the next call; nothing is ever dropped.
+  Besides messages: BIND records (H2N only: a connection's arena slot, ahead of its initiate) and DATA_MARK
+  records (how many descriptors of the direction's data ring come first: ``nic/ordering.py``).
 - **Frames** (N2H_FRAMES): one frame per record, the virtio-net header first (the layout a TAP read
   returns), so a NIC written in C can pass a TAP read up unchanged. ``put_frame`` builds the header from the
   ``Frame``'s offload fields; ``frame_of_record`` is the TAP's own receive parser.
