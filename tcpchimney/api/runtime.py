@@ -44,11 +44,17 @@ from tcpchimney.tcp.events import (
     ConnectionTimedOut,
     ConnectionUnreachable,
 )
+from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.frame import Frame
 
 DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 READ_BATCH = 128  # frames read before the stack's output is flushed (bounds latency under a flood)
 _MAX_WRITE_RETRIES = 16  # a frame refused this often while the device reported room is dropped (not EAGAIN)
+# On a normal exit of ``async with Runtime(...)``, the connections the application closed gracefully get
+# this long to deliver what they hold (a kernel keeps sending after close(); here the stack ends with the
+# runtime, so it waits for them, bounded); then everything still open is reset.
+LINGER_S = 2.0
+_LINGERING_STATES = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK})
 _EPHEMERAL = (32768, 60999)  # Linux ip_local_port_range, for servers asked to listen on port 0
 
 StreamsCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
@@ -211,7 +217,21 @@ class Runtime:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            await self.linger(LINGER_S)
         self.close()
+
+    async def linger(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until every connection the application closed gracefully has
+        handed over its bytes and had its FIN acknowledged."""
+        deadline = time.monotonic() + timeout
+        while self._started and not self._closed and self._lingering() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _lingering(self) -> bool:
+        if any(t.closing_gracefully for t in self._transports.values()):
+            return True
+        return any(sock.state in _LINGERING_STATES for sock in self.stack.connections())
 
     def set_rx(self, rx: FrameSource) -> None:
         """Read frames from ``rx`` from now on (e.g. the device itself once the NIC process that read it

@@ -426,6 +426,11 @@ class TcpTransport(asyncio.Transport):
         if not self._buffer:
             self._close_now()
 
+    @property
+    def closing_gracefully(self) -> bool:
+        """``close()`` was called and bytes it must still hand to the engine wait in the buffer."""
+        return self._closing and not self._sock_closed and not self._dead
+
     def _close_now(self) -> None:
         self._sock_closed = True
         if not self._dead:

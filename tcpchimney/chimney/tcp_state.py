@@ -38,6 +38,20 @@ NOT_OFFLOADABLE = frozenset(
 FIN_OUTSTANDING = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK})
 # States in which the peer's FIN has been received: RCV.NXT is one past it.
 PEER_FIN_RECEIVED = frozenset({TcpState.CLOSE_WAIT, TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
+# What each FIN does to a connection's state (RFC 9293 3.10.4 CLOSE, 3.10.7.4): ours sent, ours acknowledged,
+# the peer's received. The host tracks an offloaded connection's state with them, and the NIC's host end
+# rebuilds a dead NIC's connections with them.
+AFTER_SHUTDOWN = {TcpState.ESTABLISHED: TcpState.FIN_WAIT_1, TcpState.CLOSE_WAIT: TcpState.LAST_ACK}
+AFTER_OUR_FIN_ACKED = {
+    TcpState.FIN_WAIT_1: TcpState.FIN_WAIT_2,
+    TcpState.CLOSING: TcpState.TIME_WAIT,
+    TcpState.LAST_ACK: TcpState.CLOSED,
+}
+AFTER_PEER_FIN = {
+    TcpState.ESTABLISHED: TcpState.CLOSE_WAIT,
+    TcpState.FIN_WAIT_1: TcpState.CLOSING,
+    TcpState.FIN_WAIT_2: TcpState.TIME_WAIT,
+}
 
 
 def _plain_seconds(value: object) -> bool:

@@ -10,12 +10,10 @@ from tcpchimney.chimney.indications import PeerDisconnect, ReceiveIndication
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.requests import Disconnect, PostReceive, ReturnReceive, Send
 from tcpchimney.chimney.status import Status
+from tcpchimney.chimney.tcp_state import AFTER_OUR_FIN_ACKED, AFTER_PEER_FIN, AFTER_SHUTDOWN
 from tcpchimney.host.offload_base import OffloadBase
 from tcpchimney.host.offload_faults import check_indication, check_peer_disconnect
 from tcpchimney.host.offload_state import (
-    AFTER_OUR_FIN_ACKED,
-    AFTER_PEER_FIN,
-    AFTER_SHUTDOWN,
     MAX_SEND_BACKLOG,
     MAX_SEND_CHUNK,
     OPEN_FOR_SEND,

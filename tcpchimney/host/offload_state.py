@@ -33,18 +33,6 @@ SILENCE = 5.0
 WATCH_INTERVAL = 1.0
 OFFLOADABLE_NOW = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 OPEN_FOR_SEND = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
-# What the target's events do to the connection's state as the host tracks it (RFC 9293 3.10.7.4).
-AFTER_PEER_FIN = {
-    TcpState.ESTABLISHED: TcpState.CLOSE_WAIT,
-    TcpState.FIN_WAIT_1: TcpState.CLOSING,
-    TcpState.FIN_WAIT_2: TcpState.TIME_WAIT,
-}
-AFTER_OUR_FIN_ACKED = {
-    TcpState.FIN_WAIT_1: TcpState.FIN_WAIT_2,
-    TcpState.CLOSING: TcpState.TIME_WAIT,
-    TcpState.LAST_ACK: TcpState.CLOSED,
-}
-AFTER_SHUTDOWN = {TcpState.ESTABLISHED: TcpState.FIN_WAIT_1, TcpState.CLOSE_WAIT: TcpState.LAST_ACK}
 REFUSAL_FOR_STATUS = {
     Status.NOT_SUPPORTED: Reason.TARGET_NOT_SUPPORTED,
     Status.TCP_ENTRIES: Reason.TARGET_FULL,

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-from tcpchimney.link.vnet import frame_from_read
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.vnet import frame_from_read
 
 READ_SIZE = 65_600  # > a 64 KB GSO frame plus headers, and under glibc's 128 KB mmap threshold
 Capture = Any  # a callable(frame_bytes) or an object with write(frame_bytes, ts) (link.pcap.PcapWriter)

@@ -21,9 +21,9 @@ from typing import Any
 
 from tcpchimney.link.device import FrameDevice
 from tcpchimney.link.netns import run_in_netns
-from tcpchimney.link.vnet import VNET_HDR_LEN, tx_header
 from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
+from tcpchimney.wire.vnet import VNET_HDR_LEN, tx_header
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263

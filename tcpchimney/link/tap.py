@@ -28,9 +28,9 @@ from tcpchimney.link.netns import (
     netns_of_tap,
     run_in_netns,
 )
-from tcpchimney.link.vnet import VNET_HDR_LEN, VNET_HDR_MRG_LEN, tx_header
 from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
+from tcpchimney.wire.vnet import VNET_HDR_LEN, VNET_HDR_MRG_LEN, tx_header
 
 # <linux/if_tun.h>, x86-64 values (reference/tap-offloads.md)
 TUNSETIFF = 0x400454CA

@@ -146,12 +146,13 @@ class Committer:
             entry = m.entry
             if entry is None:
                 continue
-            gone = conns.get(entry.handle) is not entry
+            gone = conns.get(entry.handle) is not entry  # terminated, reset or dropped this turn
             self._place(m, entry)
-            if self._commit(m, entry):  # a last one for a gone connection: what it placed was published
+            # A terminate's last ACK may still leave in this turn, its answer after it: one last commit.
+            if self._commit(m, entry):
                 n += 1
             if gone:
-                del self.mirrors[host_handle]  # terminated or dropped: its slot is the host's again
+                del self.mirrors[host_handle]  # its slot is the host's again once it reads the answer
         return n
 
     def _commit(self, m: Mirror, entry: TcpEntry) -> bool:

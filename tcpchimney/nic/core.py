@@ -15,29 +15,42 @@ whole offload suite runs through the ring transport deterministically.
   (a full ring drops it and counts it, as a NIC's receive ring does).
 - ``publish``: makes the N2H rings' new records visible (control before data, then frames); True if
   anything was new (ring then).
+- ``handing_back`` / ``frames_out``: the answer to a terminate is held back until the caller has put every
+  frame built before it on the wire (below).
 
 **The order the process keeps** (``nic/process.py``): within one turn of its loop, the control ring is
 published *before* any frame of that turn is written to the TAP, and no frame is written while control
 records wait for room. So an initiate whose completion the host has not been able to read has not put a
 single frame of its connection on the wire: when the NIC dies, the host may fail it truthfully ("the
 target kept nothing", chimney-spec 3.1) instead of resetting the connection.
+
+**The order of a hand-back** is the opposite one: the frames the target built for a connection it hands
+back (spec 3.5 step 1: the ACK it owes leaves before the state does) must be on the wire before the host
+can read the terminate's answer, or the host's first frames of the connection (its FIN, say) overtake the
+target's last ones. So a turn takes requests up to the first ``TerminateOffload`` and no further
+(``take_requests``); ``put_outputs`` stops before that terminate's answer and holds it (``handing_back``);
+the loop writes the turn's frames, and once none waits for the device it calls ``frames_out``, which puts
+the answer and what follows it. While an answer is held, no request is taken: a later initiate's frames
+would otherwise reach the wire ahead of its answer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from tcpchimney.chimney import codec
-from tcpchimney.chimney.completions import StateCompletion
+from tcpchimney.chimney.completions import Completion, StateCompletion
 from tcpchimney.chimney.errors import CodecError, ContractError
 from tcpchimney.chimney.requests import InitiateOffload, Request, TerminateOffload
+from tcpchimney.chimney.target import Output
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import Committer
 from tcpchimney.nic.crash import CrashPoints
 from tcpchimney.nic.descriptors import RingId
 from tcpchimney.nic.messages import put_frame
 from tcpchimney.nic.nic_data import NicDataPath
-from tcpchimney.nic.ordering import OrderedReader, OrderedWriter
+from tcpchimney.nic.ordering import Item, OrderedReader, OrderedWriter
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.wire.frame import Frame
 
@@ -50,6 +63,7 @@ CORE_KEYS = (
     "bad_outputs",  # outputs the codec refused (a target bug; dropped)
     "frames_up",  # frames passed up the frames ring
     "frames_up_dropped",  # frames passed up while the frames ring was full
+    "handbacks_held",  # terminate answers held until the frames built before them were on the wire
 )
 
 
@@ -92,6 +106,9 @@ class NicCore:
         self._initiates: set[int] = set()  # request ids of the initiates whose completion is still to come
         self.frames = arena.byte_producer(RingId.N2H_FRAMES)
         self.counters: dict[str, int] = dict.fromkeys(CORE_KEYS, 0)
+        self._later: deque[Item] = deque()  # requests taken from the rings, submitted after a hand-back
+        self._terminates: set[int] = set()  # request ids of terminates whose answers are not put yet
+        self._held: Output | None = None  # a terminate's answer, put by ``frames_out``
         target.attach_host(_FramesUp(self))
 
     # ------------------------------------------------------------------ rings
@@ -103,51 +120,93 @@ class NicCore:
             self.counters["frames_up_dropped"] += 1
 
     def take_requests(self, now: float) -> int:
-        """Submit every request the host published; returns how many records were taken."""
-        items = self.requests.take()
+        """Submit the requests the host published (messages and SEND descriptors, in its order), up to the
+        first terminate (the rest wait for the next turn), none while a terminate's answer is held; returns
+        how many were taken from the rings."""
+        if self._held is not None:
+            return 0
+        later = self._later
+        messages = self.requests.take()
         binds, committer = self.requests.binds, self.committer
-        for bind in binds:  # each comes before its initiate: applied before any message of the batch
+        for bind in binds:  # each comes before its initiate: applied before that initiate is submitted
             committer.bind(*bind)
             self.data.bind(bind[0], bind[1])
         binds.clear()
-        counters, target = self.counters, self.target
-        for item in items:
-            try:
-                request: Request = codec.decode(item) if isinstance(item, bytes) else self.data.send(item)
-                if isinstance(request, InitiateOffload):
-                    committer.expect(request)
-                    self._initiates.add(request.request_id)
-                target.submit(request, now)
-            except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
-                counters["bad_requests"] += 1
-                log.warning("NIC: dropped a host request: %s", exc)
-                continue
-            counters["requests"] += 1
-            if isinstance(request, InitiateOffload):
-                self.crash.hit("mid_initiate")
-            elif isinstance(request, TerminateOffload):
-                self.crash.hit("mid_terminate")
         self.requests.release()  # also the records of a message not complete yet: they were copied out
-        return len(items)
+        later.extend(messages)
+        submitted = 0
+        while later:
+            submitted += 1
+            if self._submit(later.popleft(), now):
+                break
+        return max(submitted, len(messages))
+
+    def _submit(self, item: Item, now: float) -> bool:
+        """Decode and submit one request; True if it was a terminate (the turn takes no more)."""
+        try:
+            request: Request = codec.decode(item) if isinstance(item, bytes) else self.data.send(item)
+            if isinstance(request, InitiateOffload):
+                self.committer.expect(request)
+                self._initiates.add(request.request_id)
+            self.target.submit(request, now)
+        except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
+            self.counters["bad_requests"] += 1
+            log.warning("NIC: dropped a host request: %s", exc)
+            return False
+        self.counters["requests"] += 1
+        if isinstance(request, InitiateOffload):
+            self.crash.hit("mid_initiate")
+        elif isinstance(request, TerminateOffload):
+            self._terminates.add(request.request_id)
+            self.crash.hit("mid_terminate")
+            return True
+        return False
+
+    @property
+    def pending(self) -> bool:
+        """Requests taken from the ring and not submitted yet (they follow a terminate)."""
+        return bool(self._later)
 
     def put_outputs(self) -> None:
-        """Every completion and indication the target has, onto N2H_CONTROL (the backlog when full)."""
-        counters, outputs, target, data = self.counters, self.outputs, self.target, self.data
+        """The target's completions and indications in order, as descriptors on N2H_DATA where they can go
+        as one, else onto N2H_CONTROL (the backlog when full), up to a terminate's answer: that one is held
+        until ``frames_out``."""
+        counters, outputs, target = self.counters, self.outputs, self.target
         outputs.flush()
-        while (out := target.poll()) is not None:
-            if isinstance(out, StateCompletion) and out.request_id in self._initiates:
-                self._initiates.discard(out.request_id)
-                data.initiated(out)  # before any Send on its connections can come
-            if data.descriptor_for(out, outputs):
-                counters["outputs"] += 1
-                continue
-            try:
-                outputs.send(out)
-            except CodecError as exc:
-                counters["bad_outputs"] += 1
-                log.error("NIC: cannot encode %s: %s", type(out).__name__, exc)
-                continue
-            counters["outputs"] += 1
+        while self._held is None and (out := target.poll()) is not None:
+            if isinstance(out, Completion) and out.request_id in self._terminates:
+                self._terminates.discard(out.request_id)
+                self._held = out
+                counters["handbacks_held"] += 1
+                break
+            self._send(out)
+
+    def _send(self, out: Output) -> None:
+        if isinstance(out, StateCompletion) and out.request_id in self._initiates:
+            self._initiates.discard(out.request_id)
+            self.data.initiated(out)  # before any Send on its connections can come
+        if self.data.descriptor_for(out, self.outputs):
+            self.counters["outputs"] += 1
+            return
+        try:
+            self.outputs.send(out)
+        except CodecError as exc:
+            self.counters["bad_outputs"] += 1
+            log.error("NIC: cannot encode %s: %s", type(out).__name__, exc)
+            return
+        self.counters["outputs"] += 1
+
+    @property
+    def handing_back(self) -> bool:
+        """A terminate's answer waits for the frames built before it to be on the wire."""
+        return self._held is not None
+
+    def frames_out(self) -> None:
+        """Every frame built so far is on the wire: the held answer goes onto the ring, then what follows."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._send(held)
+            self.put_outputs()
 
     def commit(self) -> int:
         """Commit the records of the connections whose numbers moved (before this turn's frames leave)."""

@@ -114,7 +114,9 @@ class NicProcess:
         self.hang_bound = hang_bound
         self.config = config
         self._on_spawned, self._on_reaped = on_spawned, on_reaped
-        self.tap_fd = tap_fd
+        # Its own descriptor of the device: every NIC it starts (a restart too) gets this one, whatever the
+        # caller does with its own meanwhile.
+        self.tap_fd = os.dup(tap_fd)
         self.on_event: NicEvent = on_event or (lambda name, fields: None)
         self.events: list[tuple[str, dict[str, Any]]] = []  # every event so far (for a late listener)
         self.arena = Arena.create(arena_config)
@@ -443,16 +445,24 @@ class NicProcess:
 
     def arm_crash(self, point: str, after: int = 1) -> None:
         """Arm a crash point of the running NIC (``nic/crash.py``). Raises ValueError with its answer when
-        it refuses, RuntimeError when it does not answer."""
+        it refuses, RuntimeError when none runs or it does not answer."""
+        self._ask({"op": "crash", "point": point, "after": after}, "armed")
+
+    def fault(self, name: str, **args: Any) -> None:
+        """Apply a fault knob of the running NIC's target (``nic/faults.py``), e.g. ``fault("fail_hardware",
+        lost=[handle])``. Raises ValueError with its answer when it refuses, RuntimeError when none runs."""
+        self._ask({"op": "fault", "name": name, **args}, "applied")
+
+    def _ask(self, message: dict[str, Any], answer: str) -> None:
         if not self.alive or self._sock is None:
             raise RuntimeError("no NIC process runs")
-        self._sock.sendall(json.dumps({"op": "crash", "point": point, "after": after}).encode() + b"\n")
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
         while (line := self._line(block=True)) is not None:
-            message = json.loads(line)
-            if message.get("event") == "armed":
+            reply = json.loads(line)
+            if reply.get("event") == answer:
                 return
-            if message.get("event") == "error":
-                raise ValueError(message.get("message", line))
+            if reply.get("event") == "error":
+                raise ValueError(reply.get("message", line))
         raise RuntimeError("the NIC process did not answer")
 
     # ------------------------------------------------------------------ counters and the end
@@ -497,11 +507,11 @@ class NicProcess:
             else:
                 self._kill_and_reap()
         self._close_sock()
-        for fd in (self._pidfd, *self.efds):
+        for fd in (self._pidfd, *self.efds, self.tap_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._pidfd, self.efds = -1, (-1, -1)
+        self._pidfd, self.efds, self.tap_fd = -1, (-1, -1), -1
         with contextlib.suppress(BufferError, ValueError):
             self.arena.close()
 

@@ -65,11 +65,18 @@ class LoopbackNic:
         self.frozen = False  # a stopped NIC (SIGSTOP): it reads, handles and sends nothing
 
     def _nic_turn(self, now: float) -> None:
-        if self.core is not None and not self.frozen:
-            try:
-                self.core.pump(now)
-            except NicDied:
-                self.fail("killed at a crash point")
+        core = self.core
+        if core is None or self.frozen:
+            return
+        try:
+            core.pump(now)
+            # A hand-back whose connection left no frame to send is answered at once, as the NIC process
+            # does when its turn wrote everything; the requests that waited behind it are taken then.
+            while core.handing_back and not self.software.owes_frames:
+                core.frames_out()
+                core.pump(now)
+        except NicDied:
+            self.fail("killed at a crash point")
 
     def attach_host(self, host: UpperNode) -> None:
         self.target.attach_host(host)
@@ -118,7 +125,8 @@ class LoopbackNic:
         # What the target said outside an exchange (a test's fault knob) reaches the host's next look at
         # its rings, as an in-process target's outputs reach its next poll.
         self._exchange(now)
-        out = self.target.frames_to_send(now)
+        early = self._hand_back(now)
+        out = early + self.target.frames_to_send(now)
         core = self.core
         if core is not None and not self.frozen:
             try:
@@ -135,8 +143,24 @@ class LoopbackNic:
         self._exchange(now)
         return out
 
+    def _hand_back(self, now: float) -> list[Frame]:
+        """The frames the target built outside ``frames_to_send`` (a terminate's last ACK) are on the wire
+        first, as the NIC process writes them; only then may the host read the answer it held back
+        (``NicCore.frames_out``), so the host's first frames of that connection follow them."""
+        core = self.core
+        if core is None or self.frozen:
+            return []
+        early = self.software.early_frames()
+        if core.handing_back:
+            core.frames_out()
+            core.publish()
+            self._exchange(now)
+        return early
+
     def next_deadline(self) -> float | None:
         self._nic_turn(self._now)
+        if self.core is not None and not self.frozen and self.core.handing_back:
+            return self._now  # the frames ahead of a held answer leave at the next call of frames_to_send
         best = self.target.next_deadline()
         if self.core is not None and not self.frozen:
             own = self.core.next_deadline()

@@ -20,7 +20,11 @@ from collections import deque
 from typing import Any
 
 from tcpchimney.chimney import codec
-from tcpchimney.link.vnet import (
+from tcpchimney.nic.descriptors import BIND_RECORD, DATA_MARK_RECORD, RECORD_MORE, ArenaError, RecordKind
+from tcpchimney.nic.ring import ByteConsumer, ByteProducer
+from tcpchimney.wire.errors import EmitError
+from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.vnet import (
     DATA_VALID,
     ETH_HLEN,
     NEEDS_CSUM,
@@ -30,10 +34,6 @@ from tcpchimney.link.vnet import (
     frame_from_read,
     tx_header,
 )
-from tcpchimney.nic.descriptors import BIND_RECORD, DATA_MARK_RECORD, RECORD_MORE, ArenaError, RecordKind
-from tcpchimney.nic.ring import ByteConsumer, ByteProducer
-from tcpchimney.wire.errors import EmitError
-from tcpchimney.wire.frame import Frame
 
 _CONTROL = int(RecordKind.CONTROL)
 _FRAME = int(RecordKind.FRAME)

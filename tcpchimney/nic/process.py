@@ -7,12 +7,15 @@ then on it is the only reader of the TAP. One turn of its loop:
 
 1. frames from the TAP (at most ``READ_BATCH``) to the target: those of offloaded connections to their
    engines, the others up the frames ring (``nic/core.py``);
-2. requests from H2N_CONTROL, decoded and submitted; the target's timers when due;
-3. the target's frames built, its completions and indications onto N2H_CONTROL, the records of the
-   connections whose numbers moved committed (``nic/commit.py``: the received bytes are in host memory
-   before any ACK of them leaves); both N2H rings published, the host's doorbell rung if it may be asleep;
+2. requests from H2N_CONTROL, decoded and submitted, up to the first terminate; the target's timers when
+   due;
+3. the target's frames built, its completions and indications onto N2H_CONTROL (up to a terminate's
+   answer, which is held), the records of the connections whose numbers moved committed
+   (``nic/commit.py``: the received bytes are in host memory before any ACK of them leaves); both N2H rings
+   published, the host's doorbell rung if it may be asleep;
 4. only then the frames written to the TAP, and none while control records wait for room (the order that
-   lets the host fail an unanswered initiate truthfully, ``nic/core.py``);
+   lets the host fail an unanswered initiate truthfully, ``nic/core.py``); once all are written, the held
+   terminate answer published (the order of a hand-back: the connection's last frames ahead of the host's);
 5. one heartbeat (``Arena.beat``), then, if the turn found nothing to do: spin briefly on the H2N ring and
    the TAP, then sleep on the H2N doorbell, the TAP and the control socket, at most until the target's next
    deadline (``doorbell.Waiter``).
@@ -22,9 +25,10 @@ timestamp clocks are derived from it).
 
 The control socket carries JSON lines: ``{"op": "counters"}`` (answered with the counters),
 ``{"op": "crash", "point": P, "after": N}`` (arms a crash point, ``nic/crash.py``; answered ``armed`` or
-``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0). Its end of file
-means the host is gone: the process exits. It also dies with the host (``PR_SET_PDEATHSIG``), so it never
-outlives it.
+``error``), ``{"op": "fault", "name": N, ...}`` (a fault knob of the target, ``nic/faults.py``; answered
+``applied`` or ``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0).
+Its end of file means the host is gone: the process exits. It also dies with the host
+(``PR_SET_PDEATHSIG``), so it never outlives it.
 """
 
 from __future__ import annotations
@@ -44,15 +48,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from tcpchimney.link.vnet import frame_from_read, tx_header
 from tcpchimney.nic.arena import Arena, receive_arena
 from tcpchimney.nic.core import NicCore
 from tcpchimney.nic.descriptors import ArenaError
 from tcpchimney.nic.doorbell import Direction, Doorbell, Waiter
+from tcpchimney.nic.faults import apply_fault
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.wire.errors import EmitError, WireError
 from tcpchimney.wire.frame import DeviceFeatures, Frame
+from tcpchimney.wire.vnet import frame_from_read, tx_header
 
 READ_BATCH = 128  # TAP frames per turn (bounds how long requests wait behind a flood)
 READ_SIZE = 65_600  # a 64 KiB GSO frame and its headers (link/device.py)
@@ -207,8 +212,18 @@ class NicLoop:
         if self._tx and not core.outputs.blocked:
             self._write_tap()
             crash.hit("after_tap_write")
+        self._hand_back()
         self.turns += 1
         return bool(work or frames)
+
+    def _hand_back(self) -> None:
+        """A terminate's answer is published only once every frame built before it is on the wire (the
+        connection's last ACK ahead of the host's first frames of it, ``nic/core.py``)."""
+        core = self.core
+        if core.handing_back and not self._tx and not core.outputs.blocked:
+            core.frames_out()
+            if core.publish():
+                self.bell.ring()
 
     def _read_tap(self, now: float) -> int:
         core, tap = self.core, self.tap
@@ -228,13 +243,18 @@ class NicLoop:
         self._poll.modify(tap.fd, select.POLLIN)
 
     def _has_work(self) -> bool:
-        return self.core.requests.available() or bool(self._quick.poll(0))
+        return self._requests_waiting() or bool(self._quick.poll(0))
+
+    def _requests_waiting(self) -> bool:
+        """Requests a turn would take now (none while a hand-back waits for the device)."""
+        core = self.core
+        return not core.handing_back and (core.pending or core.requests.available())
 
     def _wait(self) -> None:
         waiter = self.waiter
         if self._worked and waiter.spin(self._has_work):
             return
-        if not waiter.begin_sleep(self.core.requests.available):
+        if not waiter.begin_sleep(self._requests_waiting):
             return
         timeout = waiter.sleep_bound_s
         deadline = self.core.next_deadline()
@@ -269,6 +289,8 @@ class NicLoop:
                 message, op = {}, None
             if op == "crash":
                 self._arm_crash(message)
+            elif op == "fault":
+                self._fault(message)
             elif op == "counters":
                 self._say({"event": "counters", "counters": self.snapshot()})
             elif op == "stop":
@@ -276,6 +298,14 @@ class NicLoop:
                 self.core.target.close()
                 self._say({"event": "stopped", "counters": self.snapshot()})
                 self.running = False
+
+    def _fault(self, message: dict[str, Any]) -> None:
+        try:
+            apply_fault(self.core.target, message)
+        except (KeyError, ValueError) as exc:
+            self._say({"event": "error", "message": str(exc).strip("'\"")})
+            return
+        self._say({"event": "applied", "name": message.get("name")})
 
     def _arm_crash(self, message: dict[str, Any]) -> None:
         try:

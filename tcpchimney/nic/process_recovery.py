@@ -53,7 +53,7 @@ from tcpchimney.chimney.tcp_state import TcpDelegated
 from tcpchimney.chimney.tree import BlockList, Layer, Role, Tree, mark_all, overall_status, walk
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.descriptors import ArenaError, ConnRecord
-from tcpchimney.nic.recovery import RecoveryError, Shadow, recovered_state, una_offset
+from tcpchimney.nic.recovery import RecoveryError, Shadow, check_record, recovered_state, una_offset
 from tcpchimney.nic.shadows import Shadows
 
 RECOVERY_KEYS = (
@@ -126,11 +126,16 @@ class Recovery:
         return out
 
     def _read_records(self) -> None:
+        """Each record once, now that nothing writes them; one that does not check out loses its
+        connection (checked again when it is rebuilt: the host may take more bytes meanwhile)."""
         for shadow in self.shadows:
             try:
-                self._records[shadow.host_handle] = self.arena.read_record(shadow.slot)
-            except ArenaError:
+                record = self.arena.read_record(shadow.slot)
+                check_record(shadow, record)
+            except (ArenaError, RecoveryError):
                 self._lost.add(shadow.host_handle)
+                continue
+            self._records[shadow.host_handle] = record
 
     def _answer_open(self, request: Request) -> list[Output]:
         """A call the NIC left open, other than a terminate."""

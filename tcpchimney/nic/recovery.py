@@ -26,7 +26,14 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from tcpchimney.chimney.tcp_state import PEER_FIN_RECEIVED, TcpDelegated, TcpSnapshot
+from tcpchimney.chimney.tcp_state import (
+    AFTER_OUR_FIN_ACKED,
+    AFTER_PEER_FIN,
+    AFTER_SHUTDOWN,
+    PEER_FIN_RECEIVED,
+    TcpDelegated,
+    TcpSnapshot,
+)
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import UNPROTECTED
 from tcpchimney.nic.descriptors import ConnRecord, RecordFlag
@@ -34,18 +41,6 @@ from tcpchimney.tcp.state import TcpState
 
 _MASK32 = (1 << 32) - 1
 _MS = 1000
-
-_AFTER_OUR_FIN = {TcpState.ESTABLISHED: TcpState.FIN_WAIT_1, TcpState.CLOSE_WAIT: TcpState.LAST_ACK}
-_AFTER_FIN_ACKED = {
-    TcpState.FIN_WAIT_1: TcpState.FIN_WAIT_2,
-    TcpState.CLOSING: TcpState.TIME_WAIT,
-    TcpState.LAST_ACK: TcpState.CLOSED,
-}
-_AFTER_PEER_FIN = {
-    TcpState.ESTABLISHED: TcpState.CLOSE_WAIT,
-    TcpState.FIN_WAIT_1: TcpState.CLOSING,
-    TcpState.FIN_WAIT_2: TcpState.TIME_WAIT,
-}
 
 
 class RecoveryError(Exception):
@@ -161,31 +156,40 @@ def recovered_state(sh: Shadow, record: ConnRecord | None, arena: Arena, now: fl
     )
 
 
-def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[bytes, bool]:
-    """The bytes ``[taken, committed RCV.NXT)`` from the RX buffer, and whether the record has the FIN."""
+def check_record(sh: Shadow, record: ConnRecord | None) -> tuple[int, bool]:
+    """Where the committed received data ends (stream offset) and whether the record has the FIN. Raises
+    RecoveryError for a record the RX buffer cannot back: unprotected, behind what the host took, or
+    further ahead of it than the buffer holds."""
     if record is None:
-        return b"", False
+        return sh.taken, False
     if record.flags & UNPROTECTED:
         raise RecoveryError("its RX buffer does not hold every byte the NIC acknowledged")
     d0 = sh.snap.delegated
     fin = bool(record.flags & RecordFlag.FIN_RECEIVED)
     end = record.rcv_nxt - int(d0.buffered_start + len(d0.buffered_data)) - (1 if fin else 0)
-    off, size = sh.rx
+    size = sh.rx[1]
     if not sh.taken <= end <= sh.taken + size:
         raise RecoveryError(
             f"its record's RCV.NXT is {end - sh.taken} bytes from what the host took "
             f"(an RX buffer of {size} bytes)"
         )
+    return end, fin
+
+
+def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[bytes, bool]:
+    """The bytes ``[taken, committed RCV.NXT)`` from the RX buffer, and whether the record has the FIN."""
+    end, fin = check_record(sh, record)
+    off, size = sh.rx
     return arena.read_stream(off, size, sh.taken, end - sh.taken), fin
 
 
 def _state(state: TcpState, sh: Shadow, peer_fin: bool) -> TcpState:
     if sh.fin_asked:
-        state = _AFTER_OUR_FIN.get(state, state)
+        state = AFTER_SHUTDOWN.get(state, state)
     if peer_fin:
-        state = _AFTER_PEER_FIN.get(state, state)
+        state = AFTER_PEER_FIN.get(state, state)
     if sh.fin_acked:
-        state = _AFTER_FIN_ACKED.get(state, state)
+        state = AFTER_OUR_FIN_ACKED.get(state, state)
     return state
 
 

@@ -150,14 +150,27 @@ class WireSide(TargetMethods):
                 self.mac = bytes(out[0].headers[6:12])  # the interface MAC, as the host uses it
         if self._stalled:
             return out
-        own = self._tx
-        self._tx = []
+        own: list[Frame] = []
         dirty = self._dirty
         self._dirty = {}
         for entry in dirty.values():
             if self.table.conns.get(entry.handle) is entry:
                 self._output(entry, now, own)
-        return out + own
+        return self.early_frames() + out + own
+
+    @property
+    def owes_frames(self) -> bool:
+        """Frames built outside ``frames_to_send`` wait to leave (``early_frames``)."""
+        return bool(self._tx)
+
+    def early_frames(self) -> list[Frame]:
+        """The frames built outside ``frames_to_send`` (a terminate's last ACK, spec 3.5 step 1; an abort's
+        RST), taken now. They leave ahead of the host's frames: the host may have taken the connection back
+        since, and its first frames of it must not overtake the target's last."""
+        if self._stalled or not self._tx:
+            return []
+        early, self._tx = self._tx, []
+        return early
 
     def next_deadline(self) -> float | None:
         best = self.host.next_deadline() if self.host is not None else None

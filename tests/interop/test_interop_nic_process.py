@@ -1,4 +1,4 @@
-"""``chimney serve`` with the NIC in its own process (``--nic process``), against
+"""``chimney serve`` with the NIC in its own process (``--nic process``, the default with offload), against
 curl in the Linux namespace: byte-exact transfers both ways through the NIC process, which is a separate
 live process reading the TAP; and a ``kill -9`` of it costs the command neither a hang nor a crash nor a
 byte: the connection it held is rebuilt on the host and finishes exact, ``nic_failed`` and a second

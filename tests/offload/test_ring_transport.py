@@ -27,7 +27,7 @@ from tcpchimney.chimney.indications import PeerReset
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import Offloaded, Uploaded
 from tcpchimney.host.offload import OffloadState
-from tcpchimney.nic.descriptors import RecordKind, RingId
+from tcpchimney.nic.descriptors import RECORD_COMMIT_OFF, RECORD_SIZE, RecordKind, RingId
 from tcpchimney.nic.loopback import LoopbackNic
 from tcpchimney.tcp.events import ConnectionReset
 from tcpchimney.wire.tcp import RST
@@ -140,6 +140,37 @@ def test_bytes_the_nic_acknowledged_but_the_host_never_took_come_back_from_the_r
     _exact([stream])
     _no_reset(net)
     assert nic.target.transport_counters()["recovered_rx_bytes"] > 0
+
+
+@pytest.mark.parametrize("lie", ["rcv_nxt_ahead", "rcv_nxt_behind", "torn"])
+def test_a_record_that_lies_costs_its_connection_only(lie: str) -> None:
+    """A dead NIC left one connection's record out of range (RCV.NXT beyond its RX buffer, or behind what
+    the host already took) or torn: that connection is reset, as one whose state is lost; the others are
+    rebuilt exact; nothing raises and nothing is read outside the buffer."""
+    net, pairs, streams = _under_way(72)
+    nic = _nic(net)
+    victim = pairs[0][0]
+    off = victim.offload  # type: ignore[attr-defined]
+    shadow = nic.target.recovery.shadows.by_host[off.handle]
+    record = nic.nic_arena.read_record(shadow.slot)
+    assert record is not None
+    if lie == "torn":
+        base = nic.nic_arena.layout.records_off + shadow.slot * RECORD_SIZE
+        nic.nic_arena.store(base + RECORD_COMMIT_OFF, nic.nic_arena.load(base + RECORD_COMMIT_OFF) + 2)
+    else:
+        d0 = shadow.snap.delegated
+        took = int(d0.buffered_start + len(d0.buffered_data)) + shadow.taken  # what the host took, extended
+        moved = took + 10 * shadow.rx[1] if lie == "rcv_nxt_ahead" else took - 1
+        nic.nic_arena.commit(shadow.slot, record._replace(rcv_nxt=moved, rcv_adv=max(moved, record.rcv_adv)))
+    nic.frozen = True
+    nic.fail("killed")
+    others = [s for s in streams if victim not in (s.src, s.dst)]
+    exchange(net, others, timeout=30.0)
+    _exact(others)
+    net.run_until(lambda: net.has_event(victim, ConnectionReset), 10.0)
+    counters = nic.target.transport_counters()
+    assert counters["recovery_lost"] == 1 and counters["recovered"] == len(pairs) - 1
+    assert all("lost" in e for e in net.a.internal_errors), net.a.internal_errors  # the fault, no bug
 
 
 def _kill_and_restart(net: Net, nic: LoopbackNic, streams: list[Stream], kills: list[float]) -> None:

@@ -398,3 +398,43 @@ def test_timer_drives_time_wait_to_closed() -> None:
         pair.close()
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_leaving_the_runtime_lets_what_was_closed_gracefully_be_delivered() -> None:
+    """The server writes 3 MB, closes and the application leaves ``async with Runtime`` while the peer
+    still holds its window shut: the runtime lingers (LINGER_S) until the bytes and the FIN are
+    acknowledged, instead of resetting a connection the application closed gracefully."""
+
+    async def main() -> bytes:
+        pair = MemoryDevicePair()
+        a = Runtime(make_stack(pair.a, "02:00:00:00:00:0a", A_IP), pair.a)
+        b = Runtime(make_stack(pair.b, "02:00:00:00:00:0b", B_IP), pair.b)
+        written = asyncio.Event()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(DATA)
+            writer.close()
+            written.set()
+
+        try:
+            async with b:
+                async with a:
+                    server = await a.start_server(handler, port=6010)
+                    reader, writer = await b.open_connection(A_IP, 6010)
+                    writer.transport.pause_reading()  # type: ignore[attr-defined]
+                    await asyncio.wait_for(written.wait(), TIMEOUT)
+                    server.close()
+                    reading = asyncio.ensure_future(_read_later(reader, writer, 0.3))
+                return await asyncio.wait_for(reading, TIMEOUT)
+        finally:
+            pair.close()
+
+    DATA = os.urandom(3_000_000)
+    assert asyncio.run(main()) == DATA
+
+
+async def _read_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> bytes:
+    """The peer's application: busy elsewhere for ``delay`` seconds, then it reads everything."""
+    await asyncio.sleep(delay)
+    writer.transport.resume_reading()  # type: ignore[attr-defined]
+    return await reader.read(-1)

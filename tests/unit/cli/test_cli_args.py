@@ -142,9 +142,9 @@ def test_connections_table_lists_rows_or_says_none() -> None:
 @pytest.mark.parametrize(
     "command", [["serve", "echo", "--netns", "t1"], ["nc", "-l", "9", "--netns", "t1"], ["demo"]]
 )
-def test_the_nic_runs_inline_unless_asked_for_its_own_process(command: list[str]) -> None:
-    assert main.parse_args(command).nic == "inline"
-    assert main.parse_args([*command, "--nic", "process"]).nic == "process"
+def test_the_nic_runs_in_its_own_process_unless_asked_inline(command: list[str]) -> None:
+    assert main.parse_args(command).nic == "process"
+    assert main.parse_args([*command, "--nic", "inline"]).nic == "inline"
 
 
 def test_a_nic_that_cannot_start_fails_the_command_in_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,7 +77,7 @@ def test_a_cpu_that_is_not_a_number_is_one_sentence(capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["--nic", "inline"], ["--nic", "process", "--offload", "disabled"]], ids=str
+    "extra", [["--nic", "inline"], ["--nic", "process", "--offload", "disabled"]], ids=str
 )
 def test_nic_cpu_needs_the_nic_process(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     cpu = str(max(affinity.allowed_cpus()))

@@ -19,10 +19,10 @@ import pytest
 from tcpchimney.chimney.completions import Completion
 from tcpchimney.chimney.requests import ReachabilityReply
 from tcpchimney.chimney.status import Status
-from tcpchimney.link.vnet import plain_header
 from tcpchimney.nic.descriptors import H2N_SLEEP_OFF
 from tcpchimney.nic.launch import NicProcess, NicStartError
 from tcpchimney.nic.process import NicConfig
+from tcpchimney.wire.vnet import plain_header
 
 MAC = "02:00:00:00:00:01"
 ARP_FRAME = bytes(6) + bytes([2, 0, 0, 0, 0, 9]) + b"\x08\x06" + bytes(28)
@@ -178,3 +178,62 @@ def test_a_nic_that_cannot_start_says_why_in_one_sentence() -> None:
 def test_a_config_field_it_does_not_know_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown config fields: colour"):
         NicConfig.from_json('{"mac": "02:00:00:00:00:01", "colour": "red"}')
+
+
+async def _next_event(events: list[Any], name: str, after: int, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [f for n, f in events[after:] if n == name]
+        if found:
+            return found[0]  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no {name} within {timeout} s: {events}"
+        await asyncio.sleep(0.01)
+
+
+def test_a_nic_killed_at_a_crash_point_is_followed_by_a_new_one_the_target_resumes_on() -> None:
+    """``arm_crash``: the NIC kills itself at the named point; a new NIC (epoch 2, its own pid) starts
+    after the hold-down and the same ProcessTarget announces TargetResumed."""
+    from tcpchimney.chimney.indications import TargetResumed
+
+    async def body() -> None:
+        with nic_process() as (nic, _, events):
+            nic.attach(asyncio.get_running_loop(), lambda: None)
+            first, target = nic.pid, nic.target
+            assert target is not None
+            with pytest.raises(ValueError, match="unknown crash point"):
+                nic.arm_crash("nowhere")
+            nic.arm_crash("after_commit")  # passed at every turn of the loop
+            failed = await _next_event(events, "nic_failed", 0)
+            assert failed["cause"] == "killed by SIGKILL" and failed["pid"] == first
+            started = await _next_event(events, "nic_started", 1)
+            assert started["epoch"] == 2 and started["pid"] != first and started["restart"] is True
+            outputs = []
+            while (out := target.poll()) is not None:
+                outputs.append(out)
+            assert any(isinstance(o, TargetResumed) for o in outputs)
+            assert nic.alive and nic.counters()["nic_process"]["restarts"] == 1
+
+    asyncio.run(body())
+
+
+def test_fault_knobs_reach_the_target_across_the_process_boundary() -> None:
+    """``fault("pause")`` makes the NIC's target indicate TargetPaused to the host; a bad knob is refused
+    with one sentence."""
+    from tcpchimney.chimney.indications import TargetPaused
+
+    with nic_process() as (nic, _, _events):
+        target = nic.target
+        assert target is not None
+        with pytest.raises(ValueError, match="unknown fault"):
+            nic.fault("melt")
+        with pytest.raises(ValueError, match="missing or bad argument"):
+            nic.fault("request_upload")
+        nic.fault("pause")
+        deadline = time.monotonic() + 10
+        got: list[Any] = []
+        while not any(isinstance(o, TargetPaused) for o in got):
+            assert time.monotonic() < deadline, got
+            select.select([target.fileno()], [], [], 0.05)
+            target.read()
+            while (out := target.poll()) is not None:
+                got.append(out)

@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcpchimney.link import vnet
-from tcpchimney.link.vnet import (
+from tcpchimney.wire import vnet
+from tcpchimney.wire.errors import EmitError, Illegal, Truncated
+from tcpchimney.wire.ethernet import VlanTag, emit_ethernet
+from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.ipv4 import emit_ipv4
+from tcpchimney.wire.seq import SeqNum
+from tcpchimney.wire.tcp import ACK, TcpOptions, TcpSegment, emit_tcp_header
+from tcpchimney.wire.vnet import (
     DATA_VALID,
     GSO_ECN,
     GSO_NONE,
@@ -24,12 +30,6 @@ from tcpchimney.link.vnet import (
     parse_vnet,
     tx_header,
 )
-from tcpchimney.wire.errors import EmitError, Illegal, Truncated
-from tcpchimney.wire.ethernet import VlanTag, emit_ethernet
-from tcpchimney.wire.frame import Frame
-from tcpchimney.wire.ipv4 import emit_ipv4
-from tcpchimney.wire.seq import SeqNum
-from tcpchimney.wire.tcp import ACK, TcpOptions, TcpSegment, emit_tcp_header
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
