@@ -71,15 +71,25 @@ class Shadow:
     aborted: bool = False
     peer_fin: bool = False
     reset: bool = False
+    # The TX buffer as a stream (nic/host_data.py): Sends written at tx_head, each kept until its
+    # completion; tx_open maps the request id of each one not completed yet to its [start, end).
+    tx_head: int = 0
+    tx_open: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sent_end = len(self.snap.delegated.send_data)
+
+    def tx_room(self) -> int:
+        """Bytes of the TX buffer no Send holds: everything from the oldest open Send on is kept."""
+        oldest = min((start for start, _ in self.tx_open.values()), default=self.tx_head)
+        return self.tx[1] - (self.tx_head - oldest)
 
     def add_send(self, rid: int, data: bytes) -> None:
         self.sends.append((rid, self.sent_end, data))
         self.sent_end += len(data)
 
     def send_done(self, rid: int, success: bool) -> None:
+        self.tx_open.pop(rid, None)  # completed, whatever the status: its TX bytes may be reused
         for i, (srid, start, data) in enumerate(self.sends):
             if srid == rid:
                 del self.sends[i]
