@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError
+from tcpchimney.cli.memory import keep_freed_memory
 from tcpchimney.cli.offload import OffloadControl, OffloadOptions
 from tcpchimney.host.interface import InterfaceConfig
 from tcpchimney.host.stack import HostStack
@@ -161,6 +162,7 @@ async def open_session(
     offload not disabled, the software target owns the device and the stack sits behind it. The capture file
     is opened first: a path that cannot be written fails before anything exists."""
     options = offload or OffloadOptions("disabled")
+    keep_freed_memory()  # buffers freed at line rate are not faulted back in (cli/memory.py)
     capture = _open_capture(pcap) if pcap else None
     try:
         async with (

@@ -217,6 +217,7 @@ class Arena:
         self._bindings: dict[int, Binding] = {}  # host: what it wrote; NIC: what it validated
         self._commits: dict[int, int] = {}  # NIC: the last commit number per handle
         self._beats = 0
+        self._epoch: int | None = None  # host: the epoch it set
 
     @classmethod
     def create(cls, config: ArenaConfig | None = None) -> Arena:
@@ -278,11 +279,15 @@ class Arena:
 
     @property
     def epoch(self) -> int:
+        """The host's epoch: on the host its own copy (never read back), on the NIC the word it wrote."""
+        if self._epoch is not None:
+            return self._epoch
         return self.load(EPOCH_OFF)
 
     def set_epoch(self, epoch: int) -> None:
         self._require(Side.HOST)
         self.store(EPOCH_OFF, epoch)
+        self._epoch = epoch
 
     def announce(self) -> None:
         """The NIC says who it is and which epoch it runs in (host-read, for liveness and fencing)."""

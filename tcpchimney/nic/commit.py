@@ -32,10 +32,26 @@ from tcpchimney.chimney.tree import Layer, Role, walk
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.descriptors import ArenaError, ConnRecord, RecordFlag
 from tcpchimney.nic.table import ConnectionTable, TcpEntry
+from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.seq import SeqNum
 
 _U32 = (1 << 32) - 1
 UNPROTECTED = 0x4  # record flag: the RX buffer does not hold every byte acknowledged (the host resets it)
+# Record flags bits 8-15: 1 + the engine's state's index in STATES (0: not said), so the host knows which FIN
+# came first (LAST-ACK and CLOSING differ only in that).
+STATES = tuple(TcpState)
+STATE_SHIFT = 8
+_STATE_CODE = {state: (i + 1) << STATE_SHIFT for i, state in enumerate(STATES)}
+
+
+def state_flags(state: TcpState) -> int:
+    return _STATE_CODE[state]
+
+
+def state_of(flags: int) -> TcpState | None:
+    n = (flags >> STATE_SHIFT) & 0xFF
+    return STATES[n - 1] if 0 < n <= len(STATES) else None
+
 
 COMMIT_KEYS = (
     "binds",  # BIND records taken
@@ -63,6 +79,7 @@ class Mirror:
     una_pos: int = 0  # bytes acknowledged by the peer since offload
     entry: TcpEntry | None = None
     flags: int = 0
+    peer_fin: bool = False  # the peer's FIN is in: sticky (a connection that then closes is CLOSED)
     committed: tuple[int, int, int, int] = (-1, -1, -1, -1)  # rcv_nxt, rcv_adv, snd_una, flags
 
 
@@ -116,9 +133,15 @@ class Committer:
             m.entry = entry
         self._place(m, entry)
 
+    @staticmethod
+    def _peer_fin(m: Mirror, entry: TcpEntry) -> bool:
+        if not m.peer_fin and (entry.conn.state in PEER_FIN_RECEIVED or entry.peer_fin):
+            m.peer_fin = True
+        return m.peer_fin
+
     def _place(self, m: Mirror, entry: TcpEntry) -> None:
         conn = entry.conn
-        fin = 1 if conn.state in PEER_FIN_RECEIVED else 0
+        fin = 1 if self._peer_fin(m, entry) else 0
         end = conn.rcv_nxt + -fin
         delta = end.dist(m.data_end)
         if delta <= 0 or m.flags & UNPROTECTED:
@@ -157,8 +180,8 @@ class Committer:
 
     def _commit(self, m: Mirror, entry: TcpEntry) -> bool:
         conn = entry.conn
-        fin = conn.state in PEER_FIN_RECEIVED
-        flags = m.flags | (int(RecordFlag.FIN_RECEIVED) if fin else 0)
+        fin = self._peer_fin(m, entry)
+        flags = m.flags | (int(RecordFlag.FIN_RECEIVED) if fin else 0) | state_flags(conn.state)
         rcv = int(m.data0) + m.pos + (1 if fin else 0)
         adv = max(rcv + max(0, conn.rcv_adv.dist(conn.rcv_nxt)), m.committed[1])
         step = conn.snd_una.dist(m.una)

@@ -4,12 +4,17 @@ It is what runs in the NIC process (``nic/process.py`` gives it the TAP, the doo
 what a test pairs with a ``ProcessTarget`` in one process, driven synchronously on a simulated link, so the
 whole offload suite runs through the ring transport deterministically.
 
-- ``take_requests``: every request the host published on H2N_CONTROL, decoded and submitted to the target.
-  A record that does not decode is counted and dropped (the host is trusted; a bad record is its bug).
-- ``put_outputs``: every completion and indication the target has, encoded onto N2H_CONTROL, in order.
+- ``take_requests``: every request the host published on H2N_CONTROL and H2N_DATA, in the host's order
+  (``nic/ordering.py``): messages decoded, SEND descriptors turned into Sends (``nic/nic_data.py``), and
+  submitted to the target. A record that does not decode is counted and dropped (the host is trusted; a bad
+  record is its bug).
+- ``put_outputs``: every completion and indication the target has, in order: as a descriptor on N2H_DATA
+  when it can go as one (a receive indication whose bytes are in the RX buffer, a Send's completion), else
+  encoded onto N2H_CONTROL.
 - the target's host node is the frames ring: every frame the target does not claim goes up N2H_FRAMES
   (a full ring drops it and counts it, as a NIC's receive ring does).
-- ``publish``: makes both N2H rings' new records visible at once; True if anything was new (ring then).
+- ``publish``: makes the N2H rings' new records visible (control before data, then frames); True if
+  anything was new (ring then).
 - ``handing_back`` / ``frames_out``: the answer to a terminate is held back until the caller has put every
   frame built before it on the wire (below).
 
@@ -35,15 +40,17 @@ import logging
 from collections import deque
 
 from tcpchimney.chimney import codec
-from tcpchimney.chimney.completions import Completion
+from tcpchimney.chimney.completions import Completion, StateCompletion
 from tcpchimney.chimney.errors import CodecError, ContractError
-from tcpchimney.chimney.requests import InitiateOffload, TerminateOffload
+from tcpchimney.chimney.requests import InitiateOffload, Request, TerminateOffload
 from tcpchimney.chimney.target import Output
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import Committer
 from tcpchimney.nic.crash import CrashPoints
 from tcpchimney.nic.descriptors import RingId
-from tcpchimney.nic.messages import ControlReader, ControlWriter, put_frame
+from tcpchimney.nic.messages import put_frame
+from tcpchimney.nic.nic_data import NicDataPath
+from tcpchimney.nic.ordering import Item, OrderedReader, OrderedWriter
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.wire.frame import Frame
 
@@ -87,11 +94,19 @@ class NicCore:
         self.committer = Committer(arena, target.table)
         self.committer.before_commit = lambda: self.crash.hit("after_place")
         target.receive_hook = self.committer.place
-        self.requests = ControlReader(arena.byte_consumer(RingId.H2N_CONTROL), accept_binds=True)
-        self.outputs = ControlWriter(arena.byte_producer(RingId.N2H_CONTROL))
+        self.requests = OrderedReader(
+            arena.byte_consumer(RingId.H2N_CONTROL),
+            arena.descriptor_consumer(RingId.H2N_DATA),
+            accept_binds=True,
+        )
+        self.outputs = OrderedWriter(
+            arena.byte_producer(RingId.N2H_CONTROL), arena.descriptor_producer(RingId.N2H_DATA), arena.epoch
+        )
+        self.data = NicDataPath(arena, self.committer)
+        self._initiates: set[int] = set()  # request ids of the initiates whose completion is still to come
         self.frames = arena.byte_producer(RingId.N2H_FRAMES)
         self.counters: dict[str, int] = dict.fromkeys(CORE_KEYS, 0)
-        self._later: deque[bytes] = deque()  # requests taken from the ring, submitted after a hand-back
+        self._later: deque[Item] = deque()  # requests taken from the rings, submitted after a hand-back
         self._terminates: set[int] = set()  # request ids of terminates whose answers are not put yet
         self._held: Output | None = None  # a terminate's answer, put by ``frames_out``
         target.attach_host(_FramesUp(self))
@@ -105,8 +120,9 @@ class NicCore:
             self.counters["frames_up_dropped"] += 1
 
     def take_requests(self, now: float) -> int:
-        """Submit the requests the host published, up to the first terminate (the rest wait for the next
-        turn), none while a terminate's answer is held; returns how many were taken from the ring."""
+        """Submit the requests the host published (messages and SEND descriptors, in its order), up to the
+        first terminate (the rest wait for the next turn), none while a terminate's answer is held; returns
+        how many were taken from the rings."""
         if self._held is not None:
             return 0
         later = self._later
@@ -114,6 +130,7 @@ class NicCore:
         binds, committer = self.requests.binds, self.committer
         for bind in binds:  # each comes before its initiate: applied before that initiate is submitted
             committer.bind(*bind)
+            self.data.bind(bind[0], bind[1])
         binds.clear()
         self.requests.release()  # also the records of a message not complete yet: they were copied out
         later.extend(messages)
@@ -124,12 +141,13 @@ class NicCore:
                 break
         return max(submitted, len(messages))
 
-    def _submit(self, data: bytes, now: float) -> bool:
+    def _submit(self, item: Item, now: float) -> bool:
         """Decode and submit one request; True if it was a terminate (the turn takes no more)."""
         try:
-            request = codec.decode(data)
+            request: Request = codec.decode(item) if isinstance(item, bytes) else self.data.send(item)
             if isinstance(request, InitiateOffload):
                 self.committer.expect(request)
+                self._initiates.add(request.request_id)
             self.target.submit(request, now)
         except (CodecError, ContractError) as exc:  # not a request (e.g. a completion): dropped
             self.counters["bad_requests"] += 1
@@ -150,8 +168,9 @@ class NicCore:
         return bool(self._later)
 
     def put_outputs(self) -> None:
-        """The target's completions and indications onto N2H_CONTROL (the backlog when full), in order, up to
-        a terminate's answer: that one is held until ``frames_out``."""
+        """The target's completions and indications in order, as descriptors on N2H_DATA where they can go
+        as one, else onto N2H_CONTROL (the backlog when full), up to a terminate's answer: that one is held
+        until ``frames_out``."""
         counters, outputs, target = self.counters, self.outputs, self.target
         outputs.flush()
         while self._held is None and (out := target.poll()) is not None:
@@ -163,6 +182,12 @@ class NicCore:
             self._send(out)
 
     def _send(self, out: Output) -> None:
+        if isinstance(out, StateCompletion) and out.request_id in self._initiates:
+            self._initiates.discard(out.request_id)
+            self.data.initiated(out)  # before any Send on its connections can come
+        if self.data.descriptor_for(out, self.outputs):
+            self.counters["outputs"] += 1
+            return
         try:
             self.outputs.send(out)
         except CodecError as exc:
@@ -188,7 +213,7 @@ class NicCore:
         return self.committer.commit_all()
 
     def publish(self) -> bool:
-        control = self.outputs.publish()
+        control = self.outputs.publish()  # control, then data (nic/ordering.py)
         frames = self.frames.publish()
         return control or frames
 
@@ -220,7 +245,12 @@ class NicCore:
             control_records=self.outputs.records,
             control_backlogged=self.outputs.backlogged,
             control_stalls=self.outputs.stalls,
+            data_descriptors=self.outputs.descriptors,
+            data_marks=self.outputs.marks,
+            data_stalls=self.outputs.data_stalls,
+            data_waits=self.requests.waits,
             frames_stalls=self.frames.stalls,
         )
         transport.update(self.committer.counters)
+        transport.update(self.data.counters)
         return {**self.target.counters.snapshot(), "transport": transport}

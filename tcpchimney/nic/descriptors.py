@@ -112,11 +112,11 @@ class DescKind(IntEnum):
     ``p % size`` of it); sequence values are 64-bit extended sequence numbers (the 32-bit TCP value with its
     wraps counted, anchored by the host at offload)."""
 
-    SEND = 1  # H2N: bytes [a, a+b) of the TX stream are ready to send; c = request id
-    RX_CONSUMED = 2  # H2N: the host consumed the RX stream up to position a (that space is free again)
-    SEND_DONE = 3  # N2H: the peer acknowledged the TX stream up to position a; c = last request id done
-    RECEIVE_PLACED = 4  # N2H: bytes [a, a+b) of the RX stream are placed; c = committed rcv_nxt
-    SEND_BACKLOG = 5  # N2H: the NIC would like a bytes queued (SendBacklogChanged)
+    SEND = 1  # H2N: a Send of bytes [a, a+b) of the TX stream; c = its request id
+    RX_CONSUMED = 2  # H2N: the host consumed the RX stream up to position a (reserved: not produced yet)
+    SEND_DONE = 3  # N2H: the Send c completed (SUCCESS), b bytes acknowledged, its TX bytes ended at a
+    RECEIVE_PLACED = 4  # N2H: a ReceiveIndication of bytes [a, a+b) of the RX stream; c = its indication id
+    SEND_BACKLOG = 5  # N2H: the NIC would like a bytes queued (reserved: not produced yet)
 
 
 class DescFlag(IntEnum):
@@ -136,6 +136,9 @@ class Descriptor(NamedTuple):
 
 H2N_KINDS: Final = frozenset({DescKind.SEND, DescKind.RX_CONSUMED})
 N2H_KINDS: Final = frozenset({DescKind.SEND_DONE, DescKind.RECEIVE_PLACED, DescKind.SEND_BACKLOG})
+# What a consumer accepts today: the kinds that are produced (the reserved ones are a broken producer).
+H2N_BUILT: Final = frozenset({DescKind.SEND})
+N2H_BUILT: Final = frozenset({DescKind.SEND_DONE, DescKind.RECEIVE_PLACED})
 
 
 def check_descriptor(desc: Descriptor, kinds: frozenset[DescKind], epoch: int, max_conns: int) -> None:
@@ -163,6 +166,7 @@ class RecordKind(IntEnum):
     CONTROL = 2  # payload: one message of chimney/codec.py
     FRAME = 3  # payload: one frame as read from the TAP (virtio-net header first)
     BIND = 4  # H2N_CONTROL only, payload BIND_RECORD: the arena slot of a connection the next initiate names
+    DATA_MARK = 5  # both control rings, payload DATA_MARK_RECORD: descriptors up to N of the data ring first
 
 
 # Record flags of a CONTROL record: a message longer than one record (at most half the ring) is cut into
@@ -173,6 +177,12 @@ RECORD_MORE: Final = 0x1
 # A BIND record comes before the CONTROL record of the InitiateOffload that names the connection: the host's
 # handle of its TCP block, the arena slot (binding and record) the host gave it, and its conn_id.
 BIND_RECORD: Final = struct.Struct("<QII")  # host_handle, slot, conn_id
+
+
+# A DATA_MARK record: the count N of descriptors the producer had put on the data ring of its direction
+# (free-running, as the ring's head) when it wrote the record. Every descriptor below N comes before the
+# records that follow the mark; every descriptor from N on comes after them (nic/ordering.py).
+DATA_MARK_RECORD: Final = struct.Struct("<Q")
 
 
 def record_span(length: int) -> int:

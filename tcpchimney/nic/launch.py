@@ -172,6 +172,9 @@ class NicProcess:
         try:
             config = replace(self.config, handle_base=(self.epoch - 1) << 32, wait_go=self.epoch > 1)
             self._spawn(child, config)
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self._sock = parent
@@ -195,7 +198,13 @@ class NicProcess:
             raise NicStartError(f"cannot run {sys.executable}: {exc.strerror}") from exc
         if self._pidfd >= 0:
             os.close(self._pidfd)  # the previous NIC's, reaped
-        self._pidfd = os.pidfd_open(self._popen.pid)
+            self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(self._popen.pid)
+        except OSError as exc:
+            self._popen.kill()  # no pidfd to kill it through: it must not run unwatched
+            self._popen.wait()
+            raise NicStartError(f"cannot watch it: {exc.strerror or exc}") from exc
         self._on_spawned(self._popen.pid)
         if self.cpu is not None:
             try:

@@ -63,6 +63,7 @@ class LoopbackNic:
         )
         self._now = 0.0  # the last instant an entry point was given (the NIC has no clock of its own)
         self.frozen = False  # a stopped NIC (SIGSTOP): it reads, handles and sends nothing
+        self._unsent: list[Frame] = []  # frames built while control records waited for room
 
     def _nic_turn(self, now: float) -> None:
         core = self.core
@@ -84,6 +85,7 @@ class LoopbackNic:
     def fail(self, cause: str = "killed") -> None:
         """The NIC dies here: nothing more runs on its side; the host end finds out at once."""
         self.core = None
+        self._unsent = []  # never written
         self.target.fail(cause)
 
     def restart(self) -> None:
@@ -139,7 +141,10 @@ class LoopbackNic:
             except NicDied:
                 self.fail("killed at a crash point")  # the turn's frames never leave
                 return out + self.target.frames_to_send(now)
-            out += built
+            self._unsent.extend(built)
+            if not core.outputs.blocked:  # as the NIC process: no frame while control records wait
+                out += self._unsent
+                self._unsent = []
         self._exchange(now)
         return out
 
@@ -161,6 +166,8 @@ class LoopbackNic:
         self._nic_turn(self._now)
         if self.core is not None and not self.frozen and self.core.handing_back:
             return self._now  # the frames ahead of a held answer leave at the next call of frames_to_send
+        if self._unsent:
+            return self._now + 1e-4  # frames that waited for room in N2H_CONTROL: looked at again soon
         best = self.target.next_deadline()
         if self.core is not None and not self.frozen:
             own = self.core.next_deadline()

@@ -4,6 +4,8 @@
   a record may be (half the ring) is cut into consecutive records, each but the last flagged
   ``RECORD_MORE``; the reader joins them before decoding. ``ControlWriter`` keeps what does not fit the ring
   now in a local backlog, in order, and retries it first on the next call; nothing is ever dropped.
+  Besides messages: BIND records (H2N only: a connection's arena slot, ahead of its initiate) and DATA_MARK
+  records (how many descriptors of the direction's data ring come first: ``nic/ordering.py``).
 - **Frames** (N2H_FRAMES): one frame per record, the virtio-net header first (the layout a TAP read
   returns), so a NIC written in C can pass a TAP read up unchanged. ``put_frame`` builds the header from the
   ``Frame``'s offload fields; ``frame_of_record`` is the TAP's own receive parser.
@@ -18,7 +20,7 @@ from collections import deque
 from typing import Any
 
 from tcpchimney.chimney import codec
-from tcpchimney.nic.descriptors import BIND_RECORD, RECORD_MORE, ArenaError, RecordKind
+from tcpchimney.nic.descriptors import BIND_RECORD, DATA_MARK_RECORD, RECORD_MORE, ArenaError, RecordKind
 from tcpchimney.nic.ring import ByteConsumer, ByteProducer
 from tcpchimney.wire.errors import EmitError
 from tcpchimney.wire.frame import Frame
@@ -36,6 +38,7 @@ from tcpchimney.wire.vnet import (
 _CONTROL = int(RecordKind.CONTROL)
 _FRAME = int(RecordKind.FRAME)
 _BIND = int(RecordKind.BIND)
+_MARK = int(RecordKind.DATA_MARK)
 MAX_MESSAGE = 256 << 20  # a joined message longer than this is a broken producer, not a big state
 
 
@@ -69,11 +72,19 @@ class ControlWriter:
 
     def send_bind(self, host_handle: int, slot: int, conn_id: int) -> None:
         """Queue a BIND record: it reaches the NIC before the message sent after it (the initiate)."""
-        data = memoryview(BIND_RECORD.pack(host_handle, slot, conn_id))
-        if not self._backlog and self._ring.put(_BIND, data):
+        self._send_small(_BIND, BIND_RECORD.pack(host_handle, slot, conn_id))
+
+    def send_mark(self, count: int) -> None:
+        """Queue a DATA_MARK record: the first ``count`` descriptors of the data ring come before what
+        follows it (nic/ordering.py)."""
+        self._send_small(_MARK, DATA_MARK_RECORD.pack(count))
+
+    def _send_small(self, kind: int, payload: bytes) -> None:
+        data = memoryview(payload)
+        if not self._backlog and self._ring.put(kind, data):
             self.records += 1
             return
-        self._backlog.append((data, 0, _BIND))
+        self._backlog.append((data, 0, kind))
         self.flush()
 
     def flush(self) -> bool:
@@ -102,7 +113,8 @@ class ControlWriter:
 
 
 class ControlReader:
-    """Joins the records of a control ring into whole encoded messages (decoding is the caller's)."""
+    """Joins the records of a control ring into whole encoded messages (decoding is the caller's); a
+    DATA_MARK record comes out as its count (an ``int``) in its place among them."""
 
     def __init__(self, ring: ByteConsumer, accept_binds: bool = False) -> None:
         """``accept_binds``: BIND records may come (the NIC's reader of H2N_CONTROL); they are collected
@@ -117,15 +129,21 @@ class ControlReader:
     def available(self) -> bool:
         return self._ring.available() > 0
 
-    def take(self) -> list[bytes]:
-        """Every whole message published so far, in order; a message whose last record is not published
-        yet stays partial until the next call. Call ``release`` once they are handled."""
-        out: list[bytes] = []
+    def take(self) -> list[bytes | int]:
+        """Every whole message published so far, in order, and the data marks among them (``int``); a
+        message whose last record is not published yet stays partial until the next call. Call ``release``
+        once they are handled."""
+        out: list[bytes | int] = []
         for record in self._ring.take():
             if record.kind == _BIND and self.accept_binds and not self._partial:
                 if len(record.data) != BIND_RECORD.size:
                     raise ArenaError("ring_record", f"a BIND record of {len(record.data)} bytes")
                 self.binds.append(BIND_RECORD.unpack(record.data))
+                continue
+            if record.kind == _MARK and not self._partial:
+                if len(record.data) != DATA_MARK_RECORD.size:
+                    raise ArenaError("ring_record", f"a DATA_MARK record of {len(record.data)} bytes")
+                out.append(DATA_MARK_RECORD.unpack(record.data)[0])
                 continue
             if record.kind != _CONTROL:
                 raise ArenaError("ring_record", f"a record of kind {record.kind} on a control ring")
@@ -139,7 +157,7 @@ class ControlReader:
             if not record.flags & RECORD_MORE:
                 out.append(b"".join(self._partial))
                 self._partial, self._partial_len = [], 0
-        self.messages += len(out)
+        self.messages += sum(1 for item in out if type(item) is bytes)
         return out
 
     def release(self) -> None:

@@ -200,6 +200,8 @@ class Recovery:
             if shadow is not None:
                 out.extend(self._answer_held(shadow, state))
                 self.shadows.release(shadow.host_handle)
+                self._records.pop(shadow.host_handle, None)
+                self._lost.discard(shadow.host_handle)
             if state is None:
                 return block.with_result(Status.FAILURE)
             return block.with_result(Status.SUCCESS, state=state)

@@ -7,9 +7,12 @@ stack attached with ``attach_host``) and the source of its received frames (``fi
 process is the only reader of the TAP, and what it does not claim comes up the frames ring. The host
 writes its own frames straight to its own descriptor of the TAP, so they never cross the NIC.
 
-The transport of this first version: every request, completion and indication, Send and receive data
-included, goes through the codec on the control rings (``nic/messages.py``). [Not yet: the descriptor data
-path, with payload in per-connection buffers in the arena.]
+The transport: requests, completions and indications go through the codec on the control rings
+(``nic/messages.py``), except the data path's: a Send's payload goes into its connection's TX buffer in
+the arena with a SEND descriptor on H2N_DATA, and a receive indication's bytes are read from the RX buffer
+the NIC placed them in, named by a RECEIVE_PLACED descriptor on N2H_DATA; a Send's completion comes as a
+SEND_DONE descriptor (``nic/host_data.py``). Each direction's two rings are one ordered stream
+(``nic/ordering.py``): nothing overtakes the data it follows.
 
 **Wake-ups.** The host is the consumer of the N2H rings and sleeps in its event loop on the N2H eventfd.
 It tells the NIC it may be asleep by keeping its sleep word odd, and renumbers it (+2) each time it has
@@ -18,14 +21,13 @@ that look sees a sleep it has not rung for and rings. A missed wake-up anyway (`
 fence rests on) costs at most ``sleep_bound`` seconds: the node's deadline looks at the rings that often.
 
 **A dead or broken NIC** (``fail``). What the NIC published before it died is read first (it completed those
-calls). Then the host is told what a target with corrupt hardware says (chimney-spec 3.2, as
-``SoftwareTarget.fail_hardware`` with every connection's state lost): ``TargetPaused`` (no new offloads), and
-for every connection the NIC held an ``UploadRequest`` (TARGET_HARDWARE_FAILURE) and a ``PeerReset``; every
-call still outstanding completes (state calls FAILURE, data calls REQUEST_ABORTED), and so does every later
-call. The host then resets those connections itself (its terminate fails: the state is lost). An initiate
-the NIC never completed fails truthfully: the NIC keeps control records ahead of its frames
-(``nic/core.py``), so it put nothing of that connection on the wire. [Not yet: rebuilding the connections
-from the arena instead of resetting them.]
+calls; not from a broken NIC). Then ``Recovery`` (``nic/process_recovery.py``) answers for it: every
+connection it held is asked back (``UploadRequest(NIC_FAILED)``) and its terminate answered here with the
+state rebuilt from the arena (its record and RX buffer) and what crossed the rings (``nic/recovery.py``,
+``nic/shadows.py``), so nothing is lost; one that cannot be rebuilt is reset as by corrupt hardware. An
+initiate the NIC never completed fails truthfully: the NIC keeps control records ahead of its frames
+(``nic/core.py``), so it put nothing of that connection on the wire. ``attach_nic`` then puts a new NIC
+behind the same arena.
 """
 
 from __future__ import annotations
@@ -40,20 +42,22 @@ from typing import Protocol
 
 from tcpchimney.chimney import codec
 from tcpchimney.chimney.completions import Completion, StateCompletion, completion_for
-from tcpchimney.chimney.errors import CodecError
+from tcpchimney.chimney.errors import ContractError
 from tcpchimney.chimney.indications import (
     TargetCapabilities,
     TargetResumed,
 )
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.chimney.requests import InitiateOffload, Request, TerminateOffload
+from tcpchimney.chimney.requests import InitiateOffload, Request, Send, TerminateOffload
 from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tree import Layer, walk
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.descriptors import N2H_SLEEP_OFF, ArenaError, RingId
 from tcpchimney.nic.doorbell import Doorbell, fence
-from tcpchimney.nic.messages import ControlReader, ControlWriter, frame_of_record
+from tcpchimney.nic.host_data import HostDataPath
+from tcpchimney.nic.messages import frame_of_record
+from tcpchimney.nic.ordering import OrderedReader, OrderedWriter
 from tcpchimney.nic.process_recovery import Recovery
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
@@ -104,8 +108,7 @@ class ProcessTarget:
         called when ``poll`` has nothing queued, so the NIC's outputs are there whenever the host looks."""
         self.arena = arena
         self._capabilities = capabilities
-        self.requests = ControlWriter(arena.byte_producer(RingId.H2N_CONTROL))
-        self.outputs = ControlReader(arena.byte_consumer(RingId.N2H_CONTROL))
+        self.requests, self.outputs = self._rings()
         self._frames = arena.byte_consumer(RingId.N2H_FRAMES)
         self._doorbell = doorbell
         self._wake_fd = wake_fd
@@ -128,6 +131,20 @@ class ProcessTarget:
         self.counters: dict[str, int] = dict.fromkeys(TRANSPORT_KEYS, 0)
         self.bad_frames: dict[str, int] = {}
         self.recovery = Recovery(arena, clock)
+        self.data = HostDataPath(arena, self.recovery, arena.epoch)
+
+    def _rings(self) -> tuple[OrderedWriter, OrderedReader]:
+        arena = self.arena
+        return (
+            OrderedWriter(
+                arena.byte_producer(RingId.H2N_CONTROL),
+                arena.descriptor_producer(RingId.H2N_DATA),
+                arena.epoch,
+            ),
+            OrderedReader(
+                arena.byte_consumer(RingId.N2H_CONTROL), arena.descriptor_consumer(RingId.N2H_DATA)
+            ),
+        )
 
     # ================================================================== the offload target contract
 
@@ -150,7 +167,8 @@ class ProcessTarget:
             for bind in recovery.shadows.bind(request, now):  # each ahead of the initiate, on one ring
                 self.requests.send_bind(*bind)
         recovery.shadows.on_submit(request)
-        self.requests.send(request)  # CodecError for what is not a request: the caller's bug, raised
+        if not (isinstance(request, Send) and self.data.send(request, self.requests)):
+            self.requests.send(request)  # CodecError for what is not a request: the caller's bug, raised
         self._pending[request.request_id] = request
         self.counters["requests"] += 1
         self._publish(now)
@@ -185,12 +203,13 @@ class ProcessTarget:
         try:
             if not self.outputs.available():
                 return
-            for data in self.outputs.take():
-                message = codec.decode(data)
+            data, pending = self.data, self._pending
+            for item in self.outputs.take():
+                message = codec.decode(item) if isinstance(item, bytes) else data.output(item, pending)
                 self._note(message)
                 self._out.append(message)
             self.outputs.release()
-        except (ArenaError, CodecError) as exc:
+        except (ArenaError, ContractError) as exc:  # CodecError, and a descriptor that builds no message
             self._broken(f"{type(exc).__name__}: {exc}")
 
     def prefetch(self) -> None:
@@ -267,8 +286,8 @@ class ProcessTarget:
         started): requests go to it from now on, and the host hears ``TargetResumed``. Calls naming the
         dead NIC's objects are still answered here (``Recovery``)."""
         arena = self.arena
-        self.requests = ControlWriter(arena.byte_producer(RingId.H2N_CONTROL))
-        self.outputs = ControlReader(arena.byte_consumer(RingId.N2H_CONTROL))
+        self.requests, self.outputs = self._rings()
+        self.data.epoch = arena.epoch
         self._frames = arena.byte_consumer(RingId.N2H_FRAMES)
         self._doorbell, self._wake_fd = doorbell, wake_fd
         self._capabilities = capabilities
@@ -388,10 +407,14 @@ class ProcessTarget:
         out.update(
             control_stalls=self.requests.stalls,
             control_backlogged=self.requests.backlogged,
+            data_stalls=self.requests.data_stalls,
+            data_marks=self.requests.marks,
+            data_waits=self.outputs.waits,
             pending_calls=len(self._pending),
             held_connections=len(self._offloaded),  # the NIC holds (or held when it failed, until terminated)
         )
         out.update(self.recovery.counters)
+        out.update(self.data.counters)
         out.update(
             restarts=self.restarts,
             unbound=self.recovery.shadows.unbound,

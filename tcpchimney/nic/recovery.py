@@ -35,12 +35,16 @@ from tcpchimney.chimney.tcp_state import (
     TcpSnapshot,
 )
 from tcpchimney.nic.arena import Arena
-from tcpchimney.nic.commit import UNPROTECTED
+from tcpchimney.nic.commit import UNPROTECTED, state_of
 from tcpchimney.nic.descriptors import ConnRecord, RecordFlag
 from tcpchimney.tcp.state import TcpState
 
 _MASK32 = (1 << 32) - 1
 _MS = 1000
+
+
+_OUR_FIN_ACKED = frozenset({TcpState.FIN_WAIT_2, TcpState.TIME_WAIT, TcpState.CLOSED})
+_NEVER_REBUILT = frozenset({TcpState.LISTEN, TcpState.SYN_SENT, TcpState.SYN_RECEIVED})
 
 
 class RecoveryError(Exception):
@@ -67,15 +71,25 @@ class Shadow:
     aborted: bool = False
     peer_fin: bool = False
     reset: bool = False
+    # The TX buffer as a stream (nic/host_data.py): Sends written at tx_head, each kept until its
+    # completion; tx_open maps the request id of each one not completed yet to its [start, end).
+    tx_head: int = 0
+    tx_open: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sent_end = len(self.snap.delegated.send_data)
+
+    def tx_room(self) -> int:
+        """Bytes of the TX buffer no Send holds: everything from the oldest open Send on is kept."""
+        oldest = min((start for start, _ in self.tx_open.values()), default=self.tx_head)
+        return self.tx[1] - (self.tx_head - oldest)
 
     def add_send(self, rid: int, data: bytes) -> None:
         self.sends.append((rid, self.sent_end, data))
         self.sent_end += len(data)
 
     def send_done(self, rid: int, success: bool) -> None:
+        self.tx_open.pop(rid, None)  # completed, whatever the status: its TX bytes may be reused
         for i, (srid, start, data) in enumerate(self.sends):
             if srid == rid:
                 del self.sends[i]
@@ -105,11 +119,12 @@ def recovered_state(sh: Shadow, record: ConnRecord | None, arena: Arena, now: fl
     peer_fin = fin or sh.peer_fin or d0.state in PEER_FIN_RECEIVED
     data0 = d0.buffered_start + len(d0.buffered_data)
     rcv_nxt = data0 + (sh.taken + len(buffered) + (1 if peer_fin else 0))
-    state = _state(d0.state, sh, peer_fin)
-    una = una_offset(sh, record)
+    state = _state(d0.state, sh, peer_fin, record)
+    fin_acked = sh.fin_asked and state in _OUR_FIN_ACKED
+    una = sh.sent_end if fin_acked else una_offset(sh, record)
     send_data = _send_from(sh, una)
-    fin_out = sh.fin_asked and not sh.fin_acked
-    snd_una = d0.snd_una + (una + (1 if sh.fin_acked else 0))
+    fin_out = sh.fin_asked and not fin_acked
+    snd_una = d0.snd_una + (una + (1 if fin_acked else 0))
     snd_max = snd_una + (len(send_data) + (1 if fin_out else 0))
     rcv_wnd = d0.rcv_wnd
     if record is not None:
@@ -127,6 +142,7 @@ def recovered_state(sh: Shadow, record: ConnRecord | None, arena: Arena, now: fl
         snd_una=snd_una,
         snd_nxt=snd_una,
         snd_max=snd_max,
+        snd_wl1=rcv_nxt + -1,  # the peer's next segment updates the window, whatever it sent meanwhile
         snd_wl2=snd_una,
         cwnd=cwnd,
         ssthresh=max(2 * mss, soft.ssthresh),
@@ -173,7 +189,12 @@ def _received(sh: Shadow, record: ConnRecord | None, arena: Arena) -> tuple[byte
     return arena.read_stream(off, size, sh.taken, end - sh.taken), fin
 
 
-def _state(state: TcpState, sh: Shadow, peer_fin: bool) -> TcpState:
+def _state(state: TcpState, sh: Shadow, peer_fin: bool, record: ConnRecord | None) -> TcpState:
+    """The NIC's state as its record says (it knows which FIN came first), then what the host knows and
+    the NIC may not have acted on yet: a Disconnect asked, the peer's FIN indicated, our FIN's ACK."""
+    said = state_of(record.flags) if record is not None else None
+    if said is not None and said not in _NEVER_REBUILT:
+        state = said
     if sh.fin_asked:
         state = AFTER_SHUTDOWN.get(state, state)
     if peer_fin:

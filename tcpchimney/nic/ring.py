@@ -119,6 +119,11 @@ class _Producer(_Endpoint):
             )
         self._tail = tail
 
+    @property
+    def head(self) -> int:
+        """Slots (or bytes) put so far, published or not: this producer's own count."""
+        return self._head
+
     def publish(self) -> bool:
         """Make every put so far visible to the consumer; False if there was nothing new."""
         if self._head == self._published:
@@ -142,6 +147,15 @@ class _Consumer(_Endpoint):
         super().__init__(mem, offset, capacity, slot, name, words)
         self._tail = self._load(self._tail_i)
         _check_counters(self._load(self._head_i), self._tail, capacity, name)
+
+    @property
+    def taken(self) -> int:
+        """Slots (or bytes) taken so far: this consumer's own count (``tail`` once released)."""
+        return self._tail
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
 
     def release(self) -> None:
         """Give the slots or space of everything taken back to the producer."""

@@ -6,6 +6,13 @@ the connection's receive buffer and a TX buffer, bound in the arena before the N
 record that tells the NIC goes ahead of the initiate on the control ring. A connection that finds no slot
 or no room in the pool is offloaded all the same, unbound: the NIC cannot protect it, and a crash resets it.
 
+The TX buffer holds every byte of a Send from the Send until its completion (``Shadow.tx_open``), so it is
+sized for what the host keeps outstanding: at most the larger of SO_SNDBUF and the target's preferred
+backlog capped at 4 MiB (``host/offload_datapath.py``, ``_send_limit``). SO_SNDBUF is not part of the
+contract, so ``TX_BYTES`` is that cap, but never more than a quarter of the free pool; when the pool is
+short it is halved down to one chunk rather than leave the connection unbound. A Send that finds no room
+goes through the control ring instead (``nic/host_data.py``): slower, never wrong.
+
 Then every request and every answer that crosses the rings is noted (``on_submit``, ``on_output``); a
 terminate's completion, or an initiate's refusal, gives the slot and buffers back.
 """
@@ -37,6 +44,8 @@ from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.pool import PoolAllocator
 from tcpchimney.nic.recovery import Shadow
 
+TX_BYTES = 4 << 20  # the most the host keeps outstanding on one connection (MAX_SEND_BACKLOG there)
+
 
 class Shadows:
     def __init__(self, arena: Arena) -> None:
@@ -48,6 +57,7 @@ class Shadows:
         self._conn_ids = 0
         self.by_host: dict[int, Shadow] = {}
         self.by_target: dict[int, int] = {}  # the NIC's handle -> the host's
+        self.by_slot: dict[int, Shadow] = {}
         self.unbound = 0  # connections offloaded without a slot or buffers (a crash resets them)
 
     def __iter__(self) -> Iterator[Shadow]:
@@ -80,16 +90,24 @@ class Shadows:
         chunk = self._chunk
         rx_size = -(-snap.cached.initial_rcv_wnd // chunk) * chunk
         rx = self.pool.alloc(rx_size)
-        tx = self.pool.alloc(chunk) if rx is not None else None
-        if rx is None or tx is None:
-            if rx is not None:
-                self.pool.free(rx)
+        if rx is None:
             return None
+        # At most a quarter of what is free, so that a busy pool still binds the connections that follow.
+        want = min(TX_BYTES, self.pool.free_bytes() // 4)
+        tx_size, tx = max(chunk, want // chunk * chunk), None
+        while tx is None:
+            tx = self.pool.alloc(tx_size)
+            if tx is None and tx_size <= chunk:
+                self.pool.free(rx)
+                return None
+            if tx is None:
+                tx_size = max(chunk, tx_size // 2 // chunk * chunk)
         slot = self._free_slots.pop()
         self._conn_ids = self._conn_ids % 0xFFFF_FFFF + 1
-        self.arena.bind(slot, self._conn_ids, (tx, chunk), (rx, rx_size))
-        shadow = Shadow(host_handle, slot, self._conn_ids, (rx, rx_size), (tx, chunk), snap, now)
+        self.arena.bind(slot, self._conn_ids, (tx, tx_size), (rx, rx_size))
+        shadow = Shadow(host_handle, slot, self._conn_ids, (rx, rx_size), (tx, tx_size), snap, now)
         self.by_host[host_handle] = shadow
+        self.by_slot[slot] = shadow
         return shadow
 
     def release(self, host_handle: int) -> None:
@@ -98,6 +116,8 @@ class Shadows:
             return
         if shadow.target_handle is not None:
             self.by_target.pop(shadow.target_handle, None)
+        if self.by_slot.get(shadow.slot) is shadow:
+            del self.by_slot[shadow.slot]
         self.arena.unbind(shadow.slot)
         self.pool.free(shadow.rx[0])
         self.pool.free(shadow.tx[0])

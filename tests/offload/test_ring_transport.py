@@ -29,7 +29,8 @@ from tcpchimney.host.events import Offloaded, Uploaded
 from tcpchimney.host.offload import OffloadState
 from tcpchimney.nic.descriptors import RECORD_COMMIT_OFF, RECORD_SIZE, RecordKind, RingId
 from tcpchimney.nic.loopback import LoopbackNic
-from tcpchimney.tcp.events import ConnectionReset
+from tcpchimney.tcp.events import ConnectionReset, PeerClosed
+from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.tcp import RST
 
 _SETTINGS = settings(
@@ -203,6 +204,68 @@ def test_a_record_that_lies_costs_its_connection_only(lie: str) -> None:
     counters = nic.target.transport_counters()
     assert counters["recovery_lost"] == 1 and counters["recovered"] == len(pairs) - 1
     assert all("lost" in e for e in net.a.internal_errors), net.a.internal_errors  # the fault, no bug
+
+
+def _held_in_close_wait(net: Net, a: object, b: object, data: bytes) -> bytearray:
+    """b sends ``data`` and its FIN; a reads slowly, until the NIC is in CLOSE-WAIT with bytes a has not
+    taken. Returns what a read."""
+    nic, got, sent = _nic(net), bytearray(), 0
+    for i in range(400):
+        while sent < len(data) and (n := b.send(data[sent : sent + 65536])):  # type: ignore[attr-defined]
+            sent += n
+        if sent == len(data):
+            b.shutdown()  # type: ignore[attr-defined]
+        net.run_for(0.01)
+        entry = next(iter(nic.software.table.conns.values()), None)
+        if entry is not None and entry.conn.state is TcpState.CLOSE_WAIT and entry.conn.rcvbuf.readable:
+            return got
+        if i % 20 == 19:
+            got += a.receive(300_000)  # type: ignore[attr-defined]
+    raise AssertionError("the NIC never held bytes in CLOSE-WAIT")
+
+
+def test_a_connection_closed_on_the_nic_with_bytes_held_comes_back_exact() -> None:
+    """The peer's FIN is in, the host shuts down, the NIC goes LAST-ACK -> CLOSED while it still holds bytes
+    the application has not read, then dies: the application gets every byte once and EOF, the connection
+    ends CLOSED (the FIN stays counted in the record after CLOSED)."""
+    net = make_net(71, transport="rings")
+    a, b = net.connect(port=7)
+    net.wait_offloaded(a)
+    data = payload(1_600_000, 71)
+    got = _held_in_close_wait(net, a, b, data)
+    a.shutdown()
+    net.run_for(0.05)
+    _nic(net).fail("killed")
+    for _ in range(300):
+        got += a.receive(1 << 20)
+        net.run_for(0.01)
+    assert bytes(got) == data
+    assert net.has_event(a, PeerClosed) and not net.has_event(a, ConnectionReset)
+    assert a.conn.state is TcpState.CLOSED
+    assert _nic(net).target.transport_counters()["recovery_lost"] == 0
+
+
+def test_the_fin_that_came_first_decides_the_rebuilt_state() -> None:
+    """Peer FIN first (CLOSE-WAIT), then the host's shutdown (LAST-ACK): a NIC that dies as the peer
+    acknowledges our FIN is rebuilt from its own state, so the host ends CLOSED, not in TIME-WAIT."""
+    net = make_net(72, transport="rings")
+    a, b = net.connect(port=7)
+    net.wait_offloaded(a)
+    data = payload(20_000, 3)
+    b.send(data)
+    b.shutdown()
+    got = bytearray()
+    for _ in range(50):
+        net.run_for(0.01)
+        got += a.receive(1 << 20)
+    nic = _nic(net)
+    assert nic.core is not None
+    nic.core.crash.arm("after_commit")  # dies in the turn that sees the ACK of our FIN
+    a.shutdown()
+    net.run_for(0.5)
+    assert nic.core is None and bytes(got) == data
+    assert a.offload_state is OffloadState.IN_HOST and a.conn.state is TcpState.CLOSED
+    assert not net.has_event(a, ConnectionReset)
 
 
 def _kill_and_restart(net: Net, nic: LoopbackNic, streams: list[Stream], kills: list[float]) -> None:
