@@ -172,11 +172,15 @@ def _crash_run(
             batches.append(transfers := _Transfers(netns, tmp_path, n, 100 * batch))
             killed += _kill_loop(events, kills - killed, rng, transfers.running, sig)
             transfers.check()
+        rsts = _captured(cap, tmp_path / "rst.pcap")
     finally:
         for transfers in batches:
             transfers.kill()
+        if cap.poll() is None:  # a run that failed: the capture is only stopped
+            cap.kill()
+            cap.wait()
     after = _tcp_counters(netns)
-    assert _captured(cap, tmp_path / "rst.pcap") == 0, "RST segments on the wire"
+    assert rsts == 0, "RST segments on the wire"
     assert {k: after[k] - before[k] for k in after} == dict.fromkeys(after, 0), "Linux counted resets"
     status, done = server.stop()
     assert status == 0
