@@ -90,9 +90,10 @@ async def kernel_run(seconds: float, parallel: int, rounds: int) -> Run:
         peer(topo.ns_b, "-m", "bench.short_app", "serve", topo.ip_b, PORT) as server,
     ):
         await server.line()
-        async with client(topo.ns_a, "conns", topo.ip_b, seconds, parallel) as c:
+        host = str(topo.ip_b)  # the default topology addresses both ends
+        async with client(topo.ns_a, "conns", host, seconds, parallel) as c:
             result = await c.line()
-        async with client(topo.ns_a, "rr", topo.ip_b, rounds) as c:
+        async with client(topo.ns_a, "rr", host, rounds) as c:
             rtts = await ping_pong(c)
     return Run(rate=result["count"] / result["seconds"], rtts=rtts)
 
