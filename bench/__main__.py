@@ -24,6 +24,7 @@ MODULES = [
     "bench.nic_app",
     "bench.nic_handoff",
     "bench.nic_recovery",
+    "bench.short",
 ]
 
 

@@ -160,12 +160,17 @@ class LinuxProc:
         return dict(json.loads(raw))
 
 
+def linux(netns: str, mode: str, *args: object) -> contextlib.AbstractAsyncContextManager[LinuxProc]:
+    """The Linux program above in ``mode``."""
+    return peer(netns, "-c", LINUX, BLOCK_SEED, BLOCK_SIZE, mode, *args)
+
+
 @contextlib.asynccontextmanager
-async def linux(netns: str, mode: str, *args: object) -> AsyncIterator[LinuxProc]:
-    argv = netns_exec(netns, sys.executable, "-c", LINUX, str(BLOCK_SEED), str(BLOCK_SIZE), mode)
+async def peer(netns: str, *args: object) -> AsyncIterator[LinuxProc]:
+    """``python3 ARGS...`` in ``netns`` (stdin closed on the way out, killed if it does not end then)."""
+    argv = netns_exec(netns, sys.executable, *map(str, args))
     proc = await asyncio.create_subprocess_exec(
         *argv,
-        *map(str, args),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

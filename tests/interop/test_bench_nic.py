@@ -1,4 +1,5 @@
-"""The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py, bench/nic_recovery.py) run once
+"""The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py, bench/nic_recovery.py,
+bench/short.py) run once
 each in a tiny configuration, so their code cannot rot between the runs that measure: every row they promise
 comes out with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant
 really offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import nic, nic_app, nic_handoff, nic_recovery
+from bench import nic, nic_app, nic_handoff, nic_recovery, short
 
 MB = 1_000_000
 VARIANTS = ["host", "inline", "process", "process_pinned"]
@@ -97,6 +98,20 @@ def test_bench_nic_recovery_gives_every_figure_of_a_correct_run(require_net: Non
     assert sent["linux_counters"]["OutRsts"] == sent["linux_counters"]["EstabResets"] == 0
 
 
+@pytest.mark.net
+def test_bench_short_gives_both_rows_against_the_kernel(require_net: None) -> None:
+    rows = _by_bench(list(short.run(seconds=0.5, rounds=20)))
+    assert set(rows) == set(short.NAMES)
+    for name in short.NAMES:
+        assert sorted(r["variant"] for r in rows[name]) == sorted(short.SHORT_VARIANTS)
+    for line in rows["connections_per_s"]:
+        _positive(line, "value", "kernel", "ratio_to_kernel", "host_cpu_us_per_conn")
+        assert (line["offloaded"][0] is None) == (line["variant"] == "host")
+    for line in rows["rr_latency_us"]:
+        _positive(line, "value", "p99", "kernel", "kernel_p99", "ratio_to_kernel")
+        assert line["p99"] >= line["value"] and line["size"] == 64
+
+
 @pytest.mark.parametrize(
     ("module", "run"),
     [
@@ -104,8 +119,9 @@ def test_bench_nic_recovery_gives_every_figure_of_a_correct_run(require_net: Non
         (nic_app, lambda: nic_app.run(MB, runs=1)),
         (nic_handoff, lambda: nic_handoff.run(rounds=1, runs=1)),
         (nic_recovery, lambda: nic_recovery.run(kills=1)),
+        (short, lambda: short.run(seconds=0.1, rounds=1)),
     ],
-    ids=["nic", "nic_app", "nic_handoff", "nic_recovery"],
+    ids=["nic", "nic_app", "nic_handoff", "nic_recovery", "short"],
 )
 def test_without_a_tap_each_row_says_why_it_was_skipped(
     module: Any, run: Any, monkeypatch: pytest.MonkeyPatch
