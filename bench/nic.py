@@ -90,7 +90,9 @@ def default_nic_cpu() -> int:
 VARIANTS = ("host", "inline", "process", "process_pinned")
 
 
-def variants(cpu: int, names: Sequence[str] = VARIANTS) -> list[Variant]:
+def variants(cpu: int | None, names: Sequence[str] = VARIANTS) -> list[Variant]:
+    """The variants ``names``, the pinned one on ``cpu`` (None: ``default_nic_cpu``)."""
+    cpu = default_nic_cpu() if cpu is None else cpu
     every = {
         "host": Variant("host", None),
         "inline": Variant("inline", "inline"),
@@ -314,7 +316,7 @@ def run(
     if skip is not None:
         yield from skip
         return
-    chosen = variants(default_nic_cpu() if cpu is None else cpu, names)
+    chosen = variants(cpu, names)
     results = asyncio.run(measure(chosen, nbytes, runs))
     yield from bulk_lines(results, nbytes)
     yield from ratio_lines(results, nbytes)

@@ -41,7 +41,6 @@ from bench.nic import (
     Series,
     Variant,
     common_options,
-    default_nic_cpu,
     median,
     nic_pid,
     offloads,
@@ -75,15 +74,7 @@ def chain(data):
 digests = [chain(r) for r in requests]
 
 
-def connect():
-    end = time.monotonic() + 10
-    while True:
-        try:
-            return socket.create_connection((host, port))
-        except ConnectionRefusedError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.01)
+from bench.peer import connect
 
 
 def answer(s):
@@ -120,7 +111,7 @@ def client(s, n):
         errors.append(repr(exc))
 
 
-socks = [connect() for _ in range(conns)]
+socks = [connect(host, port) for _ in range(conns)]
 share = [count // conns + (i < count % conns) for i in range(conns)]
 threads = [threading.Thread(target=client, args=(s, n)) for s, n in zip(socks, share)]
 t0 = time.perf_counter()
@@ -296,7 +287,7 @@ def run(
         yield from skip
         return
     load = Load(record, max(conns, nbytes // record), rounds, conns, depth)
-    chosen = variants(default_nic_cpu() if cpu is None else cpu, names)
+    chosen = variants(cpu, names)
     yield from lines(asyncio.run(measure(chosen, load, runs)), load)
 
 

@@ -37,7 +37,6 @@ from bench.nic import (
     Series,
     Variant,
     common_options,
-    default_nic_cpu,
     median,
     nic_pid,
     offloads,
@@ -222,7 +221,7 @@ def run(
     if skip is not None:
         yield from skip
         return
-    chosen = variants(default_nic_cpu() if cpu is None else cpu, names)
+    chosen = variants(cpu, names)
     trips, rates = asyncio.run(measure(chosen, rounds, seconds, runs))
     yield from roundtrip_lines(trips)
     yield from conn_lines(rates, seconds)

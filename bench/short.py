@@ -37,7 +37,6 @@ from bench.nic import (
     Meter,
     Variant,
     common_options,
-    default_nic_cpu,
     median,
     nic_pid,
     offloads,
@@ -213,7 +212,7 @@ def run(
     if skip is not None:
         yield from skip
         return
-    chosen = variants(default_nic_cpu() if cpu is None else cpu, names)
+    chosen = variants(cpu, names)
     results = asyncio.run(measure(chosen, seconds, parallel, rounds, runs))
     for v in chosen:
         yield rate_line(results, v, seconds, parallel)

@@ -9,11 +9,12 @@ lines. Standard library only, so that the same file runs in a namespace.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sys
 import threading
 import time
+
+from bench.peer import connect, say
 
 SIZE = 64  # every request and every answer
 CLOSE = (
@@ -38,28 +39,12 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-def say(**kw: object) -> None:
-    print(json.dumps(kw), flush=True)
-
-
 async def serve(host: str, port: int) -> None:
     """``answer`` on kernel sockets until stdin closes."""
     server = await asyncio.start_server(answer, host, port, backlog=128)
     say(ready=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     server.close()
-
-
-def connect(host: str, port: int) -> socket.socket:
-    """The first connection, retried while the server is not yet listening."""
-    end = time.monotonic() + 10
-    while True:
-        try:
-            return socket.create_connection((host, port))
-        except ConnectionRefusedError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.01)
 
 
 def exchange(s: socket.socket, request: bytes) -> None:

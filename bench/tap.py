@@ -51,19 +51,7 @@ BLOCK = random.Random(int(sys.argv[1])).randbytes(int(sys.argv[2]))
 mode, args = sys.argv[3], sys.argv[4:]
 
 
-def say(**kw):
-    print(json.dumps(kw), flush=True)
-
-
-def connect(host, port):
-    end = time.monotonic() + 10
-    while True:
-        try:
-            return socket.create_connection((host, port))
-        except ConnectionRefusedError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.01)
+from bench.peer import connect, say
 
 
 def listener(host, port):
