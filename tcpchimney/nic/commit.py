@@ -81,6 +81,7 @@ class Mirror:
     flags: int = 0
     peer_fin: bool = False  # the peer's FIN is in: sticky (a connection that then closes is CLOSED)
     committed: tuple[int, int, int, int] = (-1, -1, -1, -1)  # rcv_nxt, rcv_adv, snd_una, flags
+    seen: tuple[object, ...] = ()  # the engine's RCV.NXT, RCV.ADV, SND.UNA and state at the last look
 
 
 class Committer:
@@ -149,8 +150,11 @@ class Committer:
         if delta > conn.rcvbuf.readable or conn.rcvbuf.capacity > m.rx_size:
             self._unprotect(m)  # bytes left the engine unseen, or more may wait than the buffer holds
             return
-        self.arena.write_stream(m.rx_off, m.rx_size, m.pos, conn.rcvbuf.peek_last(delta))
-        m.pos += delta
+        pos = m.pos
+        for view in conn.rcvbuf.last_views(delta):  # straight from the engine's pieces: one copy
+            self.arena.write_stream(m.rx_off, m.rx_size, pos, view)
+            pos += len(view)
+        m.pos = pos
         m.data_end = end
         self.counters["placed_bytes"] += delta
 
@@ -165,17 +169,25 @@ class Committer:
         turn's frames are built and before any is written."""
         n = 0
         conns = self.table.conns
-        for host_handle, m in list(self.mirrors.items()):
+        gone: list[int] = []
+        for host_handle, m in self.mirrors.items():
             entry = m.entry
             if entry is None:
                 continue
-            gone = conns.get(entry.handle) is not entry  # terminated, reset or dropped this turn
+            conn = entry.conn
+            left = conns.get(entry.handle) is not entry  # terminated, reset or dropped this turn
+            seen = (conn.rcv_nxt, conn.rcv_adv, conn.snd_una, conn.state)
+            if seen == m.seen and not left:
+                continue  # nothing a record holds moved: the usual case for an idle connection
+            m.seen = seen
             self._place(m, entry)
             # A terminate's last ACK may still leave in this turn, its answer after it: one last commit.
             if self._commit(m, entry):
                 n += 1
-            if gone:
-                del self.mirrors[host_handle]  # its slot is the host's again once it reads the answer
+            if left:
+                gone.append(host_handle)
+        for host_handle in gone:
+            del self.mirrors[host_handle]  # its slot is the host's again once it reads the answer
         return n
 
     def _commit(self, m: Mirror, entry: TcpEntry) -> bool:

@@ -335,12 +335,13 @@ class ReceiveBuffer:
         parts[0] = memoryview(parts[0])[self._read_off :]
         return b"".join(parts)
 
-    def peek_last(self, n: int) -> bytes:
-        """The last ``n`` readable bytes (those that ended at RCV.NXT), without consuming anything: what a
-        NIC copies to host memory before it may acknowledge them. Raises ValueError beyond ``readable``."""
+    def last_views(self, n: int) -> list[memoryview]:
+        """The last ``n`` readable bytes (those that ended at RCV.NXT) as views of the buffer's own pieces,
+        in order, without consuming or copying anything: what a NIC copies to host memory before it may
+        acknowledge them. Raises ValueError beyond ``readable``."""
         if not 0 <= n <= self._readable:
-            raise ValueError(f"peek_last({n}) with {self._readable} readable bytes")
-        parts: list[Piece] = []
+            raise ValueError(f"last_views({n}) with {self._readable} readable bytes")
+        parts: list[memoryview] = []
         need = n
         ready = self._ready
         i = len(ready) - 1
@@ -352,7 +353,7 @@ class ReceiveBuffer:
             need -= take
             i -= 1
         parts.reverse()
-        return b"".join(parts)
+        return parts
 
     def _append_in_order(self, piece: Piece) -> int:
         before = self._nxt
