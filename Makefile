@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit long test-rings bench hostile soak crash-soak clean
+.PHONY: demo tools test lint typecheck unit long test-rings bench hostile soak crash-soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck
+# The Linux-side programs the tests drive (ab, wrk, proxychains4), from Debian's packages when root.
+tools:
+	bash tools/debian-tools.sh
+
+test: lint typecheck tools
 	$(BIN)/pytest -q -ra
 
 # Runs too long for every commit (minutes); `make test` has a bounded form of each.
@@ -37,7 +41,7 @@ long: $(STAMP)
 test-rings: $(STAMP)
 	TCPCHIMNEY_TRANSPORT=rings $(BIN)/pytest -q -ra tests/offload
 
-bench: $(STAMP)
+bench: $(STAMP) tools
 	$(BIN)/python -m bench
 
 # The hostile-target harness for as long as asked: HOSTILE_SECONDS of sessions (default 900) from seed
