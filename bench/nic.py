@@ -66,20 +66,23 @@ class Variant:
     name: str
     nic: str | None  # the --nic value; None: offload disabled
     cpu: int | None = None  # --nic-cpu
+    offload: str = "enabled"  # the --offload mode when nic is set
+    spin_us: float | None = None  # --nic-spin-us (None: the default)
 
     def options(self) -> Any:
         from tcpchimney.cli.offload import OffloadOptions
 
         if self.nic is None:
             return OffloadOptions("disabled")
-        return OffloadOptions("enabled", nic=self.nic, nic_cpu=self.cpu)
+        return OffloadOptions(self.offload, nic=self.nic, nic_cpu=self.cpu, nic_spin_us=self.spin_us)
 
     @property
     def mode(self) -> str:
         return self.nic or "host"
 
     def fields(self) -> dict[str, Any]:
-        return {"variant": self.name, "mode": self.mode, "nic_cpu": self.cpu}
+        offload = "disabled" if self.nic is None else self.offload
+        return {"variant": self.name, "mode": self.mode, "offload": offload, "nic_cpu": self.cpu}
 
 
 def default_nic_cpu() -> int:
@@ -88,6 +91,7 @@ def default_nic_cpu() -> int:
 
 
 VARIANTS = ("host", "inline", "process", "process_pinned")
+ALL_VARIANTS = (*VARIANTS, "process_auto")  # process_auto: --offload automatic, NIC in its own process
 
 
 def variants(cpu: int | None, names: Sequence[str] = VARIANTS) -> list[Variant]:
@@ -98,6 +102,7 @@ def variants(cpu: int | None, names: Sequence[str] = VARIANTS) -> list[Variant]:
         "inline": Variant("inline", "inline"),
         "process": Variant("process", "process"),
         "process_pinned": Variant("process_pinned", "process", cpu),
+        "process_auto": Variant("process_auto", "process", offload="automatic"),
     }
     return [every[name] for name in names]
 
@@ -334,9 +339,9 @@ def cpu_arg(text: str) -> int:
 
 def variants_arg(text: str) -> tuple[str, ...]:
     names = tuple(n for n in text.split(",") if n)
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in ALL_VARIANTS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"variants are a comma list of {', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(f"variants are a comma list of {', '.join(ALL_VARIANTS)}")
     return names
 
 

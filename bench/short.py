@@ -1,10 +1,12 @@
 """Short connections and small messages: the stack's asyncio server against the same server on kernel sockets.
 
 ``python -m bench.short [--seconds S] [--rounds N] [--parallel P] [--runs R] [--variants ...]`` prints one
-JSON line per (figure, variant); ``variant`` is ``host`` (``--offload disabled``) or ``process`` (``--offload
-enabled`` with the default NIC, its own process), as in bench/nic.py (``inline`` and ``process_pinned`` on
-request). The application is ``bench.short_app.answer``, an asyncio echo of 64-byte requests that closes first
-after a request marked last; the client is bench/short_app.py, a ``python3`` process in a namespace.
+JSON line per (figure, variant); ``variant`` is ``host`` (``--offload disabled``), ``process`` (``--offload
+enabled`` with the default NIC, its own process) or ``process_auto`` (``--offload automatic``, the NIC in its
+own process: short connections stay on the host, but every frame crosses the NIC), as in bench/nic.py
+(``inline`` and ``process_pinned`` on request). The application is ``bench.short_app.answer``, an asyncio
+echo of 64-byte requests that closes first after a request marked last; the client is bench/short_app.py, a
+``python3`` process in a namespace.
 
 - ``connections_per_s``: the client connects, sends one request marked last, reads the answer and the server's
   FIN, closes, back to back on ``parallel`` threads for S seconds. ``host_cpu_us_per_conn`` is the stack
@@ -12,7 +14,8 @@ after a request marked last; the client is bench/short_app.py, a ``python3`` pro
   before its offload completes).
 - ``rr_latency_us``: one connection, 50 warm-up round trips (with the NIC, then until the connection is
   offloaded), then ``rounds`` 64-byte request/response round trips timed by the client; ``value`` the median,
-  ``p99`` beside it.
+  ``p99`` beside it. ``process_auto``'s connection stays on the host (``AUTO_ROUNDS`` round trips, under the
+  policy's 64 KiB), so its line is what the NIC process costs a connection it does not run.
 
 ``kernel`` is the same client against ``answer`` under ``asyncio.start_server`` in a second namespace over a
 veth pair (bench/tap.py's kernel topology). That is the comparable setting: both servers are one Python
@@ -50,7 +53,11 @@ from bench.tap import LinuxProc, in_thread, peer
 from tcpchimney.link.netns import VethTopology
 
 PORT = 5003
-SHORT_VARIANTS = ("host", "process")
+SHORT_VARIANTS = ("host", "process", "process_auto")
+# --offload automatic moves a connection once it carried 64 KiB (host/policy.py): 400 round trips of
+# 2 x 64 bytes after the warm-up stay under it, so process_auto's ping-pong measures a connection that stays
+# on the host while the NIC process owns the wire (``offloaded`` in its line says whether it did).
+AUTO_ROUNDS = 400
 OFFLOAD_WAIT = 10.0  # seconds for the rr connection to reach the NIC before the timed rounds
 NAMES = ("connections_per_s", "rr_latency_us")
 
@@ -63,6 +70,7 @@ class Run:
     host_us: float | None = None  # stack CPU per connection
     offloaded: int | None = None  # connections the NIC took during the rate run
     rtts: list[float] = field(default_factory=list)  # microseconds
+    rr_offloaded: bool | None = None  # the ping-pong connection was on the NIC during its timed rounds
 
 
 def client(netns: str, mode: str, host: str, *args: object) -> Any:
@@ -123,17 +131,23 @@ async def stack_run(variant: Variant, seconds: float, parallel: int, rounds: int
                 meter.stop()
             moved = offloads(session)
 
+            automatic = variant.offload == "automatic"
+
             async def ready() -> None:
-                if variant.nic is not None:
+                if variant.nic is not None and not automatic:
                     await wait_offloaded(session, moved)
 
-            async with client(session.netns, "rr", host, rounds) as c:
+            async with client(
+                session.netns, "rr", host, min(rounds, AUTO_ROUNDS) if automatic else rounds
+            ) as c:
                 rtts = await ping_pong(c, ready)
+            rr_moved = offloads(session) > moved
         finally:
             server.close()
     count = int(result["count"])
     offloaded = moved - before if variant.nic is not None else None
-    return Run(count / float(result["seconds"]), meter.host / count * 1e6, offloaded, rtts)
+    rr_offloaded = rr_moved if variant.nic is not None else None
+    return Run(count / float(result["seconds"]), meter.host / count * 1e6, offloaded, rtts, rr_offloaded)
 
 
 # ====================================================================== the lines
@@ -185,8 +199,9 @@ def rr_line(runs: Runs, v: Variant, rounds: int) -> dict[str, Any]:
         "ratio_to_kernel": ratio(runs, v.name, mid),
         "p99_ratio_to_kernel": ratio(runs, v.name, p99),
         "runs_us": [round(mid(run[v.name]), 1) for run in runs],
+        "offloaded": [run[v.name].rr_offloaded for run in runs],
         "size": SIZE,
-        "rounds": rounds,
+        "rounds": len(runs[0][v.name].rtts),
     }
 
 

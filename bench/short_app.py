@@ -2,8 +2,8 @@
 ``runtime.start_server`` and the kernel runs with ``asyncio.start_server``, and the Linux clients.
 
 ``python -m bench.short_app serve HOST PORT`` (until stdin closes), ``conns HOST PORT SECONDS PARALLEL`` or
-``rr HOST PORT ROUNDS`` (waits for a line on stdin between its warm-up and the timed rounds); each prints JSON
-lines. Standard library only, so that the same file runs in a namespace.
+``rr HOST PORT ROUNDS [GAP_US]`` (waits for a line on stdin between its warm-up and the timed rounds); each
+prints JSON lines. Standard library only, so that the same file runs in a namespace.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def conns(host: str, port: int, seconds: float, parallel: int) -> None:
     say(count=sum(counts), seconds=time.perf_counter() - t0)
 
 
-def rr(host: str, port: int, rounds: int) -> None:
-    """Round trips of SIZE bytes on one connection, each timed with ``perf_counter_ns``, in microseconds."""
+def rr(host: str, port: int, rounds: int, gap_us: float = 0.0) -> None:
+    """Round trips of SIZE bytes on one connection, each timed with ``perf_counter_ns``, in microseconds;
+    ``gap_us`` of sleep between them (a trickle instead of back to back)."""
     with connect(host, port) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(WARMUP):
@@ -101,6 +102,8 @@ def rr(host: str, port: int, rounds: int) -> None:
             t0 = time.perf_counter_ns()
             exchange(s, KEEP)
             us.append((time.perf_counter_ns() - t0) / 1000)
+            if gap_us:
+                time.sleep(gap_us / 1e6)
         exchange(s, CLOSE)
     say(us=[round(u, 1) for u in us])
 
@@ -112,7 +115,7 @@ def main(argv: list[str]) -> None:
     elif mode == "conns":
         conns(host, port, float(argv[3]), int(argv[4]))
     elif mode == "rr":
-        rr(host, port, int(argv[3]))
+        rr(host, port, int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -21,6 +21,7 @@ from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavai
 from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
+from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, MAX_SPIN_US
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
@@ -106,6 +107,16 @@ def _cpu(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _spin_us(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of microseconds") from None
+    if not 0 <= value <= MAX_SPIN_US:
+        raise argparse.ArgumentTypeError(f"{text} microseconds: the spin is 0 to {MAX_SPIN_US:g} us")
+    return value
+
+
 def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offload",
@@ -126,6 +137,14 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="pin the NIC process to CPU N (default: not pinned, the scheduler places it); needs "
         "--nic process",
+    )
+    parser.add_argument(
+        "--nic-spin-us",
+        type=_spin_us,
+        metavar="US",
+        help="how long the NIC process spins on its rings and the TAP after its last work before it sleeps "
+        f"on its doorbell (default {DEFAULT_SPIN_US:g}; 0: sleep at once); longer cuts latency and costs "
+        "idle CPU",
     )
     parser.add_argument(
         "--churn",
@@ -292,10 +311,9 @@ def _resolve_nic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             "--pcap captures this process's TAP descriptor only: with --nic process the NIC's frames "
             "would be missing (use --nic inline)"
         )
-    if getattr(args, "nic_cpu", None) is not None and (args.nic != "process" or args.offload == "disabled"):
-        parser.error(
-            "--nic-cpu pins the NIC process: it needs --nic process and --offload enabled or automatic"
-        )
+    for option, what in (("nic_cpu", "--nic-cpu pins"), ("nic_spin_us", "--nic-spin-us tunes")):
+        if getattr(args, option, None) is not None and (args.nic != "process" or args.offload == "disabled"):
+            parser.error(f"{what} the NIC process: it needs --nic process and --offload enabled or automatic")
 
 
 def _resolve_nc_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -61,6 +61,7 @@ class OffloadOptions:
     events: str | None = None  # JSON-lines file of every offload event
     nic: str = DEFAULT_NIC  # where the target runs: "process" or "inline"
     nic_cpu: int | None = None  # the CPU the NIC process is pinned to (None: not pinned)
+    nic_spin_us: float | None = None  # the NIC process's spin before it sleeps (None: NicConfig's default)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OffloadOptions:
@@ -70,6 +71,7 @@ class OffloadOptions:
             getattr(args, "events", None),
             getattr(args, "nic", DEFAULT_NIC),
             getattr(args, "nic_cpu", None),
+            getattr(args, "nic_spin_us", None),
         )
 
     @property

@@ -257,6 +257,8 @@ def _stack_behind_nic(iface: InterfaceConfig, options: OffloadOptions, device: A
         max_segment_payload=iface.max_segment_payload,
         vnet_hdr=device.vnet_hdr_size,
     )
+    if options.nic_spin_us is not None:
+        config = replace(config, spin_us=options.nic_spin_us)
     noted: dict[int, Any] = {}
 
     def spawned(pid: int) -> None:  # in the run record, so that `chimney cleanup` kills a NIC left behind

@@ -48,6 +48,7 @@ from tcpchimney.host.offload_shared import OffloadShared
 from tcpchimney.host.offload_state import (
     MAX_SEND_BACKLOG,
     MAX_SEND_CHUNK,
+    OFFLOADABLE_NOW,
     SILENCE,
     STATE_CALL_TIMEOUT,
     WATCH_INTERVAL,
@@ -127,21 +128,36 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
             return
         if self._next_check is None or now >= self._next_check:
             self._next_check = now + self.policy.check_interval
-            waiting = [
-                sock
-                for sock in self.stack.connections()
-                if sock.offload is not None and sock.offload.in_host and not sock.offload.refused_by_target
-            ]
-            self._consider_all(waiting, quiet=True)
+            self._consider_all(self._still_waiting(), quiet=True)
+
+    def _still_waiting(self) -> list[TcpSocket]:
+        """The watched connections on the host that automatic mode may offload now; those gone or past the
+        offloadable states (they never return to them) leave the list."""
+        waiting: list[TcpSocket] = []
+        conns, watching = self.stack._conns, self._watching
+        for sock in list(watching):
+            if conns.get(sock.key) is not sock or sock.state not in OFFLOADABLE_NOW:
+                del watching[sock]
+                continue
+            off = sock.offload
+            if off is not None and off.in_host and not off.refused_by_target:
+                waiting.append(sock)
+        return waiting
 
     def on_engine_event(self, sock: TcpSocket, ev: TcpEvent) -> None:
-        """An event of a connection on the host engine: established connections become candidates."""
+        """An event of a connection on the host engine: established connections become candidates (in
+        automatic mode, those below its threshold wait for the first re-examination instead: a connection
+        that closes before it costs no decision and reports none)."""
         if isinstance(ev, Connected):
             if sock.offload is None:
                 sock.offload = ConnOffload(una0=sock.conn.snd_una, rcv0=sock.conn.rcv_nxt)
+            self._watching[sock] = None
+            if self.policy.mode is OffloadMode.AUTOMATIC:
+                if self._next_check is None:
+                    self._next_check = self.now + self.policy.check_interval
+                if self.policy.decide(self._info(sock)) is Reason.MODE_AUTOMATIC_THRESHOLD:
+                    return
             self._candidates[sock] = None
-            if self.policy.mode is OffloadMode.AUTOMATIC and self._next_check is None:
-                self._next_check = self.now + self.policy.check_interval
 
     def held_segment(self, sock: TcpSocket, raw: bytes) -> None:
         """A segment for a connection that is not on the host engine reached the host (the target passed
@@ -204,12 +220,14 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
             if off is not None and off.in_host:
                 off.refused_by_target = False
                 self._candidates[sock] = None
+                self._watching[sock] = None
 
     def offload_now(self, sock: TcpSocket) -> Reason | None:
         """Offload ``sock`` whatever the mode (rules and opt-out still apply). None: the initiate is in
         flight (an Offloaded or OffloadRefused event follows); otherwise why it was refused now."""
         if sock.offload is None:
             sock.offload = ConnOffload(una0=sock.conn.snd_una, rcv0=sock.conn.rcv_nxt)
+        self._watching[sock] = None
         if not sock.offload.in_host:
             return None
         reason = self._check(sock, forced=True)

@@ -53,6 +53,10 @@ class OffloadBase:
         self._paths: dict[bytes, SharedObject] = {}
         self._neighbor_of: dict[int, SharedObject] = {}
         self._candidates: dict[TcpSocket, None] = {}
+        # Automatic mode's re-examination list: every connection that reached ESTABLISHED (or was named by
+        # offload_now) and has not yet been seen past the offloadable states; pruned as it is walked, so the
+        # walk never visits the TIME-WAIT crowd of a busy server.
+        self._watching: dict[TcpSocket, None] = {}
         # What answers a state call's completion, by the kind of call (the rest are data calls).
         self._state_done: dict[str, Callable[[Pending, StateCompletion], None]] = {
             "initiate": self._on_initiate_done,

@@ -51,6 +51,9 @@ from enum import IntEnum
 
 from tcpchimney.nic.descriptors import H2N_SLEEP_OFF, N2H_SLEEP_OFF
 
+DEFAULT_SPIN_US = 75.0  # the NIC process's spin (``chimney serve --nic-spin-us``; docs/nic-process.md)
+MAX_SPIN_US = 10_000.0  # beyond this a spin is a busy loop: the sleep bound is the tool for that
+
 _FENCE = _thread.allocate_lock()
 
 
@@ -111,7 +114,7 @@ class Waiter:
         words: memoryview,
         efd: int,
         direction: Direction,
-        spin_s: float = 75e-6,
+        spin_s: float = DEFAULT_SPIN_US / 1e6,
         sleep_bound_s: float = 0.050,
     ) -> None:
         self._words = words  # the arena's word view (Arena.words)

@@ -51,7 +51,7 @@ from typing import Any
 from tcpchimney.nic.arena import Arena, receive_arena
 from tcpchimney.nic.core import NicCore
 from tcpchimney.nic.descriptors import ArenaError
-from tcpchimney.nic.doorbell import Direction, Doorbell, Waiter
+from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, Direction, Doorbell, Waiter
 from tcpchimney.nic.faults import apply_fault
 from tcpchimney.nic.target import SoftwareTarget
 from tcpchimney.tcp.config import TcpConfig
@@ -76,7 +76,7 @@ class NicConfig:
     max_segment_payload: int = 0
     capacity: int = 1024
     vnet_hdr: int = 10  # virtio-net header size on the TAP (0: plain frames)
-    spin_us: float = 75.0
+    spin_us: float = DEFAULT_SPIN_US
     handle_base: int = 0  # the target's handles start after it: a restarted NIC's differ from the last's
     # A restarted NIC reads the TAP only once the host says {"op": "go"}: until the host has switched to the
     # NIC's frames ring it reads the TAP itself, and two readers would reorder the peer's segments.
@@ -165,7 +165,7 @@ class NicLoop:
         efds: tuple[int, int],
         tap: TapIo,
         target: SoftwareTarget,
-        spin_s: float = 75e-6,
+        spin_s: float = DEFAULT_SPIN_US / 1e6,
     ) -> None:
         self.arena = arena
         self.sock = sock

@@ -97,11 +97,27 @@ def test_automatic_mode_waits_for_the_threshold() -> None:
     assert counters == {"deferred_below_automatic_threshold": 1, "offloaded": 1}
 
 
+def test_a_connection_that_closes_before_the_first_check_costs_no_decision() -> None:
+    """A short connection (the common case of a busy server) is not judged at its handshake: it waits for
+    the first re-examination, and one that is gone by then leaves no deferral, no refusal, no event."""
+    net = make_offload_net(policy=OffloadPolicy(mode="automatic", min_bytes=200_000, check_interval=30.0))
+    a, b = net.connect()
+    exchange(net, [Stream(a, b, payload(20_000, 1))])
+    a.close()
+    net.run_until(lambda: net.has_event(b, PeerClosed))
+    b.close()
+    net.run_for(1.0)
+    assert net.events(OffloadRefused) == [] and net.events(OffloadDeferred) == []
+    assert net.a.counters["offload"] == {}
+    assert a.offload_state is OffloadState.IN_HOST
+
+
 def test_a_connection_that_closes_while_waiting_for_the_threshold_is_not_refused() -> None:
     net = make_offload_net(policy=OffloadPolicy(mode="automatic", min_bytes=200_000))
     a, b = net.connect()
     exchange(net, [Stream(a, b, payload(20_000, 1))])
-    a.close()  # a short exchange: over before it qualified
+    net.run_for(0.35)  # a few checks: it waits, deferred once
+    a.close()  # over before it qualified
     net.run_until(lambda: net.has_event(b, PeerClosed))
     b.close()
     net.run_for(1.0)  # several automatic checks while a closes
