@@ -43,6 +43,7 @@ from tcpchimney.tcp.events import (
     ConnectionReset,
     ConnectionTimedOut,
     ConnectionUnreachable,
+    StateChanged,
 )
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.frame import Frame
@@ -385,6 +386,8 @@ class Runtime:
                 if isinstance(tcp_ev, Closed):
                     del self._transports[sock]
                 transport._on_event(tcp_ev)
+                if isinstance(tcp_ev, StateChanged) and tcp_ev.new is TcpState.TIME_WAIT:
+                    self._transport_lost(transport)
             elif (pending := self._connecting.get(sock)) is not None:
                 self._on_connect_event(pending, tcp_ev)
         elif isinstance(ev, IncomingConnection):
@@ -429,7 +432,13 @@ class Runtime:
         return transport
 
     def _transport_lost(self, transport: TcpTransport) -> None:
-        """connection_lost was delivered; the socket stays mapped until Closed (late events absorbed)."""
+        """connection_lost was delivered (or the connection entered TIME-WAIT since). The socket stays mapped
+        until Closed, so late events reach the transport, unless it is in TIME-WAIT: then nothing it could
+        still see matters to the application, and the transport, its protocol and their buffers are not held
+        for the 2 MSL a busy server keeps thousands of such connections."""
+        sock = transport.tcp_socket
+        if transport.lost and sock.state is TcpState.TIME_WAIT and self._transports.get(sock) is transport:
+            del self._transports[sock]
 
     # ================================================================== application API
 

@@ -206,6 +206,11 @@ class TcpTransport(asyncio.Transport):
     def peer_eof(self) -> bool:
         return self._peer_eof
 
+    @property
+    def lost(self) -> bool:
+        """connection_lost was delivered to the protocol."""
+        return self._lost
+
     async def wait_event(self) -> None:
         """Until the connection's next event (data, send space, FIN, reset, close) or its loss."""
         if self._lost and self._dead:

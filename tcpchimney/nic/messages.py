@@ -129,6 +129,10 @@ class ControlReader:
     def available(self) -> bool:
         return self._ring.available() > 0
 
+    def moved(self) -> bool:
+        """Anything published since the last take (unvalidated: ``take`` validates)."""
+        return self._ring.moved()
+
     def take(self) -> list[bytes | int]:
         """Every whole message published so far, in order, and the data marks among them (``int``); a
         message whose last record is not published yet stays partial until the next call. Call ``release``

@@ -117,6 +117,11 @@ class OrderedReader:
     def available(self) -> bool:
         return bool(self._waiting) or self._data.available() > 0 or self.control.available()
 
+    def moved(self) -> bool:
+        """``available`` with unvalidated loads (``take`` validates): the look the host makes many times a
+        loop turn."""
+        return bool(self._waiting) or self._data.moved() or self.control.moved()
+
     def take(self) -> list[Item]:
         """Everything published so far that may be handled now, in the producer's order. Call
         ``release`` once it is handled."""

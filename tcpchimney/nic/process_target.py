@@ -201,7 +201,7 @@ class ProcessTarget:
 
     def _read_outputs(self) -> None:
         try:
-            if not self.outputs.available():
+            if not self.outputs.moved():
                 return
             data, pending = self.data, self._pending
             for item in self.outputs.take():

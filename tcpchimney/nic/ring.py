@@ -161,6 +161,11 @@ class _Consumer(_Endpoint):
         """Give the slots or space of everything taken back to the producer."""
         self._words[self._tail_i] = self._tail
 
+    def moved(self) -> bool:
+        """Whether the producer's head moved past what was taken: one load, not validated (``take`` and
+        ``available`` validate), for the hot "anything new?" look."""
+        return bool(self._words[self._head_i] != self._tail)
+
 
 class DescriptorProducer(_Producer):
     __slots__ = ("_mask",)
