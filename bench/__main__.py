@@ -25,6 +25,7 @@ MODULES = [
     "bench.nic_handoff",
     "bench.nic_recovery",
     "bench.short",
+    "bench.spin",
 ]
 
 

@@ -68,13 +68,20 @@ class Variant:
     cpu: int | None = None  # --nic-cpu
     offload: str = "enabled"  # the --offload mode when nic is set
     spin_us: float | None = None  # --nic-spin-us (None: the default)
+    busy_poll_us: float = 0.0  # --busy-poll-us
 
     def options(self) -> Any:
         from tcpchimney.cli.offload import OffloadOptions
 
         if self.nic is None:
             return OffloadOptions("disabled")
-        return OffloadOptions(self.offload, nic=self.nic, nic_cpu=self.cpu, nic_spin_us=self.spin_us)
+        return OffloadOptions(
+            self.offload,
+            nic=self.nic,
+            nic_cpu=self.cpu,
+            nic_spin_us=self.spin_us,
+            busy_poll_us=self.busy_poll_us,
+        )
 
     @property
     def mode(self) -> str:

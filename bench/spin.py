@@ -1,8 +1,10 @@
-"""The NIC process's spin before it sleeps (``--nic-spin-us``): ping-pong latency against the NIC's CPU.
+"""The NIC process's spin before it sleeps (``--nic-spin-us``) and the host's busy poll of its rings
+(``--busy-poll-us``): ping-pong latency against the CPU they burn.
 
-``python -m bench.spin [--spins 0,25,75,200,500] [--rounds N] [--gap-us G] [--runs R]`` prints one JSON line
-``nic_spin`` per spin value. For each value, a fresh session with ``--offload enabled`` and the NIC in its own
-process spinning that long, and two connections from bench/short_app.py's client, each warmed up until the
+``python -m bench.spin [--spins 0,25,75,200,500] [--busy-polls 50,100,200] [--rounds N] [--gap-us G]
+[--runs R]`` prints one JSON line ``nic_spin`` per setting: each spin value with the host not polling, then
+each busy poll with the default spin. For each setting, a fresh session with ``--offload enabled`` and the NIC
+in its own process, and two connections from bench/short_app.py's client, each warmed up until the
 NIC holds it:
 
 - back to back: ``rounds`` 64-byte round trips; ``value`` their median, ``p99``, and the NIC's and the host's
@@ -36,6 +38,8 @@ from tcpchimney.link.netns import VethTopology
 from tcpchimney.nic.doorbell import DEFAULT_SPIN_US
 
 SPINS = (0.0, 25.0, 75.0, 200.0, 500.0)
+BUSY_POLLS = (50.0, 100.0, 200.0)
+Setting = tuple[float, float]  # (NIC spin, host busy poll), microseconds
 GAP_US = 1000.0
 NAMES = ("nic_spin",)
 
@@ -76,8 +80,9 @@ async def kernel_rtts(rounds: int) -> list[float]:
     return rtts
 
 
-async def spin_run(spin: float, rounds: int, gap_us: float) -> Figures:
-    variant = Variant(f"spin_{spin:g}", "process", spin_us=spin)
+async def spin_run(setting: Setting, rounds: int, gap_us: float) -> Figures:
+    spin, busy = setting
+    variant = Variant(f"spin_{spin:g}_poll_{busy:g}", "process", spin_us=spin, busy_poll_us=busy)
     async with session_for(variant, "sn") as session:
         host = str(session.addr.ip)
         server = await session.runtime.start_server(answer, port=PORT)
@@ -98,14 +103,18 @@ async def spin_run(spin: float, rounds: int, gap_us: float) -> Figures:
     )
 
 
-def spin_line(spin: float, mine: list[Figures], kernels: list[list[float]], gap_us: float) -> dict[str, Any]:
+def spin_line(
+    setting: Setting, mine: list[Figures], kernels: list[list[float]], gap_us: float
+) -> dict[str, Any]:
     def over(what: Any) -> float:
         return round(median([what(f) for f in mine]), 1)
 
+    spin, busy = setting
     return {
         "bench": "nic_spin",
         "spin_us": spin,
-        "default": spin == DEFAULT_SPIN_US,
+        "busy_poll_us": busy,
+        "default": spin == DEFAULT_SPIN_US and busy == 0,
         "value": over(lambda f: median(f.rtts)),
         "unit": "us",
         "p99": over(lambda f: pct(f.rtts, 0.99)),
@@ -123,46 +132,54 @@ def spin_line(spin: float, mine: list[Figures], kernels: list[list[float]], gap_
     }
 
 
-async def measure(spins: Sequence[float], rounds: int, gap_us: float, runs: int) -> Any:
+async def measure(settings: Sequence[Setting], rounds: int, gap_us: float, runs: int) -> Any:
     kernels: list[list[float]] = []
-    figures: dict[float, list[Figures]] = {s: [] for s in spins}
-    for _ in range(runs):  # the kernel and every spin once per run: neighbours in time
+    figures: dict[Setting, list[Figures]] = {s: [] for s in settings}
+    for _ in range(runs):  # the kernel and every setting once per run: neighbours in time
         kernels.append(await kernel_rtts(rounds))
-        for spin in spins:
-            figures[spin].append(await spin_run(spin, rounds, gap_us))
+        for setting in settings:
+            figures[setting].append(await spin_run(setting, rounds, gap_us))
     return kernels, figures
 
 
 def run(
-    spins: Sequence[float] = SPINS, rounds: int = 2000, gap_us: float = GAP_US, runs: int = 1
+    spins: Sequence[float] = SPINS,
+    busy_polls: Sequence[float] = BUSY_POLLS,
+    rounds: int = 2000,
+    gap_us: float = GAP_US,
+    runs: int = 1,
 ) -> Iterator[dict[str, Any]]:
     skip = skipped(NAMES)
     if skip is not None:
         yield from skip
         return
-    kernels, figures = asyncio.run(measure(spins, rounds, gap_us, runs))
-    for spin in spins:
-        yield spin_line(spin, figures[spin], kernels, gap_us)
+    settings = [(s, 0.0) for s in spins] + [(DEFAULT_SPIN_US, b) for b in busy_polls if b > 0]
+    kernels, figures = asyncio.run(measure(settings, rounds, gap_us, runs))
+    for setting in settings:
+        yield spin_line(setting, figures[setting], kernels, gap_us)
 
 
-def spins_arg(text: str) -> tuple[float, ...]:
+def micros_arg(text: str) -> tuple[float, ...]:
     try:
-        spins = tuple(float(x) for x in text.split(",") if x)
+        values = tuple(float(x) for x in text.split(",") if x)
     except ValueError:
-        raise argparse.ArgumentTypeError("spins are a comma list of microseconds") from None
-    if not spins or any(s < 0 for s in spins):
-        raise argparse.ArgumentTypeError("spins are a comma list of microseconds, each >= 0")
-    return spins
+        raise argparse.ArgumentTypeError("a comma list of microseconds") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("a comma list of microseconds, each >= 0")
+    return values
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spins", type=spins_arg, default=SPINS, help="spin values in us (comma list)")
+    parser.add_argument("--spins", type=micros_arg, default=SPINS, help="NIC spins in us (comma list)")
+    parser.add_argument(
+        "--busy-polls", type=micros_arg, default=BUSY_POLLS, help="host busy polls in us (comma list)"
+    )
     parser.add_argument("--rounds", type=int, default=2000, help="back-to-back round trips per spin")
     parser.add_argument("--gap-us", type=float, default=GAP_US, help="client sleep between trickle trips")
     parser.add_argument("--runs", type=int, default=1, help="runs of every spin (medians are reported)")
     args = parser.parse_args(argv)
-    for line in run(args.spins, args.rounds, args.gap_us, args.runs):
+    for line in run(args.spins, args.busy_polls, args.rounds, args.gap_us, args.runs):
         print(json.dumps(line), flush=True)
     return 0
 

@@ -19,9 +19,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from tcpchimney.api import gctune
+from tcpchimney.api.busy_poll import BusyPoller, Pollable
 from tcpchimney.api.options import SocketOptions
 from tcpchimney.api.streams import (
     SocketInfo,
@@ -125,8 +126,13 @@ class Runtime:
         node: Node | None = None,
         rx: FrameSource | None = None,
         tune_gc: bool = True,
+        busy_poll_us: float = 0.0,
     ) -> None:
         self.stack = stack
+        # api/busy_poll.py: after traffic, keep looking at a source that can be looked at cheaply (the NIC
+        # process's rings) for this long instead of sleeping on its descriptor; 0: off.
+        self._busy_poll_s = busy_poll_us / 1e6
+        self._busy: BusyPoller | None = None
         self._tune_gc = tune_gc  # api/gctune.py: what the default collector setting costs a stack
         # What the device talks to: the stack itself, or an offload target in front of it (nic.SoftwareTarget
         # with the stack attached), which takes the frames of the connections it holds.
@@ -188,7 +194,13 @@ class Runtime:
         if self._tune_gc:
             gctune.tune_gc()
         self._loop.add_reader(self.rx.fileno(), self._on_readable)
+        self._busy = self._busy_poller(self.rx)
         self.flush_soon()
+
+    def _busy_poller(self, rx: FrameSource) -> BusyPoller | None:
+        if self._busy_poll_s <= 0 or not hasattr(rx, "pending"):
+            return None  # a device's readiness costs a system call to learn: nothing to gain by polling it
+        return BusyPoller(self.loop, cast("Pollable", rx), self._on_readable, self._busy_poll_s)
 
     def close(self) -> None:
         """Close servers, reset open connections (the RSTs are sent), detach from the loop. Idempotent."""
@@ -207,6 +219,8 @@ class Runtime:
         self._closed = True
         loop = self.loop
         loop.remove_reader(self.rx.fileno())
+        if self._busy is not None:
+            self._busy.cancel()
         if self._tx_backlog:
             loop.remove_writer(self.device.fileno())
         for handle in (self._timer, self._flush_handle):
@@ -240,6 +254,9 @@ class Runtime:
         if self._started and not self._closed:
             self.loop.remove_reader(self.rx.fileno())
             self.loop.add_reader(rx.fileno(), self._on_readable)
+            if self._busy is not None:
+                self._busy.cancel()
+            self._busy = self._busy_poller(rx)
         self.rx = rx
         self.flush_soon()
 
@@ -258,6 +275,8 @@ class Runtime:
         self._flush_handle = None
         if not self._closed:
             self._process()
+            if self._busy is not None:
+                self._busy.arm()  # what was just sent is likely answered soon
 
     def _on_readable(self) -> None:
         device, stack, now = self.rx, self.node, self._clock()
@@ -271,6 +290,8 @@ class Runtime:
         self.counters["rx_frames"] += n
         self.counters["rx_batches"] += 1
         self._process()
+        if self._busy is not None and not self._closed:
+            self._busy.arm()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -147,6 +147,14 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
         "idle CPU",
     )
     parser.add_argument(
+        "--busy-poll-us",
+        type=_spin_us,
+        metavar="US",
+        help="after traffic, this process keeps looking at the NIC process's rings for US microseconds "
+        "instead of sleeping on its doorbell (as Linux's net.core.busy_poll; default 0: off); cuts "
+        "latency, costs CPU",
+    )
+    parser.add_argument(
         "--churn",
         type=_seconds,
         metavar="SECONDS",
@@ -311,7 +319,12 @@ def _resolve_nic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             "--pcap captures this process's TAP descriptor only: with --nic process the NIC's frames "
             "would be missing (use --nic inline)"
         )
-    for option, what in (("nic_cpu", "--nic-cpu pins"), ("nic_spin_us", "--nic-spin-us tunes")):
+    tuning = (
+        ("nic_cpu", "--nic-cpu pins"),
+        ("nic_spin_us", "--nic-spin-us tunes"),
+        ("busy_poll_us", "--busy-poll-us polls"),
+    )
+    for option, what in tuning:
         if getattr(args, option, None) is not None and (args.nic != "process" or args.offload == "disabled"):
             parser.error(f"{what} the NIC process: it needs --nic process and --offload enabled or automatic")
 

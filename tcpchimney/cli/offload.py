@@ -62,6 +62,7 @@ class OffloadOptions:
     nic: str = DEFAULT_NIC  # where the target runs: "process" or "inline"
     nic_cpu: int | None = None  # the CPU the NIC process is pinned to (None: not pinned)
     nic_spin_us: float | None = None  # the NIC process's spin before it sleeps (None: NicConfig's default)
+    busy_poll_us: float = 0.0  # the host's busy poll of the NIC's rings (api/busy_poll.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OffloadOptions:
@@ -72,6 +73,7 @@ class OffloadOptions:
             getattr(args, "nic", DEFAULT_NIC),
             getattr(args, "nic_cpu", None),
             getattr(args, "nic_spin_us", None),
+            getattr(args, "busy_poll_us", None) or 0.0,
         )
 
     @property

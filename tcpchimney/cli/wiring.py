@@ -198,7 +198,9 @@ async def _running(
         iface = InterfaceConfig.parse(mac, str(addr), mtu=device.mtu, features=device.features)
         if options.enabled and options.nic == "process":
             stack, nic = _stack_behind_nic(iface, options, device)
-            runtime = Runtime(stack, device, node=nic.target, rx=nic.target)
+            runtime = Runtime(
+                stack, device, node=nic.target, rx=nic.target, busy_poll_us=options.busy_poll_us
+            )
         else:
             stack, target = _stack(iface, options)
             runtime = Runtime(stack, device, node=target)

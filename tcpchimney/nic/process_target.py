@@ -353,6 +353,12 @@ class ProcessTarget:
     def fileno(self) -> int:
         return self._wake_fd
 
+    def pending(self) -> bool:
+        """Frames or messages wait (memory loads only: what the runtime's busy poll looks at)."""
+        if self._rx or self._out:
+            return True
+        return self.failed is None and (self._frames.moved() or self.outputs.moved())
+
     def read(self) -> Frame | None:
         """The next frame the NIC passed up, or None once the rings are empty (then the host may sleep: the
         NIC rings). Completions and indications are read by ``poll``, which the stack calls after this."""
