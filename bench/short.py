@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,12 +92,19 @@ async def ping_pong(proc: LinuxProc, ready: Any = None) -> list[float]:
 # ====================================================================== the kernel
 
 
-async def kernel_run(seconds: float, parallel: int, rounds: int) -> Run:
+@contextlib.asynccontextmanager
+async def kernel_server() -> AsyncIterator[VethTopology]:
+    """``answer`` on kernel sockets in one namespace of a fresh veth pair, listening once this yields."""
     async with (
         in_thread(VethTopology()) as topo,
         peer(topo.ns_b, "-m", "bench.short_app", "serve", topo.ip_b, PORT) as server,
     ):
         await server.line()
+        yield topo
+
+
+async def kernel_run(seconds: float, parallel: int, rounds: int) -> Run:
+    async with kernel_server() as topo:
         host = str(topo.ip_b)  # the default topology addresses both ends
         async with client(topo.ns_a, "conns", host, seconds, parallel) as c:
             result = await c.line()

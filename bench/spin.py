@@ -31,10 +31,9 @@ from typing import Any
 
 from bench.nic import Meter, Variant, median, nic_pid, offloads, session_for, skipped
 from bench.nic_handoff import pct
-from bench.short import PORT, client, wait_offloaded
+from bench.short import PORT, client, kernel_server, ping_pong, wait_offloaded
 from bench.short_app import answer
-from bench.tap import LinuxProc, in_thread, peer
-from tcpchimney.link.netns import VethTopology
+from bench.tap import LinuxProc
 from tcpchimney.nic.doorbell import DEFAULT_SPIN_US
 
 SPINS = (0.0, 25.0, 75.0, 200.0, 500.0)
@@ -55,29 +54,22 @@ class Figures:
     trickle_pct: float  # NIC CPU over the trickle, % of one CPU
 
 
-async def timed(proc: LinuxProc, session: Any | None, before: int) -> tuple[list[float], Meter]:
-    """The client's warm-up, the wait until the NIC holds the connection, then the timed rounds under a
-    meter."""
-    await proc.line()
-    if session is not None:
+async def timed(proc: LinuxProc, session: Any, before: int) -> tuple[list[float], Meter]:
+    """bench.short's ping-pong once the NIC holds the connection (the host counts more offloads than
+    ``before``, taken before the client connected), its timed rounds under a meter."""
+    meters: list[Meter] = []
+
+    async def ready() -> None:
         await wait_offloaded(session, before)
-    meter = Meter(nic_pid(session) if session is not None else None)
-    assert proc.proc.stdin is not None
-    proc.proc.stdin.write(b"go\n")
-    await proc.proc.stdin.drain()
-    rtts = [float(u) for u in (await proc.line())["us"]]
-    return rtts, meter.stop()
+        meters.append(Meter(nic_pid(session)))
+
+    rtts = await ping_pong(proc, ready)
+    return rtts, meters[0].stop()
 
 
 async def kernel_rtts(rounds: int) -> list[float]:
-    async with (
-        in_thread(VethTopology()) as topo,
-        peer(topo.ns_b, "-m", "bench.short_app", "serve", topo.ip_b, PORT) as server,
-    ):
-        await server.line()
-        async with client(topo.ns_a, "rr", str(topo.ip_b), rounds) as c:
-            rtts, _ = await timed(c, None, 0)
-    return rtts
+    async with kernel_server() as topo, client(topo.ns_a, "rr", str(topo.ip_b), rounds) as c:
+        return await ping_pong(c)
 
 
 async def spin_run(setting: Setting, rounds: int, gap_us: float) -> Figures:
@@ -87,11 +79,12 @@ async def spin_run(setting: Setting, rounds: int, gap_us: float) -> Figures:
         host = str(session.addr.ip)
         server = await session.runtime.start_server(answer, port=PORT)
         try:
+            before = offloads(session)
             async with client(session.netns, "rr", host, rounds) as c:
-                rtts, meter = await timed(c, session, offloads(session))
-            trickle_rounds = max(1, rounds // 4)
+                rtts, meter = await timed(c, session, before)
+            trickle_rounds, before = max(1, rounds // 4), offloads(session)
             async with client(session.netns, "rr", host, trickle_rounds, gap_us) as c:
-                trickle, slow = await timed(c, session, offloads(session))
+                trickle, slow = await timed(c, session, before)
         finally:
             server.close()
     return Figures(

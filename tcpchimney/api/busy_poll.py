@@ -36,6 +36,7 @@ class BusyPoller:
         source: Pollable,
         on_ready: Callable[[], None],
         budget_s: float,
+        counters: dict[str, int],
     ) -> None:
         self._loop = loop
         self._source = source
@@ -43,13 +44,13 @@ class BusyPoller:
         self.budget_s = budget_s
         self._until = 0.0
         self._handle: asyncio.Handle | None = None
-        self.looks = 0
-        self.hits = 0  # looks that found work (a wake-up through the kernel saved)
+        # busy_poll_looks, and busy_poll_hits: looks that found work (a wake-up through the kernel saved)
+        self._counters = counters
+        counters.setdefault("busy_poll_looks", 0)
+        counters.setdefault("busy_poll_hits", 0)
 
     def arm(self) -> None:
         """Poll (again) for a whole budget from now."""
-        if self.budget_s <= 0:
-            return
         self._until = time.perf_counter() + self.budget_s
         if self._handle is None:
             self._handle = self._loop.call_soon(self._look)
@@ -61,9 +62,9 @@ class BusyPoller:
 
     def _look(self) -> None:
         self._handle = None
-        self.looks += 1
+        self._counters["busy_poll_looks"] += 1
         if self._source.pending():
-            self.hits += 1
+            self._counters["busy_poll_hits"] += 1
             self._on_ready()  # which arms again: the next message of a burst is polled for too
             return
         if time.perf_counter() < self._until:

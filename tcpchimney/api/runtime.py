@@ -200,7 +200,8 @@ class Runtime:
     def _busy_poller(self, rx: FrameSource) -> BusyPoller | None:
         if self._busy_poll_s <= 0 or not hasattr(rx, "pending"):
             return None  # a device's readiness costs a system call to learn: nothing to gain by polling it
-        return BusyPoller(self.loop, cast("Pollable", rx), self._on_readable, self._busy_poll_s)
+        source = cast("Pollable", rx)
+        return BusyPoller(self.loop, source, self._on_readable, self._busy_poll_s, self.counters)
 
     def close(self) -> None:
         """Close servers, reset open connections (the RSTs are sent), detach from the loop. Idempotent."""

@@ -107,13 +107,14 @@ def _cpu(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _spin_us(text: str) -> float:
+def _micros(text: str) -> float:
+    """A spin or a busy poll in microseconds, 0 to MAX_SPIN_US."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of microseconds") from None
     if not 0 <= value <= MAX_SPIN_US:
-        raise argparse.ArgumentTypeError(f"{text} microseconds: the spin is 0 to {MAX_SPIN_US:g} us")
+        raise argparse.ArgumentTypeError(f"{text} microseconds: give 0 to {MAX_SPIN_US:g}")
     return value
 
 
@@ -140,7 +141,7 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--nic-spin-us",
-        type=_spin_us,
+        type=_micros,
         metavar="US",
         help="how long the NIC process spins on its rings and the TAP after its last work before it sleeps "
         f"on its doorbell (default {DEFAULT_SPIN_US:g}; 0: sleep at once); longer cuts latency and costs "
@@ -148,7 +149,7 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--busy-poll-us",
-        type=_spin_us,
+        type=_micros,
         metavar="US",
         help="after traffic, this process keeps looking at the NIC process's rings for US microseconds "
         "instead of sleeping on its doorbell (as Linux's net.core.busy_poll; default 0: off); cuts "

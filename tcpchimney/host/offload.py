@@ -134,9 +134,9 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
         """The watched connections on the host that automatic mode may offload now; those gone or past the
         offloadable states (they never return to them) leave the list."""
         waiting: list[TcpSocket] = []
-        conns, watching = self.stack._conns, self._watching
+        stack, watching = self.stack, self._watching
         for sock in list(watching):
-            if conns.get(sock.key) is not sock or sock.state not in OFFLOADABLE_NOW:
+            if not stack.holds(sock) or sock.state not in OFFLOADABLE_NOW:
                 del watching[sock]
                 continue
             off = sock.offload

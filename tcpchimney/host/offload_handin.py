@@ -92,7 +92,7 @@ class OffloadHandIn(OffloadBase):
         ready: list[TcpSocket] = []
         for sock in socks:
             off = sock.offload
-            if off is None or not off.in_host or self.stack._conns.get(sock.key) is not sock:
+            if off is None or not off.in_host or not self.stack.holds(sock):
                 self._candidates.pop(sock, None)
                 continue
             if sock.listener is not None:

@@ -374,6 +374,11 @@ class HostStack(TcpInput):
     def connections(self) -> list[TcpSocket]:
         return list(self._conns.values())
 
+    def holds(self, sock: TcpSocket) -> bool:
+        """Whether ``sock`` is still one of the stack's connections (not closed and forgotten, not replaced
+        by a new incarnation of its four-tuple)."""
+        return self._conns.get(sock.key) is sock
+
     def path_mtu(self, dst: str | bytes) -> int:
         return self._pmtu.get(ip_bytes(dst), self.iface.mtu)
 

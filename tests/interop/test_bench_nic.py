@@ -1,5 +1,5 @@
 """The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py, bench/nic_recovery.py,
-bench/short.py) run once
+bench/short.py, bench/spin.py) run once
 each in a tiny configuration, so their code cannot rot between the runs that measure: every row they promise
 comes out with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant
 really offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import nic, nic_app, nic_handoff, nic_recovery, short
+from bench import nic, nic_app, nic_handoff, nic_recovery, short, spin
 
 MB = 1_000_000
 VARIANTS = ["host", "inline", "process", "process_pinned"]
@@ -112,6 +112,16 @@ def test_bench_short_gives_both_rows_against_the_kernel(require_net: None) -> No
         assert line["p99"] >= line["value"] and line["size"] == 64
 
 
+@pytest.mark.net
+def test_bench_spin_gives_a_line_per_setting_with_the_nic_holding_the_connection(require_net: None) -> None:
+    rows = _by_bench(list(spin.run(spins=(0.0,), busy_polls=(50.0,), rounds=8)))
+    lines = {(r["spin_us"], r["busy_poll_us"]): r for r in rows["nic_spin"]}
+    assert sorted(lines) == [(0.0, 0.0), (spin.DEFAULT_SPIN_US, 50.0)]
+    for line in lines.values():
+        _positive(line, "value", "p99", "kernel", "ratio_to_kernel", "trickle_us", "host_cpu_us_per_rt")
+        assert line["rounds"] == 8 and line["p99"] >= line["value"] and not line["default"]
+
+
 @pytest.mark.parametrize(
     ("module", "run"),
     [
@@ -120,8 +130,9 @@ def test_bench_short_gives_both_rows_against_the_kernel(require_net: None) -> No
         (nic_handoff, lambda: nic_handoff.run(rounds=1, runs=1)),
         (nic_recovery, lambda: nic_recovery.run(kills=1)),
         (short, lambda: short.run(seconds=0.1, rounds=1)),
+        (spin, lambda: spin.run(rounds=1)),
     ],
-    ids=["nic", "nic_app", "nic_handoff", "nic_recovery", "short"],
+    ids=["nic", "nic_app", "nic_handoff", "nic_recovery", "short", "spin"],
 )
 def test_without_a_tap_each_row_says_why_it_was_skipped(
     module: Any, run: Any, monkeypatch: pytest.MonkeyPatch
