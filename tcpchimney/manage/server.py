@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
-import socket
 from typing import Any
 
-from tcpchimney.link import runs
+from tcpchimney.link import leftovers, runs
+from tcpchimney.link.leftovers import CONTROL_SUFFIX
 from tcpchimney.manage.plane import ControlPlane
 from tcpchimney.manage.protocol import MAX_LINE, RequestError, parse_request, reply_line
 
-SUFFIX = ".ctl"
+SUFFIX = CONTROL_SUFFIX
 MODE = 0o660
 
 
@@ -33,13 +32,7 @@ def socket_path(name: str, directory: str | None = None) -> str:
 
 def is_live(path: str) -> bool:
     """Whether a stack answers on ``path`` (a leftover of a dead run refuses the connection)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
+    return not leftovers.dead_control_socket(path)
 
 
 class ControlServer:
@@ -122,16 +115,3 @@ class ControlServer:
         writer.write(reply)
         await writer.drain()
         return True
-
-
-def unlink_leftover(path: str) -> bool:
-    """Remove ``path`` if no stack answers there; True if removed."""
-    if is_live(path):
-        return False
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        return False
-    return True
