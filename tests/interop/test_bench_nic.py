@@ -182,3 +182,11 @@ def test_without_a_tap_each_row_says_why_it_was_skipped(
 ) -> None:
     monkeypatch.setattr(nic, "unavailable_reason", lambda: "needs root (CAP_NET_ADMIN)")
     assert list(run()) == [{"bench": name, "skipped": "needs root (CAP_NET_ADMIN)"} for name in module.NAMES]
+
+
+def test_bench_http_without_its_tools_says_which_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nic, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(http, "missing", lambda: ["wrk"])
+    assert list(http.run(seconds=1, runs=1)) == [
+        {"bench": "http_requests_per_s", "skipped": "needs wrk (make tools)"}
+    ]
