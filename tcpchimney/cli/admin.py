@@ -16,7 +16,7 @@ from typing import Any
 
 from tcpchimney.cli.common import CommandError
 
-VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats")
+VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats", "events")
 _STATES = (
     "LISTEN",
     "SYN_SENT",
@@ -87,6 +87,17 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
     _common(upload, name_option)
     stats = sub.add_parser("stats", help="the running stack's counters")
     _common(stats, name_option)
+    events = sub.add_parser(
+        "events",
+        help="the offload events of a running stack: the recent ones, or each as it happens (--follow)",
+        description="Offloads, refusals, deferrals, uploads and faults with their reasons (and the NIC "
+        "process's starts and failures), as the --events file has them.",
+    )
+    events.add_argument("conn", nargs="?", metavar="CONN", help="only this connection's (as for why)")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="print each event as it happens, until ^C"
+    )
+    _common(events, name_option)
 
 
 def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -99,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     command, request = _request(args)
     try:
+        if args.command == "events" and args.follow:
+            return _follow(find(args.name), request, args.json)
         result = call(find(args.name), command, request)
     except ControlError as exc:
         raise CommandError(f"{exc}.") from None
@@ -124,6 +137,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "upload", {"all": True} if args.all else {"conn": args.conn}
     if verb == "stats":
         return "stats", {}
+    if verb == "events":
+        return "events", {"follow": args.follow, **({} if args.conn is None else {"conn": args.conn})}
     return verb, {"conn": args.conn}
 
 
@@ -270,6 +285,27 @@ def _print_history(args: argparse.Namespace, h: dict[str, Any]) -> None:
         print(f"  {stamp} {m['event']:<9} {', '.join(extra)}")
 
 
+def _follow(path: str, request: dict[str, Any], as_json: bool) -> int:
+    from tcpchimney.manage.client import follow
+
+    for event in follow(path, "events", request):
+        print(json.dumps(event) if as_json else _event_text(event), flush=True)
+    return 0
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
+    who = "-" if e["id"] is None else f"#{e['id']} {e['connection']}"
+    skip = {"time", "id", "connection", "event"}
+    extra = ", ".join(f"{k} {v}" for k, v in e.items() if k not in skip and v is not None)
+    return f"{stamp} {who} {e['event']}" + (f" ({extra})" if extra else "")
+
+
+def _print_events(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        print(_event_text(event))
+
+
 def _print_offload(args: argparse.Namespace, r: dict[str, Any]) -> None:
     if r["started"]:
         print(f"#{r['id']}: offload started (chimney netstat shows Offloaded once the NIC took it)")
@@ -300,4 +336,5 @@ _PRINTERS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "offload": _print_offload,
     "upload": _print_upload,
     "stats": _print_stats,
+    "events": _print_events,
 }

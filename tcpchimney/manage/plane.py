@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +31,9 @@ from tcpchimney.manage.views import (
     listener_row,
 )
 
+RECENT_EVENTS = 1000  # events kept for `chimney events` without --follow
+FOLLOW_QUEUE = 10_000  # events a slow follower may lag behind before it loses some (counted)
+PRUNE_EVERY = 4096  # events between two looks for closed connections (the histories stay bounded)
 INSPECT_WAIT = 1.0  # at most how long netstat -i waits for the target's answers about offloaded connections
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -64,6 +67,9 @@ class ControlPlane:
         self.clock = clock
         self.histories = Histories()
         self.requests: Counter[str] = Counter()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.followers: list[Follower] = []
+        self._events_seen = 0
         self.commands: dict[str, Command] = {
             "hello": Command(self._hello, "who this stack is and the protocol it speaks"),
             "list-commands": Command(self._list_commands, "the commands and what they do"),
@@ -78,12 +84,32 @@ class ControlPlane:
             "offload": Command(self._offload, "offload a connection now (args: conn)"),
             "upload": Command(self._upload, "bring a connection, or all (args: conn or all), to the host"),
             "stats": Command(self._stats, "the stack's counters"),
+            "events": Command(
+                self._events, "recent offload events, or every one as it happens (args: follow, conn)"
+            ),
         }
 
     # ------------------------------------------------------------------ entry points
 
     def on_event(self, ev: HostEvent) -> None:
-        self.histories.on_event(ev)
+        recorded = self.histories.on_event(ev)
+        if recorded is None:
+            return
+        entry, move = recorded
+        line = {"id": entry.id, "connection": f"{entry.local}-{entry.remote}", **move}
+        self.recent.append(line)
+        for follower in self.followers:
+            follower.put(line)
+        self._events_seen += 1
+        if self._events_seen % PRUNE_EVERY == 0:
+            self.histories.prune(self.stack.holds)
+
+    def note(self, event: str, fields: dict[str, Any]) -> None:
+        """An event of the stack that is no connection's (the NIC process started or failed)."""
+        line = {"id": None, "connection": None, "time": time.time(), "event": event, **fields}
+        self.recent.append(line)
+        for follower in self.followers:
+            follower.put(line)
 
     async def handle(self, request: Request) -> Any:
         """The result of ``request``; RequestError (one sentence) when it cannot be done."""
@@ -295,6 +321,35 @@ class ControlPlane:
         self.wake()
         return {"id": entry.id, "uploads": int(started)}
 
+    # ------------------------------------------------------------------ events
+
+    def _events(self, args: dict[str, Any]) -> Any:
+        spec = args.get("conn")
+        wanted = None if spec is None else self._event_filter(spec)
+        if not arg(args, "follow", bool, False):
+            return [e for e in self.recent if wanted is None or wanted(e)]
+        return self._follow(wanted)
+
+    def _event_filter(self, spec: Any) -> Callable[[dict[str, Any]], bool]:
+        """Events of the connection ``spec`` names (live or closed), matched by number."""
+        try:
+            conn_id = self.find(spec)[1].id
+        except RequestError:
+            entry = self._closed_entry(spec)
+            if entry is None:
+                raise
+            conn_id = entry.id
+        return lambda e: e["id"] == conn_id
+
+    async def _follow(self, wanted: Callable[[dict[str, Any]], bool] | None) -> AsyncIterator[dict[str, Any]]:
+        follower = Follower(wanted)
+        self.followers.append(follower)
+        try:
+            while True:
+                yield await follower.get()
+        finally:
+            self.followers.remove(follower)
+
     # ------------------------------------------------------------------ the rest
 
     def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +365,30 @@ class ControlPlane:
             "control": dict(self.requests),
             "internal_errors": self.stack.internal_errors,
         }
+
+
+class Follower:
+    """One ``events --follow`` client's queue: a client that lags too far loses events, counted in the
+    ``dropped`` line it is sent when it catches up, never slowing the stack."""
+
+    def __init__(self, wanted: Callable[[dict[str, Any]], bool] | None) -> None:
+        self.wanted = wanted
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(FOLLOW_QUEUE)
+        self.dropped = 0
+
+    def put(self, line: dict[str, Any]) -> None:
+        if self.wanted is not None and not self.wanted(line):
+            return
+        try:
+            self.queue.put_nowait(line)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def get(self) -> dict[str, Any]:
+        if self.dropped and self.queue.empty():
+            dropped, self.dropped = self.dropped, 0
+            return {"id": None, "connection": None, "time": time.time(), "event": "dropped", "count": dropped}
+        return await self.queue.get()
 
 
 def _answered(sock: TcpSocket, since: float) -> bool:

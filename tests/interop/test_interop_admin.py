@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -291,3 +292,40 @@ def test_bad_input_is_one_sentence_and_the_stack_runs_on(
     status, _ = server.stop()
     assert status == 0
     assert not os.path.exists(server.ready["control"]), "the control socket is removed at the end"
+
+
+def test_events_follow_streams_each_move_as_it_happens(
+    netns_name: str, name: str, commands: list[Command], downloads: list[Any]
+) -> None:
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--name", name)
+    commands.append(server)
+    follower = subprocess.Popen(
+        [*CHIMNEY, "events", "--follow", "-j", "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(
+            lambda: admin_json("stats", "--name", name)["control"].get("events"), what="the follower to connect"
+        )
+        downloads.append(slow_download(netns_name))
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 15
+        while not any(e["event"] == "offloaded" for e in seen) and time.monotonic() < deadline:
+            ready, _, _ = select.select([follower.stdout], [], [], 1.0)
+            if ready:
+                seen.append(json.loads(follower.stdout.readline()))  # type: ignore[union-attr]
+        assert [e["event"] for e in seen] == ["offloaded"], seen
+        (row,) = connections(name)
+        assert seen[0]["id"] == row["id"] and seen[0]["connection"] == f"{row['local']}-{row['remote']}"
+        admin("upload", str(row["id"]), "--name", name)
+        ready, _, _ = select.select([follower.stdout], [], [], 10.0)
+        assert ready, "the upload was streamed"
+        upload = json.loads(follower.stdout.readline())  # type: ignore[union-attr]
+        assert (upload["event"], upload["reason"], upload["id"]) == ("uploaded", "admin", row["id"])
+        assert upload["duration_ms"] > 0
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+    assert follower.returncode in (0, -15, 130, 143)
+    recent = admin_json("events", str(row["id"]), "--name", name)
+    assert [(e["event"], e["reason"]) for e in recent] == [("offloaded", None), ("uploaded", "admin")]
+    assert admin_json("netstat", "--name", name)[1]["offload_state"] == "InHost", "followers gone, stack fine"
