@@ -16,7 +16,7 @@ from typing import Any
 
 from tcpchimney.cli.common import CommandError
 
-VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats", "events")
+VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats", "events", "top")
 _STATES = (
     "LISTEN",
     "SYN_SENT",
@@ -98,6 +98,25 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
         "-f", "--follow", action="store_true", help="print each event as it happens, until ^C"
     )
     _common(events, name_option)
+    top = sub.add_parser(
+        "top",
+        help="a live view of a running stack: connections, offload states, rates, moves (q quits)",
+        description="A live view of a running stack. Keys: q quits, s cycles the sort (rate, number, "
+        "state), f the filter (all, offloaded, in host), p pauses.",
+    )
+    top.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS", help="refresh (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    name_option(top)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a refresh of 0.05 to 3600 seconds")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -108,6 +127,13 @@ def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.Arg
 def run(args: argparse.Namespace) -> int:
     from tcpchimney.manage.client import ControlError, call, find
 
+    if args.command == "top":
+        from tcpchimney.cli.top import run as run_top
+
+        try:
+            return run_top(args)
+        except ControlError as exc:
+            raise CommandError(f"{exc}.") from None
     command, request = _request(args)
     try:
         if args.command == "events" and args.follow:
