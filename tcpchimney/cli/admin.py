@@ -16,7 +16,20 @@ from typing import Any
 
 from tcpchimney.cli.common import CommandError
 
-VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats", "events", "top")
+VERBS = (
+    "netstat",
+    "ss",
+    "show",
+    "set",
+    "why",
+    "history",
+    "offload",
+    "upload",
+    "stats",
+    "events",
+    "top",
+    "rule",
+)
 _STATES = (
     "LISTEN",
     "SYN_SENT",
@@ -98,6 +111,21 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
         "-f", "--follow", action="store_true", help="print each event as it happens, until ^C"
     )
     _common(events, name_option)
+    rule = sub.add_parser(
+        "rule",
+        help="offload rules, as netsh's chimneyport: add, del, show (with hits)",
+        description="Rules are checked in order; the first that matches a connection decides: never keeps "
+        "it on the host, always offloads it at once (automatic mode's thresholds or not), policy leaves it "
+        "to the mode. A change applies at once, as set global.",
+    )
+    rule.add_argument("op", choices=("add", "del", "show"))
+    rule.add_argument("number", nargs="?", type=int, metavar="N", help="del: the rule's number (rule show)")
+    rule.add_argument("--action", choices=("never", "always", "policy"), default="never")
+    rule.add_argument("--remote", metavar="IP[/LEN]", help="the peer's address or network")
+    rule.add_argument("--remote-port", type=int, metavar="PORT")
+    rule.add_argument("--local-port", type=int, metavar="PORT")
+    rule.add_argument("--dry-run", action="store_true", help="list what would move; change nothing")
+    _common(rule, name_option)
     top = sub.add_parser(
         "top",
         help="a live view of a running stack: connections, offload states, rates, moves (q quits)",
@@ -163,9 +191,32 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "upload", {"all": True} if args.all else {"conn": args.conn}
     if verb == "stats":
         return "stats", {}
+    if verb == "rule":
+        return _rule_request(args)
     if verb == "events":
         return "events", {"follow": args.follow, **({} if args.conn is None else {"conn": args.conn})}
     return verb, {"conn": args.conn}
+
+
+def _rule_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.op == "show":
+        return "rule-show", {}
+    if args.op == "del":
+        if args.number is None:
+            raise CommandError("rule del takes the rule's number (chimney rule show lists them).")
+        return "rule-del", {"number": args.number, "dry_run": args.dry_run}
+    if args.number is not None:
+        raise CommandError("rule add takes no number: give --remote, --remote-port or --local-port.")
+    fields = {"remote": args.remote, "remote_port": args.remote_port, "local_port": args.local_port}
+    if all(v is None for v in fields.values()):
+        raise CommandError(
+            "rule add needs --remote, --remote-port or --local-port (a rule for everything is the mode)."
+        )
+    return "rule-add", {
+        "action": args.action,
+        "dry_run": args.dry_run,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
@@ -280,6 +331,22 @@ def _print_set(args: argparse.Namespace, result: dict[str, Any]) -> None:
         )
 
 
+def _print_rules(args: argparse.Namespace, result: Any) -> None:
+    if args.op != "show":
+        _print_set(args, result)
+        return
+    if not result:
+        print("no rules: the mode decides for every connection")
+        return
+    table = [["N", "ACTION", "REMOTE", "REMOTE PORT", "LOCAL PORT", "HITS"]]
+    for r in result:
+        table.append([
+            str(r["number"]), r["action"] or r["kind"], r["remote"] or "any", str(r["remote_port"] or "any"),
+            str(r["local_port"] or "any"), str(r["hits"]),
+        ])  # fmt: skip
+    _table(table)
+
+
 def _print_why(args: argparse.Namespace, why: dict[str, Any]) -> None:
     print(f"#{why['id']} {why['local']} -> {why['remote']} {why['state']}")
     print(f"  {why['verdict']}")
@@ -363,4 +430,5 @@ _PRINTERS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "upload": _print_upload,
     "stats": _print_stats,
     "events": _print_events,
+    "rule": _print_rules,
 }

@@ -18,7 +18,7 @@ from typing import Any
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import HostEvent
 from tcpchimney.host.offload_state import OffloadState
-from tcpchimney.host.policy import OffloadMode, OffloadPolicy
+from tcpchimney.host.policy import OffloadMode, OffloadPolicy, OffloadRule, RuleAction, RuleKind
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.manage.history import Entry, Histories
@@ -84,6 +84,11 @@ class ControlPlane:
             "offload": Command(self._offload, "offload a connection now (args: conn)"),
             "upload": Command(self._upload, "bring a connection, or all (args: conn or all), to the host"),
             "stats": Command(self._stats, "the stack's counters"),
+            "rule-add": Command(
+                self._rule_add, "add an offload rule (args: action, remote, remote_port, local_port, dry_run)"
+            ),
+            "rule-del": Command(self._rule_del, "remove an offload rule (args: number, dry_run)"),
+            "rule-show": Command(self._rule_show, "the offload rules in order, with their hits"),
             "events": Command(
                 self._events, "recent offload events, or every one as it happens (args: follow, conn)"
             ),
@@ -234,15 +239,7 @@ class ControlPlane:
             new = replace(old, **changes)
         except ValueError:
             raise RequestError("min-bytes must be 0 or more and max-rtt more than 0") from None
-        moves = [
-            self._move_row(sock, action, reason)
-            for sock, action, reason in self.stack.plan_offload_policy(new)
-        ]
-        dry_run = bool(arg(args, "dry_run", bool, False))
-        if not dry_run:
-            self.stack.set_offload_policy(new)
-            self.wake()
-        return {"applied": not dry_run, "moves": moves, "global": self._show_global({})}
+        return self._new_policy(new, args)
 
     def _move_row(self, sock: TcpSocket, action: str, reason: Reason | None) -> dict[str, Any]:
         entry = self.histories.entry(sock)
@@ -253,6 +250,45 @@ class ControlPlane:
             "action": action,
             "reason": None if reason is None else reason.value,
         }
+
+    # ------------------------------------------------------------------ rules
+
+    def _rule_show(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        policy, hits = self._policy(), self.stack.offload_rule_hits()
+        return [_rule_row(n, rule, hits.get(rule, 0)) for n, rule in enumerate(policy.rules, 1)]
+
+    def _rule_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        policy = self._policy()
+        try:
+            rule = OffloadRule(
+                RuleKind.POLICY,
+                remote=arg(args, "remote", str),
+                remote_port=arg(args, "remote_port", int),
+                local_port=arg(args, "local_port", int),
+                action=RuleAction(arg(args, "action", str, "never")),
+            )
+        except ValueError as exc:
+            raise RequestError(_rule_error(exc)) from None
+        if rule in policy.rules:
+            raise RequestError("the same rule is there already (chimney rule show)")
+        return self._new_policy(replace(policy, rules=(*policy.rules, rule)), args)
+
+    def _rule_del(self, args: dict[str, Any]) -> dict[str, Any]:
+        policy = self._policy()
+        number = arg(args, "number", int)
+        if number is None or not 1 <= number <= len(policy.rules):
+            raise RequestError(f"no rule {number} (there are {len(policy.rules)}: chimney rule show)")
+        rules = policy.rules[: number - 1] + policy.rules[number:]
+        return self._new_policy(replace(policy, rules=rules), args)
+
+    def _new_policy(self, new: OffloadPolicy, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply (or, dry run, only plan) a new policy; the moves it makes, each with its reason."""
+        moves = [self._move_row(s, a, r) for s, a, r in self.stack.plan_offload_policy(new)]
+        dry_run = bool(arg(args, "dry_run", bool, False))
+        if not dry_run:
+            self.stack.set_offload_policy(new)
+            self.wake()
+        return {"applied": not dry_run, "moves": moves, "global": self._show_global({})}
 
     # ------------------------------------------------------------------ one connection
 
@@ -282,8 +318,10 @@ class ControlPlane:
                 "srtt_ms": None if info.srtt is None else info.srtt * 1000,
                 "met": policy.meets_threshold(info),
             }
-            rule = policy.rule_reason(info)
-            answer["rule"] = None if rule is None else rule.value
+        rule = None if policy is None or info is None else policy.matching(info)
+        answer["rule"] = (
+            None if rule is None or policy is None else _rule_row(policy.rules.index(rule) + 1, rule, 0)
+        )
         answer["verdict"] = _verdict(answer)
         return answer
 
@@ -396,17 +434,46 @@ def _answered(sock: TcpSocket, since: float) -> bool:
     return off is None or not off.querying or (off.inspected is not None and off.inspected.at >= since)
 
 
+def _rule_row(number: int, rule: OffloadRule, hits: int) -> dict[str, Any]:
+    return {
+        "number": number,
+        "kind": rule.kind.value,
+        "action": rule.action.value if rule.kind is RuleKind.POLICY else None,
+        "remote": rule.remote,
+        "remote_port": rule.remote_port,
+        "local_port": rule.local_port,
+        "keeps_on_host": rule.keeps_on_host,
+        "hits": hits,
+    }
+
+
+def _rule_error(exc: ValueError) -> str:
+    text = str(exc)
+    if "RuleAction" in text:
+        return "action must be never, always or policy"
+    if "must be in 1..65535" in text:
+        return "a port is 1 to 65535"
+    return f"not an IPv4 address or network: {text}"
+
+
 def _verdict(why: dict[str, Any]) -> str:
     """One sentence: where the connection is and why."""
     where = why["offload_state"]
     if why["opted_out"]:
         return f"{where}: the application opted the socket out of offload"
+    rule = why.get("rule")
     if where == "Offloaded":
-        return "Offloaded: the policy let it go and the target took it"
+        by = (
+            f"rule {rule['number']} ({rule['action']})"
+            if rule and rule["action"] == "always"
+            else "the policy"
+        )
+        return f"Offloaded: {by} let it go and the target took it"
     if why["mode"] == "disabled":
         return f"{where}: offload is disabled (chimney set global chimney=enabled)"
-    if why.get("rule"):
-        return f"{where}: a rule keeps it on the host ({why['rule']})"
+    if rule and rule["keeps_on_host"]:
+        what = rule["action"] or "sees every packet"
+        return f"{where}: rule {rule['number']} ({rule['kind']}, {what}) keeps it on the host"
     t = why.get("thresholds")
     if why["mode"] == "automatic" and t is not None and not t["met"]:
         rtt = "no RTT sample yet" if t["srtt_ms"] is None else f"RTT {t['srtt_ms']:.1f} ms"
