@@ -9,19 +9,17 @@ SIGQUIT, SIGUSR1, ...) ends it cleanly, removing what it made; ``chimney cleanup
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import ipaddress
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from tcpchimney.cli.apps import APPS
+from tcpchimney.cli.choices import APP_PORTS, DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
-from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
-from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, MAX_SPIN_US
+from tcpchimney.nic.spin import DEFAULT_SPIN_US, MAX_SPIN_US
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
@@ -222,6 +220,8 @@ def _add_link_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("tcpchimney")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Refuses to start where another running stack has the subnet in the namespace; removes the "
         "TAP a dead run left there first (saying so on stderr). " + EPILOG,
     )
-    serve.add_argument("app", choices=sorted(APPS), help="the application")
+    serve.add_argument("app", choices=sorted(APP_PORTS), help="the application")
     serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
     _add_link_options(serve)
     _add_offload_options(serve)
@@ -320,7 +320,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except ValueError as exc:
             parser.error(f"--addr {args.addr} and --peer {args.peer}: {exc}")
     if args.command == "serve" and args.port is None:
-        args.port = APPS[args.app][0]
+        args.port = APP_PORTS[args.app]
     if args.command == "nc":
         _resolve_nc_target(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
