@@ -8,11 +8,15 @@ here knows about tcpchimney. Each prints one JSON line with what it got, for the
     python3 clients.py asyncio HOST PORT N   N random bytes through an echo server, sha256 both ways
     python3 clients.py selectors HOST PORT N the same with a non-blocking socket and selectors
     python3 clients.py errors HOST PORTS     what CPython raises: refused, reset, timeouts, unsupported
+    python3 clients.py exit N                exit with status N
+
+Several in one process: ``clients.py urllib URL + asyncio HOST PORT N`` (one JSON line each, in order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -63,8 +67,13 @@ async def _echo(host: str, port: int, n: int) -> None:
     await sender
     writer.close()
     await writer.wait_closed()
-    out(sent=hashlib.sha256(data).hexdigest(), got=hashlib.sha256(got).hexdigest(), length=len(got),
-        sockname=list(sockname), peername=list(writer.get_extra_info("peername")))
+    out(
+        sent=hashlib.sha256(data).hexdigest(),
+        got=hashlib.sha256(got).hexdigest(),
+        length=len(got),
+        sockname=list(sockname),
+        peername=list(writer.get_extra_info("peername")),
+    )
 
 
 def echo_selectors(host: str, port: int, n: int) -> None:
@@ -82,10 +91,8 @@ def echo_selectors(host: str, port: int, n: int) -> None:
     while True:
         for _key, events in sel.select(10):
             if events & selectors.EVENT_WRITE:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     sent += sock.send(data[sent : sent + 65536])
-                except BlockingIOError:
-                    pass
                 if sent == n and not eof_sent:
                     sock.shutdown(socket.SHUT_WR)
                     eof_sent = True
@@ -94,8 +101,13 @@ def echo_selectors(host: str, port: int, n: int) -> None:
                 chunk = sock.recv(65536)
                 if not chunk:
                     sock.close()
-                    out(connect_error=error, peer=list(peer), sent=hashlib.sha256(data).hexdigest(),
-                        got=hashlib.sha256(got).hexdigest(), length=len(got))
+                    out(
+                        connect_error=error,
+                        peer=list(peer),
+                        sent=hashlib.sha256(data).hexdigest(),
+                        got=hashlib.sha256(got).hexdigest(),
+                        length=len(got),
+                    )
                     return
                 got += chunk
 
@@ -118,8 +130,10 @@ def errors(host: str, refused: int, silent: int, reset: int, absent: str) -> Non
     results["recv_timeout"] = _raised(lambda: quiet.recv(10))
     results["sockname"] = list(quiet.getsockname())
     results["peername"] = list(quiet.getpeername())
-    results["nodelay"] = [quiet.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-                          quiet.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)]
+    results["nodelay"] = [
+        quiet.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        quiet.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    ]
     results["unknown_option"] = _raised(lambda: quiet.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 16))
     quiet.close()
 
@@ -138,6 +152,10 @@ def errors(host: str, refused: int, silent: int, reset: int, absent: str) -> Non
 
 
 def main(argv: list[str]) -> None:
+    while "+" in argv:
+        i = argv.index("+")
+        main(argv[:i])
+        argv = argv[i + 1 :]
     mode, args = argv[0], argv[1:]
     if mode == "urllib":
         fetch_urllib(args[0])
@@ -147,6 +165,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(_echo(args[0], int(args[1]), int(args[2])))
     elif mode == "selectors":
         echo_selectors(args[0], int(args[1]), int(args[2]))
+    elif mode == "exit":
+        sys.exit(int(args[0]))
     elif mode == "errors":
         errors(args[0], int(args[1]), int(args[2]), int(args[3]), args[4])
     else:
