@@ -143,14 +143,19 @@ def test_urllib_asyncio_selectors_clients_against_linux(peers: Peers, options: t
 
 
 @pytest.mark.parametrize("options", OFFLOAD)
-def test_requests_client_downloads_from_linux_http_server(peers: Peers, options: tuple[str, ...]) -> None:
-    """requests/urllib3 from this environment's Python (where requests is installed)."""
+def test_requests_and_aiohttp_clients_download_from_linux(peers: Peers, options: tuple[str, ...]) -> None:
+    """requests/urllib3 and aiohttp from this environment's Python (where they are installed)."""
     status, lines = chimney_run(
-        peers.netns, sys.executable, str(PROGRAMS / "clients.py"), "requests", peers.url, options=options
+        peers.netns,
+        sys.executable,
+        str(PROGRAMS / "clients.py"),
+        *["requests", peers.url, "+", "aiohttp", peers.url],
+        options=options,
     )
     assert status == 0
-    assert program_output(lines) == [
-        {"sha256": peers.blob_sha256, "length": BLOB_SIZE, "same": True, "status": 200}
+    assert program_output(lines, 2) == [
+        {"sha256": peers.blob_sha256, "length": BLOB_SIZE, "same": True, "status": 200},
+        {"sha256": peers.blob_sha256, "length": BLOB_SIZE},
     ]
 
 

@@ -5,6 +5,7 @@ here knows about tcpchimney. Each prints one JSON line with what it got, for the
 
     python3 clients.py urllib URL            sha256 and length of the body
     python3 clients.py requests URL          the same through requests/urllib3
+    python3 clients.py aiohttp URL           the same through aiohttp's client
     python3 clients.py asyncio HOST PORT N   N random bytes through an echo server, sha256 both ways
     python3 clients.py selectors HOST PORT N the same with a non-blocking socket and selectors
     python3 clients.py errors HOST PORTS     what CPython raises: refused, reset, timeouts, unsupported
@@ -35,6 +36,17 @@ def fetch_urllib(url: str) -> None:
     with urllib.request.urlopen(url, timeout=20) as reply:
         body = reply.read()
     out(sha256=hashlib.sha256(body).hexdigest(), length=len(body), status=reply.status)
+
+
+def fetch_aiohttp(url: str) -> None:
+    import aiohttp
+
+    async def get() -> bytes:
+        async with aiohttp.ClientSession() as session, session.get(url) as reply:
+            return await reply.read()
+
+    body = asyncio.run(get())
+    out(sha256=hashlib.sha256(body).hexdigest(), length=len(body))
 
 
 def fetch_requests(url: str) -> None:
@@ -161,6 +173,8 @@ def main(argv: list[str]) -> None:
         fetch_urllib(args[0])
     elif mode == "requests":
         fetch_requests(args[0])
+    elif mode == "aiohttp":
+        fetch_aiohttp(args[0])
     elif mode == "asyncio":
         asyncio.run(_echo(args[0], int(args[1]), int(args[2])))
     elif mode == "selectors":
