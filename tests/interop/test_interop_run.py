@@ -186,6 +186,8 @@ def test_errors_are_what_cpython_raises_on_kernel_sockets(peers: Peers) -> None:
     # What the stack does not have: the kernel's errno for it, and a message naming it.
     assert got["unknown_option"][:2] == ["OSError", 92] and "IP_TOS" in got["unknown_option"][2]
     assert got["udp"][:2] == ["OSError", 101] and "UDP" in got["udp"][2]
+    assert got["ipv6"][:2] == ["OSError", 101] and "IPv6" in got["ipv6"][2]
+    assert got["sendfile"] == [300_000, True]  # socket.sendfile works (os.sendfile into the socketpair)
 
 
 class Background:

@@ -25,6 +25,7 @@ import os
 import selectors
 import socket
 import sys
+import tempfile
 import urllib.request
 
 
@@ -154,6 +155,19 @@ def errors(host: str, refused: int, silent: int, reset: int, absent: str) -> Non
     results["reset"] = _raised(lambda: [rst.recv(10) for _ in range(100)])
     results["after_reset"] = _raised(lambda: rst.send(b"y"))
     rst.close()
+
+    payload = os.urandom(300_000)
+    with tempfile.TemporaryFile() as file, socket.create_connection((host, 7), timeout=10) as echo:
+        file.write(payload)
+        file.seek(0)
+        sent = echo.sendfile(file)
+        echo.shutdown(socket.SHUT_WR)
+        back = b"".join(iter(lambda: echo.recv(65536), b""))
+    results["sendfile"] = [sent, hashlib.sha256(back).hexdigest() == hashlib.sha256(payload).hexdigest()]
+
+    six = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    results["ipv6"] = _raised(lambda: six.connect(("2001:db8::1", 80)))
+    six.close()
 
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     results["udp"] = _raised(lambda: udp.sendto(b"x", (host, 9)))
