@@ -367,9 +367,9 @@ class StackSocket(shim.KernelSocket):
             return super().getpeername()
         if st.state == shim.CONNECTING:
             self._status(st, consume=False)
-        if st.state != shim.CONNECTED or st.peername is None:
+        if st.peername is None or st.state in (shim.CONNECTING, shim.FAILED):
             raise _not_connected()
-        return st.peername
+        return st.peername  # also after the peer's FIN, as the kernel reports it in CLOSE-WAIT
 
     def setsockopt(self, level: int, optname: int, value: Any, optlen: int | None = None) -> None:
         st = self._chimney
