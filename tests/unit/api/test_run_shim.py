@@ -217,3 +217,38 @@ def test_hosts_file_and_getaddrinfo(tmp_path: Any, monkeypatch: pytest.MonkeyPat
     with pytest.raises(socket.gaierror) as unknown:
         shim.getaddrinfo("example.invalid", 80)
     assert unknown.value.errno == socket.EAI_NONAME and "--hosts" in str(unknown.value)
+
+
+def test_a_program_that_stops_reading_stops_the_peer_then_gets_every_byte(
+    broker: Broker, pair: tuple[BackgroundRuntime, BackgroundRuntime]
+) -> None:
+    """Backpressure end to end: the socketpair, the relay and the stack's window fill, the peer's drain()
+    waits; once the program reads, every byte arrives in order."""
+    _, b = pair
+    total, port = 16 << 20, 5005
+    data = os.urandom(1 << 20) * (total >> 20)
+    pushed = [0]
+
+    async def source_server() -> None:
+        async def source(reader: Any, writer: Any) -> None:
+            for i in range(0, total, 65536):
+                writer.write(data[i : i + 65536])
+                await writer.drain()
+                pushed[0] = i + 65536
+            writer.close()
+
+        await b.runtime.start_server(source, port=port)
+
+    b.call(source_server())
+    with StackSocket() as sock:
+        sock.settimeout(10)
+        sock.connect((B_IP, port))
+        last, stable = -1, 0
+        while stable < 5:  # until the peer's progress stops: every buffer on the way is full
+            threading.Event().wait(0.1)
+            stable = stable + 1 if pushed[0] == last else 0
+            last = pushed[0]
+        assert 0 < pushed[0] < total
+        with sock.makefile("rb") as reader:
+            got = reader.read()
+    assert len(got) == total and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
