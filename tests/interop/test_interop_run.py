@@ -143,14 +143,20 @@ def test_urllib_asyncio_selectors_clients_against_linux(peers: Peers, options: t
 
 
 @pytest.mark.parametrize("options", OFFLOAD)
-def test_requests_and_aiohttp_clients_download_from_linux(peers: Peers, options: tuple[str, ...]) -> None:
-    """requests/urllib3 and aiohttp from this environment's Python (where they are installed)."""
+def test_requests_and_aiohttp_clients_download_from_linux(
+    peers: Peers, options: tuple[str, ...], tmp_path: Path
+) -> None:
+    """requests/urllib3 and aiohttp from this environment's Python (where they are installed); requests
+    reaches the peer by a name of the --hosts file."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{PEER} linux-peer.test\n")
+    by_name = peers.url.replace(PEER, "linux-peer.test")
     status, lines = chimney_run(
         peers.netns,
         sys.executable,
         str(PROGRAMS / "clients.py"),
-        *["requests", peers.url, "+", "aiohttp", peers.url],
-        options=options,
+        *["requests", by_name, "+", "aiohttp", peers.url],
+        options=(*options, "--hosts", str(hosts)),
     )
     assert status == 0
     assert program_output(lines, 2) == [
