@@ -268,3 +268,17 @@ def test_asyncio_echo_server_serves_linux_client(peers: Peers) -> None:
     finally:
         server.kill()
     assert done["run_counters"]["accepted"] == 1
+
+
+def test_a_command_that_cannot_run_is_one_sentence_and_127(peers: Peers) -> None:
+    result = subprocess.run(
+        [*CHIMNEY, "run", "--netns", peers.netns, "--", "/nonexistent/python3", "app.py"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 127  # as a shell says "command not found"
+    err = result.stderr.decode()
+    assert err.strip() == "chimney: cannot run /nonexistent/python3: No such file or directory.", err
+    done = json.loads(result.stdout.decode().splitlines()[-1])
+    assert done["event"] == "done" and done["exit_status"] == 127 and done["pid"] is None
