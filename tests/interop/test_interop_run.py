@@ -185,6 +185,7 @@ def test_errors_are_what_cpython_raises_on_kernel_sockets(peers: Peers) -> None:
     assert got["recv_timeout"] == ["TimeoutError", None, "timed out"]
     assert got["reset"] == ["ConnectionResetError", 104, "[Errno 104] Connection reset by peer"]
     assert got["after_reset"][:2] == ["BrokenPipeError", 32]
+    assert got["asyncio_reset"][:2] == ["ConnectionResetError", 104]
     assert got["unconnected_send"][:2] == ["BrokenPipeError", 32]
     assert got["getpeername_unconnected"][:2] == ["OSError", 107]
     assert got["sockname"][0] == STACK and got["peername"] == [PEER, SILENT_PORT]

@@ -156,6 +156,13 @@ def errors(host: str, refused: int, silent: int, reset: int, absent: str) -> Non
     results["after_reset"] = _raised(lambda: rst.send(b"y"))
     rst.close()
 
+    async def asyncio_reset() -> None:
+        reader, writer = await asyncio.open_connection(host, reset)
+        writer.write(b"x")
+        await reader.read()  # the RST: asyncio's transport gets ECONNRESET from recv
+
+    results["asyncio_reset"] = _raised(lambda: asyncio.run(asyncio_reset()))
+
     payload = os.urandom(300_000)
     with tempfile.TemporaryFile() as file, socket.create_connection((host, 7), timeout=10) as echo:
         file.write(payload)
