@@ -28,7 +28,7 @@ from tcpchimney.link.netns import remove_netns, unavailable_reason
 
 PROGRAMS = Path(__file__).parent / "run_programs"
 CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
-SYSTEM_PYTHON = "/usr/bin/python3"
+SYSTEM_PYTHON = "/usr/bin/python3"  # the programs run on the system's Python where there is one
 STACK, PEER = "198.18.0.2", "198.18.0.1"
 HTTP_PORT, ECHO_PORT, SILENT_PORT, RESET_PORT, CLOSED_PORT = 8000, 7, 9001, 9002, 9003
 ABSENT = "198.18.0.77"  # on the subnet, nobody there: a connect waits for ARP
@@ -124,7 +124,7 @@ def test_urllib_asyncio_selectors_clients_against_linux(peers: Peers, options: t
     echo = [PEER, str(ECHO_PORT)]
     status, lines = chimney_run(
         peers.netns,
-        SYSTEM_PYTHON,
+        _python(),
         str(PROGRAMS / "clients.py"),
         *["urllib", peers.url, "+", "asyncio", *echo, "3000000", "+", "selectors", *echo, "1000000"],
         options=options,
@@ -168,7 +168,7 @@ def test_requests_and_aiohttp_clients_download_from_linux(
 def test_errors_are_what_cpython_raises_on_kernel_sockets(peers: Peers) -> None:
     status, lines = chimney_run(
         peers.netns,
-        SYSTEM_PYTHON,
+        _python(),
         str(PROGRAMS / "clients.py"),
         "errors",
         PEER,
@@ -236,7 +236,7 @@ def test_stdlib_http_server_serves_linux_curl(peers: Peers, tmp_path: Path, opti
     body = os.urandom(1_500_000)
     (tmp_path / "file").write_bytes(body)
     server = Background(
-        peers.netns, SYSTEM_PYTHON, "-m", "http.server", "8080", "--directory", str(tmp_path), options=options
+        peers.netns, _python(), "-m", "http.server", "8080", "--directory", str(tmp_path), options=options
     )
     try:
         url = f"http://{STACK}:8080/file"
@@ -257,7 +257,7 @@ def test_stdlib_http_server_serves_linux_curl(peers: Peers, tmp_path: Path, opti
 
 
 def test_asyncio_echo_server_serves_linux_client(peers: Peers) -> None:
-    server = Background(peers.netns, SYSTEM_PYTHON, str(PROGRAMS / "peers.py"), "asyncio-echo", "7007")
+    server = Background(peers.netns, _python(), str(PROGRAMS / "peers.py"), "asyncio-echo", "7007")
     try:
         got = json.loads(
             _in_peer(
