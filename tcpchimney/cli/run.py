@@ -4,7 +4,8 @@ The stack runs in this process, as for ``serve``; COMMAND runs as a child with t
 (``tcpchimney/api/run/shim``) first on its PYTHONPATH, so every Python it starts loads ``sitecustomize`` and
 gets the stack's IPv4 TCP sockets (docs/unchanged-apps.md). The ``ready`` line comes before COMMAND starts,
 the ``done`` line after it ended; the exit status is COMMAND's (128 + N when a signal N ended it). A
-termination signal sent to this process goes to COMMAND, which then has ``STOP_GRACE_S`` to end.
+termination signal sent to this process goes to COMMAND, which then has ``STOP_GRACE_S`` to end; SIGINT
+only if COMMAND did not end within ``SIGINT_GRACE_S`` (a Ctrl-C reached it already: same process group).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +27,7 @@ from tcpchimney.cli.offload import OffloadOptions
 from tcpchimney.cli.wiring import open_session
 
 STOP_GRACE_S = 5.0  # after a forwarded termination signal, then SIGKILL
+SIGINT_GRACE_S = 1.0  # COMMAND's own time to end on a Ctrl-C before the SIGINT is passed on
 DRAIN_S = 2.0  # the program's connections get this long to hand their last bytes to the stack
 EXIT_NOT_FOUND = 127  # as a shell: COMMAND cannot be found or run
 
@@ -167,6 +170,10 @@ async def _run_child(program: list[str], env: dict[str, str], stop: StopSignal) 
     waiting = asyncio.ensure_future(child.wait())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done() and stop.signum == signal.SIGINT:
+        # Ctrl-C reaches the terminal's whole foreground group, COMMAND included: a second SIGINT from us
+        # could cut its own clean-up short. Passed on only if COMMAND is still there a moment later.
+        await asyncio.wait([waiting], timeout=SIGINT_GRACE_S)
     if not waiting.done() and stop.signum is not None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(stop.signum)  # COMMAND ends as it would have ended without us in between
