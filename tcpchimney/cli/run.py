@@ -167,6 +167,34 @@ async def _run_child(program: list[str], env: dict[str, str], stop: StopSignal) 
     except OSError as exc:
         print(f"chimney: cannot run {program[0]}: {exc.strerror or exc}.", file=sys.stderr, flush=True)
         return EXIT_NOT_FOUND, None
+    noted = _note_child(child.pid)
+    try:
+        return await _wait_child(child, stop)
+    finally:
+        _forget_child(noted)
+
+
+def _note_child(pid: int) -> Any:
+    """COMMAND in the run record, so that `chimney cleanup` ends it when a kill -9 ended this process."""
+    from tcpchimney.link import runs
+
+    try:
+        resource = runs.process_resource(pid)
+        runs.register(resource)
+    except OSError:
+        return None
+    return resource
+
+
+def _forget_child(resource: Any) -> None:
+    from tcpchimney.link import runs
+
+    if resource is not None:
+        with contextlib.suppress(OSError):
+            runs.unregister(resource)
+
+
+async def _wait_child(child: asyncio.subprocess.Process, stop: StopSignal) -> tuple[int, int | None]:
     waiting = asyncio.ensure_future(child.wait())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
