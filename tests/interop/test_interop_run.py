@@ -8,6 +8,7 @@ bytes both ways, the exceptions it caught) and the ``ready``/``done`` lines.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from tcpchimney.cli.nsutil import in_netns
+from tcpchimney.cli.nsutil import in_netns, netns_path
 from tcpchimney.link.netns import remove_netns, unavailable_reason
+from tcpchimney.link.runs import RUN_DIR_ENV
 
 PROGRAMS = Path(__file__).parent / "run_programs"
 CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
@@ -291,3 +293,45 @@ def test_a_command_that_cannot_run_is_one_sentence_and_127(peers: Peers) -> None
     assert err.strip() == "chimney: cannot run /nonexistent/python3: No such file or directory.", err
     done = json.loads(result.stdout.decode().splitlines()[-1])
     assert done["event"] == "done" and done["exit_status"] == 127 and done["pid"] is None
+
+
+def test_kill_9_leaves_the_program_to_chimney_cleanup(netns_name: str, tmp_path: Path) -> None:
+    """COMMAND is in the run record: after a kill -9 of chimney run, ``chimney cleanup`` ends it and removes
+    the control directory, the TAP and the namespace."""
+    env = {**os.environ, RUN_DIR_ENV: str(tmp_path / "runs")}
+    sleeper = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
+    proc = subprocess.Popen(
+        [*CHIMNEY, "run", "--netns", netns_name, "--", _python(), "-c", sleeper],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        program = int(proc.stdout.readline())
+        proc.kill()
+        proc.wait()
+        os.kill(program, 0)  # still running: nobody ended it
+        done = subprocess.run([*CHIMNEY, "cleanup"], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0 and f"removed process {program}" in done.stdout, done.stdout + done.stderr
+        deadline = time.monotonic() + 10
+        while _alive(program) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(program)
+        assert not glob.glob(f"/tmp/chimney-run-{ready['pid']}-*") and not os.path.exists(
+            netns_path(netns_name)
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended (its parent is gone)
+    except FileNotFoundError:
+        return False
