@@ -144,10 +144,7 @@ def test_urllib_asyncio_selectors_clients_against_linux(peers: Peers, options: t
         assert done["offload"]["offloads"] >= 3 and done["offload"]["churn_uploads"] >= 1, done["offload"]
 
 
-@pytest.mark.parametrize("options", OFFLOAD)
-def test_requests_and_aiohttp_clients_download_from_linux(
-    peers: Peers, options: tuple[str, ...], tmp_path: Path
-) -> None:
+def test_requests_and_aiohttp_clients_download_from_linux(peers: Peers, tmp_path: Path) -> None:
     """requests/urllib3 and aiohttp from this environment's Python (where they are installed); requests
     reaches the peer by a name of the --hosts file."""
     hosts = tmp_path / "hosts"
@@ -158,7 +155,7 @@ def test_requests_and_aiohttp_clients_download_from_linux(
         sys.executable,
         str(PROGRAMS / "clients.py"),
         *["requests", by_name, "+", "aiohttp", peers.url],
-        options=(*options, "--hosts", str(hosts)),
+        options=("--hosts", str(hosts)),
     )
     assert status == 0
     assert program_output(lines, 2) == [

@@ -252,3 +252,25 @@ def test_a_program_that_stops_reading_stops_the_peer_then_gets_every_byte(
         with sock.makefile("rb") as reader:
             got = reader.read()
     assert len(got) == total and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_create_connection_and_create_server_of_the_socket_module(
+    broker: Broker, pair: tuple[BackgroundRuntime, BackgroundRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What install() does, for this test only: the socket module's own helpers then build stack sockets."""
+    _, b = pair
+    monkeypatch.setattr(socket, "socket", StackSocket)
+    monkeypatch.setattr(socket, "getaddrinfo", shim.getaddrinfo)
+    with socket.create_connection((B_IP, ECHO_PORT), timeout=10) as client:
+        assert isinstance(client, StackSocket) and client.getpeername() == (B_IP, ECHO_PORT)
+        client.sendall(b"echo")
+        assert client.recv(4) == b"echo"
+    with socket.create_server(("", 0)) as server:
+        assert isinstance(server, StackSocket)
+        port = server.getsockname()[1]
+        with b.create_connection((A_IP, port), timeout=10) as peer:
+            conn, _ = server.accept()
+            with conn:
+                assert isinstance(conn, StackSocket)
+                peer.sendall(b"up")
+                assert conn.recv(2) == b"up"
