@@ -129,7 +129,9 @@ async def run_program(args: argparse.Namespace) -> int:
     status: int | None = None
     with _control_directory() as directory:
         async with (
-            open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session,
+            open_session(
+                args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+            ) as session,
             Broker(session.runtime, directory) as broker,
         ):
             if stop.is_set():  # a signal during the set-up: straight to the clean-up
