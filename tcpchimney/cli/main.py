@@ -17,6 +17,8 @@ from typing import NoReturn
 
 from tcpchimney.cli.choices import APP_PORTS, DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
+from tcpchimney.cli.run import add_parser as add_run_parser
+from tcpchimney.cli.run import check_args as check_run_args
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
 from tcpchimney.nic.spin import DEFAULT_SPIN_US, MAX_SPIN_US
@@ -24,7 +26,7 @@ from tcpchimney.nic.spin import DEFAULT_SPIN_US, MAX_SPIN_US
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
 # What --help says to whoever reads it first (plain text: argparse shows it as written).
-DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
+DESCRIPTION = "serve, nc, run and demo on the user-space TCP/IP stack"
 ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 EPILOG = (
     "Addresses: the stack and its Linux peer get two addresses of one subnet inside 198.18.0.0/15, the only "
@@ -296,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_name_option(demo)
     _add_offload_options(demo)
 
+    add_run_parser(sub, [_add_link_options, _add_offload_options])
+
     cleanup = sub.add_parser(
         "cleanup",
         help="remove what runs that died without cleaning up (kill -9) left: namespaces, TAPs, files",
@@ -314,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "nc"):
+    if args.command == "run":
+        check_run_args(parser, args)
+    if args.command in ("serve", "nc", "run"):
         try:
             check_pair(args.addr, args.peer)
         except ValueError as exc:
@@ -409,6 +415,10 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.serve import run as run_serve
 
         return run_serve(args)
+    if args.command == "run":
+        from tcpchimney.cli.run import run as run_program
+
+        return run_program(args)
     from tcpchimney.cli.nc import run as run_nc
 
     return run_nc(args)
