@@ -110,7 +110,20 @@ class OffloadFault:
     detail: str
 
 
-OffloadEvent = Offloaded | OffloadRefused | OffloadDeferred | Uploaded | OffloadFault
+@dataclass(frozen=True, slots=True)
+class OffloadCallDone:
+    """A state call about an offloaded connection completed: ``call`` is "update" (socket options the
+    target caches), "query" (the host's check of a silent connection) or "inspect" (an administrator's
+    look, ``chimney netstat -i``); ``ok`` whether the target carried it out; ``duration`` from submit to
+    completion (seconds). Nothing changes hands: for ``chimney history``."""
+
+    sock: TcpSocket
+    call: str
+    ok: bool
+    duration: float
+
+
+OffloadEvent = Offloaded | OffloadRefused | OffloadDeferred | Uploaded | OffloadFault | OffloadCallDone
 
 HostEvent = (
     ConnectionEvent

@@ -32,7 +32,7 @@ from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.tcp_state import TcpDelegated, TcpSnapshot
 from tcpchimney.chimney.tree import PLACEHOLDER, BlockList, Layer, LinkedObject, build_tree, walk
 from tcpchimney.host.counters import bump
-from tcpchimney.host.events import OffloadFault
+from tcpchimney.host.events import OffloadCallDone, OffloadFault
 from tcpchimney.host.offload_base import OffloadBase
 from tcpchimney.host.offload_faults import owed_by_target
 from tcpchimney.host.offload_state import (
@@ -290,6 +290,7 @@ class OffloadEvents(OffloadBase):
             if not (off.querying or off.updating) and now - off.heard >= SILENCE:
                 tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle))])
                 off.querying = self._submit(QueryOffload(self._rid(), tree), Pending("query", sock))
+                off.call_started = now
         if self._state_calls or self._by_handle:
             self._arm_watch()
 
@@ -317,6 +318,7 @@ class OffloadEvents(OffloadBase):
             return off.querying
         tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle))])
         off.querying = self._submit(QueryOffload(self._rid(), tree), Pending("inspect", sock))
+        off.call_started = self.now
         return off.querying
 
     def _on_query_done(self, pending: Pending, completion: StateCompletion) -> None:
@@ -340,6 +342,10 @@ class OffloadEvents(OffloadBase):
                 off.suspect = owed
         elif not off.finished and off.after_query is None:
             self._fault(sock, Reason.HARDWARE_FAILURE, "the target failed a query of the connection")
+        ok = isinstance(state, TcpSnapshot | TcpDelegated)
+        self.stack._events.append(
+            OffloadCallDone(sock, pending.kind, ok, max(0.0, self.now - off.call_started))
+        )
         if off.after_query is not None and off.state is OffloadState.OFFLOADED:
             (reason,), off.after_query = off.after_query, None
             self._terminate(sock, reason)

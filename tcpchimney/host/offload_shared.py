@@ -22,6 +22,7 @@ from tcpchimney.chimney.tree import (
     build_tree,
     walk,
 )
+from tcpchimney.host.events import OffloadCallDone
 from tcpchimney.host.offload_base import OffloadBase
 from tcpchimney.host.offload_state import Pending, SharedObject
 
@@ -101,6 +102,7 @@ class OffloadShared(OffloadBase):
         tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle, flags))])
         if self._submit(UpdateOffload(self._rid(), tree), Pending("update", sock)):
             off.cached, off.updating = new, True
+            off.call_started = self.now
 
     def _on_update_done(self, pending: Pending, completion: StateCompletion) -> None:
         failed = any(b.status is not Status.SUCCESS for b in walk(completion.tree) if b.role is Role.LINKER)
@@ -109,6 +111,8 @@ class OffloadShared(OffloadBase):
             off = sock.offload
             assert off is not None
             off.updating = False
+            duration = max(0.0, self.now - off.call_started)
+            self.stack._events.append(OffloadCallDone(sock, "update", not failed, duration))
             if failed:
                 self.upload(sock, Reason.HARDWARE_FAILURE)  # spec 3.3: a failed update terminates the object
             elif off.upload_after is not None:

@@ -148,6 +148,7 @@ class ConnOffload:
     suspect: str | None = None  # what its last query showed owed (a fault if the next one shows it too)
     after_query: tuple[Reason] | None = None  # a terminate (with its reason) waits for the query
     inspected: Inspected | None = None  # the target's answer to the last query (chimney netstat -i)
+    call_started: float = 0.0  # when the update or query in flight was submitted
 
     @property
     def in_host(self) -> bool:

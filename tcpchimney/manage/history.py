@@ -11,6 +11,7 @@ from typing import Any
 
 from tcpchimney.host.events import (
     HostEvent,
+    OffloadCallDone,
     OffloadDeferred,
     Offloaded,
     OffloadFault,
@@ -29,6 +30,7 @@ _NAMES: dict[type, str] = {
     OffloadDeferred: "deferred",
     Uploaded: "uploaded",
     OffloadFault: "fault",
+    OffloadCallDone: "call",
 }
 
 
@@ -82,6 +84,8 @@ class Histories:
         sock: TcpSocket | None = getattr(ev, "sock", None)
         if sock is None:
             return None
+        if isinstance(ev, OffloadCallDone):
+            name = ev.call if ev.ok else f"{ev.call}_failed"  # update, query, inspect
         move: dict[str, Any] = {"time": self._clock(), "event": name}
         reason = getattr(ev, "reason", None)
         move["reason"] = None if reason is None else reason.value
