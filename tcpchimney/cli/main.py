@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from tcpchimney.cli import relay_args
 from tcpchimney.cli.apps import APPS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
 from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
@@ -26,7 +27,7 @@ from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, MAX_SPIN_US
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
 # What --help says to whoever reads it first (plain text: argparse shows it as written).
-DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
+DESCRIPTION = "serve, nc, proxy, forward and demo on the user-space TCP/IP stack"
 ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 EPILOG = (
     "Addresses: the stack and its Linux peer get two addresses of one subnet inside 198.18.0.0/15, the only "
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_offload_options(demo)
 
+    relay_args.add_parsers(sub, _add_link_options, _add_offload_options, EPILOG)
+
     cleanup = sub.add_parser(
         "cleanup",
         help="remove what runs that died without cleaning up (kill -9) left: namespaces, TAPs, files",
@@ -290,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "nc"):
+    if args.command in ("serve", "nc", "proxy", "forward"):
         try:
             check_pair(args.addr, args.peer)
         except ValueError as exc:
@@ -299,6 +302,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.port = APPS[args.app][0]
     if args.command == "nc":
         _resolve_nc_target(parser, args)
+    if args.command in ("proxy", "forward"):
+        relay_args.check(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
         parser.error("--size and --sim-size must be positive")
     if getattr(args, "offload", None) == "disabled" and args.churn is not None:
@@ -379,6 +384,8 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.serve import run as run_serve
 
         return run_serve(args)
+    if args.command in ("proxy", "forward"):
+        return relay_args.run(args)
     from tcpchimney.cli.nc import run as run_nc
 
     return run_nc(args)
