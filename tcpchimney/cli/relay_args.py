@@ -17,8 +17,9 @@ AddOptions = Callable[[argparse.ArgumentParser], None]
 DEFAULT_PROXY_LISTEN = "127.0.0.1:1080"
 
 
-def _endpoint(text: str, default_host: str | None = None) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv4) or, with a default host, ``PORT``; ValueError with the reason otherwise."""
+def _endpoint(text: str, default_host: str | None = None, lowest: int = 1) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv4) or, with a default host, ``PORT``; ValueError with the reason otherwise. A
+    kernel listener may take port 0 (``lowest``): the kernel picks one, and the ready line says which."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
         if default_host is None:
@@ -32,15 +33,15 @@ def _endpoint(text: str, default_host: str | None = None) -> tuple[str, int]:
         port = int(port_text)
     except ValueError:
         port = -1
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{port_text!r} in {text!r} is not a TCP port (1-65535)")
+    if not lowest <= port <= 65535:
+        raise ValueError(f"{port_text!r} in {text!r} is not a TCP port ({lowest}-65535)")
     return address, port
 
 
-def _endpoint_type(default_host: str | None) -> Callable[[str], tuple[str, int]]:
+def _endpoint_type(default_host: str | None, lowest: int = 1) -> Callable[[str], tuple[str, int]]:
     def parse(text: str) -> tuple[str, int]:
         try:
-            return _endpoint(text, default_host)
+            return _endpoint(text, default_host, lowest)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -85,10 +86,10 @@ def add_parsers(sub: Any, add_link: AddOptions, add_offload: AddOptions, epilog:
     )
     proxy.add_argument(
         "--listen",
-        type=_endpoint_type(None),
+        type=_endpoint_type(None, lowest=0),
         default=_endpoint(DEFAULT_PROXY_LISTEN),
         metavar="HOST:PORT",
-        help=f"where the SOCKS server listens (default {DEFAULT_PROXY_LISTEN})",
+        help=f"where the SOCKS server listens (default {DEFAULT_PROXY_LISTEN}; port 0: any free one)",
     )
     proxy.add_argument(
         "--hosts", metavar="FILE", help="names for SOCKS clients that send one: a file in /etc/hosts format"
@@ -147,7 +148,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             if args.listen[0] != stack_ip:
                 raise ValueError(f"the stack listens on its own address {stack_ip}, not {args.listen[0]}")
         else:
-            args.listen = _endpoint(args.listen, "127.0.0.1")
+            args.listen = _endpoint(args.listen, "127.0.0.1", lowest=0)
     except ValueError as exc:
         parser.error(f"--listen: {exc}")
     if args.connect is not None:

@@ -25,7 +25,8 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 BAD = {
     "proxy listen without port": (["proxy", *NS, "--listen", "127.0.0.1"], "is not HOST:PORT"),
     "proxy listen on a name": (["proxy", *NS, "--listen", "localhost:1080"], "is not an IPv4 address"),
-    "proxy port 0": (["proxy", *NS, "--listen", "127.0.0.1:0"], "not a TCP port"),
+    "proxy port too big": (["proxy", *NS, "--listen", "127.0.0.1:65536"], "not a TCP port (0-65535)"),
+    "forward stack port 0": (["forward", *NS, "--listen", "0", "--to", "127.0.0.1:80"], "(1-65535)"),
     "proxy user without password": (["proxy", *NS, "--user", "alice"], "NAME:PASSWORD"),
     "proxy missing hosts file": (["proxy", *NS, "--hosts", "/nonexistent-chimney/hosts"], "cannot read"),
     "proxy timeout 0": (["proxy", *NS, "--connect-timeout", "0"], "positive number"),
