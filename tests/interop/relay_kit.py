@@ -181,8 +181,12 @@ def reset_after_hello(conn: socket.socket) -> str:
 
 
 def watch_for_reset(conn: socket.socket) -> str:
-    """What the far end's reset looks like here: ConnectionResetError on recv, not a FIN."""
+    """Takes the client's hello and says ``ok`` (the client resets only once the relayed connection exists:
+    one reset while still in the accept queue never reaches the target), then tells what the reset looks like
+    here: ConnectionResetError on recv, not a FIN."""
     try:
+        conn.recv(5)
+        conn.sendall(b"ok")
         recv_all(conn)
     except ConnectionResetError:
         return "reset"

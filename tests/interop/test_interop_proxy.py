@@ -192,7 +192,8 @@ def test_half_close_and_resets_pass_through(netns_name: str, tmp_path: Path, com
 
     watching = peer(7003, watch_for_reset)
     reply, sock = socks_connect(proxy.port, ipv4_request(PEER, 7003))
-    sock.sendall(b"data before the reset")
+    sock.sendall(b"hello")
+    assert sock.recv(2) == b"ok"
     reset_close(sock)
     assert watching.result() == "reset"
     done = proxy.stop()
