@@ -38,7 +38,7 @@ _REPLIES = {
 
 def reply_for(exc: BaseException) -> Reply:
     """The SOCKS reply for a failed outgoing connection."""
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError) and not getattr(exc, "errno", None):
+    if isinstance(exc, TimeoutError) and not getattr(exc, "errno", None):
         return Reply.TTL_EXPIRED  # our own --connect-timeout
     if isinstance(exc, OSError) and exc.errno in _REPLIES:
         return _REPLIES[exc.errno]
@@ -117,6 +117,9 @@ class SocksClient(asyncio.Protocol):
             transport, _ = await asyncio.wait_for(
                 state.runtime.create_connection(lambda: pipe.outbound, address, request.port), state.timeout
             )
+        except asyncio.CancelledError:  # the client went away while the connection was being opened
+            pipe.abandon()
+            raise
         except Exception as exc:
             state.stats.note_connect_error(exc)
             pipe.abandon()
