@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -26,6 +27,17 @@ CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
 STACK = "198.18.0.2"
 PEER = "198.18.0.1"
 READY_TIMEOUT = 30.0
+
+
+def need(*tools: str) -> None:
+    """Skip, naming what is missing (tools/debian-tools.sh installs ab, wrk and proxychains4 as root), unless
+    TCPCHIMNEY_REQUIRE_NET=1: then a missing tool fails the test."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        reason = f"needs {', '.join(missing)} (tools/debian-tools.sh installs them)"
+        if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
+            pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but the test {reason}")
+        pytest.skip(reason)
 
 
 class Chimney:

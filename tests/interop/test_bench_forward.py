@@ -6,12 +6,14 @@ the module's own skip lines are checked instead."""
 from __future__ import annotations
 
 import pytest
+from relay_kit import need
 
 from bench import forward, nic
 
 
 @pytest.mark.net
 def test_bench_forward_gives_both_figures_and_their_ratios(require_net: None) -> None:
+    need("wrk")
     lines = list(forward.run(runs=1, seconds=1, connections=2, small=100, big=100_000))
     assert [line["bench"] for line in lines] == list(forward.NAMES)
     for line in lines:

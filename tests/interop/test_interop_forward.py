@@ -22,6 +22,7 @@ from relay_kit import (
     free_port,
     half_close_exchange,
     http_server,
+    need,
     reset_after_hello,
     reset_close,
     run,
@@ -55,6 +56,7 @@ def www(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_the_stacks_port_in_front_of_a_kernel_server(
     netns_name: str, www: tuple[Path, dict[str, str]], commands: list[Chimney], offload: str
 ) -> None:
+    need("curl", "ab", "wrk")
     root, digests = www
     port = free_port()
     extra = ["--offload", "enabled", "--churn", "0.01"] if offload == "enabled-churn" else []
@@ -84,6 +86,7 @@ def test_the_stacks_port_in_front_of_a_kernel_server(
 def test_a_local_port_through_the_stack_to_a_peer_server(
     netns_name: str, www: tuple[Path, dict[str, str]], commands: list[Chimney]
 ) -> None:
+    need("curl", "ab")
     root, digests = www
     create_netns(netns_name)
     with http_server(root, netns_name, "0.0.0.0", 5432):

@@ -20,6 +20,7 @@ from relay_kit import (
     http_server,
     ipv4_request,
     name_request,
+    need,
     reset_after_hello,
     reset_close,
     run,
@@ -71,6 +72,7 @@ def _curl(port: int, url: str, *extra: str) -> list[str]:
 def test_curl_through_the_proxy_by_name_and_by_address(
     netns_name: str, tmp_path: Path, site: tuple[Path, dict[str, str]], commands: list[Chimney]
 ) -> None:
+    need("curl")
     www, digests = site
     with http_server(www, netns_name, "0.0.0.0", HTTP_PORT):
         commands.append(proxy := _proxy(netns_name, tmp_path))
@@ -124,6 +126,7 @@ def test_protocol_errors_get_the_rfc_reply_codes(
 def test_username_password_with_offload_enabled_and_churn(
     netns_name: str, tmp_path: Path, site: tuple[Path, dict[str, str]], commands: list[Chimney]
 ) -> None:
+    need("curl")
     www, digests = site
     with http_server(www, netns_name, "0.0.0.0", HTTP_PORT):
         extra = ("--user", USER, "--offload", "enabled", "--churn", "0.01")
@@ -149,6 +152,7 @@ def test_username_password_with_offload_enabled_and_churn(
 def test_proxychains4_wraps_a_client_without_socks_support(
     netns_name: str, tmp_path: Path, site: tuple[Path, dict[str, str]], commands: list[Chimney]
 ) -> None:
+    need("curl", "proxychains4")
     www, digests = site
     with http_server(www, netns_name, "0.0.0.0", HTTP_PORT):
         commands.append(proxy := _proxy(netns_name, tmp_path, "--user", USER))
