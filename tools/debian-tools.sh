@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian programs the tests and benchmarks drive from the Linux side (a load tool, a SOCKS wrapper),
-# when running as root and they are missing. Without root it does nothing: the tests that need them skip and say so
+# Installs the Debian programs the tests and benchmarks drive from the Linux side (a load tool, a SOCKS wrapper, a
+# capture tool, an HTTP client), when running as root and they are missing. Without root it does nothing: the tests that need them skip and say so
 # (or fail under TCPCHIMNEY_REQUIRE_NET=1).
 set -euo pipefail
-want=(ab:apache2-utils wrk:wrk proxychains4:proxychains4)
+want=(ab:apache2-utils wrk:wrk proxychains4:proxychains4 tcpdump:tcpdump curl:curl)
 missing=()
 for pair in "${want[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

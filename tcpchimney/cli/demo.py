@@ -325,7 +325,9 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
         abort = threading.Event()
         await finish_in_thread(write_payload, payload, n, SEED_UP, abort, on_cancel=abort.set)
         options = OffloadOptions.from_args(args)
-        async with open_session(netns, STACK_ADDR, PEER_ADDR, offload=options) as session:
+        async with open_session(
+            netns, STACK_ADDR, PEER_ADDR, offload=options, name=getattr(args, "name", None)
+        ) as session:
             server = await session.runtime.start_server(HttpApp(stats), port=HTTP_PORT)
             console.print(
                 f"[bold]TAP[/] {session.tap}: stack {session.addr} <-> Linux {session.peer} in {netns}"

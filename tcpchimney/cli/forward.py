@@ -74,7 +74,9 @@ async def forward(args: argparse.Namespace) -> int:
     options = OffloadOptions.from_args(args)
     stats = RelayStats()
     reverse = args.connect is not None
-    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
+    async with open_session(
+        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+    ) as session:
         listen = _listen_on_kernel if reverse else _listen_on_stack
         server = await listen(session, args, stats)
         endpoints = _endpoints(args, server, reverse)

@@ -171,7 +171,27 @@ def _add_offload_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _control_name(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a name is 1-64 letters, digits, '.', '_' or '-'")
+    if text.startswith((".", "-")):
+        raise argparse.ArgumentTypeError(f"{text!r}: a name starts with a letter, a digit or '_'")
+    return text
+
+
+def add_name_option(parser: argparse.ArgumentParser) -> None:
+    """--name: the stack's control socket (RUN_DIR/NAME.ctl), which the admin verbs find it by."""
+    parser.add_argument(
+        "--name",
+        type=_control_name,
+        metavar="NAME",
+        help="name of this stack for the admin verbs (chimney netstat --name NAME; default chimney-PID, "
+        "printed in the ready line)",
+    )
+
+
 def _add_link_options(parser: argparse.ArgumentParser) -> None:
+    add_name_option(parser)
     parser.add_argument(
         "--netns",
         required=True,
@@ -274,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="namespace name (default: a fresh unique one)",
     )
+    add_name_option(demo)
     _add_offload_options(demo)
 
     relay_args.add_parsers(sub, _add_link_options, _add_offload_options, EPILOG)
@@ -287,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         "are left alone.",
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    from tcpchimney.cli.admin import add_commands as add_admin_commands
+
+    add_admin_commands(sub, add_name_option)
     return parser
 
 
@@ -373,6 +397,12 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.cleanup import run as run_cleanup
 
         return run_cleanup(args)
+    from tcpchimney.cli.admin import VERBS
+
+    if args.command in VERBS:
+        from tcpchimney.cli.admin import run as run_admin
+
+        return run_admin(args)
     if args.command == "demo":
         from tcpchimney.cli.demo import run as run_demo
 

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
 async def netcat(args: argparse.Namespace) -> int:
     stop = stop_on_signals(asyncio.get_running_loop())
     options = OffloadOptions.from_args(args)
-    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
+    async with open_session(
+        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+    ) as session:
         fields = session.ready_fields()
         if args.listen:
             accepted: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue()

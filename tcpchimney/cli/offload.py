@@ -205,6 +205,7 @@ class OffloadControl:
         self._file: IO[str] | None = open(options.events, "w", buffering=1) if options.events else None  # noqa: SIM115
         self._timers: dict[TcpSocket, Handle] = {}
         self._asked: dict[TcpSocket, str] = {}  # sockets we re-offload: the cause to log
+        self._admin_asked: set[TcpSocket] = set()  # sockets upload_all took back (re-offloaded once back)
         self._moved = MovedBytes()
         self._closed = False
         self.nic_events: list[tuple[str, dict[str, Any]]] = []
@@ -261,6 +262,9 @@ class OffloadControl:
         self._cancel_timer(sock)
         self._record("uploaded", sock, reason=ev.reason, duration=ev.duration)
         cause = _OWN_UPLOADS.get(ev.reason)
+        if ev.reason is Reason.ADMIN and sock not in self._admin_asked:
+            cause = None  # an administrator's upload through the control socket: it stays on the host
+        self._admin_asked.discard(sock)
         if cause is None or self._closed:
             return
         self._asked[sock] = cause
@@ -303,6 +307,7 @@ class OffloadControl:
                 count += 1
                 if reason is Reason.ADMIN:
                     self.stats.admin_uploads += 1
+                    self._admin_asked.add(sock)
         self.wake()
         return count
 
@@ -316,7 +321,7 @@ class OffloadControl:
 
     def _reoffload(self, sock: TcpSocket) -> None:
         self._timers.pop(sock, None)
-        alive = sock.state in _REOFFLOADABLE and sock in self.stack.connections()
+        alive = sock.state in _REOFFLOADABLE and self.stack.holds(sock)
         if self._closed or not alive or sock.offload_state is not OffloadState.IN_HOST:
             self._asked.pop(sock, None)
             return
@@ -329,6 +334,7 @@ class OffloadControl:
         self._moved.forget_all_but(alive)
         for sock in [s for s in self._asked if s not in alive]:
             del self._asked[sock]
+        self._admin_asked &= alive
 
     def _set_timer(self, sock: TcpSocket, handle: Handle) -> None:
         self._cancel_timer(sock)

@@ -152,7 +152,9 @@ async def proxy(args: argparse.Namespace) -> int:
     stop = stop_on_signals(loop)
     options = OffloadOptions.from_args(args)
     host, port = args.listen
-    async with open_session(args.netns, args.addr, args.peer, args.pcap, args.plain, options) as session:
+    async with open_session(
+        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+    ) as session:
         state = ProxyState(session.runtime, args.names, args.users, args.connect_timeout)
         try:
             server = await loop.create_server(lambda: SocksClient(state), host, port, reuse_address=True)

@@ -38,6 +38,8 @@ class Session:
     target: Any = None  # tcpchimney.nic.target.SoftwareTarget in front of the stack (--nic inline)
     control: OffloadControl | None = None
     nic: Any = None  # tcpchimney.nic.launch.NicProcess, the target in its own process (--nic process)
+    name: str = ""  # the control socket's name (chimney netstat --name NAME)
+    control_path: str | None = None  # its path, once it listens
 
     def offload_counters(self) -> dict[str, Any]:
         """The host's offload counters, the target's and the control's (events, churn cycles)."""
@@ -49,6 +51,10 @@ class Session:
             nic = self.target.counters.snapshot() if self.target is not None else {}
         return {**self.control.as_dict(), "host": self.stack.counters.get("offload", {}), "nic": nic}
 
+    @property
+    def nic_kind(self) -> str | None:
+        return "process" if self.nic is not None else "inline" if self.target is not None else None
+
     def ready_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {
             "netns": self.netns,
@@ -57,7 +63,9 @@ class Session:
             "tap": self.tap,
             "created_netns": self.created_netns,
             "pid": os.getpid(),
-            "nic": "process" if self.nic is not None else "inline" if self.target is not None else None,
+            "nic": self.nic_kind,
+            "name": self.name,
+            "control": self.control_path,
         }
         if self.nic is not None:
             fields["nic_pid"] = self.nic.pid
@@ -157,10 +165,12 @@ async def open_session(
     pcap: str | None = None,
     plain: bool = False,
     offload: OffloadOptions | None = None,
+    name: str | None = None,
 ) -> AsyncIterator[Session]:
     """Namespace (created if absent, removed on exit only if created here), TAP, stack and runtime; with
-    offload not disabled, the software target owns the device and the stack sits behind it. The capture file
-    is opened first: a path that cannot be written fails before anything exists."""
+    offload not disabled, the software target owns the device and the stack sits behind it; a control socket
+    named ``name`` (default ``chimney-PID``) for the admin verbs. The capture file is opened first: a path
+    that cannot be written fails before anything exists."""
     options = offload or OffloadOptions("disabled")
     keep_freed_memory()  # buffers freed at line rate are not faulted back in (cli/memory.py)
     capture = _open_capture(pcap) if pcap else None
@@ -168,6 +178,7 @@ async def open_session(
         async with (
             _topology(netns, addr, peer) as topo,
             _running(topo, netns, addr, peer, capture, plain, options) as session,
+            _controlled(session, name or f"chimney-{os.getpid()}"),
         ):
             yield session
     finally:
@@ -223,6 +234,39 @@ async def _running(
         device.close()
         if target is not None:
             target.close()  # warns (stderr) when connection state was left on the target
+
+
+@contextlib.asynccontextmanager
+async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
+    """The session's control socket (tcpchimney.manage), removed when the session ends."""
+    from tcpchimney.manage.plane import ControlPlane
+    from tcpchimney.manage.server import ControlServer, ControlSocketError, socket_path
+
+    identity = {
+        "name": name,
+        "netns": session.netns,
+        "addr": str(session.addr.ip),
+        "peer": str(session.peer.ip),
+    }
+    runtime = session.runtime
+    plane = ControlPlane(
+        session.stack,
+        identity,
+        nic=session.nic_kind,
+        counters=session.offload_counters,
+        wake=runtime.flush_soon,
+    )
+    runtime.add_event_handler(plane.on_event)
+    server = ControlServer(plane, socket_path(name))
+    try:
+        await server.start()
+    except ControlSocketError as exc:
+        raise CommandError(f"{exc}.") from exc
+    session.name, session.control_path = name, server.path
+    try:
+        yield
+    finally:
+        await server.close()
 
 
 def _stack(iface: InterfaceConfig, options: OffloadOptions) -> tuple[HostStack, Any]:

@@ -57,7 +57,7 @@ from tcpchimney.host.offload_state import (
     Pending,
     SharedObject,
 )
-from tcpchimney.host.policy import OffloadMode, OffloadPolicy
+from tcpchimney.host.policy import ConnectionInfo, OffloadMode, OffloadPolicy
 from tcpchimney.tcp.events import Connected, TcpEvent
 from tcpchimney.wire.seq import SeqNum
 
@@ -205,6 +205,28 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
                     self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
         self._reconsider()
         self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
+
+    def plan(self, policy: OffloadPolicy) -> list[tuple[TcpSocket, str, Reason | None]]:
+        """What ``set_policy(policy)`` would move, moving nothing: ``(sock, "upload", reason)`` for an
+        offloaded connection the policy would not keep, ``(sock, "offload", None)`` for one on the host it
+        would offload at once (automatic mode's thresholds judged against what the connection did so far)."""
+        moves: list[tuple[TcpSocket, str, Reason | None]] = []
+        change = Reason.MODE_CHANGE if policy.mode is not self.policy.mode else Reason.POLICY_CHANGE
+        for sock in self.stack.connections():
+            off = sock.offload
+            if off is None:
+                continue
+            if off.state in (OffloadState.OFFLOADED, OffloadState.OFFLOADING):
+                why = policy.keeps(self._info(sock))
+                if why is not None or not sock.offload_allowed:
+                    moves.append((sock, "upload", change if why is not None else Reason.POLICY_CHANGE))
+            elif off.in_host and self._check(sock, policy=policy) is None:
+                moves.append((sock, "offload", None))
+        return moves
+
+    def info(self, sock: TcpSocket) -> ConnectionInfo:
+        """What the policy sees of ``sock``: its addresses, the bytes it moved so far and its RTT."""
+        return self._info(sock)
 
     def set_attached(self, attached: bool) -> None:
         """Whether the target sits between the device and the stack: one that sees no frame cannot run a

@@ -65,6 +65,7 @@ class OffloadBase:
             "neighbor": self._on_neighbor_done,
             "relink": self._on_relink_done,
             "query": self._on_query_done,
+            "inspect": self._on_query_done,
         }
         self._state_calls: dict[int, float] = {}  # state calls in flight: request id -> when submitted
         self._next_watch: float | None = None

@@ -39,6 +39,7 @@ from tcpchimney.host.offload_state import (
     SILENCE,
     STATE_CALL_TIMEOUT,
     WATCH_INTERVAL,
+    Inspected,
     OffloadState,
     Pending,
     SharedObject,
@@ -305,9 +306,24 @@ class OffloadEvents(OffloadBase):
             return
         self._state_call_failed(rid, pending, detail, target_failed=True)
 
+    def inspect(self, sock: TcpSocket) -> bool:
+        """Ask the target for an offloaded connection's live state (an administrator's look: ``chimney
+        netstat -i``); the answer lands in ``off.inspected``. False when the connection is not offloaded or
+        a query or update of it is in flight already (its answer will do)."""
+        off = sock.offload
+        if off is None or off.state is not OffloadState.OFFLOADED or off.ctx is None:
+            return False
+        if off.querying or off.updating:
+            return off.querying
+        tree = build_tree([(PLACEHOLDER, PLACEHOLDER, LinkedObject(off.ctx, off.handle))])
+        off.querying = self._submit(QueryOffload(self._rid(), tree), Pending("inspect", sock))
+        return off.querying
+
     def _on_query_done(self, pending: Pending, completion: StateCompletion) -> None:
-        """A silent connection's state: what it shows owed twice in a row is a fault (once may be a race
-        with an indication still on its way); a failed query is corrupt hardware (spec 3.2)."""
+        """A queried connection's state. A silent connection's query judges it: what it shows owed twice in
+        a row is a fault (once may be a race with an indication still on its way). An administrator's look
+        (``inspect``) is not judged: two of them in a busy transfer would both catch data on its way. A
+        failed query is corrupt hardware either way (spec 3.2)."""
         sock = pending.sock
         assert sock is not None and sock.offload is not None
         off = sock.offload
@@ -316,10 +332,12 @@ class OffloadEvents(OffloadBase):
         state = block.state if block is not None and block.status is Status.SUCCESS else None
         if isinstance(state, TcpSnapshot | TcpDelegated):
             d = state.delegated if isinstance(state, TcpSnapshot) else state
-            owed = owed_by_target(off, d)
-            if owed is not None and off.suspect is not None and off.after_query is None:
-                self._fault(sock, Reason.HARDWARE_FAILURE, f"{owed} (two queries apart)")
-            off.suspect = owed
+            off.inspected = Inspected.of(d, self.now)
+            if pending.kind == "query":
+                owed = owed_by_target(off, d)
+                if owed is not None and off.suspect is not None and off.after_query is None:
+                    self._fault(sock, Reason.HARDWARE_FAILURE, f"{owed} (two queries apart)")
+                off.suspect = owed
         elif not off.finished and off.after_query is None:
             self._fault(sock, Reason.HARDWARE_FAILURE, "the target failed a query of the connection")
         if off.after_query is not None and off.state is OffloadState.OFFLOADED:

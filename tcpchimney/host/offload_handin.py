@@ -33,7 +33,7 @@ from tcpchimney.host.offload_state import (
     Pending,
     SharedObject,
 )
-from tcpchimney.host.policy import ConnectionInfo
+from tcpchimney.host.policy import ConnectionInfo, OffloadPolicy
 from tcpchimney.tcp import snapshot as tcp_snapshot
 
 if TYPE_CHECKING:
@@ -60,9 +60,12 @@ class OffloadHandIn(OffloadBase):
         assert off is not None
         return max(0, conn.snd_una.dist(off.una0)) + max(0, conn.rcv_nxt.dist(off.rcv0))
 
-    def _check(self, sock: TcpSocket, forced: bool = False, joining: int = 0) -> Reason | None:
+    def _check(
+        self, sock: TcpSocket, forced: bool = False, joining: int = 0, policy: OffloadPolicy | None = None
+    ) -> Reason | None:
         """Why ``sock`` cannot be offloaded now, or None; ``joining``: connections already going in the
-        same initiate (they count against the target's announced capacity)."""
+        same initiate (they count against the target's announced capacity); ``policy``: judge by this one
+        instead of the manager's (what a change of policy would do)."""
         conn = sock.conn
         if not sock.offload_allowed:
             return Reason.SOCKET_OPT_OUT
@@ -84,8 +87,8 @@ class OffloadHandIn(OffloadBase):
             return Reason.OPTION_UNSUPPORTED
         if len(self._by_handle) + joining >= self.capabilities.capacity:
             return Reason.TARGET_FULL
-        info = self._info(sock)
-        return self.policy.rule_reason(info) if forced else self.policy.decide(info)
+        info, policy = self._info(sock), policy or self.policy
+        return policy.rule_reason(info) if forced else policy.decide(info)
 
     def _consider_all(self, socks: list[TcpSocket], quiet: bool = False) -> None:
         """Offload every connection of ``socks`` the policy wants, with one initiate for all of them."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.chimney.status import Status
-from tcpchimney.chimney.tcp_state import TcpCached, TcpConst
+from tcpchimney.chimney.tcp_state import TcpCached, TcpConst, TcpDelegated
 from tcpchimney.chimney.tree import Layer
 from tcpchimney.host.piece_queue import PieceQueue
 from tcpchimney.tcp.state import TcpState
@@ -68,6 +68,32 @@ class SharedObject:
     lost: list[TcpSocket] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """What a query of an offloaded connection showed (its figures, not its data) and when (``at``)."""
+
+    at: float
+    cwnd: int
+    ssthresh: int
+    srtt: float | None
+    rttvar: float
+    rto: float
+    snd_wnd: int
+    rcv_wnd: int
+    unacked: int  # SND.NXT - SND.UNA
+    retransmit_count: int
+    send_q: int  # bytes of send data the target holds (unacknowledged and unsent)
+    recv_q: int  # received bytes the target holds, not yet delivered to the host
+
+    @classmethod
+    def of(cls, d: TcpDelegated, at: float) -> Inspected:
+        unacked = max(0, d.snd_nxt.dist(d.snd_una))
+        return cls(
+            at, d.cwnd, d.ssthresh, d.srtt, d.rttvar, d.rto, d.snd_wnd, d.rcv_wnd, unacked,
+            d.retransmit_count, len(d.send_data), len(d.buffered_data),
+        )  # fmt: skip
+
+
 @dataclass(eq=False, slots=True)
 class ConnOffload:
     """One connection's offload record (the host's half of spec 9.1's per-connection state machine)."""
@@ -121,6 +147,7 @@ class ConnOffload:
     querying: bool = False  # a QueryOffload of it is in flight
     suspect: str | None = None  # what its last query showed owed (a fault if the next one shows it too)
     after_query: tuple[Reason] | None = None  # a terminate (with its reason) waits for the query
+    inspected: Inspected | None = None  # the target's answer to the last query (chimney netstat -i)
 
     @property
     def in_host(self) -> bool:

@@ -30,6 +30,8 @@ class TcpSocket:
     __slots__ = (
         "_readable",
         "_stack",
+        "bytes_received",
+        "bytes_sent",
         "conn",
         "deadline",
         "gso_mss",
@@ -70,6 +72,8 @@ class TcpSocket:
         self.pseudo_base = 0  # pseudo-header sum without the TCP length (wire.checksum.pseudo_base_sum)
         self.gso_mss = 0  # payload bytes per wire segment when the device cuts a super-segment
         self._readable = 0
+        self.bytes_sent = 0  # bytes the application handed to send() and the stack took
+        self.bytes_received = 0  # bytes receive() returned to the application
         self.offload: ConnOffload | None = None  # set once the offload manager looked at the connection
         self.offload_allowed = True  # False: the application opted this socket out (Reason.SOCKET_OPT_OUT)
 
@@ -117,19 +121,23 @@ class TcpSocket:
     def send(self, data: bytes | bytearray | memoryview) -> int:
         off = self.offload
         if off is not None and off.away:
-            return self._stack._offload_manager().send(self, data)
-        n = self.conn.send(data)
-        self._stack._mark(self)
+            n = self._stack._offload_manager().send(self, data)
+        else:
+            n = self.conn.send(data)
+            self._stack._mark(self)
+        self.bytes_sent += n
         return n
 
     def receive(self, max_bytes: int) -> bytes:
         off = self._moved()
         if off is not None:
-            return self._stack._offload_manager().receive(self, max_bytes)
-        data = self.conn.receive(max_bytes)
-        self._readable = max(0, self._readable - len(data))
-        if data:
-            self._stack._mark(self)  # reading reopens the window: a window update may be due
+            data = self._stack._offload_manager().receive(self, max_bytes)
+        else:
+            data = self.conn.receive(max_bytes)
+            self._readable = max(0, self._readable - len(data))
+            if data:
+                self._stack._mark(self)  # reading reopens the window: a window update may be due
+        self.bytes_received += len(data)
         return data
 
     def shutdown(self) -> None:

@@ -40,7 +40,7 @@ from tcpchimney.host.ipv4 import (
 )
 from tcpchimney.host.listener import Listener
 from tcpchimney.host.offload import OffloadManager
-from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.host.policy import ConnectionInfo, OffloadPolicy
 from tcpchimney.host.ports import EphemeralPorts
 from tcpchimney.host.reassembly import Reassembler
 from tcpchimney.host.sockets import TcpSocket, conn_key
@@ -285,6 +285,22 @@ class HostStack(TcpInput):
     def upload_all(self, reason: Reason) -> int:
         """Upload every offloaded connection; returns how many terminates were started."""
         return self._offload_manager().upload_all(reason)
+
+    def plan_offload_policy(self, policy: OffloadPolicy) -> list[tuple[TcpSocket, str, Reason | None]]:
+        """What ``set_offload_policy(policy)`` would upload and offload, without moving anything."""
+        return self._offload_manager().plan(policy)
+
+    def offload_info(self, sock: TcpSocket) -> ConnectionInfo | None:
+        """What the offload policy sees of ``sock`` (bytes moved, RTT); None without a target."""
+        return None if self._offload is None else self._offload.info(sock)
+
+    def inspect(self, sock: TcpSocket) -> bool:
+        """Ask the target for an offloaded connection's live state (``sock.offload.inspected`` once it
+        answers). False when the connection is not offloaded."""
+        return self._offload is not None and self._offload.inspect(sock)
+
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners.values())
 
     @property
     def offload_target(self) -> OffloadTarget | None:

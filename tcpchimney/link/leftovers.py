@@ -18,6 +18,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from tcpchimney.link.netns import (
 from tcpchimney.link.runs import (
     LINK,
     NETNS,
+    PATH,
     PROCESS,
     Resource,
     RunRecord,
@@ -43,9 +45,13 @@ from tcpchimney.link.runs import (
     parse_process,
     process_start,
     register,
+    run_dir,
 )
 
-REMOVABLE_PATH_PREFIX = "chimney-"  # a recorded path is removed only if its file name starts with this
+# A recorded path is removed only if its file name starts with this, or it is a control socket in the run
+# directory (RUN_DIR/NAME.ctl, tcpchimney.manage.server).
+REMOVABLE_PATH_PREFIX = "chimney-"
+CONTROL_SUFFIX = ".ctl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +99,36 @@ def _link_owners(
 
 def _drop(record: RunRecord, resource: Resource) -> None:
     """Edit a dead run's record (the caller holds the run directory's lock). The processes it names that are
-    gone go too (a run's NIC process dies with it): a record naming only them would never be removed."""
+    gone go too (a run's NIC process dies with it), and its control socket, which died with it: a record
+    naming only them would never be removed."""
     if resource in record.resources:
         record.resources.remove(resource)
-        record.resources[:] = [r for r in record.resources if r.kind != PROCESS or exists(r)]
+        record.resources[:] = [
+            r
+            for r in record.resources
+            if not (r.kind == PROCESS and not exists(r)) and not (_control_socket(r) and remove_resource(r))
+        ]
         record.save()
+
+
+def _control_socket(resource: Resource) -> bool:
+    """A run's control socket (tcpchimney.manage.server), RUN_DIR/NAME.ctl, that no stack answers on: a
+    later run of the same name may have made its own there, and that one is left alone."""
+    name = resource.name
+    if resource.kind != PATH or not name.endswith(CONTROL_SUFFIX) or os.path.dirname(name) != run_dir():
+        return False
+    return dead_control_socket(name)
+
+
+def dead_control_socket(path: str) -> bool:
+    """Whether nothing answers on the Unix socket ``path`` (what a killed stack leaves)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return True
+    return False
 
 
 def prepare_namespace(netns: str, peer: ipaddress.IPv4Interface, own_tap: str) -> list[str]:
@@ -172,7 +203,8 @@ def exists(resource: Resource) -> bool:
 
 def remove_resource(resource: Resource) -> bool:
     """Remove one resource if it is there; True once it is gone. False: a namespace kept because another
-    live run uses it, or a path this module does not remove (a name not starting with ``chimney-``)."""
+    live run uses it, or a path this module does not remove (a name not starting with ``chimney-``, a
+    control socket a live stack answers on)."""
     if resource.kind == LINK:
         delete_link(resource.netns, resource.name)
         return not exists(resource)
@@ -187,7 +219,8 @@ def remove_resource(resource: Resource) -> bool:
                 os.kill(parse_process(resource.name)[0], signal.SIGKILL)
         return not _still_there(resource)
     path = resource.name
-    if not os.path.isabs(path) or not os.path.basename(path).startswith(REMOVABLE_PATH_PREFIX):
+    removable = os.path.basename(path).startswith(REMOVABLE_PATH_PREFIX) or _control_socket(resource)
+    if not os.path.isabs(path) or not removable:
         return False
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)

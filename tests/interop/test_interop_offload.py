@@ -290,13 +290,15 @@ def test_1_gb_each_way_with_churn_sha256_and_no_reset(
     """The issue's acceptance run: ``serve http --offload enabled --churn 0.05 --events E``, 1 GB each way
     at once over 8 GETs and 8 POSTs (a client's parallel ranges), while E records hundreds of cycles. The
     count follows the transfer's length, so the bound is a rate too: 44-51 cycles per second of transfer
-    with the NIC process (188-225 cycles in 4.3 s), about 31 with the NIC inline (319 in 10 s)."""
+    with the NIC process (188-225 cycles in 4.3 s), about 31 with the NIC inline (319 in 10 s), 14-19 on a
+    machine whose two cores other work keeps busy (the churn timers fire late); 10 per second still fails a
+    churn that stops part-way."""
     done, events, speed = _churned_gets_and_posts(netns_name, commands, tmp_path, GB, "0.05", parallel=8)
     cycles = check_cycles(events, "churn")
     for key, value in {**speed, "churn_cycles": cycles}.items():
         record_property(key, value)
     print(f"1 GB each way over 16 connections, churn 0.05 s: {speed} cycles={cycles}")
-    assert cycles >= 100 and cycles >= 20 * speed["seconds"], f"{cycles} cycles in {speed['seconds']:.1f} s"
+    assert cycles >= 100 and cycles >= 10 * speed["seconds"], f"{cycles} cycles in {speed['seconds']:.1f} s"
     assert cycles == done["offload"]["cycles"]
     assert done["app_counters"]["bytes_in"] == GB
 

@@ -1,0 +1,303 @@
+"""The admin verbs: thin clients of a running stack's control socket (tcpchimney.manage).
+
+``chimney netstat``/``ss``, ``show global``, ``set global``, ``why``, ``history``, ``offload``, ``upload``
+and ``stats`` each send one request and print the reply as a table or a sentence; ``-j`` prints the reply
+as JSON instead. With one stack running they find it; with several, ``--name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tcpchimney.cli.common import CommandError
+
+VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats")
+_STATES = (
+    "LISTEN",
+    "SYN_SENT",
+    "SYN_RECEIVED",
+    "ESTABLISHED",
+    "FIN_WAIT_1",
+    "FIN_WAIT_2",
+    "CLOSE_WAIT",
+    "CLOSING",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSED",
+)
+
+
+def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The verbs' parsers, on the ``chimney`` command's subparsers."""
+    for verb, help_text in (
+        ("netstat", "the connections of a running stack with their offload state"),
+        ("ss", "the same as netstat"),
+    ):
+        p = sub.add_parser(verb, help=help_text, description=f"{help_text.capitalize()} (docs/admin.md).")
+        p.add_argument(
+            "-i",
+            "--internals",
+            action="store_true",
+            help="add cwnd, RTT, RTO, queues (live from the NIC for offloaded connections)",
+        )
+        p.add_argument("-a", "--all", action="store_true", help="also the listening sockets")
+        p.add_argument(
+            "--state", type=str.upper, choices=_STATES, metavar="STATE", help="only this TCP state"
+        )
+        p.add_argument(
+            "--port", type=int, metavar="PORT", help="only connections with this local or remote port"
+        )
+        p.add_argument("--address", metavar="IP", help="only connections with this remote address")
+        _common(p, name_option)
+    show = sub.add_parser("show", help="show global: the live offload mode and thresholds")
+    show.add_argument("what", choices=("global",))
+    _common(show, name_option)
+    set_ = sub.add_parser(
+        "set",
+        help="set global chimney=disabled|enabled|automatic [min-bytes=N] [max-rtt=MS]",
+        description="Change the live offload policy: connections that no longer qualify "
+        "are uploaded, those that now qualify are offloaded, each with its reason.",
+    )
+    set_.add_argument("what", choices=("global",))
+    set_.add_argument(
+        "settings", nargs="+", metavar="KEY=VALUE", help="chimney=MODE, min-bytes=N, max-rtt=MS"
+    )
+    set_.add_argument("--dry-run", action="store_true", help="list what would move and why; move nothing")
+    _common(set_, name_option)
+    for verb, help_text in (
+        ("why", "why a connection is where it is: mode, rule, thresholds against what it did, the reason"),
+        ("history", "a connection's moves between host and NIC, kept a while after it closed"),
+        ("offload", "offload a connection now, whatever the mode (rules still apply)"),
+    ):
+        p = sub.add_parser(verb, help=help_text)
+        p.add_argument(
+            "conn",
+            metavar="CONN",
+            help="its number (netstat's first column), REMOTE:PORT or LOCAL:PORT-REMOTE:PORT",
+        )
+        _common(p, name_option)
+    upload = sub.add_parser("upload", help="bring a connection (or --all) back to the host")
+    upload.add_argument("conn", nargs="?", metavar="CONN", help="as for why")
+    upload.add_argument("--all", action="store_true", help="every offloaded connection")
+    _common(upload, name_option)
+    stats = sub.add_parser("stats", help="the running stack's counters")
+    _common(stats, name_option)
+
+
+def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    name_option(parser)
+    parser.add_argument("-j", "--json", action="store_true", help="print the stack's reply as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcpchimney.manage.client import ControlError, call, find
+
+    command, request = _request(args)
+    try:
+        result = call(find(args.name), command, request)
+    except ControlError as exc:
+        raise CommandError(f"{exc}.") from None
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    _PRINTERS[args.command](args, result)
+    return 0
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    verb = args.command
+    if verb in ("netstat", "ss"):
+        return "netstat", {"internals": args.internals, "all": True}
+    if verb == "show":
+        return "show-global", {}
+    if verb == "set":
+        return "set-global", {**_settings(args.settings), "dry_run": args.dry_run}
+    if verb == "upload":
+        if args.all == (args.conn is not None):
+            raise CommandError("upload takes one CONN or --all.")
+        return "upload", {"all": True} if args.all else {"conn": args.conn}
+    if verb == "stats":
+        return "stats", {}
+    return verb, {"conn": args.conn}
+
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if key == "chimney":
+                out["chimney"] = value
+            elif key == "min-bytes":
+                out["min_bytes"] = int(value)
+            elif key == "max-rtt":
+                out["max_rtt_ms"] = float(value)
+            else:
+                raise CommandError(f"unknown setting {key!r}: give chimney=, min-bytes= or max-rtt=.")
+        except ValueError:
+            raise CommandError(f"{item!r}: give chimney=MODE, min-bytes=N or max-rtt=MS.") from None
+    return out
+
+
+# ---------------------------------------------------------------------- printing
+
+
+def _table(rows: list[list[str]]) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _selected(args: argparse.Namespace, row: dict[str, Any]) -> bool:
+    if row["state"] == "LISTEN" and not args.all:
+        return False
+    if args.state is not None and row["state"] != args.state:
+        return False
+    ports = {row["local"].rsplit(":", 1)[1], row["remote"].rsplit(":", 1)[1]}
+    if args.port is not None and str(args.port) not in ports:
+        return False
+    return args.address is None or row["remote"].rsplit(":", 1)[0] == args.address
+
+
+def _print_netstat(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    rows = [r for r in rows if _selected(args, r)]
+    now = time.time()
+    table = [["ID", "LOCAL", "REMOTE", "STATE", "OFFLOAD", "NIC", "SINCE", "REASON", "SENT", "RECEIVED"]]
+    for r in rows:
+        since = "-" if r["since"] is None else f"{max(0.0, now - r['since']):.1f}s"
+        table.append(
+            [
+                "-" if r["id"] is None else str(r["id"]),
+                r["local"],
+                r["remote"],
+                r["state"],
+                r["offload_state"],
+                r["nic"] or "-",
+                since,
+                r["reason"] or "-",
+                str(r["bytes_sent"]),
+                str(r["bytes_received"]),
+            ]
+        )
+    _table(table)
+    if args.internals:
+        for r in rows:
+            if r["id"] is not None:
+                print(f"#{r['id']} {r['remote']}: {_internals_line(r.get('internals'))}")
+
+
+def _internals_line(i: dict[str, Any] | None) -> str:
+    if i is None:
+        return "(the NIC has not answered yet)"
+    rtt = "-" if i["rtt_ms"] is None else f"{i['rtt_ms']:.3f}/{i['rttvar_ms']:.3f}"
+    age = "" if i["source"] == "host" else f" age:{i['age_ms']:.0f}ms"
+    return (
+        f"from:{i['source']}{age} cwnd:{i['cwnd']} ssthresh:{i['ssthresh']} rtt:{rtt} rto:{i['rto_ms']:.0f} "
+        f"mss:{i['mss']} snd_wnd:{i['snd_wnd']} rcv_wnd:{i['rcv_wnd']} unacked:{i['unacked']} "
+        f"retrans:{i['retrans']} send_q:{i['send_q']} recv_q:{i['recv_q']}"
+    )
+
+
+def _print_global(args: argparse.Namespace, g: dict[str, Any]) -> None:
+    print("TCP Global Parameters")
+    print("----------------------------------------------")
+    rows = [
+        ("Chimney Offload State", g["chimney"]),
+        ("Offload Target", g["target"] or "none"),
+        ("Automatic Min Bytes", g["min_bytes"]),
+        ("Automatic Max RTT (ms)", g["max_rtt_ms"]),
+        ("Rules", g["rules"]),
+    ]
+    rows += [(f"Connections {k}", v) for k, v in g["connections"].items()]
+    for key, value in rows:
+        print(f"{key:<28}: {'-' if value is None else value}")
+
+
+def _print_set(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    moves = result["moves"]
+    verb = "would move" if not result["applied"] else "moving"
+    print(
+        f"Chimney Offload State: {result['global']['chimney']}"
+        + (" (dry run: nothing changed)" if not result["applied"] else "")
+    )
+    if not moves:
+        print("no connection moves")
+    for m in moves:
+        print(
+            f"{verb} #{m['id']} {m['local']} -> {m['remote']}: {m['action']}"
+            + (f" ({m['reason']})" if m["reason"] else "")
+        )
+
+
+def _print_why(args: argparse.Namespace, why: dict[str, Any]) -> None:
+    print(f"#{why['id']} {why['local']} -> {why['remote']} {why['state']}")
+    print(f"  {why['verdict']}")
+    print(f"  mode: {why['mode']}; last reason: {why['reason'] or '-'}")
+    t = why.get("thresholds")
+    if t is not None:
+        rtt = "no sample" if t["srtt_ms"] is None else f"{t['srtt_ms']:.3f} ms"
+        print(
+            f"  automatic thresholds: moved {t['moved_bytes']} of {t['min_bytes']} bytes; RTT {rtt} (limit "
+            f"{t['max_rtt_ms']:.0f} ms): {'met' if t['met'] else 'not met'}"
+        )
+
+
+def _print_history(args: argparse.Namespace, h: dict[str, Any]) -> None:
+    state = (
+        "open" if h["closed"] is None else "closed " + time.strftime("%H:%M:%S", time.localtime(h["closed"]))
+    )
+    print(f"#{h['id']} {h['local']} -> {h['remote']} ({state})")
+    if not h["moves"]:
+        print("  no moves: it stayed on the host and was never refused")
+    for m in h["moves"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(m["time"])) + f".{int(m['time'] * 1000) % 1000:03d}"
+        extra = [f"reason {m['reason']}"] if m.get("reason") else []
+        if "duration_ms" in m:
+            extra.append(f"{m['duration_ms']:.3f} ms")
+        extra.append(f"{m['bytes_sent']} sent / {m['bytes_received']} received")
+        if m.get("detail"):
+            extra.append(m["detail"])
+        print(f"  {stamp} {m['event']:<9} {', '.join(extra)}")
+
+
+def _print_offload(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    if r["started"]:
+        print(f"#{r['id']}: offload started (chimney netstat shows Offloaded once the NIC took it)")
+    else:
+        print(f"#{r['id']}: stays on the host ({r['reason']})")
+
+
+def _print_upload(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    print(f"{r['uploads']} upload(s) started")
+
+
+def _print_stats(args: argparse.Namespace, s: dict[str, Any]) -> None:
+    for section in ("host", "session"):
+        for group, values in sorted(s[section].items()):
+            if isinstance(values, dict):
+                for key, value in sorted(values.items()):
+                    if not isinstance(value, dict | list):
+                        print(f"{f'{section}.{group}.{key}':<56} {value}")
+
+
+_PRINTERS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
+    "netstat": _print_netstat,
+    "ss": _print_netstat,
+    "show": _print_global,
+    "set": _print_set,
+    "why": _print_why,
+    "history": _print_history,
+    "offload": _print_offload,
+    "upload": _print_upload,
+    "stats": _print_stats,
+}

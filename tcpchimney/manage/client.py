@@ -1,0 +1,80 @@
+"""Finding a running stack's control socket and asking it: what every admin verb does first."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from typing import Any
+
+from tcpchimney.link import runs
+from tcpchimney.manage.protocol import RequestError, parse_reply, request_line
+from tcpchimney.manage.server import SUFFIX, is_live, socket_path
+
+TIMEOUT = 10.0
+MAX_REPLY = 64 * 1024 * 1024  # a netstat of a few hundred thousand connections
+
+
+class ControlError(Exception):
+    """What went wrong reaching or asking a stack, as one sentence."""
+
+
+def find(name: str | None = None, directory: str | None = None) -> str:
+    """The control socket of the stack named ``name``, or of the only one running."""
+    directory = directory or runs.run_dir()
+    if name is not None:
+        path = socket_path(name, directory)
+        if not os.path.exists(path):
+            raise ControlError(f"no stack named {name} is running (no {path})")
+        return path
+    paths = sorted(glob.glob(os.path.join(glob.escape(directory), "*" + SUFFIX)))
+    live = [p for p in paths if is_live(p)]
+    if len(live) == 1:
+        return live[0]
+    if len(live) > 1:
+        names = ", ".join(os.path.basename(p)[: -len(SUFFIX)] for p in live)
+        raise ControlError(f"{len(live)} stacks are running ({names}): say which with --name")
+    if paths:
+        raise ControlError(
+            f"no stack is running; {paths[0]} is left by one that died (chimney cleanup removes it)"
+        )
+    raise ControlError(f"no stack is running (none has a control socket in {directory})")
+
+
+def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> Any:
+    """Send one request to the stack at ``path`` and return its result."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except PermissionError:
+            raise ControlError(
+                f"permission denied on {path}: the control socket is for root and its group"
+            ) from None
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise ControlError(
+                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
+            ) from None
+        try:
+            sock.sendall(request_line(command, args))
+            reply = _read_line(sock)
+        except TimeoutError:
+            raise ControlError(f"the stack at {path} did not answer within {timeout:g} s") from None
+        except OSError as exc:
+            raise ControlError(f"the stack at {path} went away: {exc.strerror or exc}") from None
+    try:
+        return parse_reply(reply)
+    except RequestError as exc:
+        raise ControlError(str(exc)) from None
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the stack closed the connection")
+        data += chunk
+        if len(data) > MAX_REPLY:
+            raise ConnectionResetError("the reply is too long")
+    return bytes(data)
