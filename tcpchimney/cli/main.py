@@ -27,7 +27,7 @@ from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, MAX_SPIN_US
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
 # What --help says to whoever reads it first (plain text: argparse shows it as written).
-DESCRIPTION = "serve, nc, proxy, forward and demo on the user-space TCP/IP stack"
+DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
 ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 EPILOG = (
     "Addresses: the stack and its Linux peer get two addresses of one subnet inside 198.18.0.0/15, the only "
