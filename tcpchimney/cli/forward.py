@@ -16,9 +16,9 @@ import argparse
 import asyncio
 from typing import Any
 
-from tcpchimney.cli.common import CommandError, emit, stop_on_signals
+from tcpchimney.cli.common import emit, stop_on_signals
 from tcpchimney.cli.offload import OffloadOptions
-from tcpchimney.cli.relay import Pipe, RelayStats
+from tcpchimney.cli.relay import Pipe, RelayStats, kernel_listener
 from tcpchimney.cli.wiring import open_session
 
 
@@ -43,7 +43,6 @@ async def _listen_on_stack(session: Any, args: argparse.Namespace, stats: RelayS
 
 async def _listen_on_kernel(session: Any, args: argparse.Namespace, stats: RelayStats) -> Any:
     """Kernel listener; the stack opens a connection to ``args.connect`` for each one it accepts."""
-    loop = asyncio.get_running_loop()
     host, port = args.connect
     runtime = session.runtime
     timeout = args.connect_timeout
@@ -54,11 +53,7 @@ async def _listen_on_kernel(session: Any, args: argparse.Namespace, stats: Relay
     def accepted() -> asyncio.Protocol:
         return Pipe(stats, inbound_kernel=True, connect=connect).inbound
 
-    listen_host, listen_port = args.listen
-    try:
-        return await loop.create_server(accepted, listen_host, listen_port, reuse_address=True)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}.") from exc
+    return await kernel_listener(accepted, *args.listen)
 
 
 def _endpoints(args: argparse.Namespace, server: Any, reverse: bool) -> dict[str, str]:

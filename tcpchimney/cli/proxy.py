@@ -21,10 +21,10 @@ from collections import Counter
 from typing import Any
 
 from tcpchimney.api.socks5 import Reply, Request, Socks5Server
-from tcpchimney.cli.common import CommandError, emit, stop_on_signals
+from tcpchimney.cli.common import emit, stop_on_signals
 from tcpchimney.cli.hostsfile import resolve
 from tcpchimney.cli.offload import OffloadOptions
-from tcpchimney.cli.relay import Pipe, RelayStats
+from tcpchimney.cli.relay import Pipe, RelayStats, kernel_listener
 from tcpchimney.cli.wiring import open_session
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -156,10 +156,7 @@ async def proxy(args: argparse.Namespace) -> int:
         args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
     ) as session:
         state = ProxyState(session.runtime, args.names, args.users, args.connect_timeout)
-        try:
-            server = await loop.create_server(lambda: SocksClient(state), host, port, reuse_address=True)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}.") from exc
+        server = await kernel_listener(lambda: SocksClient(state), host, port)
         if not stop.is_set():
             emit(
                 "ready",

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tcpchimney.cli.common import CommandError
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close() sends RST
 
@@ -71,6 +74,17 @@ def reset_transport(transport: asyncio.BaseTransport, kernel: bool) -> None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()  # type: ignore[attr-defined]
+
+
+async def kernel_listener(
+    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
+) -> asyncio.Server:
+    """A listening kernel socket of this host, or the command's one-sentence error."""
+    try:
+        return await asyncio.get_running_loop().create_server(factory, host, port, reuse_address=True)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {host}:{port}: {why}.") from exc
 
 
 class End(asyncio.Protocol):

@@ -5,12 +5,14 @@ the same bytes with the connections offloaded and churned."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from pathlib import Path
 
 import pytest
 from relay_kit import (
+    CHIMNEY,
     PEER,
     Chimney,
     Peer,
@@ -30,7 +32,7 @@ from relay_kit import (
     watch_for_reset,
 )
 
-from tcpchimney.cli.nsutil import socket_in_netns
+from tcpchimney.cli.nsutil import netns_path, socket_in_netns
 
 pytestmark = pytest.mark.net
 MB = 1_000_000
@@ -202,3 +204,19 @@ def test_half_close_and_resets_pass_through(netns_name: str, tmp_path: Path, com
     assert watching.result() == "reset"
     done = proxy.stop()
     assert done["proxy"]["relay"]["closed"] == 1 and done["proxy"]["relay"]["reset"] == 2
+
+
+def test_a_busy_listening_port_is_one_sentence_and_leaves_nothing(netns_name: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv in (
+            ["proxy", "--listen", f"127.0.0.1:{port}"],
+            ["forward", "--listen", f"127.0.0.1:{port}", "--connect", f"{PEER}:80"],
+        ):
+            result = run([*CHIMNEY, *argv, "--netns", netns_name])
+            err = result.stderr.decode()
+            assert result.returncode == 1 and result.stdout == b"", err
+            assert err == f"chimney: cannot listen on 127.0.0.1:{port}: Address already in use.\n"
+            assert not os.path.exists(netns_path(netns_name)), "the namespace it made must be gone"
