@@ -99,7 +99,9 @@ def test_a_local_port_through_the_stack_to_a_peer_server(
         _ab_ok(run(["ab", "-q", "-n", "4", "-c", "2", f"{url}/big.bin"]), 4)
         done = fwd.stop()
     stats = done["forward"]
-    assert stats["accepted"] == stats["connected"] == 305 and stats["bytes_out"] > 50 * MB, stats
+    # ab may open a connection more than it has requests for (and close it unused): at least 305
+    assert stats["accepted"] == stats["connected"] == stats["closed"] >= 305, stats
+    assert stats["reset"] == stats["connect_failed"] == 0 and stats["bytes_out"] > 50 * MB, stats
     assert done["offload"]["offloads"] >= 1
 
 
