@@ -239,8 +239,9 @@ async def _running(
 @contextlib.asynccontextmanager
 async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
     """The session's control socket (tcpchimney.manage), removed when the session ends."""
+    from tcpchimney.manage.paths import socket_path
     from tcpchimney.manage.plane import ControlPlane
-    from tcpchimney.manage.server import ControlServer, ControlSocketError, socket_path
+    from tcpchimney.manage.server import ControlServer, ControlSocketError
 
     identity = {
         "name": name,
