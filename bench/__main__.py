@@ -28,6 +28,7 @@ MODULES = [
     "bench.spin",
     "bench.http",
     "bench.run",
+    "bench.forward",
 ]
 
 

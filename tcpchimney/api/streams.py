@@ -242,14 +242,19 @@ class TcpTransport(asyncio.Transport):
             self._deliver()
         self._dead = True
         self._closing = True
-        self._buffer.clear()
+        self._drop_buffer()
         self._call_connection_lost(None)
 
     def _fail(self, exc: Exception) -> None:
         self._dead = True
         self._closing = True
-        self._buffer.clear()
+        self._drop_buffer()
         self._call_connection_lost(exc)
+
+    def _drop_buffer(self) -> None:
+        # A new buffer rather than clear(): a reset found by _push's send happens while _push holds a view
+        # of the old one, and an exported bytearray cannot be resized.
+        self._buffer = bytearray()
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
@@ -446,7 +451,7 @@ class TcpTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """RST now; buffered bytes are dropped."""
-        self._buffer.clear()
+        self._drop_buffer()
         self._closing = True
         if not self._sock_closed:
             self._sock_closed = True

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from tcpchimney.cli import relay_args
 from tcpchimney.cli.choices import APP_PORTS, DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
 from tcpchimney.cli.run import add_parser as add_run_parser
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_offload_options(demo)
 
     add_run_parser(sub, [_add_link_options, _add_offload_options])
+    relay_args.add_parsers(sub, _add_link_options, _add_offload_options, EPILOG)
 
     cleanup = sub.add_parser(
         "cleanup",
@@ -320,7 +322,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command == "run":
         check_run_args(parser, args)
-    if args.command in ("serve", "nc", "run"):
+    if args.command in ("serve", "nc", "run", "proxy", "forward"):
         try:
             check_pair(args.addr, args.peer)
         except ValueError as exc:
@@ -329,6 +331,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.port = APP_PORTS[args.app]
     if args.command == "nc":
         _resolve_nc_target(parser, args)
+    if args.command in ("proxy", "forward"):
+        relay_args.check(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
         parser.error("--size and --sim-size must be positive")
     if getattr(args, "offload", None) == "disabled" and args.churn is not None:
@@ -415,6 +419,8 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.serve import run as run_serve
 
         return run_serve(args)
+    if args.command in ("proxy", "forward"):
+        return relay_args.run(args)
     if args.command == "run":
         from tcpchimney.cli.run import run as run_program
 
