@@ -16,7 +16,7 @@ from typing import Any
 from tcpchimney.link import leftovers, runs
 from tcpchimney.link.leftovers import CONTROL_SUFFIX
 from tcpchimney.manage.plane import ControlPlane
-from tcpchimney.manage.protocol import MAX_LINE, RequestError, parse_request, reply_line
+from tcpchimney.manage.protocol import MAX_LINE, RequestError, Stream, parse_request, reply_line
 
 SUFFIX = CONTROL_SUFFIX
 MODE = 0o660
@@ -105,6 +105,11 @@ class ControlServer:
             request = parse_request(line)
             request_id = request.id
             result = await self.plane.handle(request)
+            if isinstance(result, Stream):  # the connection is the stream's from here on
+                writer.write(reply_line(request_id, result.first))
+                await writer.drain()
+                await result.run(reader, writer)
+                return False
             reply = reply_line(request_id, result)
         except RequestError as exc:
             self.errors += 1
