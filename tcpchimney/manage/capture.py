@@ -60,6 +60,8 @@ class CaptureFilter:
         return self.host is not None or self.port is not None
 
     def matches(self, frame: bytes | memoryview) -> bool:
+        if self.host is None and self.port is None:
+            return True
         ethertype = bytes(frame[12:14])
         if ethertype == _ETH_ARP:
             return self.port is None and (self.host is None or self.host in (frame[28:32], frame[38:42]))
@@ -99,7 +101,7 @@ class CaptureWriter:
             raise RequestError(f"cannot write the capture file {path}: {exc.strerror or exc}") from None
         self.path, self.filter, self.clock = path, filt, clock
         self.frames = self.bytes = self.dropped = self.filtered = 0
-        self._queue: deque[tuple[bytes, float]] = deque()
+        self._queue: deque[tuple[bytes | memoryview, float]] = deque()
         self._queued = 0  # bytes in the queue
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -117,8 +119,8 @@ class CaptureWriter:
         if not self._open or self._queued + size > QUEUE_BYTES:
             self.dropped += 1
             return
-        with self._lock:
-            self._queue.append((bytes(data), self.clock()))
+        with self._lock:  # no copy: the callers hand over bytes (or a view of bytes) no one changes
+            self._queue.append((data, self.clock()))
             self._queued += size
         self.frames += 1
         self.bytes += size
@@ -166,7 +168,7 @@ class CaptureTap:
             return {}
         target = self.nic.target
         if target is not None:
-            target.mirror = lambda frame, inbound: put(frame.tobytes())
+            target.mirror = lambda data, inbound: put(data)
         return _mirror_counts(self.nic.set_capture(True))
 
     def stop(self) -> dict[str, int]:

@@ -61,6 +61,7 @@ from tcpchimney.nic.ordering import OrderedReader, OrderedWriter
 from tcpchimney.nic.process_recovery import Recovery
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.vnet import VNET_HDR_LEN
 
 READ_BATCH = 64  # frames taken from the ring per take (each is copied out, then the space is released)
 RETRY_S = 0.001  # requests waiting for room in a full H2N ring are retried this often
@@ -134,8 +135,9 @@ class ProcessTarget:
         self.recovery = Recovery(arena, clock)
         self.data = HostDataPath(arena, self.recovery, arena.epoch)
         # A capture's hook (``chimney capture``): every frame read from the frames ring, passed up or a copy
-        # the NIC mirrored (``inbound`` False for a frame an offloaded connection sent).
-        self.mirror: Callable[[Frame, bool], None] | None = None
+        # the NIC mirrored, as the wire carries it (a view of the record, no virtio-net header; ``inbound``
+        # False for a frame an offloaded connection sent).
+        self.mirror: Callable[[memoryview, bool], None] | None = None
 
     def _rings(self) -> tuple[OrderedWriter, OrderedReader]:
         arena = self.arena
@@ -412,6 +414,11 @@ class ProcessTarget:
             return 0, 0
         mirror, queued, copies = self.mirror, 0, 0
         for record in records:
+            if record.flags & FRAME_MIRROR:  # not parsed: the capture wants the bytes alone
+                copies += 1
+                if mirror is not None:
+                    mirror(memoryview(record.data)[VNET_HDR_LEN:], bool(record.flags & FRAME_MIRROR_IN))
+                continue
             try:
                 frame = frame_of_record(record.kind, record.data)
             except (WireError, ArenaError) as exc:
@@ -419,15 +426,10 @@ class ProcessTarget:
                 self.counters["bad_frames"] += 1
                 self.bad_frames[reason] = self.bad_frames.get(reason, 0) + 1
                 continue
-            if record.flags & FRAME_MIRROR:
-                copies += 1
-                if mirror is not None:
-                    mirror(frame, bool(record.flags & FRAME_MIRROR_IN))
-                continue
             self._rx.append(frame)
             queued += 1
             if mirror is not None:
-                mirror(frame, True)
+                mirror(memoryview(record.data)[VNET_HDR_LEN:], True)
         self.counters["frames"] += len(records) - copies
         self.counters["mirrored"] += copies
         return len(records), queued
