@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,8 +170,8 @@ def test_a_filter_keeps_other_traffic_out(
     assert tshark_count(other, "frame") == 0  # a valid, empty capture
 
 
-def test_bad_input_is_one_sentence(
-    netns_name: str, name: str, commands: list[Command], captures: list[Capture], tmp_path: Path
+def test_bad_input_is_one_sentence_and_a_client_that_goes_away_ends_its_capture(
+    netns_name: str, name: str, tshark: str, commands: list[Command], captures: list[Capture], tmp_path: Path
 ) -> None:
     def capture(*argv: str, env: dict[str, str] | None = None) -> str:
         result = subprocess.run(
@@ -195,3 +196,20 @@ def test_bad_input_is_one_sentence(
     assert "a capture is running already" in capture("-w", str(tmp_path / "z.pcap"), "--name", name)
     running.stop()
     sh(netns_name, f"curl -sS --fail -o /dev/null http://{STACK}/bytes/1000")  # the stack is unaffected
+
+    # A client that goes away ends its capture: the next one may start, and the file is a whole pcap.
+    gone = Capture("-w", str(tmp_path / "gone.pcap"), "--name", name)
+    captures.append(gone)
+    sh(netns_name, f"curl -sS --fail -o /dev/null http://{STACK}/bytes/1000")
+    gone.kill()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            after = Capture("-w", str(tmp_path / "after.pcap"), "--name", name)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "the capture of a client that went away did not end"
+            time.sleep(0.2)
+    captures.append(after)
+    after.stop()
+    assert tshark_count(tmp_path / "gone.pcap", "tcp.port == 80") > 0
