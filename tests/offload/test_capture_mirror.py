@@ -4,9 +4,14 @@ ring as a copy, and the copies hold each direction's bytes; while it is off, non
 
 from __future__ import annotations
 
+import dataclasses
+
+import offload_harness
+import pytest
 from offload_harness import Net, Stream, exchange, make_net, payload
 
-from tcpchimney.nic.loopback import LoopbackNic
+from tcpchimney.nic.arena import nic_rings
+from tcpchimney.nic.loopback import LOOPBACK_ARENA, LoopbackNic
 
 
 def _nic(net: Net) -> LoopbackNic:
@@ -65,3 +70,25 @@ def test_no_copy_comes_while_the_mirror_is_off() -> None:
     exchange(net, [Stream(a, b, payload(100_000, 3))])
     assert nic.target.transport_counters()["mirrored"] == 0
     assert all(copies)  # only the frames passed up for the host, never an offloaded connection's copy
+
+
+def test_a_mirror_that_cannot_keep_up_drops_and_counts_and_the_transfer_is_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frames ring of 16 KiB: copies may take at most its first half, so most of a turn's copies find no
+    room. They are dropped and counted; the frames the host needs and the transfer are unaffected."""
+    small = dataclasses.replace(LOOPBACK_ARENA, rings=nic_rings(256 << 10, 4096, 16 << 10))
+    monkeypatch.setattr(offload_harness, "LoopbackNic", lambda target: LoopbackNic(target, small))
+    net = make_net(7, transport="rings")
+    nic = _nic(net)
+    copies: list[bool] = []
+    nic.target.mirror = lambda frame, inbound: copies.append(inbound)
+    assert nic.core is not None
+    nic.core.mirror = True
+    a, b = net.connect(port=7)
+    net.wait_offloaded(a)
+    exchange(net, [Stream(a, b, payload(400_000, 4)), Stream(b, a, payload(300_000, 5))])
+    counters = nic.core.counters
+    assert counters["mirror_dropped"] > 0 and counters["mirrored"] > 0
+    assert nic.target.transport_counters()["mirrored"] == counters["mirrored"]
+    assert counters["frames_up_dropped"] == 0  # the copies never took the host's frames' room
