@@ -194,7 +194,7 @@ def _tee(before: Any, put: Callable[[bytes], None]) -> Callable[[bytes], None]:
 
 
 def _mirror_counts(answer: dict[str, Any]) -> dict[str, int]:
-    return {k: int(answer[k]) for k in ("mirrored", "mirror_dropped") if k in answer}
+    return {k: int(answer[k]) for k in ("mirrored", "mirror_dropped", "epoch") if k in answer}
 
 
 class CaptureStream(Stream):
@@ -256,13 +256,15 @@ class CaptureStream(Stream):
         with contextlib.suppress(OSError):
             self.marks.close()
         counts = self._counts()
-        nic_dropped = nic.get("mirror_dropped", 0) - self.nic_at_start.get("mirror_dropped", 0)
+        # A NIC restarted during the capture counts from 0 (the copies its predecessor dropped are lost).
+        start = self.nic_at_start if self.nic_at_start.get("epoch") == nic.get("epoch") else {}
+        nic_dropped = nic.get("mirror_dropped", 0) - start.get("mirror_dropped", 0)
         self._summary = {
             **counts,
             "dropped": counts["dropped"] + nic_dropped,
             "dropped_queue": counts["dropped"],
             "dropped_nic": nic_dropped,
-            "nic_mirrored": nic.get("mirrored", 0) - self.nic_at_start.get("mirrored", 0),
+            "nic_mirrored": nic.get("mirrored", 0) - start.get("mirrored", 0),
             "seconds": round(time.time() - self.started, 3),
             "file": self.writer.path,
             "error": self.writer.error,

@@ -471,21 +471,24 @@ class NicProcess:
 
     def set_capture(self, on: bool) -> dict[str, Any]:
         """Start (or stop) mirroring the offloaded connections' frames up the frames ring (``nic/core.py``),
-        in this NIC and in every one started after it; returns the NIC's answer (its mirror counters), or {}
-        when none runs now."""
+        in this NIC and in every one started after it; returns the NIC's answer (its mirror counters, with
+        the NIC's ``epoch``: a restarted NIC counts from 0), or {} when none runs now."""
         self.capturing = on
-        try:
-            return self._ask({"op": "capture", "on": on}, "capture")
+        try:  # a restarted NIC's answer to the resume may come first: the one wanted says "on": on
+            answer = self._ask({"op": "capture", "on": on}, "capture", lambda r: r.get("on") == on)
         except (RuntimeError, OSError, ValueError):
             return {}
+        return {**answer, "epoch": self.epoch}
 
-    def _ask(self, message: dict[str, Any], answer: str) -> dict[str, Any]:
+    def _ask(
+        self, message: dict[str, Any], answer: str, wanted: Callable[[dict[str, Any]], bool] = lambda r: True
+    ) -> dict[str, Any]:
         if not self.alive or self._sock is None:
             raise RuntimeError("no NIC process runs")
         self._sock.sendall(json.dumps(message).encode() + b"\n")
         while (line := self._line(block=True)) is not None:
             reply: dict[str, Any] = json.loads(line)
-            if reply.get("event") == answer:
+            if reply.get("event") == answer and wanted(reply):
                 return reply
             if reply.get("event") == "error":
                 raise ValueError(reply.get("message", line))

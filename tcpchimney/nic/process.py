@@ -189,6 +189,8 @@ class NicLoop:
         self.turns = 0
 
     def run(self) -> int:
+        if self._inbox:  # what came with the host's "go" (a capture a restarted NIC is to resume)
+            self._take_lines()
         while self.running:
             self._worked = self.turn()
             self.arena.beat()
@@ -275,7 +277,7 @@ class NicLoop:
     # ------------------------------------------------------------------ the control socket
 
     def take_inbox(self, data: bytes) -> None:
-        """Control lines the host sent before the loop ran: handled at its first wake-up."""
+        """Control lines the host sent before the loop ran: handled as it starts."""
         self._inbox = data + self._inbox
 
     def _on_control(self) -> None:
@@ -289,6 +291,9 @@ class NicLoop:
             self.running = False  # the host is gone
             return
         self._inbox += data
+        self._take_lines()
+
+    def _take_lines(self) -> None:
         *lines, self._inbox = self._inbox.split(b"\n")
         for line in lines:
             try:
