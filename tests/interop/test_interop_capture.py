@@ -1,6 +1,7 @@
 """``chimney capture`` against a real ``chimney serve`` over TAP with a Linux peer: a capture taken during an
 offloaded download is read by ``tshark``, and the TCP payload it holds for that connection reassembles to
-the bytes curl received (SHA-256), with the NIC in its own process (its mirror) and inline; a filter keeps
+the bytes curl received (SHA-256), with the NIC in its own process (its mirror, also across a restart of
+the NIC) and inline; a filter keeps
 other traffic out; bad input is one sentence."""
 
 from __future__ import annotations
@@ -213,3 +214,30 @@ def test_bad_input_is_one_sentence_and_a_client_that_goes_away_ends_its_capture(
     captures.append(after)
     after.stop()
     assert tshark_count(tmp_path / "gone.pcap", "tcp.port == 80") > 0
+
+
+def test_a_nic_restarted_during_a_capture_mirrors_again(
+    netns_name: str, name: str, tshark: str, commands: list[Command], captures: list[Capture], tmp_path: Path
+) -> None:
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--name", name)
+    commands.append(server)
+    pcap = tmp_path / "wire.pcap"
+    capture = Capture("-w", str(pcap), "--name", name, "port", "80")
+    captures.append(capture)
+    os.kill(server.ready["nic_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _restarts(name) < 1:
+        assert time.monotonic() < deadline, "the NIC process was not restarted"
+        time.sleep(0.2)
+    sh(netns_name, CURL)
+    summary = capture.stop()
+    data = server_payload(pcap).partition(b"\r\n\r\n")[2]
+    assert hashlib.sha256(data).hexdigest() == deterministic_sha256(SIZE, SEED)
+    assert handoffs(pcap)[0]["event"] == "offloaded" and summary["nic_mirrored"] > 0, summary
+
+
+def _restarts(name: str) -> int:
+    out = subprocess.run(
+        [*CHIMNEY, "stats", "-j", "--name", name], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return int(json.loads(out)["session"]["nic"]["nic_process"]["restarts"])
