@@ -1,8 +1,8 @@
 """``chimney capture`` against a real ``chimney serve`` over TAP with a Linux peer: a capture taken during an
 offloaded download is read by ``tshark``, and the TCP payload it holds for that connection reassembles to
 the bytes curl received (SHA-256), with the NIC in its own process (its mirror, also across a restart of
-the NIC) and inline; a filter keeps
-other traffic out; bad input is one sentence."""
+the NIC) and inline; a filter keeps other traffic out; bad input is one sentence; a client that goes away
+ends its capture."""
 
 from __future__ import annotations
 
