@@ -29,6 +29,7 @@ MODULES = [
     "bench.http",
     "bench.run",
     "bench.forward",
+    "bench.capture",
 ]
 
 

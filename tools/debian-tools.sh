@@ -3,7 +3,7 @@
 # capture tool, an HTTP client), when running as root and they are missing. Without root it does nothing: the tests that need them skip and say so
 # (or fail under TCPCHIMNEY_REQUIRE_NET=1).
 set -euo pipefail
-want=(ab:apache2-utils wrk:wrk proxychains4:proxychains4 tcpdump:tcpdump curl:curl)
+want=(ab:apache2-utils wrk:wrk proxychains4:proxychains4 tcpdump:tcpdump curl:curl tshark:tshark)
 missing=()
 for pair in "${want[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

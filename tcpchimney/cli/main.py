@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tcpchimney.cli.admin import add_commands as add_admin_commands
 
     add_admin_commands(sub, add_name_option)
+    from tcpchimney.cli.capture import add_command as add_capture_command
+
+    add_capture_command(sub, add_name_option)
     return parser
 
 
@@ -402,6 +405,10 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.cleanup import run as run_cleanup
 
         return run_cleanup(args)
+    if args.command == "capture":
+        from tcpchimney.cli.capture import run as run_capture
+
+        return run_capture(args)
     from tcpchimney.cli.admin import VERBS
 
     if args.command in VERBS:

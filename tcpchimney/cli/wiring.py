@@ -266,6 +266,9 @@ async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
             plane.note(event, fields)
 
         session.nic.on_event = on_nic_event
+    from tcpchimney.manage.capture import install as install_capture
+
+    captures = install_capture(plane, runtime.device, session.nic, runtime.add_event_handler)
     server = ControlServer(plane, socket_path(name))
     try:
         await server.start()
@@ -275,6 +278,7 @@ async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        captures.close()  # the file is complete before the stack goes
         await server.close()
 
 

@@ -113,3 +113,77 @@ def _read_line(sock: socket.socket) -> bytes:
         if len(data) > MAX_REPLY:
             raise ConnectionResetError("the reply is too long")
     return bytes(data)
+
+
+class StreamClient:
+    """The client end of a streaming command (a ``Stream`` on the stack's side): event lines as dicts."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def next(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event line; None when ``timeout`` passed first; ConnectionError once the stack ended."""
+        self.sock.settimeout(timeout)
+        while b"\n" not in self._buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise ConnectionResetError("the stack closed the connection")
+            self._buf += chunk
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise ConnectionResetError("the stack sent something that is not JSON") from None
+        return event if isinstance(event, dict) else {}
+
+    def send_line(self, line: bytes) -> None:
+        self.sock.sendall(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_stream(
+    path: str, command: str, args: dict[str, Any] | None = None, timeout: float = TIMEOUT
+) -> tuple[StreamClient, Any]:
+    """Start the streaming ``command`` at ``path``: the stream and the result of its first reply."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except PermissionError:
+            raise ControlError(
+                f"permission denied on {path}: the control socket is for root and its group"
+            ) from None
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise ControlError(
+                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
+            ) from None
+        stream = StreamClient(sock)
+        try:
+            sock.sendall(request_line(command, args))
+            reply = stream.next(timeout)
+        except OSError as exc:
+            raise ControlError(f"the stack at {path} went away: {exc.strerror or exc}") from None
+        if reply is None:
+            raise ControlError(f"the stack at {path} did not answer within {timeout:g} s")
+        try:
+            first = parse_reply(json.dumps(reply).encode())
+        except RequestError as exc:
+            raise ControlError(str(exc)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return stream, first

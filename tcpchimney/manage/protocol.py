@@ -29,6 +29,21 @@ class Request:
     version: int = VERSION
 
 
+class Stream:
+    """A command's result that keeps the connection: the server sends ``first`` as the reply, then hands
+    the connection to ``run``, which sends event lines (``{"v": 1, "event": NAME, ...}``) until it ends
+    (the client said stop, went away, or the stack closes). The connection is closed after it."""
+
+    first: Any = None
+
+    async def run(self, reader: Any, writer: Any) -> None:
+        raise NotImplementedError
+
+
+def event_line(event: str, **fields: Any) -> bytes:
+    return json.dumps({"v": VERSION, "event": event, **fields}, default=str).encode() + b"\n"
+
+
 def parse_request(line: bytes) -> Request:
     """One request line, or RequestError saying what is wrong with it."""
     try:

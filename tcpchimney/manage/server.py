@@ -17,7 +17,7 @@ from typing import Any
 from tcpchimney.link import runs
 from tcpchimney.manage.paths import SUFFIX, is_live
 from tcpchimney.manage.plane import ControlPlane
-from tcpchimney.manage.protocol import MAX_LINE, RequestError, event_line, parse_request, reply_line
+from tcpchimney.manage.protocol import MAX_LINE, RequestError, Stream, event_line, parse_request, reply_line
 
 MODE = 0o660
 
@@ -96,8 +96,13 @@ class ControlServer:
             request = parse_request(line)
             request_id = request.id
             result = await self.plane.handle(request)
-            if isinstance(result, AsyncIterator):
+            if isinstance(result, AsyncIterator):  # events --follow: one line per event
                 await self._stream(request_id, result, reader, writer)
+                return False
+            if isinstance(result, Stream):  # the connection is the stream's from here on
+                writer.write(reply_line(request_id, result.first))
+                await writer.drain()
+                await result.run(reader, writer)
                 return False
             reply = reply_line(request_id, result)
         except RequestError as exc:

@@ -13,6 +13,11 @@ whole offload suite runs through the ring transport deterministically.
   encoded onto N2H_CONTROL.
 - the target's host node is the frames ring: every frame the target does not claim goes up N2H_FRAMES
   (a full ring drops it and counts it, as a NIC's receive ring does).
+- ``mirror`` (off unless a capture runs, ``chimney capture``): a copy of every frame of an offloaded
+  connection, received (those the target claims) or sent, goes up the frames ring flagged as a mirror
+  (FRAME_MIRROR_IN/OUT). A copy is put only while the ring is less than half full, so the frames passed up
+  for the host keep their room; a copy that does not fit is dropped and counted (``mirror_dropped``): a
+  capture that cannot keep up loses frames, it never slows the data path.
 - ``publish``: makes the N2H rings' new records visible (control before data, then frames); True if
   anything was new (ring then).
 - ``handing_back`` / ``frames_out``: the answer to a terminate is held back until the caller has put every
@@ -47,7 +52,7 @@ from tcpchimney.chimney.target import Output
 from tcpchimney.nic.arena import Arena
 from tcpchimney.nic.commit import Committer
 from tcpchimney.nic.crash import CrashPoints
-from tcpchimney.nic.descriptors import RingId
+from tcpchimney.nic.descriptors import FRAME_MIRROR_IN, FRAME_MIRROR_OUT, RingId
 from tcpchimney.nic.messages import put_frame
 from tcpchimney.nic.nic_data import NicDataPath
 from tcpchimney.nic.ordering import Item, OrderedReader, OrderedWriter
@@ -64,6 +69,8 @@ CORE_KEYS = (
     "frames_up",  # frames passed up the frames ring
     "frames_up_dropped",  # frames passed up while the frames ring was full
     "handbacks_held",  # terminate answers held until the frames built before them were on the wire
+    "mirrored",  # capture copies of offloaded connections' frames put on the frames ring
+    "mirror_dropped",  # capture copies dropped: the frames ring was half full
 )
 
 
@@ -109,11 +116,14 @@ class NicCore:
         self._later: deque[Item] = deque()  # requests taken from the rings, submitted after a hand-back
         self._terminates: set[int] = set()  # request ids of terminates whose answers are not put yet
         self._held: Output | None = None  # a terminate's answer, put by ``frames_out``
+        self.mirror = False  # a capture runs: offloaded connections' frames are copied up (module docstring)
+        self._passed_up = False
         target.attach_host(_FramesUp(self))
 
     # ------------------------------------------------------------------ rings
 
     def frame_up(self, frame: Frame) -> None:
+        self._passed_up = True
         if put_frame(self.frames, frame):
             self.counters["frames_up"] += 1
         else:
@@ -227,13 +237,31 @@ class NicCore:
     # ------------------------------------------------------------------ the target as the wire's node
 
     def handle_frame(self, frame: Frame, now: float) -> None:
+        if not self.mirror:
+            self.target.handle_frame(frame, now)
+            return
+        self._passed_up = False
         self.target.handle_frame(frame, now)
+        if not self._passed_up:  # the target claimed it: the host sees it only through the mirror
+            self._mirror(frame, FRAME_MIRROR_IN)
 
     def handle_timer(self, now: float) -> None:
         self.target.handle_timer(now)
 
     def frames_to_send(self, now: float) -> list[Frame]:
-        return self.target.frames_to_send(now)
+        frames = self.target.frames_to_send(now)
+        if self.mirror:
+            for frame in frames:  # every frame the target builds is an offloaded connection's
+                self._mirror(frame, FRAME_MIRROR_OUT)
+        return frames
+
+    def _mirror(self, frame: Frame, flags: int) -> None:
+        ring = self.frames
+        # Half the ring stays for the frames the host needs: a copy never takes their room.
+        if ring.used() + len(frame) + 64 <= ring.max_payload and put_frame(ring, frame, flags):
+            self.counters["mirrored"] += 1
+        else:
+            self.counters["mirror_dropped"] += 1
 
     def next_deadline(self) -> float | None:
         return self.target.next_deadline()

@@ -173,6 +173,13 @@ class RecordKind(IntEnum):
 # consecutive records, each but the last flagged MORE; the consumer joins them before decoding.
 RECORD_MORE: Final = 0x1
 
+# Record flags of a FRAME record on the frames ring: a copy of a frame of an offloaded connection, mirrored
+# to the host while a capture runs (``chimney capture``): IN as the NIC received it, OUT as it sent it. The
+# host writes it to the capture and nowhere else.
+FRAME_MIRROR_IN: Final = 0x2
+FRAME_MIRROR_OUT: Final = 0x4
+FRAME_MIRROR: Final = FRAME_MIRROR_IN | FRAME_MIRROR_OUT
+
 
 # A BIND record comes before the CONTROL record of the InitiateOffload that names the connection: the host's
 # handle of its TCP block, the arena slot (binding and record) the host gave it, and its conn_id.

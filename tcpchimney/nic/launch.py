@@ -143,6 +143,7 @@ class NicProcess:
         self._starting: float | None = None  # a restart waits for its ready line since then
         self._beat = (0, 0.0, 0.0)  # the heartbeat last seen, when it last moved, when it was last looked at
         self.heartbeat_looks = 0
+        self.capturing = False  # a capture runs: every NIC started (a restarted one too) mirrors its frames
 
     # ------------------------------------------------------------------ start
 
@@ -454,6 +455,8 @@ class NicProcess:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.sendall(b'{"op":"go"}\n')  # so the NIC may read the TAP: one reader at a time
+                if self.capturing:  # its answer is read (and skipped) with the next one asked for
+                    self._sock.sendall(b'{"op":"capture","on":true}\n')
         self._wake()
 
     def arm_crash(self, point: str, after: int = 1) -> None:
@@ -466,14 +469,27 @@ class NicProcess:
         lost=[handle])``. Raises ValueError with its answer when it refuses, RuntimeError when none runs."""
         self._ask({"op": "fault", "name": name, **args}, "applied")
 
-    def _ask(self, message: dict[str, Any], answer: str) -> None:
+    def set_capture(self, on: bool) -> dict[str, Any]:
+        """Start (or stop) mirroring the offloaded connections' frames up the frames ring (``nic/core.py``),
+        in this NIC and in every one started after it; returns the NIC's answer (its mirror counters, with
+        the NIC's ``epoch``: a restarted NIC counts from 0), or {} when none runs now."""
+        self.capturing = on
+        try:  # a restarted NIC's answer to the resume may come first: the one wanted says "on": on
+            answer = self._ask({"op": "capture", "on": on}, "capture", lambda r: r.get("on") == on)
+        except (RuntimeError, OSError, ValueError):
+            return {}
+        return {**answer, "epoch": self.epoch}
+
+    def _ask(
+        self, message: dict[str, Any], answer: str, wanted: Callable[[dict[str, Any]], bool] = lambda r: True
+    ) -> dict[str, Any]:
         if not self.alive or self._sock is None:
             raise RuntimeError("no NIC process runs")
         self._sock.sendall(json.dumps(message).encode() + b"\n")
         while (line := self._line(block=True)) is not None:
-            reply = json.loads(line)
-            if reply.get("event") == answer:
-                return
+            reply: dict[str, Any] = json.loads(line)
+            if reply.get("event") == answer and wanted(reply):
+                return reply
             if reply.get("event") == "error":
                 raise ValueError(reply.get("message", line))
         raise RuntimeError("the NIC process did not answer")

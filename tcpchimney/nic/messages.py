@@ -182,11 +182,12 @@ def frame_header(frame: Frame) -> bytes:
         return emit_vnet(VnetHeader(DATA_VALID if frame.csum_valid else 0))
 
 
-def put_frame(ring: ByteProducer, frame: Frame) -> bool:
-    """One frame into the frames ring (not yet published); False when the ring has no room for it."""
+def put_frame(ring: ByteProducer, frame: Frame, flags: int = 0) -> bool:
+    """One frame into the frames ring (not yet published); False when the ring has no room for it.
+    ``flags``: 0, or FRAME_MIRROR_IN/OUT for a capture's copy (descriptors.py)."""
     header = frame_header(frame)
     parts = (header, frame.headers, frame.payload) if frame.payload else (header, frame.headers)
-    return ring.put_parts(_FRAME, parts)
+    return ring.put_parts(_FRAME, parts, flags)
 
 
 def frame_of_record(kind: int, data: bytes) -> Frame:

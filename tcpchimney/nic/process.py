@@ -26,7 +26,9 @@ timestamp clocks are derived from it).
 The control socket carries JSON lines: ``{"op": "counters"}`` (answered with the counters),
 ``{"op": "crash", "point": P, "after": N}`` (arms a crash point, ``nic/crash.py``; answered ``armed`` or
 ``error``), ``{"op": "fault", "name": N, ...}`` (a fault knob of the target, ``nic/faults.py``; answered
-``applied`` or ``error``) and ``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0).
+``applied`` or ``error``), ``{"op": "capture", "on": BOOL}`` (mirrors the offloaded connections' frames up
+the frames ring, or stops; answered ``capture`` with the mirror's counters, ``nic/core.py``) and
+``{"op": "stop"}`` (a last turn, the target closed, the counters, exit 0).
 Its end of file means the host is gone: the process exits. It also dies with the host
 (``PR_SET_PDEATHSIG``), so it never outlives it.
 """
@@ -187,6 +189,8 @@ class NicLoop:
         self.turns = 0
 
     def run(self) -> int:
+        if self._inbox:  # what came with the host's "go" (a capture a restarted NIC is to resume)
+            self._take_lines()
         while self.running:
             self._worked = self.turn()
             self.arena.beat()
@@ -273,7 +277,7 @@ class NicLoop:
     # ------------------------------------------------------------------ the control socket
 
     def take_inbox(self, data: bytes) -> None:
-        """Control lines the host sent before the loop ran: handled at its first wake-up."""
+        """Control lines the host sent before the loop ran: handled as it starts."""
         self._inbox = data + self._inbox
 
     def _on_control(self) -> None:
@@ -287,6 +291,9 @@ class NicLoop:
             self.running = False  # the host is gone
             return
         self._inbox += data
+        self._take_lines()
+
+    def _take_lines(self) -> None:
         *lines, self._inbox = self._inbox.split(b"\n")
         for line in lines:
             try:
@@ -300,6 +307,17 @@ class NicLoop:
                 self._fault(message)
             elif op == "counters":
                 self._say({"event": "counters", "counters": self.snapshot()})
+            elif op == "capture":
+                self.core.mirror = bool(message.get("on"))
+                counters = self.core.counters
+                self._say(
+                    {
+                        "event": "capture",
+                        "on": self.core.mirror,
+                        "mirrored": counters["mirrored"],
+                        "mirror_dropped": counters["mirror_dropped"],
+                    }
+                )
             elif op == "stop":
                 self.turn()  # what the host asked last (an abort's RST) leaves first
                 self.core.target.close()

@@ -53,7 +53,7 @@ from tcpchimney.chimney.status import Status
 from tcpchimney.chimney.target import Output
 from tcpchimney.chimney.tree import Layer, walk
 from tcpchimney.nic.arena import Arena
-from tcpchimney.nic.descriptors import N2H_SLEEP_OFF, ArenaError, RingId
+from tcpchimney.nic.descriptors import FRAME_MIRROR, FRAME_MIRROR_IN, N2H_SLEEP_OFF, ArenaError, RingId
 from tcpchimney.nic.doorbell import Doorbell, fence
 from tcpchimney.nic.host_data import HostDataPath
 from tcpchimney.nic.messages import frame_of_record
@@ -61,6 +61,7 @@ from tcpchimney.nic.ordering import OrderedReader, OrderedWriter
 from tcpchimney.nic.process_recovery import Recovery
 from tcpchimney.wire.errors import WireError
 from tcpchimney.wire.frame import Frame
+from tcpchimney.wire.vnet import VNET_HDR_LEN
 
 READ_BATCH = 64  # frames taken from the ring per take (each is copied out, then the space is released)
 RETRY_S = 0.001  # requests waiting for room in a full H2N ring are retried this often
@@ -86,6 +87,7 @@ TRANSPORT_KEYS = (
     "bound_checks",  # looks at the rings at the sleep bound
     "late_frames",  # frames found by those looks (a wake-up the doorbell did not give)
     "answered_dead",  # calls the host made after the NIC failed, answered here
+    "mirrored",  # capture copies of offloaded connections' frames read from the frames ring
 )
 
 
@@ -132,6 +134,10 @@ class ProcessTarget:
         self.bad_frames: dict[str, int] = {}
         self.recovery = Recovery(arena, clock)
         self.data = HostDataPath(arena, self.recovery, arena.epoch)
+        # A capture's hook (``chimney capture``): every frame read from the frames ring, passed up or a copy
+        # the NIC mirrored, as the wire carries it (a view of the record, no virtio-net header; ``inbound``
+        # False for a frame an offloaded connection sent).
+        self.mirror: Callable[[memoryview, bool], None] | None = None
 
     def _rings(self) -> tuple[OrderedWriter, OrderedReader]:
         arena = self.arena
@@ -388,25 +394,45 @@ class ProcessTarget:
         self.counters["wakeups"] += 1
 
     def _take_frames(self, limit: int | None = READ_BATCH) -> int:
-        """Frames from the ring into the local queue; returns how many."""
+        """Frames from the ring into the local queue; returns how many (capture copies the NIC mirrored go
+        to the capture's hook, not to the queue: batches of copies alone are read on until a frame comes or
+        the ring is empty, so no frame waits behind them for the next doorbell)."""
+        while True:
+            taken, queued = self._take_batch(limit)
+            if queued or not taken:
+                return queued
+
+    def _take_batch(self, limit: int | None) -> tuple[int, int]:
         try:
             records = self._frames.take(limit)  # one validated read of the head; none when it is empty
             if not records:
-                return 0
+                return 0, 0
             self._frames.release()  # each record was copied out
         except ArenaError as exc:
             if self.failed is None:
                 self._broken(f"{type(exc).__name__}: {exc}")
-            return 0
+            return 0, 0
+        mirror, queued, copies = self.mirror, 0, 0
         for record in records:
+            if record.flags & FRAME_MIRROR:  # not parsed: the capture wants the bytes alone
+                copies += 1
+                if mirror is not None:
+                    mirror(memoryview(record.data)[VNET_HDR_LEN:], bool(record.flags & FRAME_MIRROR_IN))
+                continue
             try:
-                self._rx.append(frame_of_record(record.kind, record.data))
+                frame = frame_of_record(record.kind, record.data)
             except (WireError, ArenaError) as exc:
                 reason = getattr(exc, "reason", "ring_record")
                 self.counters["bad_frames"] += 1
                 self.bad_frames[reason] = self.bad_frames.get(reason, 0) + 1
-        self.counters["frames"] += len(records)
-        return len(records)
+                continue
+            self._rx.append(frame)
+            queued += 1
+            if mirror is not None:
+                mirror(memoryview(record.data)[VNET_HDR_LEN:], True)
+        self.counters["frames"] += len(records) - copies
+        self.counters["mirrored"] += copies
+        return len(records), queued
 
     def transport_counters(self) -> dict[str, int]:
         out = dict(self.counters)
