@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import HostEvent
+from tcpchimney.host.events import HostEvent, Offloaded, Uploaded
 from tcpchimney.host.offload_state import OffloadState
 from tcpchimney.host.policy import OffloadMode, OffloadPolicy
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
+from tcpchimney.manage import mib
 from tcpchimney.manage.history import Entry, Histories
+from tcpchimney.manage.latency import Histogram, nstat_names
 from tcpchimney.manage.protocol import VERSION, Request, RequestError, arg
 from tcpchimney.manage.views import (
     OFFLOAD_STATE_NAMES,
@@ -53,6 +55,7 @@ class ControlPlane:
         *,
         nic: str | None = None,
         counters: Callable[[], dict[str, Any]] = dict,
+        target_info: Callable[[], dict[str, Any] | None] = lambda: None,
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -60,10 +63,12 @@ class ControlPlane:
         self.identity = identity
         self.nic = nic
         self.counters = counters
+        self.target_info = target_info
         self.wake = wake
         self.clock = clock
         self.histories = Histories()
         self.requests: Counter[str] = Counter()
+        self.handoffs = {"offload": Histogram(), "upload": Histogram()}  # hand-off durations (seconds)
         self.commands: dict[str, Command] = {
             "hello": Command(self._hello, "who this stack is and the protocol it speaks"),
             "list-commands": Command(self._list_commands, "the commands and what they do"),
@@ -77,13 +82,18 @@ class ControlPlane:
             "history": Command(self._history, "a connection's moves between host and NIC (args: conn)"),
             "offload": Command(self._offload, "offload a connection now (args: conn)"),
             "upload": Command(self._upload, "bring a connection, or all (args: conn or all), to the host"),
-            "stats": Command(self._stats, "the stack's counters"),
+            "stats": Command(self._stats, "the stack's counters, with the Linux MIB names under mib"),
+            "show-target": Command(self._show_target, "the offload target: capabilities, capacity, health"),
         }
 
     # ------------------------------------------------------------------ entry points
 
     def on_event(self, ev: HostEvent) -> None:
         self.histories.on_event(ev)
+        if isinstance(ev, Offloaded):
+            self.handoffs["offload"].observe(ev.duration)
+        elif isinstance(ev, Uploaded):
+            self.handoffs["upload"].observe(ev.duration)
 
     async def handle(self, request: Request) -> Any:
         """The result of ``request``; RequestError (one sentence) when it cannot be done."""
@@ -304,12 +314,54 @@ class ControlPlane:
         return [{"name": name, "help": c.help} for name, c in sorted(self.commands.items())]
 
     def _stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        host, session = self.stack.counters, self.counters()
         return {
-            "host": self.stack.counters,
-            "session": self.counters(),
+            "pid": os.getpid(),
+            "host": host,
+            "session": session,
             "control": dict(self.requests),
             "internal_errors": self.stack.internal_errors,
+            "mib": self.mib(host, session),
         }
+
+    def mib(self, host: dict[str, Any], session: dict[str, Any]) -> dict[str, dict[str, int]]:
+        """``chimney stats``'s counters (manage/mib.py): {"host": ..., "nic": ..., "offload": ...}."""
+        in_host = [s.state for s in self.stack.connections() if s.offload is None or s.offload.in_host]
+        away = [s.state for s in self.stack.connections() if s.offload is not None and not s.offload.in_host]
+        out = {"host": mib.host_mib(host, mib.current_established(in_host))}
+        nic = session.get("nic")
+        if isinstance(nic, dict):
+            out["nic"] = mib.nic_mib(nic, mib.current_established(away))
+            lifecycle = mib.offload_mib(host.get("offload", {}), nic)
+            for direction, histogram in self.handoffs.items():
+                lifecycle.update(nstat_names(direction, histogram))
+            out["offload"] = lifecycle
+        return out
+
+    def _show_target(self, args: dict[str, Any]) -> dict[str, Any]:
+        info = self.target_info()
+        if info is None:
+            raise RequestError(
+                "this stack runs without an offload target (it was started with --offload disabled)"
+            )
+        states = Counter(OFFLOAD_STATE_NAMES[s.offload_state] for s in self.stack.connections())
+        used = states["Offloaded"] + states["Offloading"] + states["Uploading"]
+        capacity = info.get("capabilities", {}).get("capacity")
+        handoff = {
+            direction: {
+                "count": h.count,
+                "p50_ms": _ms(h.quantile(0.5)),
+                "p99_ms": _ms(h.quantile(0.99)),
+            }
+            for direction, h in self.handoffs.items()
+        }
+        by_state = {name: states.get(name, 0) for name in ("Offloading", "Offloaded", "Uploading")}
+        use = {"connections": used, "capacity": capacity, **by_state}
+        return {**info, "use": use, "handoff": handoff}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 def _answered(sock: TcpSocket, since: float) -> bool:
