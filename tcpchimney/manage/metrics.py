@@ -70,6 +70,7 @@ class StackCollector(Collector):
         yield from self._connections()
         yield from _netstat(plane.mib(host, session))
         yield from _lifecycle(host.get("offload", {}))
+        yield from _nic(session.get("nic"))
         yield from self._handoffs()
         yield from _target(plane.target_info())
         requests = CounterMetricFamily(
@@ -134,6 +135,28 @@ def _lifecycle(offload: dict[str, int]) -> Iterator[Metric]:
     yield CounterMetricFamily(
         PREFIX + "target_faults", "contract breaches by the target", value=offload.get("target_faults", 0)
     )
+
+
+def _nic(nic: Any) -> Iterator[Metric]:
+    """The target's own view: bytes of offloaded traffic (base units), refusals and upload requests."""
+    if not isinstance(nic, dict):
+        return
+    ip = nic.get("ip", {})
+    for key, name, doc in (
+        ("in_octets", "ip_received_bytes", "bytes of IPv4 datagrams received"),
+        ("out_octets", "ip_sent_bytes", "bytes of IPv4 datagrams sent"),
+    ):
+        family = CounterMetricFamily(PREFIX + name, doc + " (path: nic, offloaded traffic)", labels=["path"])
+        family.add_metric(["nic"], ip.get(key, 0))
+        yield family
+    for key, name, doc in (
+        ("refusals", "target_refusals", "offloads the target refused, by reason"),
+        ("upload_requests", "target_upload_requests", "uploads the target asked for, by reason"),
+    ):
+        family = CounterMetricFamily(PREFIX + name, doc, labels=["reason"])
+        for reason, value in sorted(nic.get(key, {}).items()):
+            family.add_metric([reason], value)
+        yield family
 
 
 def _target(info: dict[str, Any] | None) -> Iterator[Metric]:
