@@ -41,6 +41,7 @@ class Session:
     name: str = ""  # the control socket's name (chimney netstat --name NAME)
     control_path: str | None = None  # its path, once it listens
     metrics: str | None = None  # "ADDR:PORT" of its Prometheus /metrics (--metrics), once it listens
+    exporter: Any = None  # tcpchimney.manage.metrics.MetricsServer behind it
 
     def offload_counters(self) -> dict[str, Any]:
         """The host's offload counters, the target's and the control's (events, churn cycles)."""
@@ -305,7 +306,7 @@ async def _controlled(
     try:
         if metrics is not None:
             exporter = await _exporter(plane, metrics)
-            session.metrics = f"{metrics[0]}:{exporter.port}"
+            session.metrics, session.exporter = f"{metrics[0]}:{exporter.port}", exporter
         yield
     finally:
         if exporter is not None:

@@ -185,6 +185,7 @@ class MetricsServer:
     """``GET /metrics`` on ``host:port``, answered on the running loop."""
 
     def __init__(self, plane: ControlPlane, host: str, port: int) -> None:
+        self.plane = plane
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StackCollector(plane))
         self.host, self.port = host, port
