@@ -26,6 +26,7 @@ MODULES = [
     "bench.nic_recovery",
     "bench.short",
     "bench.spin",
+    "bench.http",
     "bench.control",
 ]
 

@@ -151,6 +151,15 @@ def _as_int(value: Value) -> int:
     raise TypeError(f"a bytes-like object is required, not {type(value).__name__!r}")
 
 
+def asyncio_options(options: SocketOptions) -> SocketOptions:
+    """``options`` with TCP_NODELAY set, as asyncio sets it on every TCP transport it makes (CPython's
+    selector transports, since 3.6): an application that writes a response's head, then its body, must not
+    wait for the peer's delayed ACK (40 ms on Linux) behind Nagle. Blocking sockets keep Nagle, as Linux's
+    do."""
+    options.set(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return options
+
+
 def _parse_linger(value: Value) -> tuple[bool, int]:
     if isinstance(value, bool | int):
         raise invalid_argument()  # an int is shorter than struct linger
@@ -163,4 +172,4 @@ def _parse_linger(value: Value) -> tuple[bool, int]:
     return onoff != 0, max(0, seconds)
 
 
-__all__ = ["SocketOptions", "invalid_argument"]
+__all__ = ["SocketOptions", "asyncio_options", "invalid_argument"]

@@ -23,7 +23,7 @@ from typing import Protocol, cast
 
 from tcpchimney.api import gctune
 from tcpchimney.api.busy_poll import BusyPoller, Pollable
-from tcpchimney.api.options import SocketOptions
+from tcpchimney.api.options import SocketOptions, asyncio_options
 from tcpchimney.api.streams import (
     SocketInfo,
     TcpTransport,
@@ -476,7 +476,8 @@ class Runtime:
         """Active open, like ``loop.create_connection``: returns once the handshake completed.
 
         ``options`` (socket options set before the connection existed) reach the engine before the SYN leaves;
-        the transport's ``get_extra_info('socket')`` then shares them.
+        the transport's ``get_extra_info('socket')`` then shares them. Without them (an asyncio caller) the
+        connection has TCP_NODELAY, as asyncio's transports on kernel sockets (``options.asyncio_options``).
 
         Raises ConnectionRefusedError (RST to our SYN), TimeoutError (errno ETIMEDOUT: SYN retries exhausted),
         OSError EHOSTUNREACH (the next hop did not answer ARP: about 3 s, as Linux) and OSError for addresses
@@ -487,7 +488,9 @@ class Runtime:
             sock = self.stack.connect(host, port, self._clock(), local_port=local_port)
         except (InvalidAddress, InvalidPort, AddressInUse, NoEphemeralPort) as exc:
             raise _address_error(exc) from exc
-        if options is not None and (engine := options.engine_options()):
+        if options is None:  # an asyncio caller (the blocking Socket passes its own)
+            options = asyncio_options(SocketOptions(self.stack.tcp_config))
+        if engine := options.engine_options():
             sock.configure(**engine)
         pending = _PendingConnect(sock, protocol_factory, options)
         self._connecting[sock] = pending
@@ -636,8 +639,9 @@ class Server:
         if not self.is_serving():
             self._wake_acceptors()
             return
-        while (sock := self._listener.accept()) is not None:
-            self._runtime._adopt(sock, self._protocol_factory(), self, self.sockets[0].options.copy())
+        while (sock := self._listener.accept()) is not None:  # for asyncio (the Socket calls accept())
+            options = asyncio_options(self.sockets[0].options.copy())
+            self._runtime._adopt(sock, self._protocol_factory(), self, options)
 
     async def accept(self, protocol: asyncio.BaseProtocol) -> TcpTransport:
         """One connection from the listener's accept queue, for a server created with ``start_serving=False``

@@ -19,7 +19,20 @@ from tcpchimney.cli.nstat import add_options as add_stats_options
 from tcpchimney.cli.nstat import print_stats
 from tcpchimney.cli.nstat import shape as shape_stats
 
-VERBS = ("netstat", "ss", "show", "set", "why", "history", "offload", "upload", "stats")
+VERBS = (
+    "netstat",
+    "ss",
+    "show",
+    "set",
+    "why",
+    "history",
+    "offload",
+    "upload",
+    "stats",
+    "events",
+    "top",
+    "rule",
+)
 _STATES = (
     "LISTEN",
     "SYN_SENT",
@@ -98,6 +111,51 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
     )
     add_stats_options(stats)
     _common(stats, name_option)
+    events = sub.add_parser(
+        "events",
+        help="the offload events of a running stack: the recent ones, or each as it happens (--follow)",
+        description="Offloads, refusals, deferrals, uploads and faults with their reasons (and the NIC "
+        "process's starts and failures), as the --events file has them.",
+    )
+    events.add_argument("conn", nargs="?", metavar="CONN", help="only this connection's (as for why)")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="print each event as it happens, until ^C"
+    )
+    _common(events, name_option)
+    rule = sub.add_parser(
+        "rule",
+        help="offload rules, as netsh's chimneyport: add, del, show (with hits)",
+        description="Rules are checked in order; the first that matches a connection decides: never keeps "
+        "it on the host, always offloads it at once (automatic mode's thresholds or not), policy leaves it "
+        "to the mode. A change applies at once, as set global.",
+    )
+    rule.add_argument("op", choices=("add", "del", "show"))
+    rule.add_argument("number", nargs="?", type=int, metavar="N", help="del: the rule's number (rule show)")
+    rule.add_argument("--action", choices=("never", "always", "policy"), default="never")
+    rule.add_argument("--remote", metavar="IP[/LEN]", help="the peer's address or network")
+    rule.add_argument("--remote-port", type=int, metavar="PORT")
+    rule.add_argument("--local-port", type=int, metavar="PORT")
+    rule.add_argument("--dry-run", action="store_true", help="list what would move; change nothing")
+    _common(rule, name_option)
+    top = sub.add_parser(
+        "top",
+        help="a live view of a running stack: connections, offload states, rates, moves (q quits)",
+        description="A live view of a running stack. Keys: q quits, s cycles the sort (rate, number, "
+        "state), f the filter (all, offloaded, in host), p pauses.",
+    )
+    top.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS", help="refresh (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    name_option(top)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a refresh of 0.05 to 3600 seconds")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -108,8 +166,17 @@ def _common(parser: argparse.ArgumentParser, name_option: Callable[[argparse.Arg
 def run(args: argparse.Namespace) -> int:
     from tcpchimney.manage.client import ControlError, call, find
 
+    if args.command == "top":
+        from tcpchimney.cli.top import run as run_top
+
+        try:
+            return run_top(args)
+        except ControlError as exc:
+            raise CommandError(f"{exc}.") from None
     command, request = _request(args)
     try:
+        if args.command == "events" and args.follow:
+            return _follow(find(args.name), request, args.json)
         args.control_path = find(args.name)
         result = call(args.control_path, command, request)
     except ControlError as exc:
@@ -137,7 +204,32 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "upload", {"all": True} if args.all else {"conn": args.conn}
     if verb == "stats":
         return "stats", {}
+    if verb == "rule":
+        return _rule_request(args)
+    if verb == "events":
+        return "events", {"follow": args.follow, **({} if args.conn is None else {"conn": args.conn})}
     return verb, {"conn": args.conn}
+
+
+def _rule_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.op == "show":
+        return "rule-show", {}
+    if args.op == "del":
+        if args.number is None:
+            raise CommandError("rule del takes the rule's number (chimney rule show lists them).")
+        return "rule-del", {"number": args.number, "dry_run": args.dry_run}
+    if args.number is not None:
+        raise CommandError("rule add takes no number: give --remote, --remote-port or --local-port.")
+    fields = {"remote": args.remote, "remote_port": args.remote_port, "local_port": args.local_port}
+    if all(v is None for v in fields.values()):
+        raise CommandError(
+            "rule add needs --remote, --remote-port or --local-port (a rule for everything is the mode)."
+        )
+    return "rule-add", {
+        "action": args.action,
+        "dry_run": args.dry_run,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
@@ -252,6 +344,22 @@ def _print_set(args: argparse.Namespace, result: dict[str, Any]) -> None:
         )
 
 
+def _print_rules(args: argparse.Namespace, result: Any) -> None:
+    if args.op != "show":
+        _print_set(args, result)
+        return
+    if not result:
+        print("no rules: the mode decides for every connection")
+        return
+    table = [["N", "ACTION", "REMOTE", "REMOTE PORT", "LOCAL PORT", "HITS"]]
+    for r in result:
+        table.append([
+            str(r["number"]), r["action"] or r["kind"], r["remote"] or "any", str(r["remote_port"] or "any"),
+            str(r["local_port"] or "any"), str(r["hits"]),
+        ])  # fmt: skip
+    _table(table)
+
+
 def _print_why(args: argparse.Namespace, why: dict[str, Any]) -> None:
     print(f"#{why['id']} {why['local']} -> {why['remote']} {why['state']}")
     print(f"  {why['verdict']}")
@@ -281,6 +389,27 @@ def _print_history(args: argparse.Namespace, h: dict[str, Any]) -> None:
         if m.get("detail"):
             extra.append(m["detail"])
         print(f"  {stamp} {m['event']:<9} {', '.join(extra)}")
+
+
+def _follow(path: str, request: dict[str, Any], as_json: bool) -> int:
+    from tcpchimney.manage.client import follow
+
+    for event in follow(path, "events", request):
+        print(json.dumps(event) if as_json else _event_text(event), flush=True)
+    return 0
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
+    who = "-" if e["id"] is None else f"#{e['id']} {e['connection']}"
+    skip = {"time", "id", "connection", "event"}
+    extra = ", ".join(f"{k} {v}" for k, v in e.items() if k not in skip and v is not None)
+    return f"{stamp} {who} {e['event']}" + (f" ({extra})" if extra else "")
+
+
+def _print_events(args: argparse.Namespace, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        print(_event_text(event))
 
 
 def _print_offload(args: argparse.Namespace, r: dict[str, Any]) -> None:
@@ -335,5 +464,7 @@ _PRINTERS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "offload": _print_offload,
     "upload": _print_upload,
     "stats": print_stats,
+    "events": _print_events,
+    "rule": _print_rules,
 }
 _JSON_SHAPERS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {"stats": shape_stats}

@@ -206,6 +206,15 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     raise BadRequest("too many headers")
 
 
+def _persistence(req: Request | None) -> dict[str, str]:
+    """The Connection header an answer to ``req`` needs (None: a request that could not be read). An HTTP/1.0
+    client keeps the connection only when the answer says ``keep-alive`` (RFC 9112 9.3, C.2.2): without it
+    ``ab -k`` waits for the close that delimits the answer while the server waits for the next request."""
+    if req is None or not req.keep_alive:
+        return {"Connection": "close"}
+    return {"Connection": "keep-alive"} if req.version == "HTTP/1.0" else {}
+
+
 def _response_head(status: int, reason: str, headers: dict[str, str]) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -240,7 +249,7 @@ class HttpApp:
             return await self._route(request, reader, writer)
         except BadRequest as exc:
             self.stats.errors += 1
-            await self._simple(writer, 400, "Bad Request", {"error": str(exc)}, keep_alive=False)
+            await self._simple(writer, 400, "Bad Request", {"error": str(exc)}, None)
             return False
 
     async def _route(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -254,7 +263,7 @@ class HttpApp:
                 return await self._not_allowed(req, reader, writer, "POST")
             return await self._post_sha256(req, reader, writer)
         await _discard_body(req, reader)
-        await self._simple(writer, 404, "Not Found", {"error": f"no route for {url.path}"}, req.keep_alive)
+        await self._simple(writer, 404, "Not Found", {"error": f"no route for {url.path}"}, req)
         return req.keep_alive
 
     async def _not_allowed(
@@ -262,7 +271,7 @@ class HttpApp:
     ) -> bool:
         await _discard_body(req, reader)
         body = {"error": f"{req.method} not allowed"}
-        await self._simple(writer, 405, "Method Not Allowed", body, req.keep_alive, {"Allow": allow})
+        await self._simple(writer, 405, "Method Not Allowed", body, req, {"Allow": allow})
         return req.keep_alive
 
     async def _get_bytes(self, req: Request, count: str, query: str, writer: asyncio.StreamWriter) -> bool:
@@ -271,9 +280,8 @@ class HttpApp:
             "Content-Type": "application/octet-stream",
             "Content-Length": str(n),
             "X-Content-SHA256": deterministic_sha256(n, seed),
+            **_persistence(req),
         }
-        if not req.keep_alive:
-            headers["Connection"] = "close"
         writer.write(_response_head(200, "OK", headers))
         if req.method == "GET":
             for block in deterministic_bytes(n, seed):
@@ -294,9 +302,7 @@ class HttpApp:
             digest.update(chunk)
             length += len(chunk)
             self.stats.bytes_in += len(chunk)
-        await self._simple(
-            writer, 200, "OK", {"sha256": digest.hexdigest(), "length": length}, req.keep_alive
-        )
+        await self._simple(writer, 200, "OK", {"sha256": digest.hexdigest(), "length": length}, req)
         return req.keep_alive
 
     async def _simple(
@@ -305,13 +311,13 @@ class HttpApp:
         status: int,
         reason: str,
         body: Mapping[str, object],
-        keep_alive: bool,
+        req: Request | None,
         extra: dict[str, str] | None = None,
     ) -> None:
         payload = (json.dumps(body) + "\n").encode()
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload)), **(extra or {})}
-        if not keep_alive:
-            headers["Connection"] = "close"
+        length = str(len(payload))
+        headers = {"Content-Type": "application/json", "Content-Length": length, **(extra or {})}
+        headers.update(_persistence(req))
         writer.write(_response_head(status, reason, headers) + payload)
         await writer.drain()
         self.stats.bytes_out += len(payload)

@@ -296,6 +296,14 @@ async def _controlled(
         wake=runtime.flush_soon,
     )
     runtime.add_event_handler(plane.on_event)
+    if session.nic is not None:  # the NIC process's starts and failures go to the event stream too
+        earlier = session.nic.on_event
+
+        def on_nic_event(event: str, fields: dict[str, Any]) -> None:
+            earlier(event, fields)
+            plane.note(event, fields)
+
+        session.nic.on_event = on_nic_event
     server = ControlServer(plane, socket_path(name))
     try:
         await server.start()

@@ -194,6 +194,8 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
     def set_policy(self, policy: OffloadPolicy) -> None:
         """Apply a new mode or rule set: upload what no longer qualifies, consider what now does."""
         old, self.policy = self.policy, policy
+        for rule in [r for r in self.rule_hits if r not in policy.rules]:
+            del self.rule_hits[rule]  # a rule removed: its count goes with it
         reason = Reason.MODE_CHANGE if policy.mode is not old.mode else Reason.POLICY_CHANGE
         for sock in self.stack.connections():
             off = sock.offload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from tcpchimney.chimney.tree import TreeNode
 from tcpchimney.host.counters import bump
 from tcpchimney.host.events import ConnectionEvent
 from tcpchimney.host.offload_state import ConnOffload, Pending, SharedObject
-from tcpchimney.host.policy import OffloadPolicy
+from tcpchimney.host.policy import OffloadPolicy, OffloadRule
 from tcpchimney.tcp.errors import ConnectionClosedError, ConnectionResetByPeerError
 from tcpchimney.tcp.events import StateChanged, TcpEvent
 from tcpchimney.tcp.state import TcpState
@@ -40,6 +41,7 @@ class OffloadBase:
         self.policy = policy or OffloadPolicy()
         self.registry = OffloadRegistry()
         self.counters: dict[str, int] = {}
+        self.rule_hits: Counter[OffloadRule] = Counter()  # decisions each rule of the policy made
         self.now = 0.0
         self.paused = False
         self.attached = True  # the target is between the device and the stack (a runtime may say it is not)

@@ -87,8 +87,15 @@ class OffloadHandIn(OffloadBase):
             return Reason.OPTION_UNSUPPORTED
         if len(self._by_handle) + joining >= self.capabilities.capacity:
             return Reason.TARGET_FULL
-        info, policy = self._info(sock), policy or self.policy
-        return policy.rule_reason(info) if forced else policy.decide(info)
+        info, judging = self._info(sock), policy or self.policy
+        if forced:
+            rule = judging.matching(info)
+            reason = rule.reason if rule is not None and rule.keeps_on_host else None
+        else:
+            reason, rule = judging.judge(info)
+        if rule is not None and policy is None:  # a dry run (another policy) counts no hit
+            self.rule_hits[rule] += 1
+        return reason
 
     def _consider_all(self, socks: list[TcpSocket], quiet: bool = False) -> None:
         """Offload every connection of ``socks`` the policy wants, with one initiate for all of them."""

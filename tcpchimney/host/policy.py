@@ -17,10 +17,13 @@ Modes (the Windows ``netsh int tcp set global chimney=`` values):
   64 KiB is about 45 full-sized segments: past the initial window and slow start's first rounds, i.e. a
   transfer that is really streaming. 50 ms separates LAN / metro paths from WAN ones.
 
-Rules are checked in order; the first that matches decides. A ``policy`` rule excludes by address/port. A
-``firewall`` or ``capture`` rule must see the connection's packets, so it keeps the connection on the host,
-unless it says ``allow_offload`` (a rule that only needs the handshake, or a capture of headers the target
-mirrors).
+Rules are checked in order; the first that matches decides. A ``policy`` rule (an administrator's,
+``chimney rule``, as Windows' ``chimneyport`` entries) has an action: ``never`` keeps the connections it
+matches on the host, ``always`` offloads them as soon as they are established whatever automatic mode's
+thresholds say (not when the mode is ``disabled``: that turns offload off), ``policy`` leaves them to the
+mode (an exception in front of broader rules). A ``firewall`` or ``capture`` rule must see the connection's
+packets, so it keeps the connection on the host, unless it says ``allow_offload`` (a rule that only needs
+the handshake, or a capture of headers the target mirrors).
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class RuleKind(Enum):
     POLICY = "policy"  # an administrator's exclusion
     FIREWALL = "firewall"  # a filter that must inspect every packet
     CAPTURE = "capture"  # a packet capture that must see every packet
+
+
+class RuleAction(Enum):
+    NEVER = "never"  # keep on the host
+    ALWAYS = "always"  # offload at once, thresholds or not
+    POLICY = "policy"  # as the mode says
 
 
 _RULE_REASON = {
@@ -76,11 +85,14 @@ class OffloadRule:
     remote_port: int | None = None
     local_port: int | None = None
     allow_offload: bool = False
+    action: RuleAction = RuleAction.NEVER  # policy rules only
     _net: ipaddress.IPv4Network | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, str):
             object.__setattr__(self, "kind", RuleKind(self.kind))
+        if isinstance(self.action, str):
+            object.__setattr__(self, "action", RuleAction(self.action))
         if self.remote is not None:
             object.__setattr__(self, "_net", ipaddress.IPv4Network(self.remote, strict=False))
         for name in ("remote_port", "local_port"):
@@ -97,7 +109,9 @@ class OffloadRule:
 
     @property
     def keeps_on_host(self) -> bool:
-        return self.kind is RuleKind.POLICY or not self.allow_offload
+        if self.kind is RuleKind.POLICY:
+            return self.action is RuleAction.NEVER
+        return not self.allow_offload
 
     @property
     def reason(self) -> Reason:
@@ -119,23 +133,34 @@ class OffloadPolicy:
         if self.min_bytes < 0 or not self.max_rtt > 0 or not self.check_interval > 0:
             raise ValueError("OffloadPolicy: min_bytes >= 0, max_rtt > 0 and check_interval > 0")
 
-    def rule_reason(self, info: ConnectionInfo) -> Reason | None:
-        """The reason a rule keeps the connection on the host, or None."""
+    def matching(self, info: ConnectionInfo) -> OffloadRule | None:
+        """The first rule that matches the connection, or None."""
         for rule in self.rules:
             if rule.matches(info):
-                return rule.reason if rule.keeps_on_host else None
+                return rule
         return None
+
+    def rule_reason(self, info: ConnectionInfo) -> Reason | None:
+        """The reason a rule keeps the connection on the host, or None."""
+        rule = self.matching(info)
+        return rule.reason if rule is not None and rule.keeps_on_host else None
 
     def decide(self, info: ConnectionInfo) -> Reason | None:
         """None: offload the connection now. Otherwise the reason it stays on the host (for now)."""
+        return self.judge(info)[0]
+
+    def judge(self, info: ConnectionInfo) -> tuple[Reason | None, OffloadRule | None]:
+        """``decide``'s answer and the rule that decided it (None: the mode did)."""
         if self.mode is OffloadMode.DISABLED:
-            return Reason.MODE_DISABLED
-        reason = self.rule_reason(info)
-        if reason is not None:
-            return reason
+            return Reason.MODE_DISABLED, None
+        rule = self.matching(info)
+        if rule is not None and rule.keeps_on_host:
+            return rule.reason, rule
+        if rule is not None and rule.kind is RuleKind.POLICY and rule.action is RuleAction.ALWAYS:
+            return None, rule
         if self.mode is OffloadMode.AUTOMATIC and not self.meets_threshold(info):
-            return Reason.MODE_AUTOMATIC_THRESHOLD
-        return None
+            return Reason.MODE_AUTOMATIC_THRESHOLD, rule
+        return None, rule
 
     def meets_threshold(self, info: ConnectionInfo) -> bool:
         return info.bytes_moved >= self.min_bytes and info.srtt is not None and info.srtt < self.max_rtt

@@ -40,7 +40,7 @@ from tcpchimney.host.ipv4 import (
 )
 from tcpchimney.host.listener import Listener
 from tcpchimney.host.offload import OffloadManager
-from tcpchimney.host.policy import ConnectionInfo, OffloadPolicy
+from tcpchimney.host.policy import ConnectionInfo, OffloadPolicy, OffloadRule
 from tcpchimney.host.ports import EphemeralPorts
 from tcpchimney.host.reassembly import Reassembler
 from tcpchimney.host.sockets import TcpSocket, conn_key
@@ -303,6 +303,10 @@ class HostStack(TcpInput):
         """Ask the target for an offloaded connection's live state (``sock.offload.inspected`` once it
         answers). False when the connection is not offloaded."""
         return self._offload is not None and self._offload.inspect(sock)
+
+    def offload_rule_hits(self) -> dict[OffloadRule, int]:
+        """How many offload decisions each rule of the policy made (``chimney rule show``)."""
+        return {} if self._offload is None else dict(self._offload.rule_hits)
 
     def listeners(self) -> list[Listener]:
         return list(self._listeners.values())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from tcpchimney.link import runs
@@ -66,6 +68,39 @@ def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: f
         return parse_reply(reply)
     except RequestError as exc:
         raise ControlError(str(exc)) from None
+
+
+def follow(path: str, command: str, args: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Send one request whose answer is a stream and yield each of its events as it comes, until the stack
+    ends (or refuses the request: ControlError with its sentence)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            sock.connect(path)
+            sock.sendall(request_line(command, args))
+        except PermissionError:
+            raise ControlError(
+                f"permission denied on {path}: the control socket is for root and its group"
+            ) from None
+        except OSError:
+            raise ControlError(
+                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
+            ) from None
+        sock.settimeout(None)
+        lines = sock.makefile("rb")
+        for line in lines:
+            try:
+                raw = json.loads(line)
+            except ValueError:
+                raise ControlError("the stack answered something that is not JSON") from None
+            if isinstance(raw, dict) and "event" in raw:
+                yield raw["event"]
+                continue
+            try:
+                parse_reply(line)
+            except RequestError as exc:
+                raise ControlError(str(exc)) from None
+            return
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -74,13 +74,14 @@ class Histories:
             entry = self._ids[sock] = Entry(self._next_id, local, remote, self._clock())
         return entry
 
-    def on_event(self, ev: HostEvent) -> None:
+    def on_event(self, ev: HostEvent) -> tuple[Entry, dict[str, Any]] | None:
+        """Record an offload event; returns the connection's entry and the move, None for other events."""
         name = _NAMES.get(type(ev))
         if name is None:
-            return
+            return None
         sock: TcpSocket | None = getattr(ev, "sock", None)
         if sock is None:
-            return
+            return None
         move: dict[str, Any] = {"time": self._clock(), "event": name}
         reason = getattr(ev, "reason", None)
         move["reason"] = None if reason is None else reason.value
@@ -90,7 +91,9 @@ class Histories:
         if isinstance(ev, OffloadFault):
             move["detail"] = ev.detail
         move["bytes_sent"], move["bytes_received"] = sock.bytes_sent, sock.bytes_received
-        self.entry(sock).moves.append(move)
+        entry = self.entry(sock)
+        entry.moves.append(move)
+        return entry, move
 
     def prune(self, alive: Callable[[TcpSocket], bool]) -> None:
         """Connections the stack no longer holds are closed now; old closed histories go."""

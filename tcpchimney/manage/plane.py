@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tcpchimney.chimney.reason import Reason
 from tcpchimney.host.events import HostEvent, Offloaded, Uploaded
 from tcpchimney.host.offload_state import OffloadState
-from tcpchimney.host.policy import OffloadMode, OffloadPolicy
+from tcpchimney.host.policy import OffloadMode, OffloadPolicy, OffloadRule, RuleAction, RuleKind
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
 from tcpchimney.manage import mib
@@ -33,6 +33,9 @@ from tcpchimney.manage.views import (
     listener_row,
 )
 
+RECENT_EVENTS = 1000  # events kept for `chimney events` without --follow
+FOLLOW_QUEUE = 10_000  # events a slow follower may lag behind before it loses some (counted)
+PRUNE_EVERY = 4096  # events between two looks for closed connections (the histories stay bounded)
 INSPECT_WAIT = 1.0  # at most how long netstat -i waits for the target's answers about offloaded connections
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -69,6 +72,9 @@ class ControlPlane:
         self.histories = Histories()
         self.requests: Counter[str] = Counter()
         self.handoffs = {"offload": Histogram(), "upload": Histogram()}  # hand-off durations (seconds)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.followers: list[Follower] = []
+        self._events_seen = 0
         self.commands: dict[str, Command] = {
             "hello": Command(self._hello, "who this stack is and the protocol it speaks"),
             "list-commands": Command(self._list_commands, "the commands and what they do"),
@@ -84,16 +90,41 @@ class ControlPlane:
             "upload": Command(self._upload, "bring a connection, or all (args: conn or all), to the host"),
             "stats": Command(self._stats, "the stack's counters, with the Linux MIB names under mib"),
             "show-target": Command(self._show_target, "the offload target: capabilities, capacity, health"),
+            "rule-add": Command(
+                self._rule_add, "add an offload rule (args: action, remote, remote_port, local_port, dry_run)"
+            ),
+            "rule-del": Command(self._rule_del, "remove an offload rule (args: number, dry_run)"),
+            "rule-show": Command(self._rule_show, "the offload rules in order, with their hits"),
+            "events": Command(
+                self._events, "recent offload events, or every one as it happens (args: follow, conn)"
+            ),
         }
 
     # ------------------------------------------------------------------ entry points
 
     def on_event(self, ev: HostEvent) -> None:
-        self.histories.on_event(ev)
         if isinstance(ev, Offloaded):
             self.handoffs["offload"].observe(ev.duration)
         elif isinstance(ev, Uploaded):
             self.handoffs["upload"].observe(ev.duration)
+        recorded = self.histories.on_event(ev)
+        if recorded is None:
+            return
+        entry, move = recorded
+        line = {"id": entry.id, "connection": f"{entry.local}-{entry.remote}", **move}
+        self.recent.append(line)
+        for follower in self.followers:
+            follower.put(line)
+        self._events_seen += 1
+        if self._events_seen % PRUNE_EVERY == 0:
+            self.histories.prune(self.stack.holds)
+
+    def note(self, event: str, fields: dict[str, Any]) -> None:
+        """An event of the stack that is no connection's (the NIC process started or failed)."""
+        line = {"id": None, "connection": None, "time": time.time(), "event": event, **fields}
+        self.recent.append(line)
+        for follower in self.followers:
+            follower.put(line)
 
     async def handle(self, request: Request) -> Any:
         """The result of ``request``; RequestError (one sentence) when it cannot be done."""
@@ -218,15 +249,7 @@ class ControlPlane:
             new = replace(old, **changes)
         except ValueError:
             raise RequestError("min-bytes must be 0 or more and max-rtt more than 0") from None
-        moves = [
-            self._move_row(sock, action, reason)
-            for sock, action, reason in self.stack.plan_offload_policy(new)
-        ]
-        dry_run = bool(arg(args, "dry_run", bool, False))
-        if not dry_run:
-            self.stack.set_offload_policy(new)
-            self.wake()
-        return {"applied": not dry_run, "moves": moves, "global": self._show_global({})}
+        return self._new_policy(new, args)
 
     def _move_row(self, sock: TcpSocket, action: str, reason: Reason | None) -> dict[str, Any]:
         entry = self.histories.entry(sock)
@@ -237,6 +260,45 @@ class ControlPlane:
             "action": action,
             "reason": None if reason is None else reason.value,
         }
+
+    # ------------------------------------------------------------------ rules
+
+    def _rule_show(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        policy, hits = self._policy(), self.stack.offload_rule_hits()
+        return [_rule_row(n, rule, hits.get(rule, 0)) for n, rule in enumerate(policy.rules, 1)]
+
+    def _rule_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        policy = self._policy()
+        try:
+            rule = OffloadRule(
+                RuleKind.POLICY,
+                remote=arg(args, "remote", str),
+                remote_port=arg(args, "remote_port", int),
+                local_port=arg(args, "local_port", int),
+                action=RuleAction(arg(args, "action", str, "never")),
+            )
+        except ValueError as exc:
+            raise RequestError(_rule_error(exc)) from None
+        if rule in policy.rules:
+            raise RequestError("the same rule is there already (chimney rule show)")
+        return self._new_policy(replace(policy, rules=(*policy.rules, rule)), args)
+
+    def _rule_del(self, args: dict[str, Any]) -> dict[str, Any]:
+        policy = self._policy()
+        number = arg(args, "number", int)
+        if number is None or not 1 <= number <= len(policy.rules):
+            raise RequestError(f"no rule {number} (there are {len(policy.rules)}: chimney rule show)")
+        rules = policy.rules[: number - 1] + policy.rules[number:]
+        return self._new_policy(replace(policy, rules=rules), args)
+
+    def _new_policy(self, new: OffloadPolicy, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply (or, dry run, only plan) a new policy; the moves it makes, each with its reason."""
+        moves = [self._move_row(s, a, r) for s, a, r in self.stack.plan_offload_policy(new)]
+        dry_run = bool(arg(args, "dry_run", bool, False))
+        if not dry_run:
+            self.stack.set_offload_policy(new)
+            self.wake()
+        return {"applied": not dry_run, "moves": moves, "global": self._show_global({})}
 
     # ------------------------------------------------------------------ one connection
 
@@ -266,8 +328,10 @@ class ControlPlane:
                 "srtt_ms": None if info.srtt is None else info.srtt * 1000,
                 "met": policy.meets_threshold(info),
             }
-            rule = policy.rule_reason(info)
-            answer["rule"] = None if rule is None else rule.value
+        rule = None if policy is None or info is None else policy.matching(info)
+        answer["rule"] = (
+            None if rule is None or policy is None else _rule_row(policy.rules.index(rule) + 1, rule, 0)
+        )
         answer["verdict"] = _verdict(answer)
         return answer
 
@@ -304,6 +368,35 @@ class ControlPlane:
         started = self.stack.upload(sock, Reason.ADMIN)
         self.wake()
         return {"id": entry.id, "uploads": int(started)}
+
+    # ------------------------------------------------------------------ events
+
+    def _events(self, args: dict[str, Any]) -> Any:
+        spec = args.get("conn")
+        wanted = None if spec is None else self._event_filter(spec)
+        if not arg(args, "follow", bool, False):
+            return [e for e in self.recent if wanted is None or wanted(e)]
+        return self._follow(wanted)
+
+    def _event_filter(self, spec: Any) -> Callable[[dict[str, Any]], bool]:
+        """Events of the connection ``spec`` names (live or closed), matched by number."""
+        try:
+            conn_id = self.find(spec)[1].id
+        except RequestError:
+            entry = self._closed_entry(spec)
+            if entry is None:
+                raise
+            conn_id = entry.id
+        return lambda e: e["id"] == conn_id
+
+    async def _follow(self, wanted: Callable[[dict[str, Any]], bool] | None) -> AsyncIterator[dict[str, Any]]:
+        follower = Follower(wanted)
+        self.followers.append(follower)
+        try:
+            while True:
+                yield await follower.get()
+        finally:
+            self.followers.remove(follower)
 
     # ------------------------------------------------------------------ the rest
 
@@ -364,9 +457,55 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
+class Follower:
+    """One ``events --follow`` client's queue: a client that lags too far loses events, counted in the
+    ``dropped`` line it is sent when it catches up, never slowing the stack."""
+
+    def __init__(self, wanted: Callable[[dict[str, Any]], bool] | None) -> None:
+        self.wanted = wanted
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(FOLLOW_QUEUE)
+        self.dropped = 0
+
+    def put(self, line: dict[str, Any]) -> None:
+        if self.wanted is not None and not self.wanted(line):
+            return
+        try:
+            self.queue.put_nowait(line)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def get(self) -> dict[str, Any]:
+        if self.dropped and self.queue.empty():
+            dropped, self.dropped = self.dropped, 0
+            return {"id": None, "connection": None, "time": time.time(), "event": "dropped", "count": dropped}
+        return await self.queue.get()
+
+
 def _answered(sock: TcpSocket, since: float) -> bool:
     off = sock.offload
     return off is None or not off.querying or (off.inspected is not None and off.inspected.at >= since)
+
+
+def _rule_row(number: int, rule: OffloadRule, hits: int) -> dict[str, Any]:
+    return {
+        "number": number,
+        "kind": rule.kind.value,
+        "action": rule.action.value if rule.kind is RuleKind.POLICY else None,
+        "remote": rule.remote,
+        "remote_port": rule.remote_port,
+        "local_port": rule.local_port,
+        "keeps_on_host": rule.keeps_on_host,
+        "hits": hits,
+    }
+
+
+def _rule_error(exc: ValueError) -> str:
+    text = str(exc)
+    if "RuleAction" in text:
+        return "action must be never, always or policy"
+    if "must be in 1..65535" in text:
+        return "a port is 1 to 65535"
+    return f"not an IPv4 address or network: {text}"
 
 
 def _verdict(why: dict[str, Any]) -> str:
@@ -374,12 +513,19 @@ def _verdict(why: dict[str, Any]) -> str:
     where = why["offload_state"]
     if why["opted_out"]:
         return f"{where}: the application opted the socket out of offload"
+    rule = why.get("rule")
     if where == "Offloaded":
-        return "Offloaded: the policy let it go and the target took it"
+        by = (
+            f"rule {rule['number']} ({rule['action']})"
+            if rule and rule["action"] == "always"
+            else "the policy"
+        )
+        return f"Offloaded: {by} let it go and the target took it"
     if why["mode"] == "disabled":
         return f"{where}: offload is disabled (chimney set global chimney=enabled)"
-    if why.get("rule"):
-        return f"{where}: a rule keeps it on the host ({why['rule']})"
+    if rule and rule["keeps_on_host"]:
+        what = rule["action"] or "sees every packet"
+        return f"{where}: rule {rule['number']} ({rule['kind']}, {what}) keeps it on the host"
     t = why.get("thresholds")
     if why["mode"] == "automatic" and t is not None and not t["met"]:
         rtt = "no RTT sample yet" if t["srtt_ms"] is None else f"RTT {t['srtt_ms']:.1f} ms"

@@ -2,7 +2,9 @@
 
 A request is ``{"v": 1, "id": ANY, "command": NAME, "args": {...}}`` (``id`` and ``args`` optional); its
 reply ``{"v": 1, "id": ANY, "ok": true, "result": ...}`` or ``{"v": 1, "id": ANY, "ok": false, "error":
-SENTENCE}``. A line that is not such a request gets an error reply and the connection stays usable.
+SENTENCE}``. A streamed answer (``events`` with ``follow``) is a line ``{"v": 1, "id": ANY, "ok": true,
+"event": {...}}`` per event until the client closes the connection. A line that is not such a request gets
+an error reply and the connection stays usable.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ def reply_line(request_id: Any, result: Any = None, error: str | None = None) ->
     else:
         reply["error"] = error
     return json.dumps(reply, default=str).encode() + b"\n"
+
+
+def event_line(request_id: Any, event: Any) -> bytes:
+    """One line of a streamed answer (``events`` with ``follow``): as many as there are, no final reply
+    until the stream ends."""
+    return (
+        json.dumps({"v": VERSION, "id": request_id, "ok": True, "event": event}, default=str).encode() + b"\n"
+    )
 
 
 def parse_reply(line: bytes) -> Any:

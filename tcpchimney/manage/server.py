@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tcpchimney.link import leftovers, runs
 from tcpchimney.link.leftovers import CONTROL_SUFFIX
 from tcpchimney.manage.plane import ControlPlane
-from tcpchimney.manage.protocol import MAX_LINE, RequestError, parse_request, reply_line
+from tcpchimney.manage.protocol import MAX_LINE, RequestError, event_line, parse_request, reply_line
 
 SUFFIX = CONTROL_SUFFIX
 MODE = 0o660
@@ -105,6 +106,9 @@ class ControlServer:
             request = parse_request(line)
             request_id = request.id
             result = await self.plane.handle(request)
+            if isinstance(result, AsyncIterator):
+                await self._stream(request_id, result, reader, writer)
+                return False
             reply = reply_line(request_id, result)
         except RequestError as exc:
             self.errors += 1
@@ -115,3 +119,27 @@ class ControlServer:
         writer.write(reply)
         await writer.drain()
         return True
+
+    async def _stream(
+        self,
+        request_id: Any,
+        lines: AsyncIterator[Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Send each line of ``lines`` until the client closes its end (it sends nothing more)."""
+        gone = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                line = asyncio.ensure_future(anext(lines))
+                await asyncio.wait({line, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not line.done():
+                    line.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await line
+                    return
+                writer.write(event_line(request_id, line.result()))
+                await writer.drain()
+        finally:
+            gone.cancel()
+            await lines.aclose()  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,5 +54,12 @@ class TcpConfig:
         with the settings it already had far more often than with new ones, and a copy costs microseconds."""
         for name, value in changes.items():
             if getattr(self, name) != value:
-                return replace(self, **changes)
+                return _replaced(self, tuple(sorted(changes.items())))
         return self
+
+
+@functools.lru_cache(maxsize=64)
+def _replaced(config: TcpConfig, changes: tuple[tuple[str, Any], ...]) -> TcpConfig:
+    """One copy per (settings, changes): every connection an asyncio server accepts asks for the same change
+    (TCP_NODELAY), and the configs are frozen, so they can share it."""
+    return replace(config, **dict(changes))

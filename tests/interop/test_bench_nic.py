@@ -1,5 +1,5 @@
 """The NIC benchmarks (bench/nic.py, bench/nic_app.py, bench/nic_handoff.py, bench/nic_recovery.py,
-bench/short.py, bench/spin.py) run once
+bench/short.py, bench/spin.py, bench/http.py) run once
 each in a tiny configuration, so their code cannot rot between the runs that measure: every row they promise
 comes out with a figure, the transfers check their bytes (SHA-256, digests) and every offloaded variant
 really offloaded. Speed is not asserted (bench/README.md has the figures). Without root or /dev/net/tun the
@@ -8,11 +8,13 @@ are checked instead."""
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import pytest
 
-from bench import nic, nic_app, nic_handoff, nic_recovery, short, spin
+from bench import http, load_tools, nic, nic_app, nic_handoff, nic_recovery, short, spin
 
 MB = 1_000_000
 VARIANTS = ["host", "inline", "process", "process_pinned"]
@@ -122,6 +124,46 @@ def test_bench_spin_gives_a_line_per_setting_with_the_nic_holding_the_connection
         assert line["rounds"] == 8 and line["p99"] >= line["value"] and not line["default"]
 
 
+@pytest.fixture
+def http_tools(require_net: None) -> None:
+    """ab and wrk, which ``make tools`` installs: a skip with the reason without them, a failure under
+    TCPCHIMNEY_REQUIRE_NET=1."""
+    if absent := load_tools.missing():
+        reason = f"needs {' and '.join(absent)} (make tools installs them)"
+        if os.environ.get("TCPCHIMNEY_REQUIRE_NET") == "1":
+            pytest.fail(f"TCPCHIMNEY_REQUIRE_NET=1 but bench.http {reason}")
+        pytest.skip(reason)
+
+
+@pytest.mark.net
+def test_bench_http_gives_every_tool_and_variant_from_error_free_runs(http_tools: None) -> None:
+    """One second of each tool against each variant and the kernel: a JSON line per (tool, variant) with
+    requests counted on both sides (the bench itself fails on a failed or non-2xx request)."""
+    lines = list(http.run(seconds=1, runs=1))
+    assert all(json.loads(json.dumps(line)) == line for line in lines)
+    rows = _by_bench(lines)
+    assert set(rows) == set(http.NAMES)
+    got = {(r["tool"], r["variant"]): r for r in rows["http_requests_per_s"]}
+    assert sorted(got) == sorted((t, v) for t in load_tools.TOOLS for v in short.SHORT_VARIANTS)
+    for (tool, variant), line in got.items():
+        _positive(line, "value", "kernel", "ratio_to_kernel", "host_cpu_us_per_req")
+        assert line["requests"][0] > 0 and line["kernel_requests"][0] > 0 and line["unit"] == "req/s"
+        assert line["keep_alive"] == (tool != "ab") and line["server_errors"][0] <= line["concurrency"] + 1
+        assert (line["offloaded"][0] is None) == (variant == "host")
+        if variant == "process":  # --offload enabled: every connection goes to the NIC
+            assert line["offloaded"][0] > 0
+    assert got[("wrk", "host")]["latency_p99_us"] >= got[("wrk", "host")]["latency_p50_us"] > 0
+
+
+@pytest.mark.net
+def test_bench_http_fails_a_run_whose_answers_are_not_2xx(
+    http_tools: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "PATH", "/no-such-route")  # HttpApp answers 404
+    with pytest.raises(load_tools.LoadError, match="status >= 400"):
+        list(http.run(seconds=1, runs=1, names=("host",), tools=("wrk",)))
+
+
 @pytest.mark.parametrize(
     ("module", "run"),
     [
@@ -131,11 +173,20 @@ def test_bench_spin_gives_a_line_per_setting_with_the_nic_holding_the_connection
         (nic_recovery, lambda: nic_recovery.run(kills=1)),
         (short, lambda: short.run(seconds=0.1, rounds=1)),
         (spin, lambda: spin.run(rounds=1)),
+        (http, lambda: http.run(seconds=1, runs=1)),
     ],
-    ids=["nic", "nic_app", "nic_handoff", "nic_recovery", "short", "spin"],
+    ids=["nic", "nic_app", "nic_handoff", "nic_recovery", "short", "spin", "http"],
 )
 def test_without_a_tap_each_row_says_why_it_was_skipped(
     module: Any, run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(nic, "unavailable_reason", lambda: "needs root (CAP_NET_ADMIN)")
     assert list(run()) == [{"bench": name, "skipped": "needs root (CAP_NET_ADMIN)"} for name in module.NAMES]
+
+
+def test_bench_http_without_its_tools_says_which_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nic, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(http, "missing", lambda: ["wrk"])
+    assert list(http.run(seconds=1, runs=1)) == [
+        {"bench": "http_requests_per_s", "skipped": "needs wrk (make tools)"}
+    ]

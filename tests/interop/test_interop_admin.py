@@ -5,11 +5,16 @@ every kind of bad input is one sentence with the stack unaffected."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -291,3 +296,103 @@ def test_bad_input_is_one_sentence_and_the_stack_runs_on(
     status, _ = server.stop()
     assert status == 0
     assert not os.path.exists(server.ready["control"]), "the control socket is removed at the end"
+
+
+def test_events_follow_streams_each_move_as_it_happens(
+    netns_name: str, name: str, commands: list[Command], downloads: list[Any]
+) -> None:
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--name", name)
+    commands.append(server)
+    follower = subprocess.Popen(
+        [*CHIMNEY, "events", "--follow", "-j", "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(
+            lambda: admin_json("stats", "--name", name)["control"].get("events"),
+            what="the follower to connect",
+        )
+        downloads.append(slow_download(netns_name))
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 15
+        while not any(e["event"] == "offloaded" for e in seen) and time.monotonic() < deadline:
+            ready, _, _ = select.select([follower.stdout], [], [], 1.0)
+            if ready:
+                seen.append(json.loads(follower.stdout.readline()))  # type: ignore[union-attr]
+        assert [e["event"] for e in seen] == ["offloaded"], seen
+        (row,) = connections(name)
+        assert seen[0]["id"] == row["id"] and seen[0]["connection"] == f"{row['local']}-{row['remote']}"
+        admin("upload", str(row["id"]), "--name", name)
+        ready, _, _ = select.select([follower.stdout], [], [], 10.0)
+        assert ready, "the upload was streamed"
+        upload = json.loads(follower.stdout.readline())  # type: ignore[union-attr]
+        assert (upload["event"], upload["reason"], upload["id"]) == ("uploaded", "admin", row["id"])
+        assert upload["duration_ms"] > 0
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+    assert follower.returncode in (0, -15, 130, 143)
+    recent = admin_json("events", str(row["id"]), "--name", name)
+    assert [(e["event"], e["reason"]) for e in recent] == [("offloaded", None), ("uploaded", "admin")]
+    assert admin_json("netstat", "--name", name)[1]["offload_state"] == "InHost", "followers gone, stack fine"
+
+
+def test_top_renders_the_connection_reacts_to_keys_and_quits_on_q(
+    netns_name: str, name: str, commands: list[Command], downloads: list[Any]
+) -> None:
+    """chimney top under a pseudo-terminal: its frames show the offloaded connection, f filters it out (in
+    host only), and q ends it with status 0."""
+    server = Command("serve", "http", "--netns", netns_name, "--offload", "enabled", "--name", name)
+    commands.append(server)
+    downloads.append(slow_download(netns_name))
+    (row,) = wait_for(
+        lambda: (r := connections(name)) and r[0]["offload_state"] == "Offloaded" and r, what="an offload"
+    )
+    once = admin("top", "--once", "--interval", "0.5", "--name", name).stdout
+    assert row["remote"] in once and "Offloaded" in once and "MB" in once  # a rate of MB/s
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    top = subprocess.Popen(
+        [*CHIMNEY, "top", "--interval", "0.3", "--name", name],
+        stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True,
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")},  # the terminal's size
+    )  # fmt: skip
+    os.close(secondary)
+    try:
+        screen = Screen(primary)
+        screen.wait_for(row["remote"], "the connection's row")
+        screen.wait_for("Offloaded", "its offload state")
+        os.write(primary, b"f")  # filter: offloaded
+        screen.wait_for("filter offloaded", "the filter")
+        os.write(primary, b"f")  # filter: in host -> the row goes
+        screen.wait_for("filter in host", "the second filter")
+        os.write(primary, b"s")
+        screen.wait_for("sort id", "the sort")
+        os.write(primary, b"q")
+        assert top.wait(timeout=10) == 0
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        os.close(primary)
+
+
+class Screen:
+    """What a program wrote to a pseudo-terminal, read as it comes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen = b""
+
+    def wait_for(self, text: str, what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.seen)
+        while text.encode() not in self.seen[start:]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"chimney top never showed {what} ({text!r}); it wrote {self.seen[-2000:]!r}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 65536)
+                except OSError:  # the program ended: nothing more comes
+                    pytest.fail(f"chimney top ended before it showed {what}")

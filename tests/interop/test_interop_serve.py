@@ -60,9 +60,15 @@ class Command:
         return self.proc.returncode, done[-1]
 
     def kill(self) -> None:
+        """End it as a user would (SIGTERM: it removes what it made, its run record and control socket
+        included), and SIGKILL only if it does not end."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def sh(netns: str, shell: str, stdin: bytes | None = None, timeout: float = 120) -> str:

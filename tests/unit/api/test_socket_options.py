@@ -309,3 +309,40 @@ def test_asyncio_loop_is_not_blocked_by_a_lingering_close(pair: Pair) -> None:
         assert b.call(still_running(), timeout=1) == 1  # the loop serves others while close() waits
     closer.join(5)
     server.close()
+
+
+def test_asyncio_transports_send_small_writes_at_once_as_asyncio_does() -> None:
+    """asyncio sets TCP_NODELAY on every TCP transport it makes (CPython's selector transports, since 3.6): an
+    application writing a response's head, then its body, never waits for the peer's delayed ACK. The stack's
+    asyncio transports do the same, accepted and connected (the blocking Socket keeps Nagle, as Linux's:
+    test_listening_socket_options_pass_to_accepted_sockets)."""
+
+    async def body(a: Runtime, b: Runtime) -> None:
+        server = await a.start_server(echo, port=8)
+        reader, writer = await b.open_connection(A_IP, 8)
+        assert writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        writer.write(b"hello\n")
+        assert await reader.readline() == b"hello\n"
+        (accepted,) = server._transports
+        assert accepted.tcp_socket.conn.config.nodelay
+        assert accepted.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        fd, device = a.device.fileno(), b.device
+        a.loop.remove_reader(fd)  # a reads nothing: no ACK comes back while we count
+        try:
+            before = device.tx_frames  # type: ignore[attr-defined]
+            writer.write(b"head")
+            for _ in range(100):
+                await asyncio.sleep(0.001)
+                if device.tx_frames > before:  # type: ignore[attr-defined]
+                    break
+            writer.write(b"body")  # Nagle would hold it until "head" is acknowledged
+            await asyncio.sleep(0.1)
+            assert device.tx_frames - before == 2  # type: ignore[attr-defined]
+        finally:
+            a.loop.add_reader(fd, a._on_readable)
+            a._on_readable()
+        assert await reader.readexactly(8) == b"headbody"
+        writer.close()
+        server.close()
+
+    run(body)

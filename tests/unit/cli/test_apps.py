@@ -258,6 +258,25 @@ def test_http_1_0_and_connection_close_end_the_connection() -> None:
     ) == [200]
 
 
+def test_http_1_0_keep_alive_is_confirmed_in_every_answer() -> None:
+    """An HTTP/1.0 client (``ab -k``) keeps the connection only when the answer says ``keep-alive``; without
+    the header it waits for the close that would end the answer, and the server for its next request."""
+    ask = b"Connection: Keep-Alive\r\n\r\n"
+    got = raw(
+        b"GET /bytes/3 HTTP/1.0\r\n"
+        + ask
+        + b"GET /nope HTTP/1.0\r\n"
+        + ask
+        + b"POST /sha256 HTTP/1.0\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx"
+        + b"GET /bytes/1 HTTP/1.0\r\n\r\n"
+    )
+    answers = responses(got)
+    assert [status for status, _, _ in answers] == [200, 404, 200, 200]
+    assert [h.get("Connection") for _, h, _ in answers] == ["keep-alive"] * 3 + ["close"]
+    eleven = responses(raw(b"GET /bytes/1 HTTP/1.1\r\n\r\n"))
+    assert "Connection" not in eleven[0][1]  # HTTP/1.1 persists without saying so
+
+
 def test_head_sends_headers_only() -> None:
     got = raw(b"HEAD /bytes/1000 HTTP/1.1\r\n\r\n")
     head, _, body = got.partition(b"\r\n\r\n")

@@ -115,3 +115,55 @@ def test_connections_are_named_by_number_or_address_and_mistakes_are_sentences()
         with pytest.raises(RequestError, match=words):
             ask(plane, command, **args)
     assert sorted(c["name"] for c in ask(plane, "list-commands")) == sorted(ask(plane, "hello")["commands"])
+
+
+def test_rules_move_connections_count_their_hits_and_go_away() -> None:
+    """A never rule uploads what it matches and keeps it on the host; why names it; deleting it lets the
+    mode offload the connection again. An always rule offloads at once in automatic mode."""
+    net = make_offload_net(seed=8)
+    plane = plane_over(net)
+    a, b = net.connect()
+    net.wait_offloaded(a)
+    added = ask(plane, "rule-add", action="never", remote_port=b.local_port)
+    assert [(m["action"], m["reason"]) for m in added["moves"]] == [("upload", "policy_change")]
+    net.wait_in_host(a)
+    (rule,) = ask(plane, "rule-show")
+    assert (rule["number"], rule["action"], rule["remote_port"]) == (1, "never", b.local_port)
+    why = ask(plane, "why", conn=1)
+    assert why["rule"]["number"] == 1 and "rule 1 (policy, never) keeps it on the host" in why["verdict"]
+    assert ask(plane, "offload", conn=1)["reason"] == "policy_rule"  # a manual offload obeys the rules
+    assert ask(plane, "rule-show")[0]["hits"] >= 1
+    with pytest.raises(RequestError, match="the same rule is there already"):
+        ask(plane, "rule-add", action="never", remote_port=b.local_port)
+    gone = ask(plane, "rule-del", number=1)
+    assert [m["action"] for m in gone["moves"]] == ["offload"] and ask(plane, "rule-show") == []
+    net.wait_offloaded(a)
+    for args, words in (
+        ({"number": 3}, "no rule 3"),
+        ({}, "no rule None"),
+    ):
+        with pytest.raises(RequestError, match=words):
+            ask(plane, "rule-del", **args)
+    for args, words in (
+        ({"action": "sometimes", "local_port": 1}, "action must be never, always or policy"),
+        ({"remote_port": 70000}, "a port is 1 to 65535"),
+        ({"remote": "300.1.1.1"}, "not an IPv4 address or network"),
+    ):
+        with pytest.raises(RequestError, match=words):
+            ask(plane, "rule-add", **args)
+
+
+def test_an_always_rule_skips_automatic_thresholds_and_a_policy_rule_shields_a_never() -> None:
+    net = make_offload_net(seed=9, policy=OffloadPolicy(mode=OffloadMode.AUTOMATIC))
+    plane = plane_over(net)
+    a, b = net.connect()
+    net.run_for(0.5)
+    assert a.offload_state is OffloadState.IN_HOST  # nothing moved: below the threshold
+    ask(plane, "rule-add", action="always", remote=f"{B_IP}/32")
+    net.wait_offloaded(a)
+    assert "rule 1 (always)" in ask(plane, "why", conn=1)["verdict"]
+    ask(plane, "rule-del", number=1)
+    ask(plane, "rule-add", action="policy", remote_port=b.local_port)
+    ask(plane, "rule-add", action="never", remote=f"{B_IP}/24")
+    assert ask(plane, "why", conn=1)["rule"]["action"] == "policy"
+    assert a.offload_state is OffloadState.OFFLOADED, "the policy rule shields it from the never rule"
