@@ -6,7 +6,7 @@ stack removes it when it ends). The history belongs to one run of the stack (its
 same name starts afresh, and a counter smaller than its history (reset) is shown as it is. ``-a`` shows the
 absolute values (and still updates the history, as nstat does), ``-s`` does not update it, ``-r`` forgets
 it first, ``-z`` also shows counters that are zero (or did not change). ``-j`` prints the same figures as
-JSON: ``{"host": {...}, "nic": {...}, "offload": {...}}``.
+JSON: ``{"host": {...}, "nic": {...}, "offload": {...}, "control": {...}}``.
 """
 
 from __future__ import annotations
@@ -81,9 +81,10 @@ def figures(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, dict[
     return shown
 
 
-def shape(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """``stats -j``: the figures the text would show, as JSON."""
-    return figures(args, result)
+def shape(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """``stats -j``: the figures the text would show, as JSON, and the control socket's requests by command
+    (``control``, absolute: what a script waiting for a client to connect looks at)."""
+    return {**figures(args, result), "control": result.get("control", {})}
 
 
 def print_stats(args: argparse.Namespace, result: dict[str, Any]) -> None:
