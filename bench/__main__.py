@@ -27,6 +27,7 @@ MODULES = [
     "bench.short",
     "bench.spin",
     "bench.http",
+    "bench.run",
     "bench.control",
 ]
 

@@ -23,10 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from tcpchimney.cli.choices import DISCARD_PORT, ECHO_PORT, HTTP_PORT
+
 BLOCK = 1 << 20
-ECHO_PORT = 7  # RFC 862
-DISCARD_PORT = 9  # RFC 863
-HTTP_PORT = 80
 MAX_BYTES = 1 << 40  # largest N served by /bytes/N
 _READ_CHUNK = 256 * 1024
 _MAX_LINE = 8192

@@ -9,24 +9,24 @@ SIGQUIT, SIGUSR1, ...) ends it cleanly, removing what it made; ``chimney cleanup
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import ipaddress
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from tcpchimney.cli.apps import APPS
+from tcpchimney.cli.choices import APP_PORTS, DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.cli.common import EXIT_UNAVAILABLE, CommandError, network_unavailable_reason
-from tcpchimney.cli.offload import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
+from tcpchimney.cli.run import add_parser as add_run_parser
+from tcpchimney.cli.run import check_args as check_run_args
 from tcpchimney.link.netns import check_address, check_netns_name, check_pair
 from tcpchimney.link.signals import terminate_on_signals
-from tcpchimney.nic.doorbell import DEFAULT_SPIN_US, MAX_SPIN_US
+from tcpchimney.nic.spin import DEFAULT_SPIN_US, MAX_SPIN_US
 
 DEFAULT_ADDR = "198.18.0.2/24"
 DEFAULT_PEER = "198.18.0.1/24"
 # What --help says to whoever reads it first (plain text: argparse shows it as written).
-DESCRIPTION = "serve, nc and demo on the user-space TCP/IP stack"
+DESCRIPTION = "serve, nc, run and demo on the user-space TCP/IP stack"
 ADDRESS_RULE = "addresses must be in 198.18.0.0/15 (the benchmarking range, RFC 2544)"
 EPILOG = (
     "Addresses: the stack and its Linux peer get two addresses of one subnet inside 198.18.0.0/15, the only "
@@ -251,6 +251,8 @@ def _add_link_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("tcpchimney")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Refuses to start where another running stack has the subnet in the namespace; removes the "
         "TAP a dead run left there first (saying so on stderr). " + EPILOG,
     )
-    serve.add_argument("app", choices=sorted(APPS), help="the application")
+    serve.add_argument("app", choices=sorted(APP_PORTS), help="the application")
     serve.add_argument("--port", type=_port, help="listening port (default: echo 7, discard 9, http 80)")
     _add_link_options(serve)
     _add_offload_options(serve)
@@ -326,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_metrics_option(demo)
     _add_offload_options(demo)
 
+    add_run_parser(sub, [_add_link_options, _add_offload_options])
+
     cleanup = sub.add_parser(
         "cleanup",
         help="remove what runs that died without cleaning up (kill -9) left: namespaces, TAPs, files",
@@ -344,13 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "nc"):
+    if args.command == "run":
+        check_run_args(parser, args)
+    if args.command in ("serve", "nc", "run"):
         try:
             check_pair(args.addr, args.peer)
         except ValueError as exc:
             parser.error(f"--addr {args.addr} and --peer {args.peer}: {exc}")
     if args.command == "serve" and args.port is None:
-        args.port = APPS[args.app][0]
+        args.port = APP_PORTS[args.app]
     if args.command == "nc":
         _resolve_nc_target(parser, args)
     if args.command == "demo" and (args.size <= 0 or args.sim_size <= 0):
@@ -439,6 +445,10 @@ def _run(args: argparse.Namespace) -> int:
         from tcpchimney.cli.serve import run as run_serve
 
         return run_serve(args)
+    if args.command == "run":
+        from tcpchimney.cli.run import run as run_program
+
+        return run_program(args)
     from tcpchimney.cli.nc import run as run_nc
 
     return run_nc(args)

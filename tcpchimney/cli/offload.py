@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from tcpchimney.chimney.reason import Reason
+from tcpchimney.cli.choices import DEFAULT_MODE, DEFAULT_NIC, MODES, NICS
 from tcpchimney.host.events import (
     HostEvent,
     OffloadDeferred,
@@ -42,16 +43,12 @@ from tcpchimney.host.stack import HostStack
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire.seq import SeqNum
 
-MODES = ("disabled", "enabled", "automatic")
-DEFAULT_MODE = "automatic"
-NICS = ("process", "inline")  # the target in its own process (nic/process.py) or called in this one
-# With offload on, the NIC runs in its own process (its CPU is not the host's); ``inline`` is asked for, or
-# taken with --pcap (a capture of this process's TAP descriptor would miss the NIC's frames).
-DEFAULT_NIC = "process"
 _REOFFLOADABLE = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 # Uploads this module asks for, and what their re-offload is called in the log.
 _OWN_UPLOADS = {Reason.CHURN: "churn", Reason.ADMIN: "admin"}
 _PRUNE_EVERY = 256  # events between two clean-ups of per-connection records
+
+__all__ = ["DEFAULT_MODE", "DEFAULT_NIC", "MODES", "NICS", "OffloadControl", "OffloadOptions"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,8 +277,9 @@ async def _controlled(
 ) -> AsyncIterator[None]:
     """The session's control socket (tcpchimney.manage), removed when the session ends."""
     from tcpchimney.cli.nstat import history_path
+    from tcpchimney.manage.paths import socket_path
     from tcpchimney.manage.plane import ControlPlane
-    from tcpchimney.manage.server import ControlServer, ControlSocketError, socket_path
+    from tcpchimney.manage.server import ControlServer, ControlSocketError
 
     identity = {
         "name": name,

@@ -193,18 +193,12 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
 
     def set_policy(self, policy: OffloadPolicy) -> None:
         """Apply a new mode or rule set: upload what no longer qualifies, consider what now does."""
-        old, self.policy = self.policy, policy
+        uploads = self._uploads_for(policy)
+        self.policy = policy
         for rule in [r for r in self.rule_hits if r not in policy.rules]:
             del self.rule_hits[rule]  # a rule removed: its count goes with it
-        reason = Reason.MODE_CHANGE if policy.mode is not old.mode else Reason.POLICY_CHANGE
-        for sock in self.stack.connections():
-            off = sock.offload
-            if off is None:
-                continue
-            if off.state in (OffloadState.OFFLOADED, OffloadState.OFFLOADING):
-                why = policy.keeps(self._info(sock))
-                if why is not None or not sock.offload_allowed:
-                    self.upload(sock, reason if why is not None else Reason.POLICY_CHANGE)
+        for sock, reason in uploads:
+            self.upload(sock, reason)
         self._reconsider()
         self._next_check = self.now if policy.mode is OffloadMode.AUTOMATIC else None
 
@@ -212,19 +206,27 @@ class OffloadManager(OffloadHandIn, OffloadDataPath, OffloadShared, OffloadHandO
         """What ``set_policy(policy)`` would move, moving nothing: ``(sock, "upload", reason)`` for an
         offloaded connection the policy would not keep, ``(sock, "offload", None)`` for one on the host it
         would offload at once (automatic mode's thresholds judged against what the connection did so far)."""
-        moves: list[tuple[TcpSocket, str, Reason | None]] = []
-        change = Reason.MODE_CHANGE if policy.mode is not self.policy.mode else Reason.POLICY_CHANGE
+        moves: list[tuple[TcpSocket, str, Reason | None]] = [
+            (s, "upload", r) for s, r in self._uploads_for(policy)
+        ]
         for sock in self.stack.connections():
             off = sock.offload
-            if off is None:
-                continue
-            if off.state in (OffloadState.OFFLOADED, OffloadState.OFFLOADING):
-                why = policy.keeps(self._info(sock))
-                if why is not None or not sock.offload_allowed:
-                    moves.append((sock, "upload", change if why is not None else Reason.POLICY_CHANGE))
-            elif off.in_host and self._check(sock, policy=policy) is None:
+            if off is not None and off.in_host and self._check(sock, policy=policy) is None:
                 moves.append((sock, "offload", None))
         return moves
+
+    def _uploads_for(self, policy: OffloadPolicy) -> list[tuple[TcpSocket, Reason]]:
+        """The offloaded (or offloading) connections ``policy`` would not keep, each with its reason."""
+        change = Reason.MODE_CHANGE if policy.mode is not self.policy.mode else Reason.POLICY_CHANGE
+        uploads: list[tuple[TcpSocket, Reason]] = []
+        for sock in self.stack.connections():
+            off = sock.offload
+            if off is None or off.state not in (OffloadState.OFFLOADED, OffloadState.OFFLOADING):
+                continue
+            why = policy.keeps(self._info(sock))
+            if why is not None or not sock.offload_allowed:
+                uploads.append((sock, change if why is not None else Reason.POLICY_CHANGE))
+        return uploads
 
     def info(self, sock: TcpSocket) -> ConnectionInfo:
         """What the policy sees of ``sock``: its addresses, the bytes it moved so far and its RTT."""

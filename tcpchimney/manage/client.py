@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from tcpchimney.link import runs
+from tcpchimney.manage.paths import SUFFIX, is_live, socket_path
 from tcpchimney.manage.protocol import RequestError, parse_reply, request_line
-from tcpchimney.manage.server import SUFFIX, is_live, socket_path
 
 TIMEOUT = 10.0
 MAX_REPLY = 64 * 1024 * 1024  # a netstat of a few hundred thousand connections

@@ -14,26 +14,16 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tcpchimney.link import leftovers, runs
-from tcpchimney.link.leftovers import CONTROL_SUFFIX
+from tcpchimney.link import runs
+from tcpchimney.manage.paths import SUFFIX, is_live
 from tcpchimney.manage.plane import ControlPlane
 from tcpchimney.manage.protocol import MAX_LINE, RequestError, event_line, parse_request, reply_line
 
-SUFFIX = CONTROL_SUFFIX
 MODE = 0o660
 
 
 class ControlSocketError(Exception):
     """The control socket cannot be made; the message is one sentence."""
-
-
-def socket_path(name: str, directory: str | None = None) -> str:
-    return os.path.join(directory or runs.run_dir(), name + SUFFIX)
-
-
-def is_live(path: str) -> bool:
-    """Whether a stack answers on ``path`` (a leftover of a dead run refuses the connection)."""
-    return not leftovers.dead_control_socket(path)
 
 
 class ControlServer:

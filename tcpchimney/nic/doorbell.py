@@ -50,9 +50,7 @@ from collections.abc import Callable
 from enum import IntEnum
 
 from tcpchimney.nic.descriptors import H2N_SLEEP_OFF, N2H_SLEEP_OFF
-
-DEFAULT_SPIN_US = 75.0  # the NIC process's spin (``chimney serve --nic-spin-us``; docs/nic-process.md)
-MAX_SPIN_US = 10_000.0  # beyond this a spin is a busy loop: the sleep bound is the tool for that
+from tcpchimney.nic.spin import DEFAULT_SPIN_US, MAX_SPIN_US
 
 _FENCE = _thread.allocate_lock()
 
@@ -61,6 +59,9 @@ def fence() -> None:
     """A full memory barrier on x86-64 (see the module docstring), about 0.2 us."""
     _FENCE.acquire()
     _FENCE.release()
+
+
+__all__ = ["DEFAULT_SPIN_US", "MAX_SPIN_US", "Doorbell"]
 
 
 class Direction(IntEnum):

@@ -103,7 +103,10 @@ def test_kill_9_of_the_nic_neither_hangs_nor_crashes_serve(
     log = read_events(events)
     (failed,) = [e for e in log if e["event"] == "nic_failed"]
     assert failed["pid"] == nic_pid and failed["cause"] == "killed by SIGKILL" and failed["epoch"] == 1
-    assert failed["detected"] - killed < 1.0, failed
+    # The death is seen by the NIC's pidfd in the event loop, in milliseconds on a quiet machine; 5 s still
+    # fails a detection that waits for a watchdog or a state call's timeout, and allows a loop that two busy
+    # cores delay (2.4 s was seen with other test runs on the machine).
+    assert failed["detected"] - killed < 5.0, failed
     assert [e["reason"] for e in log if e["event"] == "uploaded"][:1] == ["nic_failed"]
     restarted = [e for e in log if e["event"] == "nic_started" and e["epoch"] == 2]
     assert restarted and restarted[0]["pid"] != nic_pid, "a new NIC process runs"
