@@ -30,6 +30,7 @@ MODULES = [
     "bench.run",
     "bench.forward",
     "bench.capture",
+    "bench.control",
 ]
 
 

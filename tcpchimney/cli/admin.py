@@ -15,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tcpchimney.cli.common import CommandError
+from tcpchimney.cli.nstat import add_options as add_stats_options
+from tcpchimney.cli.nstat import print_stats
+from tcpchimney.cli.nstat import shape as shape_stats
 
 VERBS = (
     "netstat",
@@ -67,8 +70,10 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
         )
         p.add_argument("--address", metavar="IP", help="only connections with this remote address")
         _common(p, name_option)
-    show = sub.add_parser("show", help="show global: the live offload mode and thresholds")
-    show.add_argument("what", choices=("global",))
+    show = sub.add_parser(
+        "show", help="show global (the live offload mode) or show target (the NIC: capacity, health)"
+    )
+    show.add_argument("what", choices=("global", "target"))
     _common(show, name_option)
     set_ = sub.add_parser(
         "set",
@@ -98,7 +103,13 @@ def add_commands(sub: Any, name_option: Callable[[argparse.ArgumentParser], None
     upload.add_argument("conn", nargs="?", metavar="CONN", help="as for why")
     upload.add_argument("--all", action="store_true", help="every offloaded connection")
     _common(upload, name_option)
-    stats = sub.add_parser("stats", help="the running stack's counters")
+    stats = sub.add_parser(
+        "stats",
+        help="the running stack's counters as nstat shows them (changes since the last call)",
+        description="Counters with the Linux MIB names, split by where the work happened (host, nic), and "
+        "the offload lifecycle; by default what grew since the previous chimney stats of this stack.",
+    )
+    add_stats_options(stats)
     _common(stats, name_option)
     events = sub.add_parser(
         "events",
@@ -166,11 +177,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "events" and args.follow:
             return _follow(find(args.name), request, args.json)
-        result = call(find(args.name), command, request)
+        args.control_path = find(args.name)
+        result = call(args.control_path, command, request)
     except ControlError as exc:
         raise CommandError(f"{exc}.") from None
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
+        shaper = _JSON_SHAPERS.get(args.command)
+        json.dump(result if shaper is None else shaper(args, result), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     _PRINTERS[args.command](args, result)
@@ -182,7 +195,7 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if verb in ("netstat", "ss"):
         return "netstat", {"internals": args.internals, "all": True}
     if verb == "show":
-        return "show-global", {}
+        return f"show-{args.what}", {}
     if verb == "set":
         return "set-global", {**_settings(args.settings), "dry_run": args.dry_run}
     if verb == "upload":
@@ -410,25 +423,48 @@ def _print_upload(args: argparse.Namespace, r: dict[str, Any]) -> None:
     print(f"{r['uploads']} upload(s) started")
 
 
-def _print_stats(args: argparse.Namespace, s: dict[str, Any]) -> None:
-    for section in ("host", "session"):
-        for group, values in sorted(s[section].items()):
-            if isinstance(values, dict):
-                for key, value in sorted(values.items()):
-                    if not isinstance(value, dict | list):
-                        print(f"{f'{section}.{group}.{key}':<56} {value}")
+def _print_show(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    (_print_target if args.what == "target" else _print_global)(args, result)
+
+
+def _print_target(args: argparse.Namespace, t: dict[str, Any]) -> None:
+    caps, use, health = t["capabilities"], t["use"], t["health"]
+    features = ", ".join(k for k in ("ipv4", "ipv6", "sack") if caps[k]) or "none"
+    rows: list[tuple[str, Any]] = [
+        ("Offload Target", t["kind"]),
+        ("Offload Mode", t["offload_mode"]),
+        ("Capabilities", features),
+        ("Capacity (connections)", caps["capacity"]),
+        (
+            "In Use",
+            f"{use['connections']} ({use['Offloaded']} offloaded, {use['Offloading']} offloading, "
+            f"{use['Uploading']} uploading)",
+        ),
+        ("Health", "up" if health["up"] else "down"),
+        ("NIC Process PID", health["pid"]),
+        ("NIC Epoch", health["epoch"]),
+        ("NIC Failures", health["failures"]),
+        ("NIC Restarts", health["restarts"]),
+    ]
+    for direction, h in t["handoff"].items():
+        p50 = "-" if h["p50_ms"] is None else f"{h['p50_ms']:g}"
+        p99 = "-" if h["p99_ms"] is None else f"{h['p99_ms']:g}"
+        rows.append((f"{direction.capitalize()}s (p50/p99 ms <=)", f"{h['count']} ({p50}/{p99})"))
+    for key, value in rows:
+        print(f"{key:<28}: {'-' if value is None else value}")
 
 
 _PRINTERS: dict[str, Callable[[argparse.Namespace, Any], None]] = {
     "netstat": _print_netstat,
     "ss": _print_netstat,
-    "show": _print_global,
+    "show": _print_show,
     "set": _print_set,
     "why": _print_why,
     "history": _print_history,
     "offload": _print_offload,
     "upload": _print_upload,
-    "stats": _print_stats,
+    "stats": print_stats,
     "events": _print_events,
     "rule": _print_rules,
 }
+_JSON_SHAPERS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {"stats": shape_stats}

@@ -326,7 +326,12 @@ async def tap_demo(args: argparse.Namespace, console: Console) -> DemoResult:
         await finish_in_thread(write_payload, payload, n, SEED_UP, abort, on_cancel=abort.set)
         options = OffloadOptions.from_args(args)
         async with open_session(
-            netns, STACK_ADDR, PEER_ADDR, offload=options, name=getattr(args, "name", None)
+            netns,
+            STACK_ADDR,
+            PEER_ADDR,
+            offload=options,
+            name=getattr(args, "name", None),
+            metrics=getattr(args, "metrics", None),
         ) as session:
             server = await session.runtime.start_server(HttpApp(stats), port=HTTP_PORT)
             console.print(

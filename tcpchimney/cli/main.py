@@ -190,8 +190,37 @@ def add_name_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not host:
+            raise ValueError
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give ADDR:PORT, e.g. 127.0.0.1:9464 (port 0: any free port)"
+        ) from None
+    return host, number
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """--metrics: Prometheus' /metrics of this stack (tcpchimney/manage/metrics.py)."""
+    parser.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (port 0: any free port, printed in the "
+        "ready line)",
+    )
+
+
 def _add_link_options(parser: argparse.ArgumentParser) -> None:
     add_name_option(parser)
+    add_metrics_option(parser)
     parser.add_argument(
         "--netns",
         required=True,
@@ -297,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace name (default: a fresh unique one)",
     )
     add_name_option(demo)
+    add_metrics_option(demo)
     _add_offload_options(demo)
 
     add_run_parser(sub, [_add_link_options, _add_offload_options])

@@ -27,7 +27,7 @@ async def netcat(args: argparse.Namespace) -> int:
     stop = stop_on_signals(asyncio.get_running_loop())
     options = OffloadOptions.from_args(args)
     async with open_session(
-        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name, metrics=args.metrics
     ) as session:
         fields = session.ready_fields()
         if args.listen:

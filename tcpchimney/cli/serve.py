@@ -21,7 +21,7 @@ async def serve(args: argparse.Namespace) -> int:
     handler = APPS[args.app][1](stats)
     options = OffloadOptions.from_args(args)
     async with open_session(
-        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name
+        args.netns, args.addr, args.peer, args.pcap, args.plain, options, name=args.name, metrics=args.metrics
     ) as session:
         server = await session.runtime.start_server(handler, port=args.port)
         if not stop.is_set():  # a signal during the set-up: no ready line, straight to the clean-up

@@ -40,6 +40,8 @@ class Session:
     nic: Any = None  # tcpchimney.nic.launch.NicProcess, the target in its own process (--nic process)
     name: str = ""  # the control socket's name (chimney netstat --name NAME)
     control_path: str | None = None  # its path, once it listens
+    metrics: str | None = None  # "ADDR:PORT" of its Prometheus /metrics (--metrics), once it listens
+    exporter: Any = None  # tcpchimney.manage.metrics.MetricsServer behind it
 
     def offload_counters(self) -> dict[str, Any]:
         """The host's offload counters, the target's and the control's (events, churn cycles)."""
@@ -50,6 +52,36 @@ class Session:
         else:
             nic = self.target.counters.snapshot() if self.target is not None else {}
         return {**self.control.as_dict(), "host": self.stack.counters.get("offload", {}), "nic": nic}
+
+    def target_info(self) -> dict[str, Any] | None:
+        """``chimney show target``: where the target runs, what it can take, its health (None without)."""
+        target = self.nic.target if self.nic is not None else self.target
+        if target is None or self.control is None:
+            return None
+        caps = target.capabilities
+        info: dict[str, Any] = {
+            "kind": self.nic_kind,
+            "capabilities": {
+                "ipv4": caps.ipv4,
+                "ipv6": caps.ipv6,
+                "sack": caps.sack,
+                "capacity": caps.capacity,
+            },
+            "offload_mode": self.control.options.mode,
+        }
+        if self.nic is not None:
+            nic = self.nic
+            info["health"] = {
+                "up": nic.alive,
+                "pid": nic.pid,
+                "epoch": nic.epoch,
+                "failures": nic.failures,
+                "restarts": nic.restarts,
+                "cpu": nic.cpu,
+            }
+        else:
+            info["health"] = {"up": True, "pid": os.getpid(), "epoch": None, "failures": 0, "restarts": 0}
+        return info
 
     @property
     def nic_kind(self) -> str | None:
@@ -67,6 +99,8 @@ class Session:
             "name": self.name,
             "control": self.control_path,
         }
+        if self.metrics is not None:
+            fields["metrics"] = self.metrics
         if self.nic is not None:
             fields["nic_pid"] = self.nic.pid
             fields["nic_cpu"] = self.nic.cpu
@@ -166,6 +200,7 @@ async def open_session(
     plain: bool = False,
     offload: OffloadOptions | None = None,
     name: str | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> AsyncIterator[Session]:
     """Namespace (created if absent, removed on exit only if created here), TAP, stack and runtime; with
     offload not disabled, the software target owns the device and the stack sits behind it; a control socket
@@ -178,7 +213,7 @@ async def open_session(
         async with (
             _topology(netns, addr, peer) as topo,
             _running(topo, netns, addr, peer, capture, plain, options) as session,
-            _controlled(session, name or f"chimney-{os.getpid()}"),
+            _controlled(session, name or f"chimney-{os.getpid()}", metrics),
         ):
             yield session
     finally:
@@ -237,8 +272,11 @@ async def _running(
 
 
 @contextlib.asynccontextmanager
-async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
+async def _controlled(
+    session: Session, name: str, metrics: tuple[str, int] | None = None
+) -> AsyncIterator[None]:
     """The session's control socket (tcpchimney.manage), removed when the session ends."""
+    from tcpchimney.cli.nstat import history_path
     from tcpchimney.manage.paths import socket_path
     from tcpchimney.manage.plane import ControlPlane
     from tcpchimney.manage.server import ControlServer, ControlSocketError
@@ -255,6 +293,7 @@ async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
         identity,
         nic=session.nic_kind,
         counters=session.offload_counters,
+        target_info=session.target_info,
         wake=runtime.flush_soon,
     )
     runtime.add_event_handler(plane.on_event)
@@ -275,11 +314,32 @@ async def _controlled(session: Session, name: str) -> AsyncIterator[None]:
     except ControlSocketError as exc:
         raise CommandError(f"{exc}.") from exc
     session.name, session.control_path = name, server.path
+    exporter = None
     try:
+        if metrics is not None:
+            exporter = await _exporter(plane, metrics)
+            session.metrics, session.exporter = f"{metrics[0]}:{exporter.port}", exporter
         yield
     finally:
         captures.close()  # the file is complete before the stack goes
+        if exporter is not None:
+            await exporter.close()
         await server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(history_path(server.path))  # chimney stats's baseline dies with the run
+
+
+async def _exporter(plane: Any, address: tuple[str, int]) -> Any:
+    from tcpchimney.manage.metrics import MetricsServer
+
+    exporter = MetricsServer(plane, *address)
+    try:
+        await exporter.start()
+    except OSError as exc:
+        raise CommandError(
+            f"cannot serve metrics on {address[0]}:{address[1]}: {exc.strerror or exc}."
+        ) from exc
+    return exporter
 
 
 def _stack(iface: InterfaceConfig, options: OffloadOptions) -> tuple[HostStack, Any]:

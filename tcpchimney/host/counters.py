@@ -6,6 +6,8 @@ A counter is created the first time it is bumped, so the set of keys is exactly 
 
 from __future__ import annotations
 
+from tcpchimney.tcp.state import TcpState
+
 LAYERS = ("ethernet", "arp", "ipv4", "icmp", "tcp")
 
 
@@ -27,3 +29,17 @@ class Counters:
 
 def bump(counters: dict[str, int], key: str, by: int = 1) -> None:
     counters[key] = counters.get(key, 0) + by
+
+
+_OPENING = (TcpState.SYN_SENT, TcpState.SYN_RECEIVED)
+_ESTABLISHED = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT)
+
+
+def count_state_change(tcp: dict[str, int], old: TcpState, new: TcpState) -> None:
+    """The RFC 1213 transitions Linux counts: AttemptFails (an opening connection closed) and EstabResets
+    (an established one closed straight away: a RST, sent or received)."""
+    if new is TcpState.CLOSED:
+        if old in _OPENING:
+            bump(tcp, "attempt_fails")
+        elif old in _ESTABLISHED:
+            bump(tcp, "estab_resets")

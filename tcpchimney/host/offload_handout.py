@@ -233,6 +233,7 @@ class OffloadHandOut(OffloadBase):
             # persist probe (about 200 ms against Linux, bench/nic_recovery.py); if it did leave, this is one
             # duplicate ACK.
             conn.ack_now = True
+        conn.mib = sock.conn.mib  # the rebuilt engine counts where the frozen one did
         sock.conn = conn
         sock.template = None
         off.state = OffloadState.IN_HOST

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tcpchimney.host.arp import ArpCache, ArpParams
-from tcpchimney.host.counters import Counters, bump
+from tcpchimney.host.counters import Counters, bump, count_state_change
 from tcpchimney.host.errors import AddressInUse, InvalidAddress, InvalidPort, NoEphemeralPort
 from tcpchimney.host.events import ConnectionEvent, HostEvent, IncomingConnection, PathMtuChanged
 from tcpchimney.host.icmp import Icmp
@@ -54,8 +54,10 @@ from tcpchimney.tcp.events import (
     ConnectionTimedOut,
     DataReceived,
     SegmentDropped,
+    StateChanged,
 )
 from tcpchimney.tcp.isn import TimestampOffset, initial_sequence_number
+from tcpchimney.tcp.mib import EngineMib
 from tcpchimney.tcp.state import TcpState
 from tcpchimney.wire import arp as arp_wire
 from tcpchimney.wire import checksum, ethernet
@@ -102,6 +104,7 @@ class HostStack(TcpInput):
         self._secret = secret
         self._rng = rng
         self._counters = Counters()
+        self.engine_mib = EngineMib()  # every host engine counts retransmissions and timeouts here
         self._errors: list[str] = []
         self._internal_errors = 0
         self._tx: list[Frame] = []
@@ -259,6 +262,8 @@ class HostStack(TcpInput):
     def counters(self) -> dict[str, dict[str, int]]:
         snap = self._counters.snapshot()
         snap["stack"] = {"internal_error": self._internal_errors}
+        snap["tcp"]["retrans_segs"] = self.engine_mib.retrans_segs
+        snap["tcp"]["timeouts"] = self.engine_mib.timeouts
         if self._offload is not None:
             snap["offload"] = dict(self._offload.counters)
         return snap
@@ -367,6 +372,7 @@ class HostStack(TcpInput):
         conn = self._engine().connect(self.tcp_config, local_port, remote_port, iss, now, ts_offset)
         sock = TcpSocket(self, conn, self._our_ip, local_port, dst, remote_port)
         self._register(sock)
+        bump(self._counters.tcp, "active_opens")
         return sock
 
     def ping(self, remote_ip: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
@@ -427,6 +433,7 @@ class HostStack(TcpInput):
 
     def _register(self, sock: TcpSocket) -> None:
         self._conns[sock.key] = sock
+        sock.conn.mib = self.engine_mib
         mtu = self._pmtu.get(sock.remote_ip)
         if mtu is not None:
             self._lower_mss(sock, mtu)
@@ -543,6 +550,8 @@ class HostStack(TcpInput):
         if isinstance(ev, SegmentDropped):
             bump(self._counters.tcp, f"engine_drop_{ev.reason}")
             return
+        if isinstance(ev, StateChanged):
+            count_state_change(self._counters.tcp, ev.old, ev.new)
         if isinstance(ev, DataReceived):
             sock._set_readable(ev.readable)
         if self._offload is not None:
@@ -642,6 +651,8 @@ class HostStack(TcpInput):
         frame = Frame(hdr, payload, partial, False, gso)
         tcp = self._counters.tcp
         tcp["tx"] += 1
+        if seg.flags & tcp_wire.RST:
+            bump(tcp, "tx_rst")  # an engine's RST (abort, or an answer in a connection): Linux OutRsts
         self._counters.ipv4["tx"] += 1
         if template.dst_mac == ZERO_MAC:
             sock.template = None  # unresolved: rebuilt once the neighbor answers

@@ -164,6 +164,7 @@ class TcpInput:
         stack = cast("HostStack", self)  # TcpInput is only ever a base of HostStack
         sock = TcpSocket(stack, conn, self._our_ip, syn.dst_port, src, syn.src_port, listener)
         listener.syn_queue[sock.key] = sock
+        bump(self._counters.tcp, "passive_opens")
         self._peer_mss[sock.key] = syn.options.mss if syn.options.mss is not None else 536
         self._register(sock)
         self._drain(sock)

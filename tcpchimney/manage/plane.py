@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tcpchimney.chimney.reason import Reason
-from tcpchimney.host.events import HostEvent
+from tcpchimney.host.events import HostEvent, Offloaded, Uploaded
 from tcpchimney.host.offload_state import OffloadState
 from tcpchimney.host.policy import OffloadMode, OffloadPolicy, OffloadRule, RuleAction, RuleKind
 from tcpchimney.host.sockets import TcpSocket
 from tcpchimney.host.stack import HostStack
+from tcpchimney.manage import mib
 from tcpchimney.manage.history import Entry, Histories
+from tcpchimney.manage.latency import Histogram, nstat_names
 from tcpchimney.manage.protocol import VERSION, Request, RequestError, arg
 from tcpchimney.manage.views import (
     OFFLOAD_STATE_NAMES,
@@ -56,6 +58,7 @@ class ControlPlane:
         *,
         nic: str | None = None,
         counters: Callable[[], dict[str, Any]] = dict,
+        target_info: Callable[[], dict[str, Any] | None] = lambda: None,
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -63,10 +66,12 @@ class ControlPlane:
         self.identity = identity
         self.nic = nic
         self.counters = counters
+        self.target_info = target_info
         self.wake = wake
         self.clock = clock
         self.histories = Histories()
         self.requests: Counter[str] = Counter()
+        self.handoffs = {"offload": Histogram(), "upload": Histogram()}  # hand-off durations (seconds)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.followers: list[Follower] = []
         self._events_seen = 0
@@ -83,7 +88,8 @@ class ControlPlane:
             "history": Command(self._history, "a connection's moves between host and NIC (args: conn)"),
             "offload": Command(self._offload, "offload a connection now (args: conn)"),
             "upload": Command(self._upload, "bring a connection, or all (args: conn or all), to the host"),
-            "stats": Command(self._stats, "the stack's counters"),
+            "stats": Command(self._stats, "the stack's counters, with the Linux MIB names under mib"),
+            "show-target": Command(self._show_target, "the offload target: capabilities, capacity, health"),
             "rule-add": Command(
                 self._rule_add, "add an offload rule (args: action, remote, remote_port, local_port, dry_run)"
             ),
@@ -97,6 +103,10 @@ class ControlPlane:
     # ------------------------------------------------------------------ entry points
 
     def on_event(self, ev: HostEvent) -> None:
+        if isinstance(ev, Offloaded):
+            self.handoffs["offload"].observe(ev.duration)
+        elif isinstance(ev, Uploaded):
+            self.handoffs["upload"].observe(ev.duration)
         recorded = self.histories.on_event(ev)
         if recorded is None:
             return
@@ -397,12 +407,54 @@ class ControlPlane:
         return [{"name": name, "help": c.help} for name, c in sorted(self.commands.items())]
 
     def _stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        host, session = self.stack.counters, self.counters()
         return {
-            "host": self.stack.counters,
-            "session": self.counters(),
+            "pid": os.getpid(),
+            "host": host,
+            "session": session,
             "control": dict(self.requests),
             "internal_errors": self.stack.internal_errors,
+            "mib": self.mib(host, session),
         }
+
+    def mib(self, host: dict[str, Any], session: dict[str, Any]) -> dict[str, dict[str, int]]:
+        """``chimney stats``'s counters (manage/mib.py): {"host": ..., "nic": ..., "offload": ...}."""
+        in_host = [s.state for s in self.stack.connections() if s.offload is None or s.offload.in_host]
+        away = [s.state for s in self.stack.connections() if s.offload is not None and not s.offload.in_host]
+        out = {"host": mib.host_mib(host, mib.current_established(in_host))}
+        nic = session.get("nic")
+        if isinstance(nic, dict):
+            out["nic"] = mib.nic_mib(nic, mib.current_established(away))
+            lifecycle = mib.offload_mib(host.get("offload", {}), nic)
+            for direction, histogram in self.handoffs.items():
+                lifecycle.update(nstat_names(direction, histogram))
+            out["offload"] = lifecycle
+        return out
+
+    def _show_target(self, args: dict[str, Any]) -> dict[str, Any]:
+        info = self.target_info()
+        if info is None:
+            raise RequestError(
+                "this stack runs without an offload target (it was started with --offload disabled)"
+            )
+        states = Counter(OFFLOAD_STATE_NAMES[s.offload_state] for s in self.stack.connections())
+        used = states["Offloaded"] + states["Offloading"] + states["Uploading"]
+        capacity = info.get("capabilities", {}).get("capacity")
+        handoff = {
+            direction: {
+                "count": h.count,
+                "p50_ms": _ms(h.quantile(0.5)),
+                "p99_ms": _ms(h.quantile(0.99)),
+            }
+            for direction, h in self.handoffs.items()
+        }
+        by_state = {name: states.get(name, 0) for name in ("Offloading", "Offloaded", "Uploading")}
+        use = {"connections": used, "capacity": capacity, **by_state}
+        return {**info, "use": use, "handoff": handoff}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 class Follower:

@@ -77,7 +77,7 @@ def reply_line(request_id: Any, result: Any = None, error: str | None = None) ->
     return json.dumps(reply, default=str).encode() + b"\n"
 
 
-def event_line(request_id: Any, event: Any) -> bytes:
+def stream_line(request_id: Any, event: Any) -> bytes:
     """One line of a streamed answer (``events`` with ``follow``): as many as there are, no final reply
     until the stream ends."""
     return (

@@ -17,7 +17,7 @@ from typing import Any
 from tcpchimney.link import runs
 from tcpchimney.manage.paths import SUFFIX, is_live
 from tcpchimney.manage.plane import ControlPlane
-from tcpchimney.manage.protocol import MAX_LINE, RequestError, Stream, event_line, parse_request, reply_line
+from tcpchimney.manage.protocol import MAX_LINE, RequestError, Stream, parse_request, reply_line, stream_line
 
 MODE = 0o660
 
@@ -133,7 +133,7 @@ class ControlServer:
                     with contextlib.suppress(asyncio.CancelledError):
                         await line
                     return
-                writer.write(event_line(request_id, line.result()))
+                writer.write(stream_line(request_id, line.result()))
                 await writer.drain()
         finally:
             gone.cancel()

@@ -104,6 +104,7 @@ class Output(Tcb):
         out.append(self.segment(flags, seq, now, payload))
         end = seq + n + (1 if fin else 0)
         if seq < self.snd_max:  # a retransmission: Karn (RFC 6298 section 3), no RTT sample from it
+            self.mib.retrans_segs += 1
             if self.rtt_seq is not None and self.rtt_seq > seq:
                 self.rtt_seq = None
             self.rexmit_tsval = self.ts_now(now)

@@ -14,6 +14,7 @@ from tcpchimney.tcp.config import TcpConfig
 from tcpchimney.tcp.congestion import NewReno
 from tcpchimney.tcp.events import Closed, StateChanged, TcpEvent
 from tcpchimney.tcp.isn import tsval
+from tcpchimney.tcp.mib import EngineMib
 from tcpchimney.tcp.rtt import RttEstimator
 from tcpchimney.tcp.sack import SackScoreboard
 from tcpchimney.tcp.state import TcpState
@@ -108,6 +109,7 @@ class Tcb:
         self.rto_deadline: float | None = None  # retransmission, or persist when ``persisting``
         self.persisting = False
         self.retransmit_count = 0  # expiries of the shared timer since data was last acknowledged
+        self.mib = EngineMib()  # the stack's counters (tcp/mib.py): the host shares one among its engines
         self.first_rexmit_time: float | None = None
         self.delack_deadline: float | None = None
         self.keepalive_deadline: float | None = None

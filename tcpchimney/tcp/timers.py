@@ -44,6 +44,7 @@ class Timers(Output):
         if self.snd_max == self.snd_una or self.state is TcpState.CLOSED:
             return
         self.retransmit_count += 1
+        self.mib.timeouts += 1
         handshake = self.state in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED)
         limit = self.config.syn_retries if handshake else self.config.max_retransmits
         if self.retransmit_count > limit:
@@ -54,6 +55,7 @@ class Timers(Output):
         self.rtt.backoff()  # (5.5)
         self.rtt_seq = None  # Karn: nothing sent before the timeout may be timed
         if handshake:
+            self.mib.retrans_segs += 1  # Linux counts SYN and SYN-ACK retransmissions in RetransSegs
             self.pending.append(self.syn_segment(now))
         else:
             self.cc.on_rto(self.flight_size, self.snd_max, repeated=self.retransmit_count > 1)
