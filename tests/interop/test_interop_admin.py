@@ -27,7 +27,7 @@ from test_interop_serve import STACK, Command
 from tcpchimney.cli.nsutil import in_netns
 
 CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
-# A download the server keeps sending for a while (30 s): curl's rate limit holds it at 20 MB/s.
+# A download the server keeps sending for a while (60 s): curl's rate limit holds it at 20 MB/s.
 SLOW_CURL = "curl -sS --fail --limit-rate 20M -o /dev/null http://{stack}/bytes/{size}"
 
 
@@ -72,7 +72,7 @@ def downloads(netns_name: str) -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def slow_download(netns: str, size: int = 600_000_000) -> subprocess.Popen[bytes]:
+def slow_download(netns: str, size: int = 1_200_000_000) -> subprocess.Popen[bytes]:
     return subprocess.Popen(in_netns(netns, "sh", "-c", SLOW_CURL.format(stack=STACK, size=size)))
 
 
