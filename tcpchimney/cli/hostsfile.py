@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 
+from tcpchimney.api.run.shim.chimney_shim import parse_hosts as shim_parse_hosts
+
 
 class HostsFileError(ValueError):
     """A hosts file that cannot be read or has a line that is not an entry (one sentence)."""
 
 
 def parse_hosts(text: str, source: str = "hosts file") -> dict[str, str]:
-    """Name (lower case) -> dotted IPv4 address; the first entry for a name wins, as in glibc."""
-    names: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        try:
-            address = ipaddress.ip_address(fields[0])
-        except ValueError:
-            raise HostsFileError(f"{source} line {number}: {fields[0]!r} is not an IP address") from None
-        if len(fields) < 2:
-            raise HostsFileError(f"{source} line {number}: {fields[0]} has no name after it")
-        if address.version != 4:
-            continue
-        for name in fields[1:]:
-            names.setdefault(name.lower().rstrip("."), str(address))
-    return names
+    """Name (lower case) -> dotted IPv4 address; the first entry for a name wins, as in glibc. The parser is
+    the one ``chimney run`` puts in the program (standard library only), so both read a file alike."""
+    try:
+        return shim_parse_hosts(text)
+    except ValueError as exc:
+        raise HostsFileError(f"{source} {exc}") from None
 
 
 def load_hosts(path: str) -> dict[str, str]:

@@ -43,20 +43,28 @@ def find(name: str | None = None, directory: str | None = None) -> str:
     raise ControlError(f"no stack is running (none has a control socket in {directory})")
 
 
+def _connected(path: str, timeout: float) -> socket.socket:
+    """A connection to the control socket at ``path``, or ControlError saying why there is none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except PermissionError:
+        sock.close()
+        raise ControlError(
+            f"permission denied on {path}: the control socket is for root and its group"
+        ) from None
+    except OSError:
+        sock.close()
+        raise ControlError(
+            f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
+        ) from None
+    return sock
+
+
 def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> Any:
     """Send one request to the stack at ``path`` and return its result."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except PermissionError:
-            raise ControlError(
-                f"permission denied on {path}: the control socket is for root and its group"
-            ) from None
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise ControlError(
-                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
-            ) from None
+    with _connected(path, timeout) as sock:
         try:
             sock.sendall(request_line(command, args))
             reply = _read_line(sock)
@@ -73,19 +81,11 @@ def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: f
 def follow(path: str, command: str, args: dict[str, Any] | None = None) -> Iterator[Any]:
     """Send one request whose answer is a stream and yield each of its events as it comes, until the stack
     ends (or refuses the request: ControlError with its sentence)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
+    with _connected(path, TIMEOUT) as sock:
         try:
-            sock.connect(path)
             sock.sendall(request_line(command, args))
-        except PermissionError:
-            raise ControlError(
-                f"permission denied on {path}: the control socket is for root and its group"
-            ) from None
-        except OSError:
-            raise ControlError(
-                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
-            ) from None
+        except OSError as exc:
+            raise ControlError(f"the stack at {path} went away: {exc.strerror or exc}") from None
         sock.settimeout(None)
         lines = sock.makefile("rb")
         for line in lines:
@@ -158,19 +158,8 @@ def open_stream(
     path: str, command: str, args: dict[str, Any] | None = None, timeout: float = TIMEOUT
 ) -> tuple[StreamClient, Any]:
     """Start the streaming ``command`` at ``path``: the stream and the result of its first reply."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _connected(path, timeout)
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except PermissionError:
-            raise ControlError(
-                f"permission denied on {path}: the control socket is for root and its group"
-            ) from None
-        except (ConnectionRefusedError, FileNotFoundError):
-            raise ControlError(
-                f"the stack behind {path} is not running (chimney cleanup removes its leftover)"
-            ) from None
         stream = StreamClient(sock)
         try:
             sock.sendall(request_line(command, args))

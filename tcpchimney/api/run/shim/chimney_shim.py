@@ -207,7 +207,7 @@ def parse_hosts(text: str) -> dict[str, str]:
         if address.version != 4:
             continue  # IPv6 entries are the kernel's business (and stay on the kernel)
         for name in fields[1:]:
-            names.setdefault(name.lower(), str(address))
+            names.setdefault(name.lower().rstrip("."), str(address))  # a trailing dot: the same name
     return names
 
 
