@@ -238,6 +238,10 @@ def test_a_nic_restarted_during_a_capture_mirrors_again(
 
 def _restarts(name: str) -> int:
     out = subprocess.run(
-        [*CHIMNEY, "stats", "-j", "--name", name], capture_output=True, text=True, timeout=30, check=True
+        [*CHIMNEY, "show", "target", "-j", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
-    return int(json.loads(out)["session"]["nic"]["nic_process"]["restarts"])
+    return int(json.loads(out)["health"]["restarts"])
