@@ -17,15 +17,13 @@ import hashlib
 import ipaddress
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
@@ -46,7 +44,7 @@ from tcpchimney.cli.report import (
     with_final_states,
 )
 from tcpchimney.cli.wiring import Session, finish_in_thread, open_session
-from tcpchimney.link.runs import PATH, Resource, register, registered, unregister
+from tcpchimney.link.runs import recorded_directory, registered
 from tcpchimney.link.signals import signal_name
 
 MB = 1_000_000
@@ -188,19 +186,9 @@ def write_payload(path: str, n: int, seed: int, abort: threading.Event | None = 
             f.write(block)
 
 
-@contextlib.contextmanager
-def temporary_directory() -> Iterator[str]:
+def temporary_directory() -> contextlib.AbstractContextManager[str]:
     """A fresh directory in /tmp, in the run record before it exists, removed on the way out."""
-    path = os.path.join(tempfile.gettempdir(), f"chimney-demo-{os.getpid()}-{secrets.token_hex(4)}")
-    resource = Resource(PATH, path)
-    register(resource)
-    try:
-        os.mkdir(path, 0o700)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            unregister(resource)
+    return recorded_directory("chimney-demo")
 
 
 # ====================================================================== the three exchanges over TAP

@@ -14,12 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tcpchimney.cli.common import StopSignal, emit, stop_on_signals
@@ -87,21 +84,11 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(run_program(args))
 
 
-@contextlib.contextmanager
-def _control_directory() -> Iterator[str]:
+def _control_directory() -> contextlib.AbstractContextManager[str]:
     """A fresh private directory for the control socket, in the run record before it exists."""
-    from tcpchimney.link.runs import PATH, Resource, register, unregister
+    from tcpchimney.link.runs import recorded_directory
 
-    path = os.path.join(tempfile.gettempdir(), f"chimney-run-{os.getpid()}-{secrets.token_hex(4)}")
-    resource = Resource(PATH, path)
-    register(resource)
-    try:
-        os.mkdir(path, 0o700)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            unregister(resource)
+    return recorded_directory("chimney-run")
 
 
 def program_environment(base: dict[str, str], control: str, addr: str, hosts: str | None) -> dict[str, str]:

@@ -17,7 +17,10 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -221,3 +224,20 @@ def unregister(resource: Resource) -> None:
 def registered() -> list[Resource]:
     with _lock:
         return list(_own_record().resources)
+
+
+@contextlib.contextmanager
+def recorded_directory(prefix: str) -> Iterator[str]:
+    """A fresh private directory in the temporary directory (``PREFIX-PID-RANDOM``), in this run's record
+    before it exists, removed on the way out. ``prefix`` starts with ``chimney-``: ``chimney cleanup``
+    removes only such paths."""
+    path = os.path.join(tempfile.gettempdir(), f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}")
+    resource = Resource(PATH, path)
+    register(resource)
+    try:
+        os.mkdir(path, 0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            unregister(resource)
