@@ -33,7 +33,9 @@ from tcpchimney.cli.nsutil import socket_in_netns
 from tcpchimney.link.netns import create_netns, netns_exists, netns_path
 from tcpchimney.link.runs import RUN_DIR_ENV
 
-CHIMNEY = [sys.executable, "-m", "tcpchimney.cli.main"]
+# -X faulthandler: a command that hangs is sent SIGABRT by finish(), and its threads' tracebacks say where.
+PYTHON = [sys.executable, "-X", "faulthandler"]
+CHIMNEY = [*PYTHON, "-m", "tcpchimney.cli.main"]
 TIMEOUT = 20.0
 ALL_SIGNALS = [
     signal.SIGINT,
@@ -120,6 +122,14 @@ def stop_at(proc: subprocess.Popen[bytes], moment: str, signum: int, netns: str,
 def finish(proc: subprocess.Popen[bytes]) -> tuple[str, str]:
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints each thread's traceback, then it ends
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            err = b"(no traceback: the process did not end on SIGABRT either)"
+        tail = err.decode(errors="replace")[-4000:]
+        pytest.fail(f"the command did not end within {TIMEOUT}s; where it was:\n{tail}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -331,7 +341,7 @@ README_PROGRAM = textwrap.dedent(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT])
 def test_the_readme_asyncio_program_cleans_up_on_signals(netns_name: str, run_dir: str, signum: int) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", README_PROGRAM, netns_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*PYTHON, "-c", README_PROGRAM, netns_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     line_starting(proc, b"ready")
     proc.send_signal(signum)
