@@ -93,10 +93,11 @@ def _capture(path: str, request: dict[str, Any], duration: float | None) -> dict
         raise CommandError(f"{exc}.") from None
     with stream:
         where = f" ({first['filter']})" if first.get("filter") else ""
-        print(f"chimney: capturing into {first['file']}{where}; Ctrl-C stops", file=sys.stderr, flush=True)
         last: dict[str, Any] = {"frames": 0, "bytes": 0, "dropped": 0}
         deadline = None if duration is None else time.monotonic() + duration
-        try:
+        try:  # from the line on: a Ctrl-C right after it must still stop the capture cleanly
+            line = f"chimney: capturing into {first['file']}{where}; Ctrl-C stops"
+            print(line, file=sys.stderr, flush=True)
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 event = stream.next(timeout)
